@@ -1,0 +1,215 @@
+"""The backbone registry: one table, one builder, the preprocessing each backbone needs, and its weights.
+
+Every model takes raw RGB pixels in [0, 255]; the backbone's own preprocessing is a layer *inside* the
+model (:class:`Preprocess`), so nobody can feed a backbone the wrong range by forgetting a step. The
+seed project fed 0–1 pixels to EfficientNetB0 (which rescales 0–255 itself) and it collapsed to chance;
+:func:`preflight` checks the tensors that actually reach the backbone against the range it declares.
+
+Weights: ``imagenet`` (Keras cache → mirror prefix in the artifact bucket → Keras download),
+``none`` (random initialisation), or a path / ``s3://`` URI to a ``.weights.h5`` / ``.h5`` file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from scene import storage
+
+_GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be found or downloaded; the message says which file to put where."""
+
+
+class InputRangeError(ValueError):
+    """The tensors reaching a backbone are outside the range it was trained on."""
+
+
+@keras.saving.register_keras_serializable(package="scene")
+class Preprocess(keras.layers.Layer):
+    """A backbone's ``preprocess_input`` as a serialisable layer: ``caffe``, ``tf`` or ``none`` mode."""
+
+    _CAFFE_MEAN = (103.939, 116.779, 123.68)  # BGR means of ImageNet, Keras' "caffe" mode
+
+    def __init__(self, mode: str, **kwargs: Any) -> None:
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "tf", "none"):
+            raise ValueError(f"Preprocess mode={mode!r}; expected 'caffe', 'tf' or 'none'")
+        self.mode = mode
+
+    def call(self, x: Any) -> Any:
+        x = keras.ops.cast(x, "float32")
+        if self.mode == "tf":  # [0, 255] -> [-1, 1]
+            return x / 127.5 - 1.0
+        if self.mode == "caffe":  # RGB -> BGR, minus the ImageNet mean
+            return keras.ops.flip(x, axis=-1) - keras.ops.convert_to_tensor(self._CAFFE_MEAN, dtype="float32")
+        return x  # the model rescales itself (EfficientNet)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry entry."""
+
+    name: str
+    constructor: Callable[..., keras.Model]
+    preprocess: str  # Preprocess mode
+    input_range: tuple[float, float]  # what the backbone's first layer expects after preprocessing
+    feature_width: int  # channels after global average pooling
+    default_size: int  # the size the ImageNet weights were trained at
+    weights_file: Callable[[int], str]  # Keras' notop weight file name for an input size
+    weights_url: str  # where Keras downloads it from (the folder)
+
+
+def _mobilenet_file(size: int) -> str:
+    rows = size if size in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"
+
+
+_CAFFE_RANGE = (-123.68, 255 - 103.939)
+BACKBONES: dict[str, BackboneSpec] = {
+    s.name: s
+    for s in [
+        BackboneSpec("resnet50", keras.applications.ResNet50, "caffe", _CAFFE_RANGE, 2048, 224,
+                     lambda _: "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"),
+        BackboneSpec("resnet101", keras.applications.ResNet101, "caffe", _CAFFE_RANGE, 2048, 224,
+                     lambda _: "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"),
+        BackboneSpec("resnet101v2", keras.applications.ResNet101V2, "tf", (-1.0, 1.0), 2048, 224,
+                     lambda _: "resnet101v2_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"),
+        BackboneSpec("efficientnetb0", keras.applications.EfficientNetB0, "none", (0.0, 255.0), 1280, 224,
+                     lambda _: "efficientnetb0_notop.h5", "https://storage.googleapis.com/keras-applications/"),
+        BackboneSpec("vgg16", keras.applications.VGG16, "caffe", _CAFFE_RANGE, 512, 224,
+                     lambda _: "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg16/"),
+        BackboneSpec("mobilenetv2", keras.applications.MobileNetV2, "tf", (-1.0, 1.0), 1280, 224,
+                     _mobilenet_file, _GCS + "mobilenet_v2/"),
+    ]
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name``, or an error listing the known names."""
+    try:
+        return BACKBONES[name.lower()]
+    except KeyError:
+        raise ValueError(f"backbone={name!r} is not in the registry; choose from {sorted(BACKBONES)}") from None
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where a backbone's weights came from."""
+
+    kind: str  # "imagenet", "none" or "file"
+    path: str | None  # local file loaded (None for random init)
+    origin: str  # human-readable: "keras cache ~/.keras/models/x.h5", "mirror s3://…", "download", a URI
+    fingerprint: str  # identifies the weights in feature-cache keys
+
+    @property
+    def random_init(self) -> bool:
+        return self.kind == "none"
+
+
+def keras_cache_dir() -> Path:
+    """Keras' model cache folder (``$KERAS_HOME/models`` or ``~/.keras/models``)."""
+    from keras.src.backend.config import keras_home
+
+    return Path(keras_home()) / "models"
+
+
+def resolve_weights(spec: BackboneSpec, weights: str, size: int, *, s3: Any = None,
+                    mirror: str | None = None, local_cache: Path | None = None, seed: int = 0) -> WeightsSource:
+    """Find the weights file for ``weights`` (``imagenet``, ``none`` or a path/URI) without building a model."""
+    if weights == "none":
+        return WeightsSource("none", None, "random initialisation", f"none-seed{seed}")
+    if weights != "imagenet":
+        loc = storage.parse(weights)
+        if loc.is_s3:
+            local = (local_cache or keras_cache_dir()) / "scene-weights" / Path(loc.key).name
+            if not local.exists():
+                storage.download_file(weights, local, s3)
+            return WeightsSource("file", str(local), weights, storage.sha256_file(local)[:16])
+        if not Path(weights).is_file():
+            raise WeightsUnavailable(
+                f"weights={weights!r}: no such file; "
+                "pass 'imagenet', 'none' or a path / s3:// URI to a .weights.h5 file")
+        return WeightsSource("file", weights, weights, storage.sha256_file(weights)[:16])
+    fname = spec.weights_file(size)
+    cached = (local_cache or keras_cache_dir()) / fname
+    if cached.is_file():
+        return WeightsSource("imagenet", str(cached), f"keras cache {cached}", f"imagenet-{fname}")
+    tried = [f"Keras cache: {cached} (absent)"]
+    if mirror and s3 is not None:
+        uri = mirror.rstrip("/") + "/" + fname
+        try:
+            storage.download_file(uri, cached, s3)
+            return WeightsSource("imagenet", str(cached), f"mirror {uri}", f"imagenet-{fname}")
+        except storage.StorageError as err:
+            tried.append(f"mirror: {err}")
+    else:
+        tried.append("mirror: no artifact bucket configured")
+    try:
+        path = keras.utils.get_file(fname, spec.weights_url + fname, cache_subdir="models")
+        return WeightsSource("imagenet", path, f"download {spec.weights_url + fname}", f"imagenet-{fname}")
+    except Exception as err:  # no internet: urllib raises several types
+        tried.append(f"download {spec.weights_url + fname}: {type(err).__name__}: {err}")
+    raise WeightsUnavailable(
+        f"ImageNet weights for {spec.name} are unavailable ({'; '.join(tried)}). Provide them one of three ways: "
+        f"copy {fname} to {cached}; or upload it to {mirror or 's3://<artifact-bucket>/weights-mirror/'}{fname} "
+        f"(`scene weights mirror` does this from a machine with internet); or pass --weights PATH_OR_S3_URI "
+        "to a .weights.h5 file. --weights none trains from random initialisation (not transfer learning)."
+    )
+
+
+def build_backbone(name: str, size: int, weights: WeightsSource) -> keras.Model:
+    """The frozen feature extractor: ImageNet-layout backbone, global average pooling, weights loaded."""
+    spec = get_spec(name)
+    model = spec.constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    if weights.path:
+        try:
+            model.load_weights(weights.path)
+        except Exception as err:
+            raise WeightsUnavailable(
+                f"weights file {weights.origin} does not fit {name} at {size}px "
+                f"({type(err).__name__}: {err}); pass weights made for keras.applications {name} notop") from err
+    model.trainable = False
+    return model
+
+
+def feature_extractor(name: str, size: int, weights: WeightsSource) -> keras.Model:
+    """Raw [0, 255] RGB → pooled features, preprocessing inside."""
+    spec = get_spec(name)
+    inp = keras.Input((size, size, 3), name="image")
+    backbone = build_backbone(name, size, weights)
+    out = backbone(Preprocess(spec.preprocess, name="preprocess")(inp), training=False)
+    return keras.Model(inp, out, name=f"{name}_features")
+
+
+def preflight(name: str, batch: Any, *, min_coverage: float = 0.25, tolerance: float = 0.05) -> tuple[float, float]:
+    """Check what ``batch`` becomes after the backbone's preprocessing against its expected range.
+
+    Fails when values leave the range (beyond ``tolerance`` of its width) or cover less than
+    ``min_coverage`` of it — 0–1 pixels fed to a model that expects 0–255 cover 0.4% of it.
+    """
+    spec = get_spec(name)
+    x = np.asarray(Preprocess(spec.preprocess)(np.asarray(batch, dtype=np.float32)))
+    lo, hi = float(x.min()), float(x.max())
+    elo, ehi = spec.input_range
+    width = ehi - elo
+    if lo < elo - tolerance * width or hi > ehi + tolerance * width or (hi - lo) < min_coverage * width:
+        raw = np.asarray(batch)
+        raise InputRangeError(
+            f"backbone {name} expects its preprocessed input in [{elo:g}, {ehi:g}] "
+            f"('{spec.preprocess}' preprocessing of raw RGB pixels in [0, 255]), but this batch becomes "
+            f"[{lo:.3g}, {hi:.3g}] (raw pixels [{float(raw.min()):.3g}, {float(raw.max()):.3g}]). Feed raw 0–255 "
+            "pixels: do not rescale to 0–1 before the model; preprocessing is inside the model."
+        )
+    return lo, hi

@@ -1,0 +1,150 @@
+"""The feature cache: pooled backbone features computed once per image and view, content-addressed.
+
+A cache entry's address is ``(backbone, weights fingerprint, image size, augmentation fingerprint)``
+— the *namespace* — plus ``(image sha256, view)``. View 0 is the plain image; views 1..K are random
+augmentations. Entries are stored in shards (``.npz``) under ``<cache>/<namespace>/`` in a local folder
+or an ``s3://`` prefix; a shard's name is the hash of its content, so re-runs never duplicate work and
+retraining on new data computes features only for new images. Extraction streams: a shard is written
+every ``shard_size`` vectors, so memory stays bounded and an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from scene import storage
+from scene.backbones import WeightsSource, feature_extractor, preflight
+from scene.pipeline import AugmentConfig, augmenter, image_dataset
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class ExtractStats:
+    """How much of a feature request the cache answered."""
+
+    requested: int  # (image, view) pairs asked for
+    cached: int  # answered from the cache
+    computed: int  # run through the backbone now
+    seconds: float
+
+
+class FeatureCache:
+    """Shards of ``{key: vector}`` under one namespace folder/prefix."""
+
+    def __init__(self, root: str, namespace: str, s3: Any = None) -> None:
+        self.loc = storage.parse(root).join(namespace)
+        self.s3 = s3
+        self._index: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._index is None:
+            self._index = {}
+            try:
+                shards = [k for k, _ in storage.list_files(self.loc, self.s3) if k.endswith(".npz")]
+            except storage.StorageError:
+                if self.loc.is_s3:
+                    raise
+                shards = []  # a local cache folder that does not exist yet
+            for uri in shards:
+                with np.load(io.BytesIO(storage.read_bytes(uri, self.s3))) as z:
+                    self._index.update(zip(z["keys"].tolist(), z["features"], strict=True))
+        return self._index
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        index = self._load()
+        return [k for k in keys if k not in index]
+
+    def get(self, keys: Sequence[str]) -> np.ndarray:
+        index = self._load()
+        return np.stack([index[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+
+    def put(self, keys: Sequence[str], features: np.ndarray) -> str:
+        """Write one shard; its name is the hash of its keys, so rewriting it is harmless."""
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.asarray(keys), features=features.astype(np.float32))
+        name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:24]
+        uri = str(self.loc.join(f"shard-{name}.npz"))
+        storage.write_bytes(uri, buf.getvalue(), self.s3)
+        self._load().update(zip(keys, features.astype(np.float32), strict=True))
+        return uri
+
+
+def namespace(backbone: str, weights: WeightsSource, size: int, augment: AugmentConfig, seed: int) -> str:
+    """The part of a cache address shared by all images of one extraction setup."""
+    return f"{backbone}-{size}px-{weights.fingerprint}-aug{augment.fingerprint()}-s{seed}"
+
+
+def entry_key(sha: str, view: int) -> str:
+    return f"{sha}:{view}"
+
+
+def extract(
+    rows: pd.DataFrame,
+    views: Sequence[int],
+    *,
+    backbone: str,
+    weights: WeightsSource,
+    size: int,
+    cache: FeatureCache,
+    augment: AugmentConfig = AugmentConfig(),
+    seed: int = 0,
+    batch_size: int = 64,
+    shard_size: int = 1024,
+    s3: Any = None,
+    progress: Progress | None = None,
+    model: keras.Model | None = None,
+) -> ExtractStats:
+    """Make sure the cache holds features of every image in ``rows`` for every view in ``views``."""
+    import time
+
+    start = time.perf_counter()
+    unique = rows.drop_duplicates("sha256")
+    todo = {v: unique[unique["sha256"].isin({k.split(":")[0] for k in cache.missing(
+        [entry_key(s, v) for s in unique["sha256"]])})] for v in views}
+    total = sum(len(t) for t in todo.values())
+    requested = len(unique) * len(views)
+    done = 0
+    if total:
+        model = model or feature_extractor(backbone, size, weights)
+    for view, part in todo.items():
+        if part.empty:
+            continue
+        aug = augmenter(augment, size, seed + 1000 * view) if view > 0 else None
+        ds = image_dataset(part, size, num_classes=1, batch_size=batch_size, s3=s3, augment=aug, labels=False,
+                           seed=seed + view)
+        shas = part["sha256"].tolist()
+        pos = 0  # images of this view done so far
+        keys: list[str] = []
+        chunks: list[np.ndarray] = []
+        for i, batch in enumerate(ds):
+            if i == 0:
+                preflight(backbone, batch)
+            feats = np.asarray(model(batch, training=False), dtype=np.float32)
+            keys += [entry_key(s, view) for s in shas[pos : pos + len(feats)]]
+            chunks.append(feats)
+            pos += len(feats)
+            done += len(feats)
+            if len(keys) >= shard_size:
+                cache.put(keys, np.concatenate(chunks))
+                keys, chunks = [], []
+            if progress:
+                progress(f"features {backbone} view {view}", done, total)
+        if keys:
+            cache.put(keys, np.concatenate(chunks))
+    return ExtractStats(requested, requested - total, total, time.perf_counter() - start)
+
+
+def gather(cache: FeatureCache, rows: pd.DataFrame, views: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Features and integer labels for ``rows`` × ``views`` (view-major order)."""
+    x = np.concatenate([cache.get([entry_key(s, v) for s in rows["sha256"]]) for v in views])
+    y = np.tile(rows["label_index"].to_numpy(), len(views))
+    return x, y

@@ -1,0 +1,80 @@
+"""The classification head, the full saved model, and the named training phases.
+
+Full model: raw RGB [0, 255] → :class:`~scene.backbones.Preprocess` → backbone (``training=False``,
+global average pooling) → head. The head is a small model of its own, so the ``cached`` strategy can
+train it on stored features and then drop it, unchanged, on top of the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+
+from scene.backbones import Preprocess, WeightsSource, build_backbone, get_spec
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The seed's head, kept: GAP → Dense(ReLU, L2) → BatchNorm → Dropout → softmax."""
+
+    hidden: int = 256  # units of the hidden ReLU layer
+    l2: float = 1e-4  # L2 penalty on the hidden layer's kernel
+    dropout: float = 0.2  # dropout after batch norm
+
+
+def build_head(feature_width: int, num_classes: int, cfg: HeadConfig = HeadConfig()) -> keras.Model:
+    """Pooled features → class probabilities (float32 output, also under mixed precision)."""
+    inp = keras.Input((feature_width,), name="features")
+    x = keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=keras.regularizers.L2(cfg.l2),
+                           name="hidden")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inp, out, name="head")
+
+
+def assemble(backbone_name: str, size: int, weights: WeightsSource, head: keras.Model) -> keras.Model:
+    """The full model users load: raw pixels in, probabilities out, preprocessing inside."""
+    spec = get_spec(backbone_name)
+    inp = keras.Input((size, size, 3), name="image")
+    backbone = build_backbone(backbone_name, size, weights)
+    x = Preprocess(spec.preprocess, name="preprocess")(inp)
+    x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    return keras.Model(inp, head(x), name=f"scene_{backbone_name}")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The backbone sub-model inside a full model."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    """Phase 1: only the head trains."""
+    backbone_of(model).trainable = False
+
+
+def unfreeze_top(model: keras.Model, n: int) -> int:
+    """Phase 2: the top ``n`` layers of the backbone train, BatchNorm layers never; returns how many train.
+
+    Recompile afterwards — trainability changes take effect only on compile.
+    """
+    backbone = backbone_of(model)
+    if n <= 0:
+        raise ValueError(f"unfreeze_top n={n}; pass a positive number of backbone layers to fine-tune")
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        top = i >= len(backbone.layers) - n
+        layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    """Adam and categorical cross-entropy, with accuracy."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def load(path: str) -> keras.Model:
+    """Load a saved scene model (registers the custom preprocessing layer)."""
+    return keras.models.load_model(path, custom_objects={"Preprocess": Preprocess}, compile=False)

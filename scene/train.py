@@ -1,0 +1,279 @@
+"""Training one backbone: the frozen phase (``cached`` features or ``online``), optional fine-tuning,
+then predictions on every split. Each phase is a function of its own so Prefect tasks can run them
+one by one; :func:`train` runs them all for the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from scene import backbones, features
+from scene.dataset import Dataset
+from scene.model import HeadConfig, assemble, build_head, compile_model, unfreeze_top
+from scene.pipeline import AugmentConfig, augmenter, image_dataset
+
+Progress = Callable[[str, int, int], None]
+STRATEGIES = ("cached", "online")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run of one backbone (stored beside the model)."""
+
+    backbone: str
+    weights: str = "imagenet"  # "imagenet", "none" (random init) or a path / s3:// URI to .weights.h5
+    strategy: str = "cached"  # "cached": head on stored features; "online": backbone in the loop
+    views: int = 2  # cached: augmented views per training image (0 = no augmentation)
+    epochs: int = 100  # upper bound; early stopping on val loss usually ends sooner
+    image_size: int = 150  # the Intel photos are 150 px; resize + zero-pad to this
+    batch_size: int = 32  # online / fine-tuning batch size (cached head uses 64)
+    learning_rate: float = 1e-3  # Adam, frozen phase
+    patience: int = 10  # early stopping patience (epochs without val-loss improvement)
+    finetune_layers: int = 0  # >0: unfreeze the top N backbone layers for a second phase
+    finetune_epochs: int = 10  # upper bound for the fine-tuning phase
+    finetune_lr: float = 1e-5  # Adam learning rate when fine-tuning
+    mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
+    seed: int = 42  # seeds weights init, shuffling, augmentation and dropout
+    head: HeadConfig = field(default_factory=HeadConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        backbones.get_spec(self.backbone)  # raises with the list of known names
+        checks = [
+            (self.strategy in STRATEGIES, "strategy", self.strategy, f"one of {STRATEGIES}"),
+            (self.views >= 0, "views", self.views, "0 (no augmentation) or more"),
+            (self.epochs >= 1, "epochs", self.epochs, "1 or more"),
+            (32 <= self.image_size <= 1024, "image_size", self.image_size, "between 32 and 1024"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, "1 or more"),
+            (self.finetune_layers >= 0, "finetune_layers", self.finetune_layers, "0 (off) or more"),
+            (self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number"),
+        ]
+        for ok, name, value, expected in checks:
+            if not ok:
+                raise ValueError(f"{name}={value!r} is invalid; expected {expected}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        return cls(**{**d, "head": HeadConfig(**d.pop("head", {})), "augment": AugmentConfig(**d.pop("augment", {}))})
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Class probabilities and true labels of one split."""
+
+    split: str
+    keys: list[str]
+    y_true: np.ndarray
+    probs: np.ndarray
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """What the training phases produced."""
+
+    model_path: Path
+    history: pd.DataFrame
+    weights: backbones.WeightsSource
+    extract: features.ExtractStats | None
+    seconds: float
+
+
+class _ProgressCallback(keras.callbacks.Callback):
+    def __init__(self, progress: Progress | None, stage: str, epochs: int) -> None:
+        super().__init__()
+        self.progress, self.stage, self.epochs = progress, stage, epochs
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if self.progress:
+            self.progress(self.stage, epoch + 1, self.epochs)
+
+
+@contextlib.contextmanager
+def precision_policy(mixed: bool) -> Iterator[None]:
+    """Use float16 compute inside the block when asked; always restore the previous policy."""
+    before = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
+
+
+def _callbacks(cfg: TrainConfig, progress: Progress | None, stage: str, epochs: int) -> list[keras.callbacks.Callback]:
+    return [
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(2, cfg.patience // 3),
+                                          min_lr=1e-7),
+        _ProgressCallback(progress, stage, epochs),
+    ]
+
+
+def _history(hist: keras.callbacks.History, phase: str, start_epoch: int = 0) -> pd.DataFrame:
+    df = pd.DataFrame(hist.history)
+    if "learning_rate" in df:
+        df = df.rename(columns={"learning_rate": "lr"})
+    df.insert(0, "epoch", np.arange(start_epoch + 1, start_epoch + len(df) + 1))
+    df.insert(1, "phase", phase)
+    return df
+
+
+def feature_cache(dataset_cfg: TrainConfig, weights: backbones.WeightsSource, cache_root: str,
+                  s3: Any = None) -> features.FeatureCache:
+    """The cache namespace for a config and its weights."""
+    ns = features.namespace(dataset_cfg.backbone, weights, dataset_cfg.image_size, dataset_cfg.augment,
+                            dataset_cfg.seed)
+    return features.FeatureCache(cache_root, ns, s3)
+
+
+def train_views(cfg: TrainConfig) -> list[int]:
+    """The cached views used for training images: the plain image plus ``views`` augmentations."""
+    return list(range(cfg.views + 1))
+
+
+def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSource, cache_root: str, *,
+                     s3: Any = None, progress: Progress | None = None) -> features.ExtractStats:
+    """Cached strategy, step 1: stored features for train (all views) and val/test (plain view)."""
+    cache = feature_cache(cfg, weights, cache_root, s3)
+    model = None
+    stats = []
+    for rows, views in ((ds.split("train"), train_views(cfg)), (ds.manifest[ds.manifest["split"] != "train"], [0])):
+        missing = cache.missing([features.entry_key(s, v) for s in rows["sha256"] for v in views])
+        if missing and model is None:
+            model = backbones.feature_extractor(cfg.backbone, cfg.image_size, weights)
+        stats.append(features.extract(rows, views, backbone=cfg.backbone, weights=weights, size=cfg.image_size,
+                                      cache=cache, augment=cfg.augment, seed=cfg.seed, s3=s3, progress=progress,
+                                      model=model))
+    return features.ExtractStats(sum(s.requested for s in stats), sum(s.cached for s in stats),
+                                 sum(s.computed for s in stats), sum(s.seconds for s in stats))
+
+
+def fit(ds: Dataset, cfg: TrainConfig, out_dir: Path, *, cache_root: str | None = None, s3: Any = None,
+        mirror: str | None = None, progress: Progress | None = None) -> FitResult:
+    """Resolve weights, run the frozen phase (cached or online) and the optional fine-tuning; save the model."""
+    start = time.perf_counter()
+    keras.utils.set_random_seed(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = backbones.get_spec(cfg.backbone)
+    weights = backbones.resolve_weights(spec, cfg.weights, cfg.image_size, s3=s3, mirror=mirror, seed=cfg.seed)
+    k = len(ds.class_names)
+    histories: list[pd.DataFrame] = []
+    extract_stats = None
+    with precision_policy(cfg.mixed_precision):
+        head = build_head(spec.feature_width, k, cfg.head)
+        if cfg.strategy == "cached":
+            if cache_root is None:
+                raise ValueError("strategy='cached' needs a feature cache location (--cache DIR_OR_URI)")
+            extract_stats = extract_features(ds, cfg, weights, cache_root, s3=s3, progress=progress)
+            cache = feature_cache(cfg, weights, cache_root, s3)
+            x_tr, y_tr = features.gather(cache, ds.split("train"), train_views(cfg))
+            x_va, y_va = features.gather(cache, ds.split("val"), [0])
+            compile_model(head, cfg.learning_rate)
+            onehot = keras.utils.to_categorical
+            hist = head.fit(x_tr, onehot(y_tr, k), validation_data=(x_va, onehot(y_va, k)),
+                            epochs=cfg.epochs, batch_size=64, shuffle=True, verbose=0,
+                            callbacks=_callbacks(cfg, progress, f"train head {cfg.backbone}", cfg.epochs))
+            histories.append(_history(hist, "head"))
+            model = assemble(cfg.backbone, cfg.image_size, weights, head)
+        else:
+            model = assemble(cfg.backbone, cfg.image_size, weights, head)
+            histories.append(_fit_online(model, ds, cfg, cfg.learning_rate, cfg.epochs, "head", 0, s3, progress))
+        if cfg.finetune_layers:
+            unfreeze_top(model, cfg.finetune_layers)
+            histories.append(_fit_online(model, ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune",
+                                         len(histories[0]), s3, progress))
+        model_path = out_dir / "model.keras"
+        model.save(model_path)
+    history = pd.concat(histories, ignore_index=True)
+    history.to_csv(out_dir / "history.csv", index=False)
+    return FitResult(model_path, history, weights, extract_stats, time.perf_counter() - start)
+
+
+def _fit_online(model: keras.Model, ds: Dataset, cfg: TrainConfig, lr: float, epochs: int, phase: str,
+                start_epoch: int, s3: Any, progress: Progress | None) -> pd.DataFrame:
+    """Backbone in the loop, augmentation applied afresh every epoch."""
+    k = len(ds.class_names)
+    aug = augmenter(cfg.augment, cfg.image_size, cfg.seed) if cfg.views > 0 or phase == "finetune" else None
+    train = image_dataset(ds.split("train"), cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3,
+                          augment=aug, shuffle=True, seed=cfg.seed)
+    val = image_dataset(ds.split("val"), cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3)
+    for x, _ in train.take(1):
+        backbones.preflight(cfg.backbone, x)
+    compile_model(model, lr)
+    hist = model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
+                     callbacks=_callbacks(cfg, progress, f"{phase} {cfg.backbone}", epochs))
+    return _history(hist, phase, start_epoch)
+
+
+def predict(model: keras.Model, rows: pd.DataFrame, size: int, *, split: str = "", s3: Any = None,
+            batch_size: int = 64, progress: Progress | None = None) -> Predictions:
+    """Class probabilities of a full model over manifest rows (plain images, no augmentation)."""
+    ds = image_dataset(rows, size, num_classes=1, batch_size=batch_size, s3=s3, labels=False)
+    out, done = [], 0
+    for batch in ds:
+        out.append(np.asarray(model(batch, training=False), dtype=np.float64))
+        done += len(out[-1])
+        if progress:
+            progress(f"predict {split}".strip(), done, len(rows))
+    k = model.output_shape[-1]
+    probs = np.concatenate(out) if out else np.zeros((0, k))
+    y = rows["label_index"].to_numpy() if "label_index" in rows else np.full(len(rows), -1)
+    return Predictions(split, rows["key"].tolist(), y, probs)
+
+
+def predict_cached(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, cache_root: str, split: str,
+                   s3: Any = None) -> Predictions:
+    """Probabilities from the head on cached plain-view features (same numbers as the full model, faster)."""
+    cache = feature_cache(cfg, fit_result.weights, cache_root, s3)
+    rows = ds.split(split)
+    model = keras.models.load_model(fit_result.model_path, compile=False)
+    head = model.get_layer("head")
+    x, y = features.gather(cache, rows, [0])
+    probs = np.asarray(head.predict(x, verbose=0, batch_size=256), dtype=np.float64) if len(x) else np.zeros((0, 0))
+    return Predictions(split, rows["key"].tolist(), y, probs)
+
+
+def all_predictions(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, *, cache_root: str | None,
+                    s3: Any = None, progress: Progress | None = None) -> dict[str, Predictions]:
+    """Predictions for train, val and test: from cached features when the backbone stayed frozen."""
+    out: dict[str, Predictions] = {}
+    use_cache = cfg.strategy == "cached" and not cfg.finetune_layers and cache_root is not None
+    model = None if use_cache else keras.models.load_model(fit_result.model_path, compile=False)
+    for split in ("train", "val", "test"):
+        if ds.split(split).empty:
+            continue
+        if use_cache:
+            out[split] = predict_cached(ds, cfg, fit_result, cache_root, split, s3)  # type: ignore[arg-type]
+        else:
+            out[split] = predict(model, ds.split(split), cfg.image_size, split=split, s3=s3, progress=progress)
+    return out
+
+
+def write_config(path: Path, cfg: TrainConfig, ds: Dataset, fit_result: FitResult, extra: dict[str, Any]) -> dict:
+    """``config.json`` beside the model: full config, classes, data fingerprint, weights source."""
+    doc = {
+        "config": cfg.to_dict(),
+        "class_names": list(ds.class_names),
+        "data_fingerprint": ds.fingerprint,
+        "data_source": ds.source,
+        "weights": asdict(fit_result.weights),
+        "random_init": fit_result.weights.random_init,
+        **extra,
+    }
+    path.write_text(json.dumps(doc, indent=2, default=str))
+    return doc
+
+
