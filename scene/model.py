@@ -19,7 +19,7 @@ class HeadConfig:
     """The seed's head, kept: GAP → Dense(ReLU, L2) → BatchNorm → Dropout → softmax."""
 
     hidden: int = 256  # units of the hidden ReLU layer
-    l2: float = 1e-4  # L2 penalty on the hidden layer's kernel
+    l2: float = 1e-3  # L2 penalty on the hidden layer's kernel
     dropout: float = 0.2  # dropout after batch norm
 
 

@@ -1,0 +1,243 @@
+"""The ``scene`` command line: data, training, evaluation, prediction, the local stack and the registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from scene.metadata import DEFAULT_IMAGE_SIZE
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the terminal readable
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+class CliError(RuntimeError):
+    """A user-facing error: printed without a traceback."""
+
+
+def _settings() -> Any:
+    from scene.settings import Settings
+
+    return Settings.from_env()
+
+
+def _s3_for(*uris: str | None) -> Any:
+    """An S3 client when any argument is an s3:// URI, else None."""
+    if any(u and str(u).startswith("s3://") for u in uris):
+        from scene.storage import s3_client
+
+        return s3_client(_settings())
+    return None
+
+
+class Bars:
+    """One tqdm progress bar per stage, fed by the library's ``progress(stage, done, total)`` callbacks."""
+
+    def __init__(self) -> None:
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="it", leave=True, file=sys.stderr)
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+
+def _load_dataset(data: str, test: str | None, classes: str | None, bars: Bars) -> Any:
+    from scene.dataset import build_dataset
+
+    names = [c.strip() for c in classes.split(",")] if classes else None
+    return build_dataset(data, test, class_names=names, s3=_s3_for(data, test),
+                         progress=lambda d, t: bars("reading images", d, t))
+
+
+def _validate(ds: Any, strict: bool = True) -> Any:
+    from scene.validation import validate_manifest
+
+    report = validate_manifest(ds.manifest, ds.rejected, ds.class_names)
+    for problem in ds.rejected.itertuples():
+        print(f"skipped {problem.key}: {problem.problem}", file=sys.stderr)
+    if not report.success and strict:
+        raise CliError("the data failed validation, nothing was trained:\n  " + "\n  ".join(report.failures()))
+    return report
+
+
+def cmd_data_synth(a: argparse.Namespace) -> None:
+    from scene.synth import make_synthetic
+
+    out = make_synthetic(a.out, a.per_class, size=a.size, seed=a.seed, test_per_class=a.test_per_class)
+    print(f"wrote a generated smoke dataset (not scene photos) to {out}")
+
+
+def cmd_validate(a: argparse.Namespace) -> None:
+    bars = Bars()
+    ds = _load_dataset(a.data, a.test, a.classes, bars)
+    report = _validate(ds, strict=False)
+    print(report.summary_markdown())
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        ds.manifest.to_csv(Path(a.out) / "manifest.csv", index=False)
+        ds.rejected.to_csv(Path(a.out) / "rejected.csv", index=False)
+        (Path(a.out) / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    if not report.success:
+        raise CliError("validation failed:\n  " + "\n  ".join(report.failures()))
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from scene.experiment import compare, train_one
+    from scene.train import TrainConfig
+
+    settings = _settings()
+    configs = [TrainConfig(backbone=b, weights=a.weights, strategy=a.strategy, views=a.views, epochs=a.epochs,
+                           image_size=a.image_size, finetune_layers=a.finetune_layers, seed=a.seed,
+                           mixed_precision=a.mixed_precision) for b in dict.fromkeys(a.backbone)]
+    bars = Bars()
+    ds = _load_dataset(a.data, a.test, a.classes, bars)
+    _validate(ds)
+    s3 = _s3_for(a.data, a.test, a.cache, a.weights) or (
+        _s3_for("s3://x") if settings.s3_endpoint_url and a.weights == "imagenet" else None)
+    mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}" if s3 else None
+    cache = a.cache or settings.feature_cache
+    results = []
+    for cfg in configs:
+        print(f"== {cfg.backbone}: {cfg.strategy}, weights {cfg.weights}", file=sys.stderr)
+        r = train_one(ds, cfg, Path(a.out) / cfg.backbone, cache_root=cache, s3=s3, mirror=mirror, progress=bars)
+        results.append(r)
+        if r.status == "failed":
+            print(f"!! {cfg.backbone} failed: {r.error}", file=sys.stderr)
+    _, md = compare(results, a.out)
+    print(md.read_text())
+    print(f"artifacts in {Path(a.out).resolve()}")
+    if all(r.status == "failed" for r in results):
+        raise CliError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in results))
+
+
+def _model_meta(model_path: str) -> dict[str, Any]:
+    cfg = Path(model_path).with_name("config.json")
+    return json.loads(cfg.read_text()) if cfg.exists() else {}
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from scene.experiment import evaluate_all
+    from scene.metadata import CLASS_NAMES
+    from scene.model import load
+    from scene.plots import plot_confusion, plot_roc
+    from scene.train import predict
+
+    meta = _model_meta(a.model)
+    classes = tuple(meta.get("class_names", CLASS_NAMES))
+    bars = Bars()
+    ds = _load_dataset(a.data, None, ",".join(classes), bars)
+    model = load(a.model)
+    size = int(model.input_shape[1])
+    p = predict(model, ds.manifest, size, split="test", s3=_s3_for(a.data), progress=bars)
+    m = evaluate_all({"test": p}, classes)["test"]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"test": m.to_dict(), "meta": {
+        "model": a.model, "data": a.data, "data_fingerprint": ds.fingerprint, "class_names": list(classes),
+        "skipped": ds.rejected.to_dict("records")}}, indent=2))
+    plot_confusion(m.confusion, classes, out / "confusion_matrix.png", f"{Path(a.model).parent.name} — {a.data}")
+    plot_roc(p.y_true, p.probs, classes, out / "roc.png")
+    ci = m.ci.get("f1_weighted")
+    print(f"accuracy {m.accuracy:.3f}  F1 (weighted) {m.f1_weighted:.3f}"
+          + (f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci else "") + f"  on {m.n} images; wrote {out / 'metrics.json'}")
+    if m.collapsed:
+        print(f"WARNING: collapsed: {m.collapse_reason}", file=sys.stderr)
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from scene.metadata import CLASS_NAMES
+    from scene.model import load
+    from scene.predict import predict_folder
+
+    meta = _model_meta(a.model)
+    classes = tuple(meta.get("class_names", CLASS_NAMES))
+    n, bad = predict_folder(load(a.model), a.data, a.out, classes, s3=_s3_for(a.data, a.out), progress=Bars())
+    print(f"wrote {n} predictions to {a.out}" + (f"; {bad} unreadable images listed with their error" if bad else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scene", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("synth", help="write a generated six-class smoke dataset (not scene photos)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--per-class", type=int, default=30)
+    s.add_argument("--test-per-class", type=int, default=0, help="also write seg_test/ (Kaggle layout)")
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_data_synth)
+
+    v = sub.add_parser("validate", help="build the manifest and run the validation suite")
+    v.add_argument("--data", required=True)
+    v.add_argument("--test")
+    v.add_argument("--classes", help="comma-separated class names (default: the Intel classes)")
+    v.add_argument("--out", help="folder for manifest.csv, rejected.csv, validation.json")
+    v.set_defaults(func=cmd_validate)
+
+    t = sub.add_parser("train", help="train one or more backbones and compare them")
+    t.add_argument("--data", required=True, help="folder or s3:// URI of class folders (or the Kaggle archive)")
+    t.add_argument("--test", help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
+    t.add_argument("--backbone", action="append", required=True, help="repeat for several")
+    t.add_argument("--weights", default="imagenet", help="imagenet | none | PATH or s3:// URI to .weights.h5")
+    t.add_argument("--strategy", choices=["cached", "online"], default="cached")
+    t.add_argument("--views", type=int, default=2, help="augmented views per training image (cached)")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    t.add_argument("--finetune-layers", type=int, default=0)
+    t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
+    t.add_argument("--cache", help="feature cache folder or s3:// URI (default from settings)")
+    t.add_argument("--classes", help="comma-separated class names (default: the Intel classes)")
+    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--out", required=True)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved model on a labelled dataset")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="classify images (labelled or not) into a CSV")
+    r.add_argument("--model", required=True)
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", required=True, help="predictions.csv (local or s3://)")
+    r.set_defaults(func=cmd_predict)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return p
+
+
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from scene.backbones import InputRangeError, WeightsUnavailable
+    from scene.dataset import DatasetError
+    from scene.storage import StorageError
+
+    try:
+        args.func(args)
+    except (CliError, DatasetError, StorageError, WeightsUnavailable, InputRangeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""One backbone end to end — fit, predict, evaluate, write artifacts — and the comparison across backbones.
+
+Every per-backbone folder holds ``model.keras``, ``config.json`` (full config, classes, data
+fingerprint, weights source), ``metrics.json``, ``history.csv``, plots, ``report.html`` and
+``model_card.md``. A failing backbone yields a ``failed`` result with its error; it never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scene import storage
+from scene.dataset import Dataset
+from scene.evaluate import SplitMetrics, evaluate_predictions, most_confused_pairs
+from scene.plots import plot_confusion, plot_learning_curves, plot_roc
+from scene.report import thumbnail_data_uri, write_comparison, write_model_card, write_report_html
+from scene.train import FitResult, Predictions, Progress, TrainConfig, all_predictions, fit, write_config
+
+RANDOM_INIT_WARNING = "random init — not a transfer-learning result"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of training one backbone; flows branch on ``status``."""
+
+    backbone: str
+    status: str  # "ok", "collapsed" (never promoted) or "failed"
+    error: str = ""
+    out_dir: str = ""
+    model_path: str | None = None
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # split -> SplitMetrics.to_dict()
+    seconds: float = 0.0
+    weights: str = ""
+    weights_origin: str = ""
+    random_init: bool = False
+    strategy: str = ""
+    features_computed: int = 0
+    features_cached: int = 0
+    data_fingerprint: str = ""
+
+    def comparison_row(self) -> dict[str, Any]:
+        """One row of the comparison table."""
+        m = {s: self.metrics.get(s, {}) for s in ("train", "val", "test")}
+        return {
+            "backbone": self.backbone, "weights": "none" if self.random_init else self.weights,
+            "strategy": self.strategy, "status": self.status, "error": self.error,
+            "test_accuracy": m["test"].get("accuracy"), "test_f1_weighted": m["test"].get("f1_weighted"),
+            "test_f1_macro": m["test"].get("f1_macro"), "test_auc_ovr_weighted": m["test"].get("auc_ovr_weighted"),
+            "val_f1_weighted": m["val"].get("f1_weighted"), "train_f1_weighted": m["train"].get("f1_weighted"),
+            "seconds": round(self.seconds, 1),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_all(preds: dict[str, Predictions], class_names: tuple[str, ...], *, bootstrap: int = 1000,
+                 seed: int = 0) -> dict[str, SplitMetrics]:
+    """Metrics of every split; bootstrap intervals on the test split."""
+    return {s: evaluate_predictions(p.y_true, p.probs, class_names, bootstrap=bootstrap if s == "test" else 0,
+                                    seed=seed) for s, p in preds.items()}
+
+
+def _confusion_examples(p: Predictions, metrics: SplitMetrics, class_names: tuple[str, ...], s3: Any,
+                        per_pair: int = 4) -> list[dict[str, Any]]:
+    pred = p.probs.argmax(1)
+    out = []
+    for true, predicted, count in most_confused_pairs(metrics.confusion, class_names, top=3):
+        ti, pi = class_names.index(true), class_names.index(predicted)
+        keys = [k for k, t, q in zip(p.keys, p.y_true, pred, strict=True) if t == ti and q == pi][:per_pair]
+        examples = []
+        for key in keys:
+            try:
+                examples.append(thumbnail_data_uri(storage.read_bytes(key, s3)))
+            except storage.StorageError:
+                continue
+        out.append({"true": true, "pred": predicted, "count": count, "examples": [e for e in examples if e]})
+    return out
+
+
+def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds: dict[str, Predictions],
+                    metrics: dict[str, SplitMetrics], out_dir: Path, *, s3: Any = None) -> dict[str, Any]:
+    """Plots, ``metrics.json``, ``config.json``, ``report.html`` and ``model_card.md``; returns config.json."""
+    warnings = [RANDOM_INIT_WARNING] if fit_result.weights.random_init else []
+    eval_split = "test" if "test" in preds else "val"
+    plots = {"learning curves": plot_learning_curves(fit_result.history, out_dir / "learning_curves.png")}
+    if eval_split in preds:
+        m, p = metrics[eval_split], preds[eval_split]
+        plots["confusion matrix"] = plot_confusion(m.confusion, ds.class_names, out_dir / "confusion_matrix.png",
+                                                   f"{cfg.backbone} — {eval_split}")
+        plots["ROC curves"] = plot_roc(p.y_true, p.probs, ds.class_names, out_dir / "roc.png")
+    summary = {
+        "backbone": cfg.backbone, "weights": fit_result.weights.origin, "strategy": cfg.strategy,
+        "views": str(cfg.views), "fine-tuned layers": str(cfg.finetune_layers), "image size": str(cfg.image_size),
+        "data fingerprint": ds.fingerprint, "data source": ds.source,
+        "images (train/val/test)": "/".join(str(len(ds.split(s))) for s in ("train", "val", "test")),
+        "training time": f"{fit_result.seconds:.1f} s",
+    }
+    if fit_result.extract:
+        summary["features computed / cached"] = f"{fit_result.extract.computed} / {fit_result.extract.cached}"
+    extra = {"metrics": {s: m.to_dict() for s, m in metrics.items()}}
+    doc = write_config(out_dir / "config.json", cfg, ds, fit_result,
+                       {"summary": summary, "seconds": fit_result.seconds})
+    meta = {"backbone": cfg.backbone, "class_names": list(ds.class_names), "data_fingerprint": ds.fingerprint,
+            "random_init": fit_result.weights.random_init, "weights": fit_result.weights.origin}
+    (out_dir / "metrics.json").write_text(json.dumps({**extra["metrics"], "meta": meta}, indent=2))
+    confusions = (_confusion_examples(preds[eval_split], metrics[eval_split], ds.class_names, s3)
+                  if eval_split in preds else [])
+    write_report_html(out_dir / "report.html", title=f"scene — {cfg.backbone}", summary=summary, metrics=metrics,
+                      plots=plots, confusions=confusions, warnings=warnings)
+    write_model_card(out_dir / "model_card.md", name=f"scene-{cfg.backbone}", summary=summary,
+                     params=cfg.to_dict(), metrics=metrics, warnings=warnings)
+    return doc
+
+
+def status_of(metrics: dict[str, SplitMetrics]) -> str:
+    """``collapsed`` when the evaluation split (test, else val) is collapsed, else ``ok``."""
+    m = metrics.get("test") or metrics.get("val")
+    return "collapsed" if m is not None and m.collapsed else "ok"
+
+
+def train_one(ds: Dataset, cfg: TrainConfig, out_dir: str | Path, *, cache_root: str | None = None,
+              s3: Any = None, mirror: str | None = None, progress: Progress | None = None,
+              bootstrap: int = 1000) -> TrainResult:
+    """Fit, predict, evaluate and write the artifacts of one backbone; errors become a ``failed`` result."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    try:
+        fitted = fit(ds, cfg, out, cache_root=cache_root, s3=s3, mirror=mirror, progress=progress)
+        preds = all_predictions(ds, cfg, fitted, cache_root=cache_root, s3=s3, progress=progress)
+        metrics = evaluate_all(preds, ds.class_names, bootstrap=bootstrap, seed=cfg.seed)
+        write_artifacts(ds, cfg, fitted, preds, metrics, out, s3=s3)
+    except Exception as err:  # one backbone's failure is reported, never stops the others
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "error.txt").write_text(traceback.format_exc())
+        return TrainResult(cfg.backbone, "failed", f"{type(err).__name__}: {err}", str(out), None, {},
+                           time.perf_counter() - start, cfg.weights, strategy=cfg.strategy,
+                           data_fingerprint=ds.fingerprint)
+    ex = fitted.extract
+    return TrainResult(
+        cfg.backbone, status_of(metrics), "", str(out), str(fitted.model_path),
+        {s: m.to_dict() for s, m in metrics.items()}, time.perf_counter() - start, cfg.weights,
+        fitted.weights.origin, fitted.weights.random_init, cfg.strategy, ex.computed if ex else 0,
+        ex.cached if ex else 0, ds.fingerprint,
+    )
+
+
+def compare(results: list[TrainResult], out_dir: str | Path) -> tuple[Path, Path]:
+    """``comparison.md`` and ``comparison.csv`` across backbones, best by test F1."""
+    return write_comparison([r.comparison_row() for r in results], out_dir)
+
+
+def per_image_correct(p: Predictions) -> np.ndarray:
+    """Whether each image was classified correctly (input to McNemar's test)."""
+    return p.probs.argmax(1) == p.y_true

@@ -1,0 +1,53 @@
+"""Batch prediction over a folder or prefix of images (labelled or not) into a CSV."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from pathlib import PurePosixPath
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from scene import images, storage
+from scene.metadata import IMAGE_SUFFIXES
+from scene.train import predict
+
+
+def list_images(src: str, s3: Any = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image keys under ``src`` (any depth), and ``(key, problem)`` for files that are not usable images."""
+    keys, bad = [], []
+    for key, _ in storage.list_files(src, s3):
+        name = PurePosixPath(key).name
+        if name.startswith(".") or PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
+            bad.append((key, "not an image file"))
+            continue
+        try:
+            images.inspect(storage.read_bytes(key, s3))
+            keys.append(key)
+        except images.ImageProblem as err:
+            bad.append((key, str(err)))
+    return keys, bad
+
+
+def predict_folder(model: keras.Model, src: str, out: str, class_names: Sequence[str], *, s3: Any = None,
+                   progress: Callable[[str, int, int], None] | None = None) -> tuple[int, int]:
+    """Write ``key,label,confidence,p_<class>…,error``; unreadable images get a row with their error."""
+    keys, bad = list_images(src, s3)
+    rows = pd.DataFrame({"key": keys})
+    p = predict(model, rows, int(model.input_shape[1]), split="images", s3=s3, progress=progress)
+    idx = p.probs.argmax(1) if len(keys) else np.zeros(0, int)
+    df = pd.DataFrame({"key": keys, "label": [class_names[i] for i in idx],
+                       "confidence": p.probs.max(1) if len(keys) else []})
+    for i, c in enumerate(class_names):
+        df[f"p_{c}"] = p.probs[:, i] if len(keys) else []
+    df["error"] = ""
+    if bad:
+        df = pd.concat([df, pd.DataFrame({"key": [k for k, _ in bad], "label": "", "error": [e for _, e in bad]})],
+                       ignore_index=True)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.6f")
+    storage.write_bytes(out, buf.getvalue().encode(), s3)
+    return len(keys), len(bad)

@@ -1,0 +1,150 @@
+"""Training phases on tiny generated images: cached and online strategies, fine-tuning, the feature cache."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from scene import features
+from scene.dataset import build_dataset
+from scene.experiment import RANDOM_INIT_WARNING, train_one
+from scene.model import backbone_of, build_head, load, unfreeze_top
+from scene.pipeline import image_dataset
+from scene.synth import make_synthetic
+from scene.train import TrainConfig, fit, precision_policy, predict, predict_cached
+
+SMALL = {"backbone": "mobilenetv2", "weights": "none", "image_size": 48, "epochs": 3, "views": 1, "patience": 2}
+
+
+@pytest.fixture(scope="module")
+def ds(synth_dir: Path):  # noqa: ANN201
+    return build_dataset(str(synth_dir))
+
+
+def test_pipeline_feeds_raw_0_255_pixels(ds) -> None:  # noqa: ANN001
+    x, y = next(iter(image_dataset(ds.manifest, 48, num_classes=6, batch_size=16)))
+    assert x.shape == (16, 48, 48, 3) and y.shape == (16, 6)
+    assert float(np.max(x)) > 100 and float(np.min(x)) >= 0
+
+
+def test_resize_keeps_aspect_and_zero_pads(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from scene.pipeline import resize_pad
+
+    img = np.asarray(Image.new("RGB", (100, 50), (255, 255, 255)))
+    out = np.asarray(resize_pad(img, 40))
+    assert out.shape == (40, 40, 3)
+    assert out[0, 20].max() == 0 and out[20, 20].min() > 250  # black bars top/bottom, image in the middle
+
+
+def test_cached_run_writes_every_artifact(ds, tmp_path: Path) -> None:  # noqa: ANN001
+    r = train_one(ds, TrainConfig(**SMALL), tmp_path / "mobilenetv2", cache_root=str(tmp_path / "cache"),
+                  bootstrap=50)
+    assert r.status in ("ok", "collapsed"), r.error
+    out = tmp_path / "mobilenetv2"
+    for name in ("model.keras", "metrics.json", "history.csv", "config.json", "report.html", "model_card.md",
+                 "learning_curves.png", "confusion_matrix.png", "roc.png"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("train", "val", "test"):
+        for key in ("accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "f1_macro",
+                    "auc_ovr_weighted", "collapsed", "per_class"):
+            assert key in metrics[split], (split, key)
+    assert len(metrics["test"]["ci"]["f1_weighted"]) == 2
+    config = json.loads((out / "config.json").read_text())
+    assert config["class_names"] == list(ds.class_names) and config["data_fingerprint"] == ds.fingerprint
+    assert config["config"]["backbone"] == "mobilenetv2"
+    assert RANDOM_INIT_WARNING in (out / "model_card.md").read_text()
+    assert r.features_computed == len(ds.split("train")) * 2 + len(ds.manifest) - len(ds.split("train"))
+
+
+def test_cached_head_predictions_equal_the_full_model(ds, tmp_path: Path) -> None:  # noqa: ANN001
+    cfg = TrainConfig(**SMALL)
+    fitted = fit(ds, cfg, tmp_path / "m", cache_root=str(tmp_path / "cache"))
+    fast = predict_cached(ds, cfg, fitted, str(tmp_path / "cache"), "val")
+    model = load(str(fitted.model_path))  # the saved model, reloaded: preprocessing inside
+    full = predict(model, ds.split("val"), 48)
+    np.testing.assert_allclose(fast.probs, full.probs, atol=1e-4)
+
+
+def test_feature_cache_computes_only_new_images(tmp_path: Path) -> None:
+    root = make_synthetic(tmp_path / "d", 6, size=40, seed=8)
+    cfg = TrainConfig(**SMALL)
+    from scene import backbones
+    from scene.train import extract_features
+
+    w = backbones.resolve_weights(backbones.get_spec("mobilenetv2"), "none", 48)
+    first = extract_features(build_dataset(str(root)), cfg, w, str(tmp_path / "cache"))
+    assert first.computed == first.requested > 0
+    again = extract_features(build_dataset(str(root)), cfg, w, str(tmp_path / "cache"))
+    assert again.computed == 0 and again.cached == again.requested
+    for c in ("sea", "forest"):  # one new image in two classes
+        src = next((tmp_path / "d" / c).iterdir())
+        img = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(src))
+        __import__("PIL.Image", fromlist=["Image"]).fromarray(255 - img).save(root / c / "new.png")
+    grown = build_dataset(str(root))
+    third = extract_features(grown, cfg, w, str(tmp_path / "cache"))
+    new = grown.manifest[grown.manifest["key"].str.endswith("new.png")]
+    assert third.computed == sum(2 if s == "train" else 1 for s in new["split"])
+
+
+def test_feature_cache_shards_are_content_addressed(tmp_path: Path) -> None:
+    cache = features.FeatureCache(str(tmp_path), "ns")
+    a = cache.put(["x:0", "y:0"], np.ones((2, 3)))
+    b = cache.put(["x:0", "y:0"], np.ones((2, 3)))
+    assert a == b and len(list((tmp_path / "ns").iterdir())) == 1
+    fresh = features.FeatureCache(str(tmp_path), "ns")
+    assert fresh.missing(["x:0", "z:0"]) == ["z:0"]
+    np.testing.assert_array_equal(fresh.get(["y:0"]), np.ones((1, 3)))
+
+
+def test_online_with_finetuning_keeps_batchnorm_frozen(ds, tmp_path: Path) -> None:  # noqa: ANN001
+    cfg = TrainConfig(**{**SMALL, "strategy": "online", "epochs": 2, "finetune_layers": 6, "finetune_epochs": 1})
+    fitted = fit(ds, cfg, tmp_path / "online")
+    assert fitted.extract is None
+    assert list(fitted.history["phase"].unique()) == ["head", "finetune"]
+    model = load(str(fitted.model_path))
+    assert predict(model, ds.split("test"), 48).probs.shape == (len(ds.split("test")), 6)
+
+
+def test_unfreeze_top_never_trains_batchnorm() -> None:
+    from scene import backbones
+    from scene.model import assemble
+
+    w = backbones.resolve_weights(backbones.get_spec("mobilenetv2"), "none", 32)
+    model = assemble("mobilenetv2", 32, w, build_head(1280, 6))
+    n = unfreeze_top(model, 20)
+    bb = backbone_of(model)
+    top = bb.layers[-20:]
+    assert n > 0 and all(not layer.trainable for layer in bb.layers[:-20])
+    assert all(not layer.trainable for layer in top if isinstance(layer, keras.layers.BatchNormalization))
+    assert any(layer.trainable for layer in top if isinstance(layer, keras.layers.Conv2D))
+
+
+def test_mixed_precision_keeps_float32_output() -> None:
+    with precision_policy(True):
+        head = build_head(16, 6)
+        assert head.layers[1].compute_dtype == "float16"
+        assert head(np.zeros((1, 16), "float32")).dtype == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_bad_config_names_the_argument() -> None:
+    with pytest.raises(ValueError, match="strategy='fast' is invalid"):
+        TrainConfig(backbone="vgg16", strategy="fast")
+    with pytest.raises(ValueError, match="not in the registry"):
+        TrainConfig(backbone="alexnet")
+
+
+def test_failed_backbone_becomes_a_failed_result(ds, tmp_path: Path) -> None:  # noqa: ANN001
+    r = train_one(ds, TrainConfig(**{**SMALL, "weights": "/nope.weights.h5"}), tmp_path / "x",
+                  cache_root=str(tmp_path / "c"))
+    assert r.status == "failed" and "no such file" in r.error
+    assert (tmp_path / "x" / "error.txt").exists()
+    shutil.rmtree(tmp_path / "x")
