@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class Bars:
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
+            del self.bars[stage]  # the same stage may run again (e.g. a second split)
 
 
 def _load_dataset(data: str, test: str | None, classes: str | None, bars: Bars) -> Any:
@@ -68,6 +69,8 @@ def _validate(ds: Any, strict: bool = True) -> Any:
     report = validate_manifest(ds.manifest, ds.rejected, ds.class_names)
     for problem in ds.rejected.itertuples():
         print(f"skipped {problem.key}: {problem.problem}", file=sys.stderr)
+    for warning in report.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     if not report.success and strict:
         raise CliError("the data failed validation, nothing was trained:\n  " + "\n  ".join(report.failures()))
     return report
@@ -180,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_data_synth)
+    from scene import cli_ops
+
+    cli_ops.register_data(data)
 
     v = sub.add_parser("validate", help="build the manifest and run the validation suite")
     v.add_argument("--data", required=True)
@@ -217,12 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="predictions.csv (local or s3://)")
     r.set_defaults(func=cmd_predict)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    cli_ops.register(sub)
     return p
-
-
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -143,10 +143,16 @@ def train_one(ds: Dataset, cfg: TrainConfig, out_dir: str | Path, *, cache_root:
         return TrainResult(cfg.backbone, "failed", f"{type(err).__name__}: {err}", str(out), None, {},
                            time.perf_counter() - start, cfg.weights, strategy=cfg.strategy,
                            data_fingerprint=ds.fingerprint)
+    return result_of(ds, cfg, fitted, metrics, out, time.perf_counter() - start)
+
+
+def result_of(ds: Dataset, cfg: TrainConfig, fitted: FitResult, metrics: dict[str, SplitMetrics], out_dir: Path,
+              seconds: float) -> TrainResult:
+    """The :class:`TrainResult` of a finished, evaluated run."""
     ex = fitted.extract
     return TrainResult(
-        cfg.backbone, status_of(metrics), "", str(out), str(fitted.model_path),
-        {s: m.to_dict() for s, m in metrics.items()}, time.perf_counter() - start, cfg.weights,
+        cfg.backbone, status_of(metrics), "", str(out_dir), str(fitted.model_path),
+        {s: m.to_dict() for s, m in metrics.items()}, seconds, cfg.weights,
         fitted.weights.origin, fitted.weights.random_init, cfg.strategy, ex.computed if ex else 0,
         ex.cached if ex else 0, ds.fingerprint,
     )

@@ -137,7 +137,7 @@ def extract(
                 cache.put(keys, np.concatenate(chunks))
                 keys, chunks = [], []
             if progress:
-                progress(f"features {backbone} view {view}", done, total)
+                progress(f"features {backbone}", done, total)
         if keys:
             cache.put(keys, np.concatenate(chunks))
     return ExtractStats(requested, requested - total, total, time.perf_counter() - start)

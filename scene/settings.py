@@ -28,6 +28,7 @@ class Settings:
     data_prefix: str = "datasets/"  # datasets live under s3://data_bucket/data_prefix<name>/
     weights_mirror_prefix: str = "weights-mirror/"  # Keras weight files mirrored for offline workers
     feature_cache: str = str(Path.home() / ".cache" / "scene" / "features")  # local dir or s3:// URI
+    work_dir: str = str(Path.home() / ".cache" / "scene" / "work")  # local scratch: models before upload
     state_dir: str = ".state"  # the local stack's state folder (PIDs, logs, credentials, data)
 
     @classmethod

@@ -221,3 +221,22 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def upload_dir(local_dir: str | Path, prefix: str, s3: Any) -> list[dict[str, Any]]:
+    """Upload every file under ``local_dir`` to ``prefix`` plus a ``checksums.json``; return what was uploaded."""
+    root = Path(local_dir)
+    uploaded = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "checksums.json"):
+        uri = prefix.rstrip("/") + "/" + path.relative_to(root).as_posix()
+        uploaded.append({"uri": uri, "sha256": upload_file(path, uri, s3), "bytes": path.stat().st_size})
+    import json
+
+    write_bytes(prefix.rstrip("/") + "/checksums.json", json.dumps(uploaded, indent=2).encode(), s3)
+    return uploaded
+
+
+def presigned_url(uri: str, s3: Any, expires: int = 7 * 24 * 3600) -> str:
+    """A time-limited HTTP link to an S3 object (for the Prefect UI)."""
+    loc = parse(uri)
+    return s3.generate_presigned_url("get_object", Params={"Bucket": loc.bucket, "Key": loc.key}, ExpiresIn=expires)

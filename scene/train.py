@@ -20,6 +20,7 @@ import pandas as pd
 from scene import backbones, features
 from scene.dataset import Dataset
 from scene.model import HeadConfig, assemble, build_head, compile_model, unfreeze_top
+from scene.model import load as load_model
 from scene.pipeline import AugmentConfig, augmenter, image_dataset
 
 Progress = Callable[[str, int, int], None]
@@ -161,16 +162,14 @@ def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSo
                                  sum(s.computed for s in stats), sum(s.seconds for s in stats))
 
 
-def fit(ds: Dataset, cfg: TrainConfig, out_dir: Path, *, cache_root: str | None = None, s3: Any = None,
-        mirror: str | None = None, progress: Progress | None = None) -> FitResult:
-    """Resolve weights, run the frozen phase (cached or online) and the optional fine-tuning; save the model."""
+def fit_frozen(ds: Dataset, cfg: TrainConfig, out_dir: Path, weights: backbones.WeightsSource, *,
+               cache_root: str | None = None, s3: Any = None, progress: Progress | None = None) -> FitResult:
+    """Phase 1, backbone frozen: the head on cached features, or online with the backbone in the loop."""
     start = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = backbones.get_spec(cfg.backbone)
-    weights = backbones.resolve_weights(spec, cfg.weights, cfg.image_size, s3=s3, mirror=mirror, seed=cfg.seed)
     k = len(ds.class_names)
-    histories: list[pd.DataFrame] = []
     extract_stats = None
     with precision_policy(cfg.mixed_precision):
         head = build_head(spec.feature_width, k, cfg.head)
@@ -186,20 +185,50 @@ def fit(ds: Dataset, cfg: TrainConfig, out_dir: Path, *, cache_root: str | None 
             hist = head.fit(x_tr, onehot(y_tr, k), validation_data=(x_va, onehot(y_va, k)),
                             epochs=cfg.epochs, batch_size=64, shuffle=True, verbose=0,
                             callbacks=_callbacks(cfg, progress, f"train head {cfg.backbone}", cfg.epochs))
-            histories.append(_history(hist, "head"))
+            history = _history(hist, "head")
             model = assemble(cfg.backbone, cfg.image_size, weights, head)
         else:
             model = assemble(cfg.backbone, cfg.image_size, weights, head)
-            histories.append(_fit_online(model, ds, cfg, cfg.learning_rate, cfg.epochs, "head", 0, s3, progress))
-        if cfg.finetune_layers:
-            unfreeze_top(model, cfg.finetune_layers)
-            histories.append(_fit_online(model, ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune",
-                                         len(histories[0]), s3, progress))
-        model_path = out_dir / "model.keras"
-        model.save(model_path)
-    history = pd.concat(histories, ignore_index=True)
-    history.to_csv(out_dir / "history.csv", index=False)
-    return FitResult(model_path, history, weights, extract_stats, time.perf_counter() - start)
+            history = _fit_online(model, ds, cfg, cfg.learning_rate, cfg.epochs, "head", 0, s3, progress)
+        name = "frozen.keras" if cfg.finetune_layers else "model.keras"  # fine-tuning writes model.keras
+        return _save(model, history, out_dir / name, weights, extract_stats, time.perf_counter() - start)
+
+
+def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None,
+             progress: Progress | None = None) -> FitResult:
+    """Phase 2: the top ``cfg.finetune_layers`` backbone layers train at a low learning rate (BatchNorm frozen)."""
+    if not cfg.finetune_layers:
+        return fitted
+    start = time.perf_counter()
+    with precision_policy(cfg.mixed_precision):
+        model = load_model(str(fitted.model_path))
+        unfreeze_top(model, cfg.finetune_layers)
+        history = _fit_online(model, ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune", len(fitted.history),
+                              s3, progress)
+        return _save(model, pd.concat([fitted.history, history], ignore_index=True),
+                     fitted.model_path.with_name("model.keras"), fitted.weights, fitted.extract,
+                     fitted.seconds + time.perf_counter() - start)
+
+
+def _save(model: keras.Model, history: pd.DataFrame, model_path: Path, weights: backbones.WeightsSource,
+          extract_stats: features.ExtractStats | None, seconds: float) -> FitResult:
+    model.save(model_path)
+    history.to_csv(model_path.with_name("history.csv"), index=False)
+    return FitResult(model_path, history, weights, extract_stats, seconds)
+
+
+def resolve(cfg: TrainConfig, *, s3: Any = None, mirror: str | None = None) -> backbones.WeightsSource:
+    """The weights a config asks for (raises :class:`~scene.backbones.WeightsUnavailable` with instructions)."""
+    return backbones.resolve_weights(backbones.get_spec(cfg.backbone), cfg.weights, cfg.image_size, s3=s3,
+                                     mirror=mirror, seed=cfg.seed)
+
+
+def fit(ds: Dataset, cfg: TrainConfig, out_dir: Path, *, cache_root: str | None = None, s3: Any = None,
+        mirror: str | None = None, progress: Progress | None = None) -> FitResult:
+    """Resolve weights, run the frozen phase and the optional fine-tuning; save the model."""
+    weights = resolve(cfg, s3=s3, mirror=mirror)
+    fitted = fit_frozen(ds, cfg, out_dir, weights, cache_root=cache_root, s3=s3, progress=progress)
+    return finetune(ds, cfg, fitted, s3=s3, progress=progress)
 
 
 def _fit_online(model: keras.Model, ds: Dataset, cfg: TrainConfig, lr: float, epochs: int, phase: str,
@@ -239,7 +268,7 @@ def predict_cached(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, cache_r
     """Probabilities from the head on cached plain-view features (same numbers as the full model, faster)."""
     cache = feature_cache(cfg, fit_result.weights, cache_root, s3)
     rows = ds.split(split)
-    model = keras.models.load_model(fit_result.model_path, compile=False)
+    model = load_model(str(fit_result.model_path))
     head = model.get_layer("head")
     x, y = features.gather(cache, rows, [0])
     probs = np.asarray(head.predict(x, verbose=0, batch_size=256), dtype=np.float64) if len(x) else np.zeros((0, 0))
@@ -251,7 +280,7 @@ def all_predictions(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, *, cac
     """Predictions for train, val and test: from cached features when the backbone stayed frozen."""
     out: dict[str, Predictions] = {}
     use_cache = cfg.strategy == "cached" and not cfg.finetune_layers and cache_root is not None
-    model = None if use_cache else keras.models.load_model(fit_result.model_path, compile=False)
+    model = None if use_cache else load_model(str(fit_result.model_path))
     for split in ("train", "val", "test"):
         if ds.split(split).empty:
             continue

@@ -1,0 +1,128 @@
+"""Operational ``scene`` commands: the local stack, the weights mirror, dataset uploads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from scene.metadata import IMAGE_SUFFIXES
+
+
+def cmd_stack(a: argparse.Namespace) -> None:
+    from scene import stack
+
+    if a.action == "up":
+        info = stack.up(a.state, s3_port=a.s3_port, prefect_port=a.prefect_port, pools=tuple(a.pool or ["default"]),
+                        workdir=a.workdir or Path.cwd())
+        print(f"stack up: Prefect UI {info.prefect_api_url.removesuffix('/api')}, S3 {info.s3_endpoint}, "
+              f"state in {info.state_dir}", file=sys.stderr)
+    elif a.action == "down":
+        stopped = stack.down(a.state)
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
+    elif a.action == "status":
+        st = stack.status(a.state)
+        print(json.dumps(st, indent=2, default=str))
+        if not all(s.get("healthy") for s in st.get("services", {}).values()):
+            sys.exit(1)
+    else:
+        print("\n".join(stack.env_lines(a.state)))
+
+
+def cmd_weights_mirror(a: argparse.Namespace) -> None:
+    """Copy Keras' ImageNet weight files (from the Keras cache, or downloaded) into the bucket's mirror prefix."""
+    from scene import backbones, storage
+    from scene.cli import _settings
+
+    settings = _settings()
+    client = storage.s3_client(settings)
+    mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}"
+    names = a.backbone or sorted(backbones.BACKBONES)
+    failed = []
+    for name in names:
+        spec = backbones.get_spec(name)
+        try:
+            w = backbones.resolve_weights(spec, "imagenet", a.image_size)
+        except backbones.WeightsUnavailable as err:
+            failed.append(f"{name}: {err}")
+            continue
+        uri = mirror + spec.weights_file(a.image_size)
+        storage.upload_file(w.path, uri, client)  # type: ignore[arg-type]
+        print(f"{name}: {w.origin} -> {uri}")
+    if failed:
+        from scene.cli import CliError
+
+        raise CliError("could not mirror:\n  " + "\n  ".join(failed))
+
+
+def cmd_data_upload(a: argparse.Namespace) -> None:
+    """Upload a local class-folder dataset (or the Kaggle archive folder) to the data bucket."""
+    from tqdm import tqdm
+
+    from scene import storage
+    from scene.cli import _settings
+
+    settings = _settings()
+    client = storage.s3_client(settings)
+    src = Path(a.src)
+    if not src.is_dir():
+        from scene.cli import CliError
+
+        raise CliError(f"--src {src}: not a folder")
+    dest = a.dest or f"s3://{settings.data_bucket}/{settings.data_prefix}{a.name}/"
+    files = [p for p in sorted(src.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    for p in tqdm(files, desc=f"upload to {dest}", unit="img", file=sys.stderr):
+        storage.upload_file(p, dest.rstrip("/") + "/" + p.relative_to(src).as_posix(), client)
+    print(dest)
+
+
+def cmd_runs_show(a: argparse.Namespace) -> None:
+    """Print a training run's comparison table and where its artifacts are."""
+    from scene import storage
+    from scene.cli import CliError, _settings
+
+    settings = _settings()
+    client = storage.s3_client(settings)
+    prefix = f"s3://{settings.artifact_bucket}/runs/{a.run_id}/"
+    uri = prefix + "comparison.md"
+    if not storage.exists(uri, client):
+        raise CliError(f"{uri}: no comparison for run {a.run_id!r} (did the run fail? see the Prefect UI)")
+    print(storage.read_bytes(uri, client).decode())
+    files = list(storage.list_files(prefix, client))
+    print(f"\nartifacts: {prefix} ({len(files)} objects, {sum(n for _, n in files) / 1e6:.1f} MB), e.g.")
+    for key, _ in files:
+        if key.endswith(("report.html", "comparison.csv")):
+            print(f"  {key}")
+
+
+def register(sub: Any) -> None:
+    """Add the operational commands to the ``scene`` parser."""
+    s = sub.add_parser("stack", help="the local stack: Prefect server, S3 gateway, workers")
+    s.add_argument("action", choices=["up", "down", "status", "env"])
+    s.add_argument("--state", default=".state", help="state folder (PIDs, logs, credentials, data)")
+    s.add_argument("--s3-port", type=int, default=9000)
+    s.add_argument("--prefect-port", type=int, default=4200)
+    s.add_argument("--pool", action="append", help="process work pools to create with a worker (default: default)")
+    s.add_argument("--workdir", help="where workers run flows (default: the current folder)")
+    s.set_defaults(func=cmd_stack)
+
+    r = sub.add_parser("runs", help="training runs").add_subparsers(dest="runs_command", required=True)
+    show = r.add_parser("show", help="print a run's comparison table and artifact location")
+    show.add_argument("run_id", help="the train-all flow run id")
+    show.set_defaults(func=cmd_runs_show)
+
+    w = sub.add_parser("weights", help="ImageNet weights").add_subparsers(dest="weights_command", required=True)
+    m = w.add_parser("mirror", help="copy Keras' weight files into the artifact bucket for offline workers")
+    m.add_argument("--backbone", action="append")
+    m.add_argument("--image-size", type=int, default=150)
+    m.set_defaults(func=cmd_weights_mirror)
+
+
+def register_data(data_sub: Any) -> None:
+    u = data_sub.add_parser("upload", help="upload a local dataset to the data bucket")
+    u.add_argument("--src", required=True)
+    u.add_argument("--name", default="demo", help="dataset name: s3://$SCENE_DATA_BUCKET/$SCENE_DATA_PREFIX<name>/")
+    u.add_argument("--dest", help="explicit s3:// destination instead of --name")
+    u.set_defaults(func=cmd_data_upload)

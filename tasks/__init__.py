@@ -1,0 +1,1 @@
+"""Thin Prefect tasks, one per pipeline step, each calling into :mod:`scene`."""

@@ -1,0 +1,56 @@
+"""What every task shares: settings, the S3 client, progress reporting into Prefect artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from scene.settings import Settings
+from scene.storage import s3_client
+
+
+def settings() -> Settings:
+    """Settings of this worker (env vars / ``SCENE_CONFIG``), read once per call site."""
+    return Settings.from_env()
+
+
+def s3(cfg: Settings | None = None) -> Any:
+    """An S3 client for the configured endpoint."""
+    return s3_client(cfg or settings())
+
+
+def stable_hash(*parts: Any) -> str:
+    """A short hash of JSON-able parts, for cache keys."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Progress:
+    """``progress(stage, done, total)`` → one Prefect progress artifact per stage, plus a log line per 10%."""
+
+    def __init__(self, min_interval: float = 2.0) -> None:
+        self.min_interval = min_interval
+        self.ids: dict[str, Any] = {}
+        self.last: dict[str, tuple[float, int]] = {}
+        self.log = get_run_logger()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        pct = 100.0 * done / max(total, 1)
+        now = time.monotonic()
+        when, decile = self.last.get(stage, (0.0, -1))
+        if stage not in self.ids:
+            key = re.sub(r"[^a-z0-9-]+", "-", stage.lower()).strip("-")
+            self.ids[stage] = create_progress_artifact(pct, key=f"progress-{key}",
+                                                       description=f"{stage}: {done}/{total}")
+        elif now - when >= self.min_interval or done >= total:
+            update_progress_artifact(self.ids[stage], pct, description=f"{stage}: {done}/{total}")
+        else:
+            return
+        if int(pct // 10) > decile or done >= total:
+            self.log.info("%s: %d/%d (%.0f%%)", stage, done, total, pct)
+        self.last[stage] = (now, int(pct // 10))

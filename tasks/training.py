@@ -1,0 +1,103 @@
+"""Training tasks for one backbone: weights, features, head, fine-tuning, evaluation, report."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.context import TaskRunContext
+
+import scene
+from scene import experiment, train
+from scene.backbones import WeightsUnavailable
+from scene.dataset import Dataset
+from scene.evaluate import SplitMetrics
+from scene.features import ExtractStats
+from scene.train import FitResult, Predictions, TrainConfig
+from tasks.common import Progress, s3, settings, stable_hash
+
+RANDOM_INIT = "random-init"
+
+
+def _model_key(*names: str) -> Any:
+    """Cache key = data fingerprint + config + code version, only while the step's output file exists."""
+
+    def key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
+        out = Path(params["out_dir"]) if "out_dir" in params else Path(params["fitted"].model_path).parent
+        if not all((out / n).exists() for n in names):
+            return None  # nothing finished on disk: run the step
+        ds, cfg = params["ds"], params["cfg"]
+        return stable_hash(ctx.task.name, ds.fingerprint, cfg.to_dict(), str(out), scene.__version__)
+
+    return key
+
+
+@task(name="check weights", retries=2, retry_delay_seconds=5)
+def check_weights(cfg: TrainConfig, on_missing: str = RANDOM_INIT) -> TrainConfig:
+    """Resolve the weights now; fall back to random init (``random-init``) or fail (``fail``) when unavailable."""
+    log = get_run_logger()
+    cfg_s = settings()
+    try:
+        w = train.resolve(cfg, s3=s3(cfg_s), mirror=f"s3://{cfg_s.artifact_bucket}/{cfg_s.weights_mirror_prefix}")
+    except WeightsUnavailable as err:
+        if on_missing != RANDOM_INIT:
+            raise
+        log.warning("%s — training %s from RANDOM INITIALISATION instead: %s", err, cfg.backbone,
+                    experiment.RANDOM_INIT_WARNING)
+        return dataclasses.replace(cfg, weights="none")
+    log.info("%s weights: %s", cfg.backbone, w.origin)
+    return cfg
+
+
+@task(name="extract features", task_run_name="extract features {cfg.backbone}", retries=1)
+def extract_features(ds: Dataset, cfg: TrainConfig, cache_root: str) -> ExtractStats:
+    """Run the frozen backbone over every image not yet in the feature cache."""
+    stats = train.extract_features(ds, cfg, train.resolve(cfg, s3=s3()), cache_root, s3=s3(), progress=Progress())
+    get_run_logger().info("%s features: %d computed, %d from cache, %.0f s", cfg.backbone, stats.computed,
+                          stats.cached, stats.seconds)
+    return stats
+
+
+@task(name="train head", task_run_name="train head {cfg.backbone}", cache_key_fn=_model_key("history.csv"),
+      persist_result=True)
+def train_head(ds: Dataset, cfg: TrainConfig, out_dir: str, cache_root: str) -> FitResult:
+    """The frozen phase: head on cached features, or online with the backbone in the loop."""
+    fitted = train.fit_frozen(ds, cfg, Path(out_dir), train.resolve(cfg, s3=s3()), cache_root=cache_root, s3=s3(),
+                              progress=Progress())
+    get_run_logger().info("%s head trained: %d epochs, best val loss %.4f", cfg.backbone, len(fitted.history),
+                          fitted.history["val_loss"].min())
+    return fitted
+
+
+@task(name="fine-tune", task_run_name="fine-tune {cfg.backbone}", cache_key_fn=_model_key("model.keras"),
+      persist_result=True)
+def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult) -> FitResult:
+    """Unfreeze the top layers (BatchNorm stays frozen) and train at a low learning rate."""
+    if not cfg.finetune_layers:
+        return fitted
+    get_run_logger().info("fine-tuning the top %d layers of %s", cfg.finetune_layers, cfg.backbone)
+    return train.finetune(ds, cfg, fitted, s3=s3(), progress=Progress())
+
+
+@task(name="evaluate", task_run_name="evaluate {cfg.backbone}")
+def evaluate(ds: Dataset, cfg: TrainConfig, fitted: FitResult, cache_root: str
+             ) -> tuple[dict[str, Predictions], dict[str, SplitMetrics]]:
+    """Predictions and metrics for train, validation and test."""
+    preds = train.all_predictions(ds, cfg, fitted, cache_root=cache_root, s3=s3(), progress=Progress())
+    metrics = experiment.evaluate_all(preds, ds.class_names, seed=cfg.seed)
+    t = metrics.get("test")
+    if t is not None:
+        get_run_logger().info("%s test: accuracy %.3f, weighted F1 %.3f%s", cfg.backbone, t.accuracy, t.f1_weighted,
+                              f" — COLLAPSED: {t.collapse_reason}" if t.collapsed else "")
+    return preds, metrics
+
+
+@task(name="report", task_run_name="report {cfg.backbone}")
+def report(ds: Dataset, cfg: TrainConfig, fitted: FitResult, preds: dict[str, Predictions],
+           metrics: dict[str, SplitMetrics], out_dir: str, started: float) -> experiment.TrainResult:
+    """Plots, metrics.json, report.html and the model card."""
+    experiment.write_artifacts(ds, cfg, fitted, preds, metrics, Path(out_dir), s3=s3())
+    return experiment.result_of(ds, cfg, fitted, metrics, Path(out_dir), time.time() - started)
