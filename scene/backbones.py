@@ -20,16 +20,9 @@ import keras
 import numpy as np
 
 from scene import storage
+from scene.errors import InputRangeError, WeightsUnavailable
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
-
-
-class WeightsUnavailable(RuntimeError):
-    """ImageNet weights could not be found or downloaded; the message says which file to put where."""
-
-
-class InputRangeError(ValueError):
-    """The tensors reaching a backbone are outside the range it was trained on."""
 
 
 @keras.saving.register_keras_serializable(package="scene")

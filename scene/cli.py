@@ -229,13 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from scene.backbones import InputRangeError, WeightsUnavailable
     from scene.dataset import DatasetError
+    from scene.errors import InputRangeError, WeightsUnavailable
+    from scene.stack import StackError
     from scene.storage import StorageError
 
     try:
         args.func(args)
-    except (CliError, DatasetError, StorageError, WeightsUnavailable, InputRangeError, ValueError) as err:
+    except (CliError, DatasetError, StorageError, StackError, WeightsUnavailable, InputRangeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -231,8 +231,10 @@ def _alive(pid: int, argv: list[str] | None = None) -> bool:
             return False
     if argv:
         cmd = _cmdline(pid)
-        # Scripts run through their interpreter: compare the tail (the arguments after the program).
-        if cmd is not None and cmd[-(len(argv) - 1) :] != argv[1:]:
+        # Scripts run through their interpreter, and juicefs rewrites its own command line (it masks the
+        # metadata URL): compare the first arguments after the program, wherever they start.
+        # (its rewritten title is one space-separated string, so compare text, not list items)
+        if cmd is not None and " ".join(argv[1:3]) not in " ".join(cmd):
             return False
     return True
 
@@ -315,6 +317,7 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT after a restart is not "taken"
         try:
             sock.bind((HOST, port))
         except OSError:

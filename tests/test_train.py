@@ -22,11 +22,11 @@ SMALL = {"backbone": "mobilenetv2", "weights": "none", "image_size": 48, "epochs
 
 
 @pytest.fixture(scope="module")
-def ds(synth_dir: Path):  # noqa: ANN201
+def ds(synth_dir: Path):
     return build_dataset(str(synth_dir))
 
 
-def test_pipeline_feeds_raw_0_255_pixels(ds) -> None:  # noqa: ANN001
+def test_pipeline_feeds_raw_0_255_pixels(ds) -> None:
     x, y = next(iter(image_dataset(ds.manifest, 48, num_classes=6, batch_size=16)))
     assert x.shape == (16, 48, 48, 3) and y.shape == (16, 6)
     assert float(np.max(x)) > 100 and float(np.min(x)) >= 0
@@ -43,7 +43,7 @@ def test_resize_keeps_aspect_and_zero_pads(tmp_path: Path) -> None:
     assert out[0, 20].max() == 0 and out[20, 20].min() > 250  # black bars top/bottom, image in the middle
 
 
-def test_cached_run_writes_every_artifact(ds, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cached_run_writes_every_artifact(ds, tmp_path: Path) -> None:
     r = train_one(ds, TrainConfig(**SMALL), tmp_path / "mobilenetv2", cache_root=str(tmp_path / "cache"),
                   bootstrap=50)
     assert r.status in ("ok", "collapsed"), r.error
@@ -64,7 +64,7 @@ def test_cached_run_writes_every_artifact(ds, tmp_path: Path) -> None:  # noqa: 
     assert r.features_computed == len(ds.split("train")) * 2 + len(ds.manifest) - len(ds.split("train"))
 
 
-def test_cached_head_predictions_equal_the_full_model(ds, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cached_head_predictions_equal_the_full_model(ds, tmp_path: Path) -> None:
     cfg = TrainConfig(**SMALL)
     fitted = fit(ds, cfg, tmp_path / "m", cache_root=str(tmp_path / "cache"))
     fast = predict_cached(ds, cfg, fitted, str(tmp_path / "cache"), "val")
@@ -104,7 +104,7 @@ def test_feature_cache_shards_are_content_addressed(tmp_path: Path) -> None:
     np.testing.assert_array_equal(fresh.get(["y:0"]), np.ones((1, 3)))
 
 
-def test_online_with_finetuning_keeps_batchnorm_frozen(ds, tmp_path: Path) -> None:  # noqa: ANN001
+def test_online_with_finetuning_keeps_batchnorm_frozen(ds, tmp_path: Path) -> None:
     cfg = TrainConfig(**{**SMALL, "strategy": "online", "epochs": 2, "finetune_layers": 6, "finetune_epochs": 1})
     fitted = fit(ds, cfg, tmp_path / "online")
     assert fitted.extract is None
@@ -142,7 +142,7 @@ def test_bad_config_names_the_argument() -> None:
         TrainConfig(backbone="alexnet")
 
 
-def test_failed_backbone_becomes_a_failed_result(ds, tmp_path: Path) -> None:  # noqa: ANN001
+def test_failed_backbone_becomes_a_failed_result(ds, tmp_path: Path) -> None:
     r = train_one(ds, TrainConfig(**{**SMALL, "weights": "/nope.weights.h5"}), tmp_path / "x",
                   cache_root=str(tmp_path / "c"))
     assert r.status == "failed" and "no such file" in r.error

@@ -1,0 +1,189 @@
+"""The Prefect flows against the real local stack: a Prefect server, the JuiceFS S3 gateway, process workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scene import storage
+from scene.synth import make_synthetic
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+FAST = {"epochs": 2, "views": 1, "image_size": 32}
+
+
+@pytest.fixture(scope="module")
+def env(stack: Any) -> Iterator[dict[str, str]]:
+    """Point this process (boto3, Prefect client, scene settings) at the test stack."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from scene import stack as stack_mod
+
+    lines = stack_mod.env_lines(stack.state_dir)
+    values = dict(line.removeprefix("export ").split("=", 1) for line in lines)
+    values = {k: v.strip("'\"") for k, v in values.items()}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    os.environ["SCENE_WORK_DIR"] = str(Path(stack.state_dir) / "work")
+    os.environ["SCENE_FEATURE_CACHE"] = str(Path(stack.state_dir) / "features")
+    with temporary_settings(updates={PREFECT_API_URL: values["PREFECT_API_URL"]}):
+        yield values
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def s3(env: dict[str, str]) -> Any:
+    from scene.settings import Settings
+
+    return storage.s3_client(Settings.from_env())
+
+
+def _upload(s3: Any, root: Path, dest: str) -> str:
+    for p in sorted(root.rglob("*.jpg")):
+        storage.upload_file(p, dest + p.relative_to(root).as_posix(), s3)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def dataset(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = make_synthetic(tmp_path_factory.mktemp("d") / "tiny", 8, size=40, seed=11)
+    return _upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}tiny/")
+
+
+def _task_states(flow_run_id: Any) -> dict[str, list[str]]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [flow_run_id, *[c.id for c in children]]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        out.setdefault(r.name.rsplit("-", 1)[0] if r.name.count("-") else r.name, []).append(r.state.name)
+    return out
+
+
+def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.train_all import train_all
+
+    state = train_all(data=dataset, backbones=["mobilenetv2", "efficientnetb0"], return_state=True, **FAST)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert {r["backbone"] for r in out["results"]} == {"mobilenetv2", "efficientnetb0"}
+    prefix = out["prefix"]
+    for b in ("mobilenetv2", "efficientnetb0"):
+        listed = json.loads(storage.read_bytes(f"{prefix}{b}/checksums.json", s3))
+        names = {u["uri"].rsplit("/", 1)[-1] for u in listed}
+        assert {"model.keras", "metrics.json", "history.csv", "report.html", "model_card.md",
+                "confusion_matrix.png", "roc.png", "learning_curves.png", "config.json"} <= names
+        for u in listed:  # every uploaded object has the recorded checksum
+            assert storage.sha256_bytes(storage.read_bytes(u["uri"], s3)) == u["sha256"], u["uri"]
+    for name in ("manifest.csv", "validation.json", "comparison.md", "comparison.csv"):
+        assert storage.exists(prefix + name, s3), name
+    assert "random init — not a transfer-learning result" in storage.read_bytes(prefix + "comparison.md", s3).decode()
+    with get_client(sync_client=True) as client:
+        for key in ("backbone-comparison", "training-report", "data-validation"):
+            assert client.read_latest_artifacts() is not None
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            assert any(a.flow_run_id == state.state_details.flow_run_id or a.flow_run_id for a in arts), key
+    # a rerun on unchanged data skips the finished training work
+    again = train_all(data=dataset, backbones=["mobilenetv2"], return_state=True, **FAST)
+    assert again.is_completed()
+    states = _task_states(again.state_details.flow_run_id)
+    assert states.get("train head") == ["Cached"], states
+    features = again.result()["results"][0]
+    assert features["features_computed"] == 0 and features["features_cached"] > 0
+
+
+def test_validation_failure_stops_the_run(s3: Any, env: dict[str, str], tmp_path: Path) -> None:
+    from flows.train_all import train_all
+
+    root = make_synthetic(tmp_path / "one", 4, size=40, seed=2, classes=("sea",))
+    data = _upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}one-class/")
+    state = train_all(data=data, backbones=["mobilenetv2"], return_state=True, **FAST)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="failed validation") as err:
+        state.result()
+    assert "classes_present" in str(err.value) or "class_minimum" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbones": ["alexnet"]}, "not in the registry"),
+        ({"backbones": ["mobilenetv2"], "views": -1}, "views=-1 is invalid"),
+        ({"backbones": []}, "pass at least one"),
+        ({"data": "s3://no-such-bucket/x/"}, "bucket does not exist"),
+        ({"data": "s3://scene-data/datasets/nothing-here/"}, "no files found"),
+    ],
+)
+def test_bad_parameters_fail_fast_with_one_message(dataset: str, kwargs: dict, message: str) -> None:
+    from flows.train_all import train_all
+
+    state = train_all(**{"data": dataset, "backbones": ["mobilenetv2"], **FAST, **kwargs}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=message):
+        state.result()
+
+
+def test_wrong_credentials_are_named(env: dict[str, str]) -> None:
+    from scene.settings import Settings
+
+    bad = storage.s3_client(Settings.from_env().replace(aws_secret_access_key="wrong"))
+    with pytest.raises(storage.StorageError, match="AWS_SECRET_ACCESS_KEY"):
+        list(storage.list_files(f"s3://{env['SCENE_DATA_BUCKET']}/x/", bad))
+
+
+def test_gpu_path_fails_when_imagenet_weights_are_missing(dataset: str) -> None:
+    from flows.train_backbone import train_backbone
+
+    state = train_backbone(backbone="vgg16", data=dataset, weights="imagenet", on_missing_weights="fail",
+                           return_state=True, **FAST)
+    assert state.is_failed()
+    with pytest.raises(Exception, match=r"vgg16_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
+        state.result()
+
+
+def test_deployment_dispatch_runs_one_flow_run_per_backbone(dataset: str, env: dict[str, str], stack: Any) -> None:
+    """train-all with dispatch=deployments on a process pool named 'gpu': four train-backbone runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    from flows.train_all import train_all
+
+    deploy = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--name", "gpu",
+                             "--all"], cwd=REPO, env={**os.environ, "SCENE_REPO_DIR": str(REPO)},
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    backbones = ["mobilenetv2", "efficientnetb0", "resnet50", "vgg16"]
+    state = train_all(data=dataset, backbones=backbones, dispatch="deployments", deployment="train-backbone/gpu",
+                      weights="none", finetune_layers=0, mixed_precision=False, epochs=1, views=0, image_size=32,
+                      return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert sorted(r["backbone"] for r in out["results"]) == sorted(backbones)
+    assert out["failed"] == [], [r["error"] for r in out["results"]]
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+        deployed = [c for c in children if c.deployment_id is not None]
+        assert len(deployed) == 4 and all(c.state.is_completed() for c in deployed)
+        assert {c.work_pool_name for c in deployed} == {"gpu"}
