@@ -22,17 +22,14 @@ from tasks.common import Progress, s3, settings, stable_hash
 RANDOM_INIT = "random-init"
 
 
-def _model_key(*names: str) -> Any:
-    """Cache key = data fingerprint + config + code version, only while the step's output file exists."""
+def _model_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
+    """Cache key of a training step: task + data fingerprint + config + output folder + code version.
 
-    def key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
-        out = Path(params["out_dir"]) if "out_dir" in params else Path(params["fitted"].model_path).parent
-        if not all((out / n).exists() for n in names):
-            return None  # nothing finished on disk: run the step
-        ds, cfg = params["ds"], params["cfg"]
-        return stable_hash(ctx.task.name, ds.fingerprint, cfg.to_dict(), str(out), scene.__version__)
-
-    return key
+    The output folder is derived from the same fingerprint and config, so a rerun on unchanged data
+    finds both the cached result and the model files it points to.
+    """
+    out = params["out_dir"] if "out_dir" in params else str(Path(params["fitted"].model_path).parent)
+    return stable_hash(ctx.task.name, params["ds"].fingerprint, params["cfg"].to_dict(), out, scene.__version__)
 
 
 @task(name="check weights", retries=2, retry_delay_seconds=5)
@@ -61,7 +58,7 @@ def extract_features(ds: Dataset, cfg: TrainConfig, cache_root: str) -> ExtractS
     return stats
 
 
-@task(name="train head", task_run_name="train head {cfg.backbone}", cache_key_fn=_model_key("history.csv"),
+@task(name="train head", task_run_name="train head {cfg.backbone}", cache_key_fn=_model_key,
       persist_result=True)
 def train_head(ds: Dataset, cfg: TrainConfig, out_dir: str, cache_root: str) -> FitResult:
     """The frozen phase: head on cached features, or online with the backbone in the loop."""
@@ -72,7 +69,7 @@ def train_head(ds: Dataset, cfg: TrainConfig, out_dir: str, cache_root: str) -> 
     return fitted
 
 
-@task(name="fine-tune", task_run_name="fine-tune {cfg.backbone}", cache_key_fn=_model_key("model.keras"),
+@task(name="fine-tune", task_run_name="fine-tune {cfg.backbone}", cache_key_fn=_model_key,
       persist_result=True)
 def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult) -> FitResult:
     """Unfreeze the top layers (BatchNorm stays frozen) and train at a low learning rate."""

@@ -73,7 +73,7 @@ def _task_states(flow_run_id: Any) -> dict[str, list[str]]:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
     out: dict[str, list[str]] = {}
     for r in runs:
-        out.setdefault(r.name.rsplit("-", 1)[0] if r.name.count("-") else r.name, []).append(r.state.name)
+        out.setdefault(r.name, []).append(r.state.name)
     return out
 
 
@@ -97,18 +97,19 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
     for name in ("manifest.csv", "validation.json", "comparison.md", "comparison.csv"):
         assert storage.exists(prefix + name, s3), name
     assert "random init — not a transfer-learning result" in storage.read_bytes(prefix + "comparison.md", s3).decode()
-    with get_client(sync_client=True) as client:
-        for key in ("backbone-comparison", "training-report", "data-validation"):
-            assert client.read_latest_artifacts() is not None
-            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-            arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-            assert any(a.flow_run_id == state.state_details.flow_run_id or a.flow_run_id for a in arts), key
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    kinds = {a.key: a.type for a in arts}
+    assert kinds.get("backbone-comparison") == "table" and kinds.get("training-report") == "markdown", kinds
+    assert kinds.get("data-validation") == "markdown", kinds
     # a rerun on unchanged data skips the finished training work
     again = train_all(data=dataset, backbones=["mobilenetv2"], return_state=True, **FAST)
     assert again.is_completed()
     states = _task_states(again.state_details.flow_run_id)
-    assert states.get("train head") == ["Cached"], states
+    assert states.get("train head mobilenetv2") == ["Cached"], states
     features = again.result()["results"][0]
     assert features["features_computed"] == 0 and features["features_cached"] > 0
 
@@ -169,7 +170,7 @@ def test_deployment_dispatch_runs_one_flow_run_per_backbone(dataset: str, env: d
 
     from flows.train_all import train_all
 
-    deploy = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--name", "gpu",
+    deploy = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy",
                              "--all"], cwd=REPO, env={**os.environ, "SCENE_REPO_DIR": str(REPO)},
                             capture_output=True, text=True, timeout=300, check=False)
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
