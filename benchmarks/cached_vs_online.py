@@ -35,7 +35,7 @@ def main() -> None:
     from scene.train import TrainConfig, all_predictions, fit
 
     full = build_dataset(str(INTEL))
-    sub = full.manifest.groupby("label", group_keys=False).apply(lambda g: g.head(a.per_class)).reset_index(drop=True)
+    sub = full.manifest.groupby("label").head(a.per_class).reset_index(drop=True)
     ds = Dataset(sub, full.rejected, full.class_names, str(INTEL), None, fingerprint(sub))
     print(f"{len(sub)} images: " + ", ".join(f"{s} {len(ds.split(s))}" for s in ("train", "val", "test")))
     rows = []

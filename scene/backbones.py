@@ -206,3 +206,20 @@ def preflight(name: str, batch: Any, *, min_coverage: float = 0.25, tolerance: f
             "pixels: do not rescale to 0–1 before the model; preprocessing is inside the model."
         )
     return lo, hi
+
+
+def mirror_weights(names: list[str], size: int, mirror: str, s3: Any, *, local_cache: Path | None = None
+                   ) -> dict[str, str]:
+    """Copy each backbone's ImageNet file (Keras cache or download) to ``mirror``; name → URI or error."""
+    out = {}
+    for name in names:
+        spec = get_spec(name)
+        try:
+            w = resolve_weights(spec, "imagenet", size, local_cache=local_cache)
+        except WeightsUnavailable as err:
+            out[name] = f"error: {err}"
+            continue
+        uri = mirror.rstrip("/") + "/" + spec.weights_file(size)
+        storage.upload_file(w.path, uri, s3)  # type: ignore[arg-type]
+        out[name] = uri
+    return out

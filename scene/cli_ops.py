@@ -34,26 +34,17 @@ def cmd_stack(a: argparse.Namespace) -> None:
 def cmd_weights_mirror(a: argparse.Namespace) -> None:
     """Copy Keras' ImageNet weight files (from the Keras cache, or downloaded) into the bucket's mirror prefix."""
     from scene import backbones, storage
-    from scene.cli import _settings
+    from scene.cli import CliError, _settings
 
     settings = _settings()
-    client = storage.s3_client(settings)
     mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}"
-    names = a.backbone or sorted(backbones.BACKBONES)
-    failed = []
-    for name in names:
-        spec = backbones.get_spec(name)
-        try:
-            w = backbones.resolve_weights(spec, "imagenet", a.image_size)
-        except backbones.WeightsUnavailable as err:
-            failed.append(f"{name}: {err}")
-            continue
-        uri = mirror + spec.weights_file(a.image_size)
-        storage.upload_file(w.path, uri, client)  # type: ignore[arg-type]
-        print(f"{name}: {w.origin} -> {uri}")
+    done = backbones.mirror_weights(a.backbone or sorted(backbones.BACKBONES), a.image_size, mirror,
+                                    storage.s3_client(settings))
+    for name, where in done.items():
+        if not where.startswith("error"):
+            print(f"{name}: {where}")
+    failed = [f"{n}: {w}" for n, w in done.items() if w.startswith("error")]
     if failed:
-        from scene.cli import CliError
-
         raise CliError("could not mirror:\n  " + "\n  ".join(failed))
 
 

@@ -188,3 +188,26 @@ def test_deployment_dispatch_runs_one_flow_run_per_backbone(dataset: str, env: d
         deployed = [c for c in children if c.deployment_id is not None]
         assert len(deployed) == 4 and all(c.state.is_completed() for c in deployed)
         assert {c.work_pool_name for c in deployed} == {"gpu"}
+
+
+def test_weights_mirror_serves_workers_without_internet(s3: Any, env: dict[str, str], tmp_path: Path) -> None:
+    """`scene weights mirror` copies a Keras-cache file to the bucket; an empty cache then resolves from it."""
+    import shutil
+
+    from scene import backbones
+
+    src = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+    if not src.is_file():
+        pytest.skip(f"offline weights not present at {src}")
+    spec = backbones.get_spec("mobilenetv2")
+    online = tmp_path / "with-internet"
+    online.mkdir()
+    shutil.copy(src, online / spec.weights_file(150))
+    mirror = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/weights-mirror/"
+    done = backbones.mirror_weights(["mobilenetv2", "vgg16"], 150, mirror, s3, local_cache=online)
+    assert done["mobilenetv2"] == mirror + spec.weights_file(150)
+    assert done["vgg16"].startswith("error") and "vgg16_weights" in done["vgg16"]
+    offline = tmp_path / "worker-cache"
+    w = backbones.resolve_weights(spec, "imagenet", 150, s3=s3, mirror=mirror, local_cache=offline)
+    assert w.origin.startswith("mirror s3://") and Path(w.path).is_file()
+    assert storage.sha256_file(w.path) == storage.sha256_file(src)
