@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from scene import storage
 from scene.dataset import Dataset
@@ -111,6 +112,8 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
     meta = {"backbone": cfg.backbone, "class_names": list(ds.class_names), "data_fingerprint": ds.fingerprint,
             "random_init": fit_result.weights.random_init, "weights": fit_result.weights.origin}
     (out_dir / "metrics.json").write_text(json.dumps({**extra["metrics"], "meta": meta}, indent=2))
+    if "test" in preds:
+        test_predictions(preds["test"], ds).to_csv(out_dir / "test_predictions.csv", index=False)
     confusions = (_confusion_examples(preds[eval_split], metrics[eval_split], ds.class_names, s3)
                   if eval_split in preds else [])
     write_report_html(out_dir / "report.html", title=f"scene — {cfg.backbone}", summary=summary, metrics=metrics,
@@ -118,6 +121,14 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
     write_model_card(out_dir / "model_card.md", name=f"scene-{cfg.backbone}", summary=summary,
                      params=cfg.to_dict(), metrics=metrics, warnings=warnings)
     return doc
+
+
+def test_predictions(p: Predictions, ds: Dataset) -> pd.DataFrame:
+    """Per-image outcome on the test split, keyed by content hash (pairs images across model versions)."""
+    sha = dict(zip(ds.manifest["key"], ds.manifest["sha256"], strict=True))
+    pred = p.probs.argmax(1)
+    return pd.DataFrame({"key": p.keys, "sha256": [sha[k] for k in p.keys], "y_true": p.y_true, "y_pred": pred,
+                         "correct": pred == p.y_true})
 
 
 def status_of(metrics: dict[str, SplitMetrics]) -> str:

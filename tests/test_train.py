@@ -49,6 +49,7 @@ def test_cached_run_writes_every_artifact(ds, tmp_path: Path) -> None:
     assert r.status in ("ok", "collapsed"), r.error
     out = tmp_path / "mobilenetv2"
     for name in ("model.keras", "metrics.json", "history.csv", "config.json", "report.html", "model_card.md",
+                 "test_predictions.csv",
                  "learning_curves.png", "confusion_matrix.png", "roc.png"):
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "metrics.json").read_text())
