@@ -29,9 +29,8 @@ def train_steps(ds: Dataset, cfg: TrainConfig, prefix: str, on_missing_weights: 
     cfg = training.check_weights(cfg, on_missing_weights)
     out_dir = str(Path(s.work_dir) / ds.fingerprint / f"{cfg.backbone}-{stable_hash(cfg.to_dict())}")
     cache = s.feature_cache
-    if cfg.strategy == "cached":
-        training.extract_features(ds, cfg, cache)
-    fitted = training.train_head(ds, cfg, out_dir, cache)
+    extracted = training.extract_features(ds, cfg, cache) if cfg.strategy == "cached" else None
+    fitted = training.train_head(ds, cfg, out_dir, cache, extracted)
     fitted = training.finetune(ds, cfg, fitted)
     preds, metrics = training.evaluate(ds, cfg, fitted, cache)
     result = training.report(ds, cfg, fitted, preds, metrics, out_dir, started)

@@ -160,14 +160,45 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         print(f"WARNING: collapsed: {m.collapse_reason}", file=sys.stderr)
 
 
+def _champion_model() -> str:
+    """The champion's model.keras URI from the registry."""
+    from scene import registry
+    from scene.storage import s3_client
+
+    settings = _settings()
+    champ = registry.champion(s3_client(settings), settings.artifact_bucket)
+    if champ is None:
+        raise CliError("no champion model in the registry yet; pass --model PATH, or train and promote one")
+    print(f"using the champion {champ['version']}", file=sys.stderr)
+    return champ["uri"].rstrip("/") + "/model.keras"
+
+
+def _download_model(uri: str) -> str:
+    """Download model.keras and its config.json from S3 into a temporary folder."""
+    import tempfile
+
+    from scene import storage
+
+    client = storage.s3_client(_settings())
+    folder = Path(tempfile.mkdtemp(prefix="scene-model-"))
+    storage.download_file(uri, folder / "model.keras", client)
+    config = uri.rsplit("/", 1)[0] + "/config.json"
+    if storage.exists(config, client):
+        storage.download_file(config, folder / "config.json", client)
+    return str(folder / "model.keras")
+
+
 def cmd_predict(a: argparse.Namespace) -> None:
     from scene.metadata import CLASS_NAMES
     from scene.model import load
     from scene.predict import predict_folder
 
-    meta = _model_meta(a.model)
+    model_path = a.model or _champion_model()
+    if model_path.startswith("s3://"):
+        model_path = _download_model(model_path)
+    meta = _model_meta(model_path)
     classes = tuple(meta.get("class_names", CLASS_NAMES))
-    n, bad = predict_folder(load(a.model), a.data, a.out, classes, s3=_s3_for(a.data, a.out), progress=Bars())
+    n, bad = predict_folder(load(model_path), a.data, a.out, classes, s3=_s3_for(a.data, a.out), progress=Bars())
     print(f"wrote {n} predictions to {a.out}" + (f"; {bad} unreadable images listed with their error" if bad else ""))
 
 
@@ -218,12 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="classify images (labelled or not) into a CSV")
-    r.add_argument("--model", required=True)
+    r.add_argument("--model", help="model.keras path or s3:// URI (default: the registry's champion)")
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True, help="predictions.csv (local or s3://)")
     r.set_defaults(func=cmd_predict)
 
     cli_ops.register(sub)
+    from scene import cli_models
+
+    cli_models.register(sub)
     return p
 
 

@@ -163,8 +163,12 @@ def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSo
 
 
 def fit_frozen(ds: Dataset, cfg: TrainConfig, out_dir: Path, weights: backbones.WeightsSource, *,
-               cache_root: str | None = None, s3: Any = None, progress: Progress | None = None) -> FitResult:
-    """Phase 1, backbone frozen: the head on cached features, or online with the backbone in the loop."""
+               cache_root: str | None = None, s3: Any = None, progress: Progress | None = None,
+               extracted: features.ExtractStats | None = None) -> FitResult:
+    """Phase 1, backbone frozen: the head on cached features, or online with the backbone in the loop.
+
+    ``extracted``: the stats of an :func:`extract_features` call already made for this data (skips the check).
+    """
     start = time.perf_counter()
     keras.utils.set_random_seed(cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +180,7 @@ def fit_frozen(ds: Dataset, cfg: TrainConfig, out_dir: Path, weights: backbones.
         if cfg.strategy == "cached":
             if cache_root is None:
                 raise ValueError("strategy='cached' needs a feature cache location (--cache DIR_OR_URI)")
-            extract_stats = extract_features(ds, cfg, weights, cache_root, s3=s3, progress=progress)
+            extract_stats = extracted or extract_features(ds, cfg, weights, cache_root, s3=s3, progress=progress)
             cache = feature_cache(cfg, weights, cache_root, s3)
             x_tr, y_tr = features.gather(cache, ds.split("train"), train_views(cfg))
             x_va, y_va = features.gather(cache, ds.split("val"), [0])

@@ -60,10 +60,11 @@ def extract_features(ds: Dataset, cfg: TrainConfig, cache_root: str) -> ExtractS
 
 @task(name="train head", task_run_name="train head {cfg.backbone}", cache_key_fn=_model_key,
       persist_result=True)
-def train_head(ds: Dataset, cfg: TrainConfig, out_dir: str, cache_root: str) -> FitResult:
+def train_head(ds: Dataset, cfg: TrainConfig, out_dir: str, cache_root: str,
+               extracted: ExtractStats | None = None) -> FitResult:
     """The frozen phase: head on cached features, or online with the backbone in the loop."""
     fitted = train.fit_frozen(ds, cfg, Path(out_dir), train.resolve(cfg, s3=s3()), cache_root=cache_root, s3=s3(),
-                              progress=Progress())
+                              progress=Progress(), extracted=extracted)
     get_run_logger().info("%s head trained: %d epochs, best val loss %.4f", cfg.backbone, len(fitted.history),
                           fitted.history["val_loss"].min())
     return fitted

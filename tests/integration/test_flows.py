@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from scene import storage
 from scene.synth import make_synthetic
+from tests.integration.helpers import upload
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -21,45 +21,9 @@ FAST = {"epochs": 2, "views": 1, "image_size": 32}
 
 
 @pytest.fixture(scope="module")
-def env(stack: Any) -> Iterator[dict[str, str]]:
-    """Point this process (boto3, Prefect client, scene settings) at the test stack."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from scene import stack as stack_mod
-
-    lines = stack_mod.env_lines(stack.state_dir)
-    values = dict(line.removeprefix("export ").split("=", 1) for line in lines)
-    values = {k: v.strip("'\"") for k, v in values.items()}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    os.environ["SCENE_WORK_DIR"] = str(Path(stack.state_dir) / "work")
-    os.environ["SCENE_FEATURE_CACHE"] = str(Path(stack.state_dir) / "features")
-    with temporary_settings(updates={PREFECT_API_URL: values["PREFECT_API_URL"]}):
-        yield values
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-@pytest.fixture(scope="module")
-def s3(env: dict[str, str]) -> Any:
-    from scene.settings import Settings
-
-    return storage.s3_client(Settings.from_env())
-
-
-def _upload(s3: Any, root: Path, dest: str) -> str:
-    for p in sorted(root.rglob("*.jpg")):
-        storage.upload_file(p, dest + p.relative_to(root).as_posix(), s3)
-    return dest
-
-
-@pytest.fixture(scope="module")
 def dataset(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     root = make_synthetic(tmp_path_factory.mktemp("d") / "tiny", 8, size=40, seed=11)
-    return _upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}tiny/")
+    return upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}tiny/")
 
 
 def _task_states(flow_run_id: Any) -> dict[str, list[str]]:
@@ -118,7 +82,7 @@ def test_validation_failure_stops_the_run(s3: Any, env: dict[str, str], tmp_path
     from flows.train_all import train_all
 
     root = make_synthetic(tmp_path / "one", 4, size=40, seed=2, classes=("sea",))
-    data = _upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}one-class/")
+    data = upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}one-class/")
     state = train_all(data=data, backbones=["mobilenetv2"], return_state=True, **FAST)
     assert state.is_failed()
     with pytest.raises(Exception, match="failed validation") as err:

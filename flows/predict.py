@@ -1,0 +1,60 @@
+"""Flow: batch prediction over a prefix of (unlabelled) images with the champion model, results to CSV in S3."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact
+from prefect.runtime import flow_run
+
+from scene import registry, storage
+from scene.metadata import CLASS_NAMES
+from tasks.common import s3, settings
+
+
+@task(name="resolve model", retries=2, retry_delay_seconds=5)
+def resolve_model(model: str | None) -> tuple[str, list[str]]:
+    """Download the given model (path or s3:// URI to model.keras), or the champion's; return path and classes."""
+    import json
+
+    client, cfg = s3(), settings()
+    if model is None:
+        champ = registry.champion(client, cfg.artifact_bucket)
+        if champ is None:
+            raise RuntimeError("no champion model yet: train and promote one (retrain flow), or pass model=")
+        model = champ["uri"].rstrip("/") + "/model.keras"
+    local = Path(tempfile.mkdtemp(prefix="scene-model-")) / "model.keras"
+    if storage.parse(model).is_s3:
+        storage.download_file(model, local, client)
+        config_uri = model.rsplit("/", 1)[0] + "/config.json"
+        classes = (json.loads(storage.read_bytes(config_uri, client))["class_names"]
+                   if storage.exists(config_uri, client) else list(CLASS_NAMES))
+    else:
+        local = Path(model)
+        cfg_file = local.with_name("config.json")
+        classes = json.loads(cfg_file.read_text())["class_names"] if cfg_file.exists() else list(CLASS_NAMES)
+    get_run_logger().info("predicting with %s", model)
+    return str(local), classes
+
+
+@task(name="predict images", retries=1)
+def predict_images(model_path: str, classes: list[str], data: str, out: str) -> tuple[int, int]:
+    """Classify every image under ``data``; unreadable images are listed in the CSV with their error."""
+    from scene.model import load
+    from scene.predict import predict_folder
+    from tasks.common import Progress
+
+    return predict_folder(load(model_path), data, out, classes, s3=s3(), progress=Progress())
+
+
+@flow(name="predict", log_prints=True)
+def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, out: str | None = None) -> dict:
+    """Classify a prefix of images with the champion (or a given model); write predictions.csv to S3."""
+    out = out or f"s3://{settings().artifact_bucket}/predictions/{flow_run.get_id() or 'local'}/predictions.csv"
+    model_path, classes = resolve_model(model)
+    n, bad = predict_images(model_path, classes, data, out)
+    create_link_artifact(storage.presigned_url(out, s3()), link_text="predictions.csv", key="predictions")
+    get_run_logger().info("%d images classified, %d unreadable listed; %s", n, bad, out)
+    return {"predictions": out, "images": n, "unreadable": bad}

@@ -1,0 +1,381 @@
+"""The model registry against the real local S3 gateway: versions, the gate, races, rollback, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scene import cli_models, registry, storage
+from scene import stack as stack_mod
+from scene.registry import ModelVersion, RegistryError
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+N_TEST = 200  # synthetic test images
+
+
+@pytest.fixture(scope="module")
+def settings(stack: Any) -> Any:
+    return stack_mod.settings_for(stack.state_dir)
+
+
+@pytest.fixture(scope="module")
+def s3(settings: Any) -> Any:
+    return storage.s3_client(settings)
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    """A fresh bucket per test, so every test sees an empty registry under the default prefix."""
+    name = f"registry-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def _predictions(correct: np.ndarray) -> pd.DataFrame:
+    y_true = np.arange(len(correct)) % 6
+    y_pred = np.where(correct, y_true, (y_true + 1) % 6)
+    return pd.DataFrame({"key": [f"s3://data/test/{i}.jpg" for i in range(len(correct))],
+                         "sha256": [f"{i:064x}" for i in range(len(correct))], "y_true": y_true, "y_pred": y_pred,
+                         "correct": correct})
+
+
+def _fake_model(root: Path, backbone: str, correct: np.ndarray, *,
+                collapsed: bool = False) -> tuple[Path, pd.DataFrame]:
+    """A trained-backbone folder with a small unique ``model.keras`` and test metrics matching ``correct``."""
+    folder = root / f"{backbone}-{uuid.uuid4().hex[:6]}"
+    folder.mkdir(parents=True)
+    (folder / "model.keras").write_bytes(os.urandom(256))
+    acc = float(np.mean(correct))
+    test = {"n": len(correct), "accuracy": acc, "f1_weighted": acc - 0.01, "f1_macro": acc - 0.02,
+            "collapsed": collapsed}
+    meta = {"backbone": backbone, "data_fingerprint": "fp-1", "random_init": False}
+    (folder / "metrics.json").write_text(json.dumps({"test": test, "meta": meta}))
+    (folder / "config.json").write_text(json.dumps({"backbone": backbone}))
+    (folder / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    (folder / "roc.png").write_bytes(b"\x89PNG fake")
+    (folder / "report.html").write_text("<html></html>")
+    (folder / "model_card.md").write_text(f"# {backbone}\n")
+    return folder, _predictions(correct)
+
+
+def _correct(acc: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(N_TEST) < acc
+
+
+def _registered(s3: Any, bucket: str, tmp_path: Path, backbone: str, acc: float, seed: int,
+                collapsed: bool = False) -> ModelVersion:
+    folder, preds = _fake_model(tmp_path, backbone, _correct(acc, seed), collapsed=collapsed)
+    return registry.register(s3, bucket, folder, backbone, preds)
+
+
+def _stored_predictions(s3: Any, v: ModelVersion) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(storage.read_bytes(v.uri + "test_predictions.csv", s3)))
+
+
+def test_gateway_ignores_conditional_puts(s3: Any, bucket: str) -> None:
+    """Observed on JuiceFS gateway 1.4.2; if this fails the gateway honours them now: update registry's docstring."""
+    assert registry.conditional_writes(s3, bucket) is False
+
+
+def test_register_uploads_once_and_lists_versions(s3: Any, bucket: str, tmp_path: Path) -> None:
+    folder, preds = _fake_model(tmp_path, "vgg16", _correct(0.8, 1))
+    v = registry.register(s3, bucket, folder, "vgg16", preds)
+    assert v.version == f"vgg16-{storage.sha256_file(folder / 'model.keras')[:12]}"
+    assert v.uri == f"s3://{bucket}/models/vgg16/{v.version}/" and v.status == "ok" and v.data_fingerprint == "fp-1"
+    names = {k.rsplit("/", 1)[1] for k, _ in storage.list_files(v.uri, s3)}
+    assert {"model.keras", "metrics.json", "config.json", "history.csv", "roc.png", "report.html", "model_card.md",
+            "test_predictions.csv", "checksums.json"} <= names
+    stored = _stored_predictions(s3, v)
+    assert list(stored.columns) == list(registry.PREDICTION_COLUMNS) and stored["correct"].dtype == bool
+    checksums = json.loads(storage.read_bytes(v.uri + "checksums.json", s3))
+    assert any(c["uri"].endswith("test_predictions.csv") for c in checksums)
+
+    again = registry.register(s3, bucket, folder, "vgg16", preds)
+    assert again == v
+    other = _registered(s3, bucket, tmp_path, "resnet50", 0.7, 2)
+    versions = registry.list_versions(s3, bucket)
+    assert [e["version"] for e in versions] == [v.version, other.version]
+    assert [e["version"] for e in registry.list_versions(s3, bucket, "resnet50")] == [other.version]
+    assert registry.show(s3, bucket, v.version)["metrics"]["test"]["n"] == N_TEST
+
+
+def test_register_errors_name_the_problem(s3: Any, bucket: str, tmp_path: Path) -> None:
+    folder, preds = _fake_model(tmp_path, "vgg16", _correct(0.8, 1))
+    with pytest.raises(RegistryError, match="missing columns \\['sha256'\\]"):
+        registry.register(s3, bucket, folder, "vgg16", preds.drop(columns=["sha256"]))
+    (folder / "model.keras").unlink()
+    with pytest.raises(RegistryError, match=r"model\.keras: missing"):
+        registry.register(s3, bucket, folder, "vgg16", preds)
+    with pytest.raises(RegistryError, match=r"not in s3://.*registry\.json"):
+        registry.show(s3, bucket, "vgg16-000000000000")
+
+
+def test_concurrent_registrations_lose_no_entry(s3: Any, bucket: str, tmp_path: Path, settings: Any) -> None:
+    models = [_fake_model(tmp_path, f"b{i}", _correct(0.5, i)) for i in range(4)]
+    barrier = threading.Barrier(len(models))
+    done: list[str] = []
+
+    def work(i: int) -> None:
+        client = storage.s3_client(settings)
+        barrier.wait()
+        done.append(registry.register(client, bucket, models[i][0], f"b{i}", models[i][1]).version)
+
+    _run_threads(work, len(models))
+    assert sorted(e["version"] for e in registry.list_versions(s3, bucket)) == sorted(done)
+
+
+def _run_threads(work: Any, n: int) -> None:
+    errors: list[BaseException] = []
+
+    def wrapped(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+
+
+def _gate(s3: Any, bucket: str, challenger: ModelVersion) -> registry.Decision:
+    """The promotion gate as a flow runs it: read the champion, pair predictions by image, decide, write."""
+    observed = registry.read_champion(s3, bucket)
+    mine = _stored_predictions(s3, challenger)
+    if observed.champion is None:
+        return registry.gate(s3, bucket, challenger, mine["correct"].to_numpy(), None, observed=observed)
+    theirs = _stored_predictions(s3, ModelVersion.from_dict(registry.get_version(s3, bucket,
+                                                                               observed.champion["version"])))
+    a, b = registry.pair(mine, theirs)
+    return registry.gate(s3, bucket, challenger, a, b, observed=observed)
+
+
+def test_gate_promotes_first_and_only_significantly_better(s3: Any, bucket: str, tmp_path: Path) -> None:
+    assert registry.champion(s3, bucket) is None
+    collapsed = _registered(s3, bucket, tmp_path, "efficientnetb0", 0.17, 9, collapsed=True)
+    assert _gate(s3, bucket, collapsed).promote is False and registry.champion(s3, bucket) is None
+
+    first = _registered(s3, bucket, tmp_path, "vgg16", 0.70, 1)
+    d = _gate(s3, bucket, first)
+    assert d.promote and d.reason == "no champion yet"
+    doc = registry.champion(s3, bucket)
+    assert doc["version"] == first.version and doc["history"] == [] and doc["decision"]["promote"] is True
+
+    worse = _registered(s3, bucket, tmp_path, "resnet50", 0.55, 2)
+    d = _gate(s3, bucket, worse)
+    assert not d.promote and d.champion == first.version and d.n_paired == N_TEST
+    assert registry.champion(s3, bucket)["version"] == first.version
+
+    better = _registered(s3, bucket, tmp_path, "resnet101", 0.95, 3)
+    d = _gate(s3, bucket, better)
+    assert d.promote and d.p_value < 0.05 and d.b > d.c
+    doc = registry.champion(s3, bucket)
+    assert doc["version"] == better.version and [h["version"] for h in doc["history"]] == [first.version]
+    assert doc["decision"]["champion"] == first.version
+    assert _gate(s3, bucket, better).reason == "challenger already is the champion"
+
+
+def test_gate_with_a_stale_champion_writes_nothing(s3: Any, bucket: str, tmp_path: Path) -> None:
+    old = registry.read_champion(s3, bucket)
+    a = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
+    b = _registered(s3, bucket, tmp_path, "resnet50", 0.7, 2)
+    assert registry.promote(s3, bucket, a, None, expected_etag=None)
+    d = registry.gate(s3, bucket, b, np.ones(3, bool), None, observed=old)
+    assert not d.promote and "changed while gating" in d.reason
+    assert registry.champion(s3, bucket)["version"] == a.version
+
+
+def _two_champions(s3: Any, bucket: str, tmp_path: Path, n: int) -> tuple[ModelVersion, list[ModelVersion], str]:
+    base = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
+    assert registry.promote(s3, bucket, base, None, expected_etag=None)
+    rivals = [_registered(s3, bucket, tmp_path, f"rival{i}", 0.8, 10 + i) for i in range(n)]
+    etag = registry.read_champion(s3, bucket).etag
+    assert etag
+    return base, rivals, etag
+
+
+def _assert_one_winner(s3: Any, bucket: str, base: ModelVersion, rivals: list[ModelVersion],
+                       results: dict[str, bool]) -> None:
+    winners = [v for v, ok in results.items() if ok]
+    assert len(winners) == 1, results
+    doc = registry.champion(s3, bucket)
+    assert doc["version"] == winners[0]
+    assert [h["version"] for h in doc["history"]] == [base.version]
+    assert {r.version for r in rivals} == set(results)
+
+
+def test_racing_threads_leave_one_champion(s3: Any, bucket: str, tmp_path: Path, settings: Any) -> None:
+    base, rivals, etag = _two_champions(s3, bucket, tmp_path, 4)
+    barrier = threading.Barrier(len(rivals))
+    results: dict[str, bool] = {}
+
+    def work(i: int) -> None:
+        client = storage.s3_client(settings)
+        barrier.wait()
+        results[rivals[i].version] = registry.promote(client, bucket, rivals[i], None, expected_etag=etag)
+
+    _run_threads(work, len(rivals))
+    _assert_one_winner(s3, bucket, base, rivals, results)
+
+
+PROMOTER = """
+import json, sys, time
+from scene import registry, storage
+from scene.settings import Settings
+bucket, version, etag, start = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+s3 = storage.s3_client(Settings.from_env())
+registry.list_versions(s3, bucket)  # connect before the start line
+time.sleep(max(0.0, start - time.time()))
+print(json.dumps(registry.promote(s3, bucket, version, None, expected_etag=etag)))
+"""
+
+
+def test_racing_processes_leave_one_champion(s3: Any, bucket: str, tmp_path: Path, settings: Any) -> None:
+    base, rivals, etag = _two_champions(s3, bucket, tmp_path, 2)
+    env = {**os.environ, **_env(settings)}
+    start = time.time() + 4  # after both interpreters have imported scene.registry (~2 s)
+    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, bucket, json.dumps(r.to_dict()), etag, str(start)],
+                              env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in rivals]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    results = {r.version: json.loads(o[0].strip().splitlines()[-1]) for r, o in zip(rivals, outs, strict=True)}
+    _assert_one_winner(s3, bucket, base, rivals, results)
+
+
+def test_lease_excludes_writers_on_other_machines(s3: Any, bucket: str, settings: Any) -> None:
+    """Without the local flock (as for writers on two machines), the S3 lease alone keeps holders apart."""
+    inside, peak, lock = [0], [0], threading.Lock()
+
+    def work(i: int) -> None:
+        client = storage.s3_client(settings)
+        for _ in range(2):
+            with registry._lease(client, bucket, "models/champion.json.lock"):
+                with lock:
+                    inside[0] += 1
+                    peak[0] = max(peak[0], inside[0])
+                time.sleep(0.1)
+                with lock:
+                    inside[0] -= 1
+
+    _run_threads(work, 3)
+    assert peak[0] == 1
+    assert not storage.exists(f"s3://{bucket}/models/champion.json.lock", s3)
+
+
+def test_an_abandoned_lease_expires(s3: Any, bucket: str) -> None:
+    stale = {"token": "dead", "holder": "gone:1", "expires": "2000-01-01T00:00:00+00:00"}
+    storage.write_bytes(f"s3://{bucket}/models/x.lock", json.dumps(stale).encode(), s3)
+    t = time.monotonic()
+    with registry._lease(s3, bucket, "models/x.lock", timeout=5):
+        pass
+    assert time.monotonic() - t < 5
+
+
+def test_promote_is_idempotent_and_refuses_stale_etags(s3: Any, bucket: str, tmp_path: Path) -> None:
+    a = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
+    b = _registered(s3, bucket, tmp_path, "resnet50", 0.7, 2)
+    assert registry.promote(s3, bucket, a, None, expected_etag=None)
+    assert registry.promote(s3, bucket, a, None, expected_etag=None)  # a retried promotion
+    assert registry.promote(s3, bucket, b.to_dict(), None, expected_etag=None) is False
+    assert registry.champion(s3, bucket)["version"] == a.version
+
+
+def test_rollback_restores_the_previous_champion(s3: Any, bucket: str, tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="there is no champion"):
+        registry.rollback(s3, bucket)
+    vs = [_registered(s3, bucket, tmp_path, f"m{i}", 0.7, i) for i in range(3)]
+    for v in vs:
+        registry.promote_version(s3, bucket, v.version, "test")
+    doc = registry.rollback(s3, bucket)
+    assert doc["version"] == vs[1].version and [h["version"] for h in doc["history"]] == [vs[0].version]
+    assert doc["decision"]["reason"] == f"rollback from {vs[2].version}"
+    assert registry.rollback(s3, bucket)["version"] == vs[0].version
+    with pytest.raises(RegistryError, match="no previous champion"):
+        registry.rollback(s3, bucket)
+
+
+def test_manual_promotion_refuses_collapsed_unless_forced(s3: Any, bucket: str, tmp_path: Path) -> None:
+    bad = _registered(s3, bucket, tmp_path, "efficientnetb0", 0.17, 1, collapsed=True)
+    with pytest.raises(RegistryError, match="collapsed"):
+        registry.promote_version(s3, bucket, bad.version)
+    doc = registry.promote_version(s3, bucket, bad.version, "debugging", force=True)
+    assert doc["version"] == bad.version and "(forced)" in doc["decision"]["reason"]
+    with pytest.raises(RegistryError, match="Did you mean"):
+        registry.promote_version(s3, bucket, bad.version[:-1] + "x")
+
+
+def _env(settings: Any) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": settings.s3_endpoint_url, "AWS_ACCESS_KEY_ID": settings.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": settings.aws_secret_access_key, "AWS_DEFAULT_REGION": settings.aws_region}
+
+
+def _cli(args: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    cli_models.register(p.add_subparsers(dest="command", required=True))
+    a = p.parse_args(args)
+    a.func(a)
+
+
+def test_cli_list_show_promote_rollback(s3: Any, bucket: str, tmp_path: Path, settings: Any,
+                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for k, v in {**_env(settings), "SCENE_ARTIFACT_BUCKET": bucket}.items():
+        monkeypatch.setenv(k, v)
+    _cli(["models", "list"])
+    assert "no registered models" in capsys.readouterr().out
+    a = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
+    b = _registered(s3, bucket, tmp_path, "resnet50", 0.8, 2)
+
+    _cli(["models", "promote", a.version])
+    assert capsys.readouterr().out.strip() == f"champion: {a.version} (was (none))"
+    _cli(["models", "promote", b.version, "--reason", "looks better"])
+    assert f"champion: {b.version} (was {a.version})" in capsys.readouterr().out
+
+    _cli(["models", "list"])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["version", "backbone", "created"]
+    assert any(line.startswith("*") and b.version in line for line in lines)
+    assert f"champion: {b.version}" in out
+    _cli(["models", "list", "--backbone", "vgg16"])
+    out = capsys.readouterr().out
+    assert a.version in out and b.version not in out.split("champion:")[0]
+
+    _cli(["models", "show", a.version])
+    out = capsys.readouterr().out
+    assert f"version: {a.version}" in out and "champion: no" in out and "test" in out and "f1_weighted" in out
+
+    _cli(["models", "rollback"])
+    assert capsys.readouterr().out.strip() == f"champion: {a.version} (rolled back from {b.version})"
+    with pytest.raises(RegistryError, match="no previous champion"):
+        _cli(["models", "rollback"])
+
+
+def test_conditional_write_path_skips_the_lease(s3: Any, bucket: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a store that honours If-Match (the gateway ignores the headers, the flock still serialises)."""
+    monkeypatch.setitem(registry._CAPABILITY, (s3.meta.endpoint_url, bucket), True)
+    monkeypatch.setattr(registry, "_lease", None)  # would raise if used
+    a = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
+    b = _registered(s3, bucket, tmp_path, "resnet50", 0.7, 2)
+    assert registry.promote(s3, bucket, a, None, expected_etag=None)
+    assert registry.promote(s3, bucket, b, None, expected_etag=None) is False
+    assert registry.promote(s3, bucket, b, None, expected_etag=registry.read_champion(s3, bucket).etag)
+    assert [h["version"] for h in registry.champion(s3, bucket)["history"]] == [a.version]
