@@ -255,9 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_predict)
 
     cli_ops.register(sub)
-    from scene import cli_models
+    from scene import cli_events, cli_models
 
     cli_models.register(sub)
+    cli_events.register(sub)
     return p
 
 

@@ -16,7 +16,8 @@ def cmd_stack(a: argparse.Namespace) -> None:
 
     if a.action == "up":
         info = stack.up(a.state, s3_port=a.s3_port, prefect_port=a.prefect_port, pools=tuple(a.pool or ["default"]),
-                        workdir=a.workdir or Path.cwd())
+                        workdir=a.workdir or Path.cwd(), events_port=None if a.no_events else a.events_port,
+                        quiet_seconds=a.quiet_seconds)
         print(f"stack up: Prefect UI {info.prefect_api_url.removesuffix('/api')}, S3 {info.s3_endpoint}, "
               f"state in {info.state_dir}", file=sys.stderr)
     elif a.action == "down":
@@ -97,6 +98,10 @@ def register(sub: Any) -> None:
     s.add_argument("--prefect-port", type=int, default=4200)
     s.add_argument("--pool", action="append", help="process work pools to create with a worker (default: default)")
     s.add_argument("--workdir", help="where workers run flows (default: the current folder)")
+    s.add_argument("--events-port", type=int, default=8787, help="port of the storage-event bridge")
+    s.add_argument("--quiet-seconds", type=float, default=30.0,
+                   help="a burst of uploads becomes one retraining after this long without new objects")
+    s.add_argument("--no-events", action="store_true", help="do not run the event bridge")
     s.set_defaults(func=cmd_stack)
 
     r = sub.add_parser("runs", help="training runs").add_subparsers(dest="runs_command", required=True)

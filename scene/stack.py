@@ -78,6 +78,7 @@ WEBHOOK_ARN = "arn:minio:sqs::PRIMARY:webhook"
 HOST = "127.0.0.1"
 S3 = "s3"
 PREFECT = "prefect"
+EVENTS = "events"  # the storage-event bridge (scene events serve)
 _GATEWAY_TIMEOUT = 60.0
 _WORKER_TIMEOUT = 90.0
 _LOG_TAIL_LINES = 25
@@ -515,6 +516,37 @@ def _ensure_buckets(settings: Settings) -> None:
 # ---------------------------------------------------------------------------------------- public API
 
 
+def _events_token(state: Path, creds: dict[str, str]) -> dict[str, str]:
+    """The event bridge's bearer token, generated once and kept in the 0600 credentials file."""
+    if not creds.get("events_token"):
+        creds = {**creds, "events_token": secrets.token_urlsafe(24)}
+        _write_json(state / "credentials.json", creds, mode=0o600)
+    return creds
+
+
+def _events_healthy(port: int) -> bool:
+    try:
+        code, _ = _http("GET", f"http://{HOST}:{port}/health", timeout=2.0)
+    except Exception:
+        return False
+    return code == 200
+
+
+def _start_events(state: Path, cfg: dict[str, Any], creds: dict[str, str], env: dict[str, str], api: str,
+                  workdir: Path) -> float:
+    """Start (or keep) ``scene events serve`` and wait until it answers its health check."""
+    port = cfg["events_port"]
+    if _running(state, EVENTS) and not _events_healthy(port):
+        _stop(state, EVENTS)
+    pid = _running(state, EVENTS)
+    if pid is None:
+        argv = [_bin("scene"), "events", "serve", "--port", str(port), "--bucket", cfg["data_bucket"],
+                "--prefix", cfg["data_prefix"], "--quiet-seconds", str(cfg["quiet_seconds"])]
+        ev_env = {**env, "PREFECT_API_URL": api, "SCENE_EVENTS_TOKEN": creds["events_token"]}
+        pid = _spawn(state, EVENTS, argv, ev_env, cwd=workdir)
+    return _wait(state, EVENTS, pid, lambda: _events_healthy(port), 60.0, f"event bridge on port {port}")
+
+
 def up(
     state_dir: str | os.PathLike[str] = ".state",
     *,
@@ -527,6 +559,8 @@ def up(
     extra: Mapping[str, str] | None = None,
     settings: Settings | None = None,
     timeout: float = 180.0,
+    events_port: int | None = None,
+    quiet_seconds: float = 30.0,
 ) -> StackInfo:
     """Start the stack (or reuse the running parts) and wait until every service is healthy.
 
@@ -534,7 +568,9 @@ def up(
     (default: the current directory). ``webhook_url``/``webhook_token``: enable bucket notifications to
     that URL (the gateway is restarted if this changes). ``extra``: additional environment variables for
     the workers. ``settings``: bucket names and data prefix (default ``Settings()``). ``timeout``: seconds
-    to wait for the Prefect server. Raises :class:`StackError` with the failing service's log tail.
+    to wait for the Prefect server. ``events_port``: also run the event bridge (``scene events serve``) there,
+    wire the gateway's webhook to it (token generated once, kept with the credentials) and subscribe the data
+    prefix; ``quiet_seconds``: its quiet period. Raises :class:`StackError` with the failing service's log tail.
     """
     state = _state(state_dir)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -543,6 +579,9 @@ def up(
     with _lock(state):
         old = _read_json(state / "stack.json")
         creds = _credentials(state, create=True)
+        if events_port is not None:
+            creds = _events_token(state, creds)
+            webhook_url, webhook_token = f"http://{HOST}:{events_port}/notify", creds["events_token"]
         webhook = {"url": webhook_url, "token": _sha(webhook_token) if webhook_token else None} \
             if webhook_url else None
         workdir_path = Path(workdir).resolve() if workdir is not None else Path.cwd()
@@ -558,6 +597,8 @@ def up(
             "artifact_bucket": base.artifact_bucket,
             "data_prefix": base.data_prefix,
             "workers": dict(old.get("workers", {})),
+            "events_port": events_port,
+            "quiet_seconds": quiet_seconds,
         }
         ports = {S3: s3_port, PREFECT: prefect_port}
         for service, port in ports.items():
@@ -610,6 +651,13 @@ def up(
             timings[_worker(pool)] = _wait(
                 state, _worker(pool), pid, lambda p=pool, n=name, s=since: _worker_healthy(api, p, n, s),
                 _WORKER_TIMEOUT, f"Prefect worker for pool {pool!r}")
+        if events_port is not None:
+            timings[EVENTS] = _start_events(state, cfg, creds, env, api, workdir_path)
+            from scene.metadata import IMAGE_SUFFIXES
+            from scene.storage import s3_client
+
+            configure_bucket_notification(s3_client(stack_settings), base.data_bucket, base.data_prefix,
+                                          (*IMAGE_SUFFIXES, "_READY"))
         cfg["last_up_wait_s"] = {k: round(v, 2) for k, v in timings.items()}  # seconds each was waited for
         _write_json(state / "stack.json", cfg)
         return _info(state, cfg)
@@ -626,7 +674,7 @@ def down(state_dir: str | os.PathLike[str] = ".state") -> list[str]:
         known = sorted(p.stem for p in pid_dir.glob("*.pid")) if pid_dir.is_dir() else []
         workers = [s for s in known if s.startswith("worker-")]
         workers += [_worker(p) for p in cfg.get("pools", []) if _worker(p) not in workers]
-        stopped = [s for s in workers if _stop(state, s, timeout=10)]
+        stopped = [s for s in (EVENTS, *workers) if _stop(state, s, timeout=10)]
         stopped += [s for s in (PREFECT, S3) if _stop(state, s)]
         return stopped
 
@@ -659,6 +707,11 @@ def status(state_dir: str | os.PathLike[str] = ".state") -> dict[str, Any]:
             "healthy": pid is not None and prefect_ok and _worker_healthy(api, pool, name),
             "log": str(_log_file(state, service)),
         }
+    if cfg.get("events_port"):
+        pid = _running(state, EVENTS)
+        services[EVENTS] = {"running": pid is not None, "pid": pid, "url": f"http://{HOST}:{cfg['events_port']}",
+                            "healthy": pid is not None and _events_healthy(cfg["events_port"]),
+                            "log": str(_log_file(state, EVENTS))}
     result["healthy"] = all(s["healthy"] for s in services.values())
     result["buckets"] = [cfg["data_bucket"], cfg["artifact_bucket"]]
     return result
