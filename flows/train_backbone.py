@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,8 @@ def train_steps(ds: Dataset, cfg: TrainConfig, prefix: str, on_missing_weights: 
     extracted = training.extract_features(ds, cfg, cache) if cfg.strategy == "cached" else None
     fitted = training.train_head(ds, cfg, out_dir, cache, extracted)
     fitted = training.finetune(ds, cfg, fitted)
+    if extracted is not None:  # a cached training step carries the stats of the run that trained it
+        fitted = dataclasses.replace(fitted, extract=extracted)
     preds, metrics = training.evaluate(ds, cfg, fitted, cache)
     result = training.report(ds, cfg, fitted, preds, metrics, out_dir, started)
     backbone_prefix = f"{prefix.rstrip('/')}/{cfg.backbone}/"
