@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import pandas as pd
 from prefect import flow, get_run_logger
 
-from flows.train_all import DEFAULT_BACKBONES, _check_params
-from flows.train_backbone import run_prefix, train_steps
+from flows.steps import DEFAULT_BACKBONES, check_params, promote_best, run_prefix, train_steps
 from scene import registry, storage
 from scene.experiment import TrainResult
 from scene.train import TrainConfig
@@ -40,7 +38,7 @@ def retrain(
     backbones = backbones or ([champ["backbone"]] if champ else DEFAULT_BACKBONES)
     cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
            "finetune_layers": finetune_layers}
-    _check_params(backbones, 1, **cfg)
+    check_params(backbones, 1, **cfg)
     if new_objects:
         log.info("retraining after %d new objects under %s", new_objects, data)
     ds = data_tasks.build_manifest(data, test)
@@ -64,15 +62,5 @@ def retrain(
         except Exception as err:  # one failed backbone does not stop the others
             log.error("%s failed: %s", b, err)
             results.append(TrainResult(b, "failed", f"{type(err).__name__}: {err}"))
-    ok = [r for r in results if r.status == "ok"]
-    versions = {r.backbone: registry_tasks.register(r, ds) for r in results if r.status != "failed"}
-    if not ok:
-        log.warning("no usable challenger (all failed or collapsed): the champion stays")
-        return {"promoted": False, "reason": "no usable challenger", "results": [r.to_dict() for r in results]}
-    best = max(ok, key=lambda r: r.metrics["test"]["f1_weighted"])
-    champion_predictions = registry_tasks.score_champion(pointer, ds)
-    challenger_predictions = pd.read_csv(f"{best.out_dir}/test_predictions.csv")
-    decision = registry_tasks.gate(versions[best.backbone], challenger_predictions, champion_predictions, pointer,
-                                   alpha)
-    return {"promoted": decision.promote, "decision": decision.to_dict(), "challenger": versions[best.backbone].version,
-            "data_fingerprint": ds.fingerprint, "prefix": prefix, "results": [r.to_dict() for r in results]}
+    gated = promote_best(ds, results, pointer, prefix, alpha)
+    return {**gated, "data_fingerprint": ds.fingerprint, "prefix": prefix, "results": [r.to_dict() for r in results]}

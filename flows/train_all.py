@@ -12,27 +12,14 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 
-from flows.train_backbone import run_prefix, train_backbone
-from scene.backbones import get_spec
+from flows.steps import DEFAULT_BACKBONES, check_params, promote_best, run_prefix
+from flows.train_backbone import train_backbone
 from scene.experiment import TrainResult
 from scene.metadata import CLASS_NAMES
-from scene.train import TrainConfig
 from tasks import artifacts
 from tasks import data as data_tasks
+from tasks import registry as registry_tasks
 from tasks.common import settings
-
-DEFAULT_BACKBONES = ["resnet50", "resnet101v2", "efficientnetb0", "vgg16"]
-
-
-def _check_params(backbones: list[str], slots: int, **cfg: Any) -> None:
-    """Fail fast, before reading any data, on unknown backbones or bad parameters."""
-    if not backbones:
-        raise ValueError("backbones=[] — pass at least one of the registry's backbones")
-    for b in backbones:
-        get_spec(b)
-        TrainConfig(backbone=b, **cfg)  # raises naming the bad parameter
-    if slots < 1:
-        raise ValueError(f"slots={slots} is invalid; pass 1 or more concurrent trainings")
 
 
 def _local(backbones: list[str], params: dict[str, Any], slots: int) -> list[TrainResult]:
@@ -96,12 +83,15 @@ def train_all(
     dispatch: Literal["local", "deployments"] = "local",
     deployment: str = "train-backbone/gpu",
     slots: int = 2,
+    promote: bool = True,
+    alpha: float = 0.05,
 ) -> dict:
     """Validate the data, train every backbone in parallel, compare them and upload every artifact."""
     log = get_run_logger()
     cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
            "finetune_layers": finetune_layers, "mixed_precision": mixed_precision}
-    _check_params(backbones, slots, **cfg)
+    check_params(backbones, slots, **cfg)
+    pointer = registry_tasks.read_champion() if promote else None
     ds = data_tasks.build_manifest(data, test, classes)
     report = data_tasks.validate(ds)
     prefix = run_prefix()
@@ -121,5 +111,6 @@ def train_all(
         log.error("%s failed: %s", r.backbone, r.error)
     if len(failed) == len(results):
         raise RuntimeError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in failed))
-    return {"prefix": prefix, "comparison": comparison, "data_fingerprint": ds.fingerprint,
+    gated = promote_best(ds, results, pointer, prefix, alpha) if promote else {"promoted": False}
+    return {"prefix": prefix, "comparison": comparison, "data_fingerprint": ds.fingerprint, "promotion": gated,
             "results": [r.to_dict() for r in results], "failed": [r.backbone for r in failed]}

@@ -2,45 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
-from scene.dataset import Dataset
+from flows.steps import run_prefix, train_steps
 from scene.metadata import CLASS_NAMES
 from scene.train import TrainConfig
-from tasks import artifacts, training
 from tasks import data as data_tasks
-from tasks.common import settings, stable_hash
-
-
-def run_prefix() -> str:
-    """``s3://<artifact bucket>/runs/<this flow run's id>/``."""
-    return f"s3://{settings().artifact_bucket}/runs/{flow_run.get_id() or 'local'}/"
-
-
-def train_steps(ds: Dataset, cfg: TrainConfig, prefix: str, on_missing_weights: str) -> dict:
-    """The per-backbone steps as tasks; returns the result as a dict."""
-    started = time.time()
-    s = settings()
-    cfg = training.check_weights(cfg, on_missing_weights)
-    out_dir = str(Path(s.work_dir) / ds.fingerprint / f"{cfg.backbone}-{stable_hash(cfg.to_dict())}")
-    cache = s.feature_cache
-    extracted = training.extract_features(ds, cfg, cache) if cfg.strategy == "cached" else None
-    fitted = training.train_head(ds, cfg, out_dir, cache, extracted)
-    fitted = training.finetune(ds, cfg, fitted)
-    if extracted is not None:  # a cached training step carries the stats of the run that trained it
-        fitted = dataclasses.replace(fitted, extract=extracted)
-    preds, metrics = training.evaluate(ds, cfg, fitted, cache)
-    result = training.report(ds, cfg, fitted, preds, metrics, out_dir, started)
-    backbone_prefix = f"{prefix.rstrip('/')}/{cfg.backbone}/"
-    artifacts.upload(out_dir, backbone_prefix, label=cfg.backbone)
-    artifacts.write_result(result, backbone_prefix)
-    return result.to_dict()
 
 
 @flow(name="train-backbone", log_prints=True)

@@ -24,14 +24,31 @@ def read_champion() -> registry.Pointer:
 
 
 @task(name="register model", task_run_name="register {result.backbone}", retries=3, retry_delay_seconds=5)
-def register(result: TrainResult, ds: Dataset) -> registry.ModelVersion:
-    """Upload a trained backbone folder (with its manifest) as a content-addressed registry version."""
+def register(result: TrainResult, ds: Dataset, run_prefix: str) -> registry.ModelVersion:
+    """Upload a trained backbone folder (with its manifest) as a content-addressed registry version.
+
+    A backbone trained on another worker is fetched from the run's artifacts in S3 first.
+    """
     out = Path(result.out_dir)
+    if not (out / "model.keras").is_file():
+        out = Path(tempfile.mkdtemp(prefix=f"scene-{result.backbone}-"))
+        client = s3()
+        src = f"{run_prefix.rstrip('/')}/{result.backbone}/"
+        for uri, _ in storage.list_files(src, client):
+            storage.download_file(uri, out / uri[len(src):], client)
     ds.manifest.to_csv(out / "manifest.csv", index=False)
     version = registry.register(s3(), settings().artifact_bucket, out, result.backbone,
                                 pd.read_csv(out / "test_predictions.csv"))
     get_run_logger().info("registered %s at %s", version.version, version.uri)
     return version
+
+
+@task(name="read test predictions", retries=2, retry_delay_seconds=5)
+def test_predictions_of(version: registry.ModelVersion) -> pd.DataFrame:
+    """A registered version's per-image test outcome."""
+    import io
+
+    return pd.read_csv(io.BytesIO(storage.read_bytes(version.uri.rstrip("/") + "/test_predictions.csv", s3())))
 
 
 @task(name="score champion", retries=2, retry_delay_seconds=5)
