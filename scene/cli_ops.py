@@ -50,24 +50,37 @@ def cmd_weights_mirror(a: argparse.Namespace) -> None:
 
 
 def cmd_data_upload(a: argparse.Namespace) -> None:
-    """Upload a local class-folder dataset (or the Kaggle archive folder) to the data bucket."""
+    """Upload a local class-folder dataset (or the Kaggle archive folder) to the data bucket.
+
+    Objects already there with the same sha256 are skipped, so re-uploading unchanged data raises no
+    storage events; ``--ready`` then puts a ``_READY`` marker (one retraining, without the quiet period).
+    """
     from tqdm import tqdm
 
     from scene import storage
-    from scene.cli import _settings
+    from scene.cli import CliError, _settings
 
     settings = _settings()
     client = storage.s3_client(settings)
     src = Path(a.src)
     if not src.is_dir():
-        from scene.cli import CliError
-
         raise CliError(f"--src {src}: not a folder")
-    dest = a.dest or f"s3://{settings.data_bucket}/{settings.data_prefix}{a.name}/"
+    dest = (a.dest or f"s3://{settings.data_bucket}/{settings.data_prefix}{a.name}/").rstrip("/") + "/"
+    existing = {}
+    for uri, _ in storage.list_files(dest, client):
+        loc = storage.parse(uri)
+        existing[uri] = client.head_object(Bucket=loc.bucket, Key=loc.key).get("Metadata", {}).get("sha256")
     files = [p for p in sorted(src.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    sent = 0
     for p in tqdm(files, desc=f"upload to {dest}", unit="img", file=sys.stderr):
-        storage.upload_file(p, dest.rstrip("/") + "/" + p.relative_to(src).as_posix(), client)
-    print(dest)
+        uri = dest + p.relative_to(src).as_posix()
+        if existing.get(uri) and existing[uri] == storage.sha256_file(p):
+            continue
+        storage.upload_file(p, uri, client)
+        sent += 1
+    if sent and a.ready:
+        storage.write_bytes(dest + "_READY", b"", client)
+    print(f"{dest} ({sent} uploaded, {len(files) - sent} unchanged)")
 
 
 def cmd_runs_show(a: argparse.Namespace) -> None:
@@ -121,4 +134,5 @@ def register_data(data_sub: Any) -> None:
     u.add_argument("--src", required=True)
     u.add_argument("--name", default="demo", help="dataset name: s3://$SCENE_DATA_BUCKET/$SCENE_DATA_PREFIX<name>/")
     u.add_argument("--dest", help="explicit s3:// destination instead of --name")
+    u.add_argument("--ready", action="store_true", help="put a _READY marker after uploading anything new")
     u.set_defaults(func=cmd_data_upload)
