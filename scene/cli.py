@@ -108,8 +108,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     bars = Bars()
     ds = _load_dataset(a.data, a.test, a.classes, bars)
     _validate(ds)
-    s3 = _s3_for(a.data, a.test, a.cache, a.weights) or (
-        _s3_for("s3://x") if settings.s3_endpoint_url and a.weights == "imagenet" else None)
+    # S3 when any location is an s3:// URI, or when an endpoint is configured (the weights mirror lives there)
+    uses_mirror = bool(settings.s3_endpoint_url) and a.weights == "imagenet"
+    s3 = _s3_for(a.data, a.test, a.cache, a.weights, "s3://" if uses_mirror else None)
     mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}" if s3 else None
     cache = a.cache or settings.feature_cache
     results = []

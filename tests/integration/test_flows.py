@@ -50,6 +50,7 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
     assert state.is_completed(), state.message
     out = state.result()
     assert {r["backbone"] for r in out["results"]} == {"mobilenetv2", "efficientnetb0"}
+    assert "promoted" in out["promotion"], out["promotion"]  # the registry and gate ran
     prefix = out["prefix"]
     for b in ("mobilenetv2", "efficientnetb0"):
         listed = json.loads(storage.read_bytes(f"{prefix}{b}/checksums.json", s3))
@@ -176,3 +177,19 @@ def test_weights_mirror_serves_workers_without_internet(s3: Any, env: dict[str, 
     w = backbones.resolve_weights(spec, "imagenet", 150, s3=s3, mirror=mirror, local_cache=offline)
     assert w.origin.startswith("mirror s3://") and Path(w.path).is_file()
     assert storage.sha256_file(w.path) == storage.sha256_file(src)
+
+
+def test_data_upload_skips_unchanged_files(env: dict[str, str], s3: Any, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from scene.cli import main
+
+    root = make_synthetic(tmp_path / "u", 2, size=40, seed=5)
+    args = ["data", "upload", "--src", str(root), "--name", "upload-test", "--ready"]
+    assert main(args) == 0
+    assert "(12 uploaded, 0 unchanged)" in capsys.readouterr().out
+    dest = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}upload-test/"
+    assert storage.exists(dest + "_READY", s3)
+    s3.delete_object(Bucket=env["SCENE_DATA_BUCKET"], Key=f"{env['SCENE_DATA_PREFIX']}upload-test/_READY")
+    assert main(args) == 0  # unchanged: nothing sent, so no storage events and no marker
+    assert "(0 uploaded, 12 unchanged)" in capsys.readouterr().out
+    assert not storage.exists(dest + "_READY", s3)
