@@ -46,7 +46,7 @@ up: install
 deploy: up
 	eval "$$($(SCENE) stack env --state $(STATE))"
 	SCENE_REPO_DIR=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all > $(STATE)/deploy.log 2>&1 || { cat $(STATE)/deploy.log; exit 1; }
-	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu"
+	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu, retrain/default, watch/default, predict/default"
 
 run: up
 	eval "$$($(SCENE) stack env --state $(STATE))"
@@ -55,7 +55,7 @@ run: up
 	  [ -d $$src ] || $(SCENE) data synth --out $$src --per-class 40 --test-per-class 10 --size 96; fi
 	# upload before deploying: unchanged files are skipped; new ones are announced at once (_READY) while the
 	# retrain trigger does not exist yet, so make run trains once; later uploads do start a retraining
-	$(SCENE) data upload --src "$$src" --name demo --ready
+	$(SCENE) data upload --src "$$src" --name demo --ready --wait-bridge http://127.0.0.1:8787
 	$(MAKE) --no-print-directory deploy STATE=$(STATE)
 	params=$$($(BIN)/python -c 'import json,sys; b,w,e,v,s=sys.argv[1:]; print(json.dumps({"data": "s3://'"$$SCENE_DATA_BUCKET/$$SCENE_DATA_PREFIX"'demo/", "backbones": b.split(), "weights": w, "epochs": int(e), "views": int(v), "image_size": int(s)}))' "$(BACKBONES)" "$(WEIGHTS)" "$(EPOCHS)" "$(VIEWS)" "$(IMAGE_SIZE)")
 	$(BIN)/prefect deployment run train-all/default --params "$$params" --watch | tee $(STATE)/last-run.log

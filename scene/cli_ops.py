@@ -78,9 +78,32 @@ def cmd_data_upload(a: argparse.Namespace) -> None:
             continue
         storage.upload_file(p, uri, client)
         sent += 1
+    before = _bridge_emitted(a.wait_bridge) if a.wait_bridge and sent else None
     if sent and a.ready:
         storage.write_bytes(dest + "_READY", b"", client)
+    if before is not None:
+        _wait_bridge(a.wait_bridge, before)
     print(f"{dest} ({sent} uploaded, {len(files) - sent} unchanged)")
+
+
+def _bridge_emitted(url: str) -> int:
+    """How many events the bridge at ``url`` has emitted (its /health counter)."""
+    import urllib.request
+
+    with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5) as resp:
+        return int(json.loads(resp.read())["emitted"])
+
+
+def _wait_bridge(url: str, before: int, timeout: float = 120.0) -> None:
+    """Wait until the bridge has announced the upload (the gateway delivers notifications a few seconds late)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _bridge_emitted(url) > before:
+            return
+        time.sleep(1)
+    print(f"warning: the event bridge at {url} announced nothing within {timeout:.0f} s", file=sys.stderr)
 
 
 def cmd_runs_show(a: argparse.Namespace) -> None:
@@ -135,4 +158,5 @@ def register_data(data_sub: Any) -> None:
     u.add_argument("--name", default="demo", help="dataset name: s3://$SCENE_DATA_BUCKET/$SCENE_DATA_PREFIX<name>/")
     u.add_argument("--dest", help="explicit s3:// destination instead of --name")
     u.add_argument("--ready", action="store_true", help="put a _READY marker after uploading anything new")
+    u.add_argument("--wait-bridge", metavar="URL", help="wait until the event bridge at URL announced the upload")
     u.set_defaults(func=cmd_data_upload)
