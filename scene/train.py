@@ -268,12 +268,15 @@ def predict(model: keras.Model, rows: pd.DataFrame, size: int, *, split: str = "
 
 
 def predict_cached(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, cache_root: str, split: str,
-                   s3: Any = None) -> Predictions:
-    """Probabilities from the head on cached plain-view features (same numbers as the full model, faster)."""
-    cache = feature_cache(cfg, fit_result.weights, cache_root, s3)
+                   s3: Any = None, *, model: keras.Model | None = None,
+                   cache: features.FeatureCache | None = None) -> Predictions:
+    """Probabilities from the head on cached plain-view features (same numbers as the full model, faster).
+
+    Pass the loaded ``model`` and ``cache`` when predicting several splits, so each is read once.
+    """
+    cache = cache or feature_cache(cfg, fit_result.weights, cache_root, s3)
     rows = ds.split(split)
-    model = load_model(str(fit_result.model_path))
-    head = model.get_layer("head")
+    head = (model or load_model(str(fit_result.model_path))).get_layer("head")
     x, y = features.gather(cache, rows, [0])
     probs = np.asarray(head.predict(x, verbose=0, batch_size=256), dtype=np.float64) if len(x) else np.zeros((0, 0))
     return Predictions(split, rows["key"].tolist(), y, probs)
@@ -284,12 +287,14 @@ def all_predictions(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, *, cac
     """Predictions for train, val and test: from cached features when the backbone stayed frozen."""
     out: dict[str, Predictions] = {}
     use_cache = cfg.strategy == "cached" and not cfg.finetune_layers and cache_root is not None
-    model = None if use_cache else load_model(str(fit_result.model_path))
+    model = load_model(str(fit_result.model_path))
+    cache = feature_cache(cfg, fit_result.weights, cache_root, s3) if use_cache else None  # type: ignore[arg-type]
     for split in ("train", "val", "test"):
         if ds.split(split).empty:
             continue
         if use_cache:
-            out[split] = predict_cached(ds, cfg, fit_result, cache_root, split, s3)  # type: ignore[arg-type]
+            out[split] = predict_cached(ds, cfg, fit_result, cache_root, split, s3,  # type: ignore[arg-type]
+                                        model=model, cache=cache)
         else:
             out[split] = predict(model, ds.split(split), cfg.image_size, split=split, s3=s3, progress=progress)
     return out
