@@ -9,14 +9,18 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
 
-from scene import registry, storage
+from scene import integrity, registry, storage
 from scene.metadata import CLASS_NAMES
 from tasks.common import s3, settings
 
 
 @task(name="resolve model", retries=2, retry_delay_seconds=5)
 def resolve_model(model: str | None) -> tuple[str, list[str]]:
-    """Download the given model (path or s3:// URI to model.keras), or the champion's; return path and classes."""
+    """The local path and classes of the given model (path or s3:// URI to model.keras), or the champion's.
+
+    A registered version (the champion, or ``.../<backbone>-<12 hex>/model.keras``) is downloaded only after
+    its files match ``checksums.json`` and the version id (:func:`scene.integrity.fetch_version`).
+    """
     import json
 
     client, cfg = s3(), settings()
@@ -25,18 +29,29 @@ def resolve_model(model: str | None) -> tuple[str, list[str]]:
         if champ is None:
             raise RuntimeError("no champion model yet: train and promote one (retrain flow), or pass model=")
         model = champ["uri"].rstrip("/") + "/model.keras"
-    local = Path(tempfile.mkdtemp(prefix="scene-model-")) / "model.keras"
-    if storage.parse(model).is_s3:
+    log = get_run_logger()
+    folder = model.rsplit("/", 1)[0]
+    if storage.parse(model).is_s3 and integrity.is_version_uri(folder):
+        local = _fetch_registered(client, folder) / "model.keras"
+    elif storage.parse(model).is_s3:
+        log.warning("%s is not a registered model version: no checksums to verify it against", model)
+        local = Path(tempfile.mkdtemp(prefix="scene-model-")) / "model.keras"
         storage.download_file(model, local, client)
-        config_uri = model.rsplit("/", 1)[0] + "/config.json"
-        classes = (json.loads(storage.read_bytes(config_uri, client))["class_names"]
-                   if storage.exists(config_uri, client) else list(CLASS_NAMES))
+        config_uri = folder + "/config.json"
+        if storage.exists(config_uri, client):
+            storage.download_file(config_uri, local.with_name("config.json"), client)
     else:
         local = Path(model)
-        cfg_file = local.with_name("config.json")
-        classes = json.loads(cfg_file.read_text())["class_names"] if cfg_file.exists() else list(CLASS_NAMES)
-    get_run_logger().info("predicting with %s", model)
+    cfg_file = local.with_name("config.json")
+    classes = json.loads(cfg_file.read_text())["class_names"] if cfg_file.exists() else list(CLASS_NAMES)
+    log.info("predicting with %s", model)
     return str(local), classes
+
+
+def _fetch_registered(client: object, version_uri: str) -> Path:
+    """A registered version's model.keras (and config.json when listed), verified, in a new temp folder."""
+    dest = Path(tempfile.mkdtemp(prefix="scene-model-")) / "version"
+    return integrity.fetch_version(client, version_uri, dest, names=["model.keras"], optional=["config.json"])
 
 
 @task(name="predict images", retries=1)
@@ -55,6 +70,7 @@ def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, o
     out = out or f"s3://{settings().artifact_bucket}/predictions/{flow_run.get_id() or 'local'}/predictions.csv"
     model_path, classes = resolve_model(model)
     n, bad = predict_images(model_path, classes, data, out)
-    create_link_artifact(storage.presigned_url(out, s3()), link_text="predictions.csv", key="predictions")
+    create_link_artifact(storage.presigned_url(out, s3()), link_text="predictions.csv", key="predictions",
+                         description=f"expires after {storage.MAX_LINK_SECONDS // 3600} hour; {out}")
     get_run_logger().info("%d images classified, %d unreadable listed; %s", n, bad, out)
     return {"predictions": out, "images": n, "unreadable": bad}

@@ -41,7 +41,8 @@ def cmd_events_serve(a: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = serve(cfg, host=a.host, port=a.port)
-    print(f"event bridge: POST {server.notify_url} (Bearer token from {TOKEN_ENV}), health {server.url}/health, "
+    print(f"event bridge: POST {server.notify_url} (Bearer token from {TOKEN_ENV}), health {server.url}/health "
+          "(counters only with the token), "
           f"events to {api}", file=sys.stderr, flush=True)
 
     def _stop(signum: int, _frame: Any) -> None:

@@ -11,7 +11,16 @@ Accepted notification bodies: AWS S3 event JSON (``{"Records": [{"eventName": "O
 and ``Key``; see :mod:`scene.stack`) and the S3 ``s3:TestEvent`` (accepted, nothing in it).
 
 A *dataset root* is the first folder under the data prefix: ``datasets/intel/seg_train/sea/1.jpg`` belongs
-to ``datasets/intel/``. The :class:`Batcher` collects the image objects of each root and emits one event
+to ``datasets/intel/``. Keys with ``.``/``..``/empty path segments or control characters are ignored (with the
+reason logged), so no event can name a root such as ``datasets/../``.
+
+Keys arrive URL-encoded form-style in ``Records[].s3.object.key`` (AWS and MinIO alike: a space is ``+``)
+and are decoded with ``unquote_plus``; the top-level ``Key`` of a MinIO webhook body (``bucket/object``) is
+already decoded by the server (MinIO ``WebhookTarget.send``: ``url.QueryUnescape``) and is used as is.
+
+``GET /health`` answers ``{"status": "ok"}`` to anyone; the counters come only with the bearer token.
+
+The :class:`Batcher` collects the image objects of each root and emits one event
 when no new object arrived for ``quiet_seconds`` (or ``max_wait_seconds`` after the first one, so a slow
 trickle still fires), or at once when the ``_READY`` marker lands anywhere under the root (a marker always
 emits, even with no new images pending). Events that cannot reach Prefect are kept and retried.
@@ -140,7 +149,7 @@ def parse_notification(body: bytes) -> list[ObjectEvent]:
     if records is None:
         name, key = doc.get("EventName"), doc.get("Key")
         if isinstance(name, str) and isinstance(key, str) and "/" in key:  # MinIO body without Records
-            bucket, _, obj_key = key.partition("/")
+            bucket, _, obj_key = key.partition("/")  # already decoded by MinIO: do not unquote twice
             return [ObjectEvent(bucket=bucket, key=obj_key, size=0, etag="", event_name=name)]
         keys = ", ".join(sorted(map(str, doc))[:8]) or "none"
         raise BadNotification(f"not a bucket notification: no 'Records' list (top-level keys: {keys})")
@@ -191,8 +200,9 @@ class BridgeConfig:
         object.__setattr__(self, "suffixes", tuple(s.lower() for s in self.suffixes))
 
     def root_of(self, key: str) -> str | None:
-        """The dataset root (``<prefix><folder>/``) of a key, or None when the key is not inside one."""
-        if not key.startswith(self.prefix):
+        """The dataset root (``<prefix><folder>/``) of a key, or None when the key is not inside one
+        (or is not a safe key: see :func:`unsafe_key`)."""
+        if not key.startswith(self.prefix) or unsafe_key(key):
             return None
         folder, sep, rest = key[len(self.prefix):].partition("/")
         return f"{self.prefix}{folder}/" if folder and sep and rest else None
@@ -209,6 +219,9 @@ class BridgeConfig:
             return f"bucket {ev.bucket!r} is not the data bucket {self.bucket!r}"
         if not ev.key.startswith(self.prefix):
             return f"key is outside the data prefix {self.prefix!r}"
+        unsafe = unsafe_key(ev.key)
+        if unsafe:
+            return unsafe
         if self.root_of(ev.key) is None:
             return f"key is not inside a dataset folder ({self.prefix}<name>/...)"
         if self.is_marker(ev.key):
@@ -222,6 +235,15 @@ class BridgeConfig:
     def image_suffixes(self) -> tuple[str, ...]:
         """The suffixes that make an object an image (``suffixes`` without the marker name)."""
         return tuple(s for s in self.suffixes if s != self.ready_marker.lower())
+
+
+def unsafe_key(key: str) -> str:
+    """Why a key cannot name data (``.``/``..``/empty segments, control characters), or ``""`` when it can."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return "key contains control characters"
+    if any(part in ("", ".", "..") for part in key.split("/")[:-1]) or key.rsplit("/", 1)[-1] in (".", ".."):
+        return "key has a '.', '..' or empty path segment"
+    return ""
 
 
 def matching(cfg: BridgeConfig, events: Iterable[ObjectEvent]) -> list[ObjectEvent]:
@@ -320,6 +342,21 @@ def read_events(api_url: str, name: str = EVENT_NAME, resource_prefix: str | Non
     if status != 200 or not isinstance(body, dict):
         raise EmitError(f"Prefect API {api_url.rstrip('/')}/events/filter answered {status}: {str(body)[:500]}")
     return list(body.get("events", []))
+
+
+def bridge_stats(url: str, token: str, timeout: float = 5.0) -> dict[str, Any]:
+    """A running bridge's counters (``GET {url}/health`` with the bearer token); raises :class:`EmitError`."""
+    req = urllib.request.Request(url.rstrip("/") + "/health", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with _OPENER.open(req, timeout=timeout) as resp:
+            body = json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise EmitError(f"event bridge {url}: no health answer ({getattr(err, 'reason', err)}); is it running?") \
+            from err
+    if "emitted" not in body:
+        raise EmitError(f"event bridge {url}: the token was not accepted, so it reports no counters; "
+                        "pass the bridge's SCENE_EVENTS_TOKEN")
+    return body
 
 
 # -------------------------------------------------------------------------------------------- batching
@@ -573,8 +610,10 @@ def _make_handler(cfg: BridgeConfig, batcher: Batcher, counters: Counters, holde
 
         def do_GET(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
-            if path in ("/health", "/healthz"):
-                self._reply(200, {"status": "ok", **holder["server"].stats()})
+            if path in ("/health", "/healthz"):  # the counters only for the token holder
+                given = (self.headers.get("Authorization") or "").strip().encode()
+                stats = holder["server"].stats() if hmac.compare_digest(given, expected) else {}
+                self._reply(200, {"status": "ok", **stats})
             else:
                 self._reply(404, {"error": f"no such page {path!r}; POST /notify, GET /health"})
 
@@ -633,8 +672,8 @@ def _make_handler(cfg: BridgeConfig, batcher: Batcher, counters: Counters, holde
                     counted.append(ev)
                     log.info("object s3://%s/%s (%s, %d bytes) counts for %s", ev.bucket, ev.key, ev.event_name,
                              ev.size, cfg.root_of(ev.key))
-                else:
-                    log.info("ignored s3://%s/%s: %s", ev.bucket, ev.key, why)
+                else:  # repr: a hostile key must not forge log lines
+                    log.info("ignored %r in bucket %r: %s", ev.key, ev.bucket, why)
             counters.bump(accepted=1, objects=len(counted), ignored=len(events) - len(counted))
             self._reply(200, {"accepted": len(counted), "ignored": len(events) - len(counted)})
             batcher.add(counted)  # after replying: a marker's emission must not delay the gateway

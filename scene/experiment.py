@@ -110,7 +110,11 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
     doc = write_config(out_dir / "config.json", cfg, ds, fit_result,
                        {"summary": summary, "seconds": fit_result.seconds})
     meta = {"backbone": cfg.backbone, "class_names": list(ds.class_names), "data_fingerprint": ds.fingerprint,
-            "random_init": fit_result.weights.random_init, "weights": fit_result.weights.origin}
+            "data_source": ds.source, "synthetic_data": bool(getattr(ds, "synthetic", False)),
+            "random_init": fit_result.weights.random_init, "weights": fit_result.weights.origin,
+            "weights_sha256_16": fit_result.weights.fingerprint,
+            "predictions": {s: p.source for s, p in preds.items()},
+            "saved_model_agreement": preds["test"].agreement if "test" in preds else None}
     (out_dir / "metrics.json").write_text(json.dumps({**extra["metrics"], "meta": meta}, indent=2))
     if "test" in preds:
         test_predictions(preds["test"], ds).to_csv(out_dir / "test_predictions.csv", index=False)

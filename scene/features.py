@@ -1,7 +1,9 @@
 """The feature cache: pooled backbone features computed once per image and view, content-addressed.
 
-A cache entry's address is ``(backbone, weights fingerprint, image size, augmentation fingerprint)``
-— the *namespace* — plus ``(image sha256, view)``. View 0 is the plain image; views 1..K are random
+A cache entry's address is the *namespace* — backbone, image size, the weights file's content hash,
+augmentation settings, seed, precision policy, and a hash of everything else that changes a feature
+(the source of the modules that decode, resize, augment and build the backbone, the pipeline version,
+the Keras and TensorFlow versions) — plus ``(image sha256, view)``. View 0 is the plain image; views 1..K are random
 augmentations. Entries are stored in shards (``.npz``) under ``<cache>/<namespace>/`` in a local folder
 or an ``s3://`` prefix; a shard's name is the hash of its content, so re-runs never duplicate work and
 retraining on new data computes features only for new images. Extraction streams: a shard is written
@@ -19,10 +21,11 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from scene import storage
 from scene.backbones import WeightsSource, feature_extractor, preflight
-from scene.pipeline import AugmentConfig, augmenter, image_dataset
+from scene.pipeline import PIPELINE_VERSION, AugmentConfig, augmenter, image_dataset
 
 Progress = Callable[[str, int, int], None]
 
@@ -78,9 +81,39 @@ class FeatureCache:
         return uri
 
 
-def namespace(backbone: str, weights: WeightsSource, size: int, augment: AugmentConfig, seed: int) -> str:
-    """The part of a cache address shared by all images of one extraction setup."""
-    return f"{backbone}-{size}px-{weights.fingerprint}-aug{augment.fingerprint()}-s{seed}"
+# The modules whose code decides what a feature vector is: a change in any of them is a new namespace.
+FEATURE_MODULES = ("scene.images", "scene.pipeline", "scene.backbones", "scene.features")
+
+
+def source_hash(modules: Sequence[str] = FEATURE_MODULES) -> str:
+    """A short sha256 over the source files of ``modules`` (not a version number someone must remember to bump)."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"module {name!r} not found; cannot fingerprint its source")
+        with open(spec.origin, "rb") as fh:
+            h.update(name.encode() + b"\0" + fh.read())
+    return h.hexdigest()[:12]
+
+
+def environment_hash() -> str:
+    """Code, pipeline version and library versions that change features: one short hash."""
+    parts = f"{source_hash()}|pipeline{PIPELINE_VERSION}|keras{keras.__version__}|tf{tf.__version__}"
+    return hashlib.sha256(parts.encode()).hexdigest()[:10]
+
+
+def namespace(backbone: str, weights: WeightsSource, size: int, augment: AugmentConfig, seed: int,
+              precision: str | None = None) -> str:
+    """The part of a cache address shared by all images of one extraction setup.
+
+    ``precision``: the Keras dtype policy the features are computed under (default: the current global one).
+    """
+    precision = precision or keras.mixed_precision.global_policy().name
+    return (f"{backbone}-{size}px-{weights.fingerprint}-aug{augment.fingerprint()}-s{seed}-{precision}"
+            f"-{environment_hash()}")
 
 
 def entry_key(sha: str, view: int) -> str:
@@ -114,7 +147,7 @@ def extract(
     requested = len(unique) * len(views)
     done = 0
     if total:
-        model = model or feature_extractor(backbone, size, weights)
+        model = model or feature_extractor(backbone, size, weights, seed)
     for view, part in todo.items():
         if part.empty:
             continue
@@ -128,7 +161,7 @@ def extract(
         for i, batch in enumerate(ds):
             if i == 0:
                 preflight(backbone, batch)
-            feats = np.asarray(model(batch, training=False), dtype=np.float32)
+            feats = np.asarray(model.predict_on_batch(batch), dtype=np.float32)  # compiled, not eager
             keys += [entry_key(s, view) for s in shas[pos : pos + len(feats)]]
             chunks.append(feats)
             pos += len(feats)

@@ -6,5 +6,5 @@ from __future__ import annotations
 CLASS_NAMES: tuple[str, ...] = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 
 DEFAULT_IMAGE_SIZE = 150  # the Intel photos are 150x150
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif")
 SPLITS: tuple[str, ...] = ("train", "val", "test")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import keras
 
-from scene.backbones import Preprocess, WeightsSource, build_backbone, get_spec
+from scene.backbones import Preprocess, WeightsSource, get_spec, shared_backbone
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,15 @@ def build_head(feature_width: int, num_classes: int, cfg: HeadConfig = HeadConfi
     return keras.Model(inp, out, name="head")
 
 
-def assemble(backbone_name: str, size: int, weights: WeightsSource, head: keras.Model) -> keras.Model:
-    """The full model users load: raw pixels in, probabilities out, preprocessing inside."""
+def assemble(backbone_name: str, size: int, weights: WeightsSource, head: keras.Model, seed: int = 0) -> keras.Model:
+    """The full model users load: raw pixels in, probabilities out, preprocessing inside.
+
+    The backbone is this process's shared instance (:func:`~scene.backbones.shared_backbone`): the very network
+    that computed the cached features the head was trained on.
+    """
     spec = get_spec(backbone_name)
     inp = keras.Input((size, size, 3), name="image")
-    backbone = build_backbone(backbone_name, size, weights)
+    backbone = shared_backbone(backbone_name, size, weights, seed)
     x = Preprocess(spec.preprocess, name="preprocess")(inp)
     x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     return keras.Model(inp, head(x), name=f"scene_{backbone_name}")

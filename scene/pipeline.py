@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from scene import images, storage
 
+PIPELINE_VERSION = 2  # bump when decoding, resizing or augmentation semantics change (part of feature-cache keys)
+
 
 @dataclass(frozen=True)
 class AugmentConfig:

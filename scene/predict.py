@@ -17,9 +17,17 @@ from scene.train import predict
 
 
 def list_images(src: str, s3: Any = None) -> tuple[list[str], list[tuple[str, str]]]:
-    """Image keys under ``src`` (any depth), and ``(key, problem)`` for files that are not usable images."""
-    keys, bad = [], []
-    for key, _ in storage.list_files(src, s3):
+    """Image keys under ``src`` (any depth), and ``(key, problem)`` for files that are not usable images.
+
+    Locally, symlinks leaving ``src`` are listed as problems, never read.
+    """
+    keys: list[str] = []
+    bad: list[tuple[str, str]] = []
+    if storage.parse(src).is_s3:
+        listed = list(storage.list_files(src, s3))
+    else:
+        listed, bad = storage.list_local(src)
+    for key, _ in listed:
         name = PurePosixPath(key).name
         if name.startswith(".") or PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
             bad.append((key, "not an image file"))

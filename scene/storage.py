@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from scene.settings import Settings
@@ -107,14 +107,13 @@ def _endpoint(s3: Any) -> str | None:
 
 
 def list_files(uri: str | Location, s3: Any = None) -> Iterator[tuple[str, int]]:
-    """Yield ``(key_or_path, size)`` for every file under a folder or S3 prefix, sorted."""
+    """Yield ``(key_or_path, size)`` for every file under a folder or S3 prefix, sorted.
+
+    Locally, symlinks that leave the folder are skipped; :func:`list_local` also says which and why.
+    """
     loc = parse(uri) if isinstance(uri, str) else uri
     if not loc.is_s3:
-        root = Path(loc.key)
-        if not root.is_dir():
-            raise StorageError(f"{root}: not a folder (pass a folder of class folders or an s3:// URI)")
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            yield str(path), path.stat().st_size
+        yield from list_local(loc.key)[0]
         return
     if s3 is None:
         raise StorageError(f"{loc}: an S3 location needs an S3 client (configure AWS_ENDPOINT_URL etc.)")
@@ -126,6 +125,91 @@ def list_files(uri: str | Location, s3: Any = None) -> Iterator[tuple[str, int]]
                     yield f"s3://{loc.bucket}/{obj['Key']}", int(obj["Size"])
     except Exception as err:  # botocore raises many types; all become one clear message
         raise explain(err, loc, _endpoint(s3)) from err
+
+
+def list_local(folder: str | Path) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """``([(path, size)], [(path, problem)])`` for a local folder, both sorted.
+
+    Symlinks are followed only while they stay inside ``folder``: one that points outside it (or is broken,
+    or loops) is listed with its problem instead, so a dataset folder can never read files from elsewhere.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise StorageError(f"{root}: not a folder (pass a folder of class folders or an s3:// URI)")
+    real_root = root.resolve()
+    files: list[tuple[str, int]] = []
+    bad: list[tuple[str, str]] = []
+    seen = {real_root}
+
+    def walk(d: Path) -> None:
+        for entry in sorted(d.iterdir()):
+            if entry.is_symlink():
+                target = entry.resolve()
+                if not target.is_relative_to(real_root):
+                    bad.append((str(entry), f"symlink to {target}, outside the dataset folder {root}: copy the "
+                                            "file in instead"))
+                    continue
+                if not target.exists():
+                    bad.append((str(entry), f"broken symlink (to {target})"))
+                    continue
+            if entry.is_dir():
+                real = entry.resolve()
+                if real in seen:
+                    bad.append((str(entry), f"symlink loop: {real} is already listed"))
+                    continue
+                seen.add(real)
+                walk(entry)
+            elif entry.is_file():
+                files.append((str(entry), entry.stat().st_size))
+
+    walk(root)
+    return sorted(files), sorted(bad)
+
+
+def safe_relative(name: str, where: str = "") -> PurePosixPath:
+    """``name`` as a relative path that stays inside the folder it is joined to; raise :class:`StorageError` if not.
+
+    Refused: empty names, absolute paths (``/x``, ``C:...``, ``\\x``), ``.``/``..`` parts, empty parts
+    (``a//b``), backslashes and control characters — all signs of a hostile or broken object key.
+    """
+    what = f"{where}: " if where else ""
+    problem = ""
+    if not name:
+        problem = "empty name"
+    elif any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        problem = "control character in the name"
+    elif "\\" in name:
+        problem = "backslash in the name"
+    elif name.startswith("/") or (len(name) > 1 and name[0].isalpha() and name[1] == ":"):
+        problem = "absolute path"
+    elif any(part in ("", ".", "..") for part in name.split("/")):
+        problem = "'.', '..' or empty path segment"
+    if problem:
+        raise StorageError(f"{what}refusing object name {name!r} ({problem}): it could write outside the "
+                           "destination folder; rename the object")
+    return PurePosixPath(name)
+
+
+def safe_join(folder: str | Path, name: str, where: str = "") -> Path:
+    """``folder / name`` after :func:`safe_relative`, checked once more to stay inside ``folder``."""
+    base = Path(folder).resolve()
+    path = base.joinpath(*safe_relative(name, where).parts)
+    if not path.resolve().is_relative_to(base):  # e.g. a symlink already inside the folder
+        raise StorageError(f"{where or name}: {path} resolves outside {base}; refusing to write there")
+    return path
+
+
+def download_prefix(prefix: str, folder: str | Path, s3: Any) -> list[Path]:
+    """Download every object under an S3 prefix into ``folder`` (keys relative to the prefix).
+
+    Every name is checked with :func:`safe_relative` before anything is downloaded, so a hostile key
+    (``../x``, ``/etc/x``) fails the whole call and writes nothing.
+    """
+    base = prefix.rstrip("/") + "/"
+    plan = []
+    for uri, _ in list_files(base, s3):
+        plan.append((uri, safe_join(folder, uri[len(base):], uri)))
+    return [download_file(uri, path, s3) for uri, path in plan]
 
 
 def read_bytes(uri: str, s3: Any = None) -> bytes:
@@ -236,7 +320,13 @@ def upload_dir(local_dir: str | Path, prefix: str, s3: Any) -> list[dict[str, An
     return uploaded
 
 
-def presigned_url(uri: str, s3: Any, expires: int = 7 * 24 * 3600) -> str:
-    """A time-limited HTTP link to an S3 object (for the Prefect UI)."""
+MAX_LINK_SECONDS = 3600  # presigned links shown in the Prefect UI expire within the hour
+
+
+def presigned_url(uri: str, s3: Any, expires: int = MAX_LINK_SECONDS) -> str:
+    """A time-limited HTTP link to an S3 object (for the Prefect UI); at most :data:`MAX_LINK_SECONDS`."""
+    if not 1 <= expires <= MAX_LINK_SECONDS:
+        raise ValueError(f"presigned_url(expires={expires}): links may last 1..{MAX_LINK_SECONDS} seconds; "
+                         "share the s3:// URI for longer-lived references")
     loc = parse(uri)
     return s3.generate_presigned_url("get_object", Params={"Bucket": loc.bucket, "Key": loc.key}, ExpiresIn=expires)

@@ -4,6 +4,10 @@ Each class is a drawn motif loosely evoking its scene (grid of windows, vertical
 gradient, triangular peaks, horizontal waves, converging road lines) over shared random colours,
 noise and clutter, so a classifier must learn shapes and layout, not a single colour: classes are
 learnable but not trivially separable. Deterministic for a given seed.
+
+Every file carries the JPEG comment :data:`scene.images.SYNTHETIC_MARK`, which travels with the image
+(uploads, copies) so a manifest built from it says ``synthetic`` and a model trained on it is never promoted
+automatically.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from scene.images import SYNTHETIC_MARK
 from scene.metadata import CLASS_NAMES
 
 
@@ -78,7 +83,7 @@ def synth_image(cls: str, size: int, rng: np.random.Generator) -> Image.Image:
 
 def make_synthetic(out: str | Path, per_class: int = 20, *, size: int = 64, seed: int = 0,
                    test_per_class: int = 0, classes: tuple[str, ...] = CLASS_NAMES) -> Path:
-    """Write ``out/<class>/*.jpg``; with a test set, the Kaggle layout ``out/seg_train|seg_test/<class>``."""
+    """Write ``out/<class>/*.jpg`` (each marked generated); with a test set, ``out/seg_train|seg_test/<class>``."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     sets = [("seg_train", per_class), ("seg_test", test_per_class)] if test_per_class else [("", per_class)]
@@ -87,5 +92,6 @@ def make_synthetic(out: str | Path, per_class: int = 20, *, size: int = 64, seed
         for cls in classes:
             (root / cls).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                synth_image(cls, size, rng).save(root / cls / f"{cls}_{i:04d}.jpg", quality=90)
+                synth_image(cls, size, rng).save(root / cls / f"{cls}_{i:04d}.jpg", quality=90,
+                                                   comment=SYNTHETIC_MARK)
     return out

@@ -72,14 +72,28 @@ class TrainConfig:
         return cls(**{**d, "head": HeadConfig(**d.pop("head", {})), "augment": AugmentConfig(**d.pop("augment", {}))})
 
 
+AGREEMENT_MIN = 0.995  # the saved model must agree with the cached-feature path on this share of test images
+
+
+class ModelMismatch(RuntimeError):
+    """The saved model does not predict what the cached-feature path predicted: the run's numbers would lie."""
+
+
 @dataclass(frozen=True)
 class Predictions:
-    """Class probabilities and true labels of one split."""
+    """Class probabilities and true labels of one split.
+
+    ``source``: ``saved model`` (the shipped ``model.keras`` end to end, from the image files) or
+    ``cached features`` (the head on stored features; proven equal to the saved model by :func:`all_predictions`).
+    ``agreement``: on the test split of a cached run, the share of images where both paths agree.
+    """
 
     split: str
     keys: list[str]
     y_true: np.ndarray
     probs: np.ndarray
+    source: str = "saved model"
+    agreement: float | None = None
 
 
 @dataclass(frozen=True)
@@ -132,11 +146,15 @@ def _history(hist: keras.callbacks.History, phase: str, start_epoch: int = 0) ->
     return df
 
 
-def feature_cache(dataset_cfg: TrainConfig, weights: backbones.WeightsSource, cache_root: str,
+def precision_name(cfg: TrainConfig) -> str:
+    """The Keras dtype policy a config computes under."""
+    return "mixed_float16" if cfg.mixed_precision else "float32"
+
+
+def feature_cache(cfg: TrainConfig, weights: backbones.WeightsSource, cache_root: str,
                   s3: Any = None) -> features.FeatureCache:
     """The cache namespace for a config and its weights."""
-    ns = features.namespace(dataset_cfg.backbone, weights, dataset_cfg.image_size, dataset_cfg.augment,
-                            dataset_cfg.seed)
+    ns = features.namespace(cfg.backbone, weights, cfg.image_size, cfg.augment, cfg.seed, precision_name(cfg))
     return features.FeatureCache(cache_root, ns, s3)
 
 
@@ -151,13 +169,15 @@ def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSo
     cache = feature_cache(cfg, weights, cache_root, s3)
     model = None
     stats = []
-    for rows, views in ((ds.split("train"), train_views(cfg)), (ds.manifest[ds.manifest["split"] != "train"], [0])):
-        missing = cache.missing([features.entry_key(s, v) for s in rows["sha256"] for v in views])
-        if missing and model is None:
-            model = backbones.feature_extractor(cfg.backbone, cfg.image_size, weights)
-        stats.append(features.extract(rows, views, backbone=cfg.backbone, weights=weights, size=cfg.image_size,
-                                      cache=cache, augment=cfg.augment, seed=cfg.seed, s3=s3, progress=progress,
-                                      model=model))
+    parts = ((ds.split("train"), train_views(cfg)), (ds.manifest[ds.manifest["split"] != "train"], [0]))
+    with precision_policy(cfg.mixed_precision):
+        for rows, views in parts:
+            missing = cache.missing([features.entry_key(s, v) for s in rows["sha256"] for v in views])
+            if missing and model is None:
+                model = backbones.feature_extractor(cfg.backbone, cfg.image_size, weights, cfg.seed)
+            stats.append(features.extract(rows, views, backbone=cfg.backbone, weights=weights, size=cfg.image_size,
+                                          cache=cache, augment=cfg.augment, seed=cfg.seed, s3=s3, progress=progress,
+                                          model=model))
     return features.ExtractStats(sum(s.requested for s in stats), sum(s.cached for s in stats),
                                  sum(s.computed for s in stats), sum(s.seconds for s in stats))
 
@@ -190,9 +210,9 @@ def fit_frozen(ds: Dataset, cfg: TrainConfig, out_dir: Path, weights: backbones.
                             epochs=cfg.epochs, batch_size=64, shuffle=True, verbose=0,
                             callbacks=_callbacks(cfg, progress, f"train head {cfg.backbone}", cfg.epochs))
             history = _history(hist, "head")
-            model = assemble(cfg.backbone, cfg.image_size, weights, head)
+            model = assemble(cfg.backbone, cfg.image_size, weights, head, cfg.seed)
         else:
-            model = assemble(cfg.backbone, cfg.image_size, weights, head)
+            model = assemble(cfg.backbone, cfg.image_size, weights, head, cfg.seed)
             history = _fit_online(model, ds, cfg, cfg.learning_rate, cfg.epochs, "head", 0, s3, progress)
         name = "frozen.keras" if cfg.finetune_layers else "model.keras"  # fine-tuning writes model.keras
         return _save(model, history, out_dir / name, weights, extract_stats, time.perf_counter() - start)
@@ -257,7 +277,7 @@ def predict(model: keras.Model, rows: pd.DataFrame, size: int, *, split: str = "
     ds = image_dataset(rows, size, num_classes=1, batch_size=batch_size, s3=s3, labels=False)
     out, done = [], 0
     for batch in ds:
-        out.append(np.asarray(model(batch, training=False), dtype=np.float64))
+        out.append(np.asarray(model.predict_on_batch(batch), dtype=np.float64))  # compiled, not eager
         done += len(out[-1])
         if progress:
             progress(f"predict {split}".strip(), done, len(rows))
@@ -279,12 +299,18 @@ def predict_cached(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, cache_r
     head = (model or load_model(str(fit_result.model_path))).get_layer("head")
     x, y = features.gather(cache, rows, [0])
     probs = np.asarray(head.predict(x, verbose=0, batch_size=256), dtype=np.float64) if len(x) else np.zeros((0, 0))
-    return Predictions(split, rows["key"].tolist(), y, probs)
+    return Predictions(split, rows["key"].tolist(), y, probs, "cached features")
 
 
 def all_predictions(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, *, cache_root: str | None,
                     s3: Any = None, progress: Progress | None = None) -> dict[str, Predictions]:
-    """Predictions for train, val and test: from cached features when the backbone stayed frozen."""
+    """Predictions for train, val and test, with the test split always scored by the saved ``model.keras``.
+
+    When the backbone stayed frozen, train and val come from the head on cached features (fast); the test
+    split is then scored both ways and the saved model's predictions are kept. If the two disagree on more
+    than ``1 - AGREEMENT_MIN`` of the test images the run fails with :class:`ModelMismatch`: the cached
+    features were not made by the network that ships, so no number of this run would mean anything.
+    """
     out: dict[str, Predictions] = {}
     use_cache = cfg.strategy == "cached" and not cfg.finetune_layers and cache_root is not None
     model = load_model(str(fit_result.model_path))
@@ -295,9 +321,27 @@ def all_predictions(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, *, cac
         if use_cache:
             out[split] = predict_cached(ds, cfg, fit_result, cache_root, split, s3,  # type: ignore[arg-type]
                                         model=model, cache=cache)
-        else:
-            out[split] = predict(model, ds.split(split), cfg.image_size, split=split, s3=s3, progress=progress)
+        if split == "test" or not use_cache:
+            shipped = predict(model, ds.split(split), cfg.image_size, split=split, s3=s3, progress=progress)
+            if split in out:
+                shipped = check_agreement(out[split], shipped, fit_result.model_path)
+            out[split] = shipped
     return out
+
+
+def check_agreement(cached: Predictions, shipped: Predictions, model_path: Path | str) -> Predictions:
+    """``shipped`` with its agreement to ``cached``; raises :class:`ModelMismatch` below ``AGREEMENT_MIN``."""
+    if cached.keys != shipped.keys:
+        raise ModelMismatch(f"{model_path}: cached and saved-model predictions cover different images")
+    same = cached.probs.argmax(1) == shipped.probs.argmax(1)
+    agreement = float(same.mean()) if len(same) else 1.0
+    if agreement < AGREEMENT_MIN:
+        bad = [k for k, ok in zip(shipped.keys, same, strict=True) if not ok][:3]
+        raise ModelMismatch(
+            f"{model_path}: the saved model agrees with the cached-feature predictions on only {agreement:.2%} of "
+            f"{len(same)} {shipped.split} images (required {AGREEMENT_MIN:.1%}; e.g. {bad}). The cached features "
+            "were not computed by the network that was saved; clear the feature cache for this backbone and rerun.")
+    return Predictions(shipped.split, shipped.keys, shipped.y_true, shipped.probs, "saved model", agreement)
 
 
 def write_config(path: Path, cfg: TrainConfig, ds: Dataset, fit_result: FitResult, extra: dict[str, Any]) -> dict:

@@ -50,7 +50,9 @@ def compare_and_publish(results: list[TrainResult], out_dir: str, prefix: str, m
         storage.upload_file(p, prefix.rstrip("/") + "/" + p.name, client)
     rows = [r.comparison_row() for r in results]
     create_table_artifact(rows, key="backbone-comparison", description="Backbones compared on the test split")
-    md = [md_path.read_text(), "", "## Plots", ""]
+    hours = storage.MAX_LINK_SECONDS // 3600
+    md = [md_path.read_text(), "", "## Plots", "",
+          f"_Links are presigned and expire {hours} hour after this run; the `s3://` URIs stay valid._", ""]
     for r in results:
         if r.status == "failed":
             md.append(f"- **{r.backbone}** failed: `{r.error}`")
@@ -65,6 +67,7 @@ def compare_and_publish(results: list[TrainResult], out_dir: str, prefix: str, m
     md += ["## Data", "", *(f"- [{n}]({storage.presigned_url(u, client)}) `{u}`" for n, u in manifest.items())]
     create_markdown_artifact("\n".join(md), key="training-report", description="scene training report")
     create_link_artifact(storage.presigned_url(prefix.rstrip("/") + "/comparison.md", client),
-                         link_text="comparison.md", key="comparison")
+                         link_text="comparison.md", key="comparison",
+                         description=f"expires after {hours} hour; {prefix.rstrip('/')}/comparison.md")
     get_run_logger().info("comparison:\n%s", md_path.read_text())
     return str(Path(md_path))

@@ -5,31 +5,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.context import TaskRunContext
+from prefect.cache_policies import NO_CACHE
 
-import scene
 from scene import experiment, train
 from scene.backbones import WeightsUnavailable
 from scene.dataset import Dataset
 from scene.evaluate import SplitMetrics
 from scene.features import ExtractStats
 from scene.train import FitResult, Predictions, TrainConfig
-from tasks.common import Progress, s3, settings, stable_hash
+from tasks.common import Progress, s3, settings
 
 RANDOM_INIT = "random-init"
-
-
-def _model_key(ctx: TaskRunContext, params: dict[str, Any]) -> str:
-    """Cache key of a training step: task + data fingerprint + config + output folder + code version.
-
-    The output folder is derived from the same fingerprint and config, so a rerun on unchanged data
-    finds both the cached result and the model files it points to.
-    """
-    out = params["out_dir"] if "out_dir" in params else str(Path(params["fitted"].model_path).parent)
-    return stable_hash(ctx.task.name, params["ds"].fingerprint, params["cfg"].to_dict(), out, scene.__version__)
 
 
 @task(name="check weights", retries=2, retry_delay_seconds=5)
@@ -58,8 +46,7 @@ def extract_features(ds: Dataset, cfg: TrainConfig, cache_root: str) -> ExtractS
     return stats
 
 
-@task(name="train head", task_run_name="train head {cfg.backbone}", cache_key_fn=_model_key,
-      persist_result=True)
+@task(name="train head", task_run_name="train head {cfg.backbone}", cache_policy=NO_CACHE)
 def train_head(ds: Dataset, cfg: TrainConfig, out_dir: str, cache_root: str,
                extracted: ExtractStats | None = None) -> FitResult:
     """The frozen phase: head on cached features, or online with the backbone in the loop."""
@@ -70,8 +57,7 @@ def train_head(ds: Dataset, cfg: TrainConfig, out_dir: str, cache_root: str,
     return fitted
 
 
-@task(name="fine-tune", task_run_name="fine-tune {cfg.backbone}", cache_key_fn=_model_key,
-      persist_result=True)
+@task(name="fine-tune", task_run_name="fine-tune {cfg.backbone}", cache_policy=NO_CACHE)
 def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult) -> FitResult:
     """Unfreeze the top layers (BatchNorm stays frozen) and train at a low learning rate."""
     if not cfg.finetune_layers:

@@ -99,3 +99,93 @@ def test_offline_imagenet_weights_give_real_features(mobilenet_weights: Path) ->
     pre = backbones.feature_extractor("mobilenetv2", 96, backbones.resolve_weights(spec, str(mobilenet_weights), 96))
     rnd = backbones.feature_extractor("mobilenetv2", 96, backbones.resolve_weights(spec, "none", 96))
     assert not np.allclose(np.asarray(pre(x)), np.asarray(rnd(x)))
+
+
+def _keras_layout_file(name: str, size: int, folder: Path) -> Path:
+    """A notop weights file in the legacy HDF5 layout Keras' own ImageNet files use (random, seeded values)."""
+    import h5py
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    spec = get_spec(name)
+    keras.utils.set_random_seed(7)
+    donor = spec.constructor(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+    rng = np.random.default_rng(7)  # BatchNorm statistics like a trained network's: the input scale matters
+    for layer in donor.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.get_weights()[0].shape
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.5, n), rng.normal(0, 1.0, n),
+                               rng.uniform(0.2, 2.0, n)])
+    path = folder / spec.weights_file(size)
+    with h5py.File(path, "w") as f:
+        save_weights_to_hdf5_group(f, donor)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(KERAS_PREPROCESS))
+def test_features_match_keras_own_imagenet_graph(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """scene's extractor == Keras' ``weights="imagenet"`` graph + Keras' preprocess_input, same weights file.
+
+    Keras' download is pointed at the local file; EfficientNet's imagenet graph has an extra input Rescaling
+    that a ``weights=None`` build lacks (features differed by 57% before scene built it the imagenet way).
+    """
+    from keras.src.utils import file_utils
+
+    size = 32
+    path = _keras_layout_file(name, size, tmp_path)
+    x = np.random.default_rng(5).uniform(0, 255, (3, size, size, 3)).astype("float32")
+    ours = backbones.feature_extractor(name, size, backbones.resolve_weights(get_spec(name), str(path), size))
+    ours_out = np.asarray(ours.predict_on_batch(x))
+    monkeypatch.setattr(file_utils, "get_file", lambda *a, **k: str(path))
+    ref = get_spec(name).constructor(include_top=False, weights="imagenet", input_shape=(size, size, 3),
+                                     pooling="avg")
+    ref_out = np.asarray(ref.predict_on_batch(KERAS_PREPROCESS[name](x.copy())))
+    scale = np.abs(ref_out).max()
+    assert scale > 0
+    np.testing.assert_allclose(ours_out, ref_out, atol=1e-4 * scale, rtol=1e-4)
+
+
+def test_random_init_builds_are_seeded() -> None:
+    """Two builds with the same seed are the same network; another seed is another network."""
+    w = backbones.resolve_weights(get_spec("mobilenetv2"), "none", 32, seed=3)
+    a = backbones.build_backbone("mobilenetv2", 32, w, seed=3).get_weights()
+    b = backbones.build_backbone("mobilenetv2", 32, w, seed=3).get_weights()
+    c = backbones.build_backbone("mobilenetv2", 32, w, seed=4).get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+
+
+def test_imagenet_fingerprint_is_the_file_content(tmp_path: Path) -> None:
+    """Two Keras caches holding different bytes under the same file name are different weights."""
+    spec = get_spec("mobilenetv2")  # Keras publishes no hash for MobileNetV2 files: any content is accepted
+    fingerprints = []
+    for i in range(2):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / spec.weights_file(150)).write_bytes(f"weights {i}".encode())
+        fingerprints.append(backbones.resolve_weights(spec, "imagenet", 150, local_cache=tmp_path / str(i)).fingerprint)
+    assert fingerprints[0] != fingerprints[1]
+
+
+def test_imagenet_file_with_the_wrong_hash_is_refused(tmp_path: Path) -> None:
+    """A Keras-cache file whose content is not Keras' published file is not used as ImageNet weights."""
+    spec = get_spec("vgg16")
+    (tmp_path / spec.weights_file(150)).write_bytes(b"not the real vgg16 file")
+    with pytest.raises(WeightsUnavailable, match="hash is not Keras'"):
+        backbones.resolve_weights(spec, "imagenet", 150, local_cache=tmp_path)
+
+
+def test_feature_namespace_holds_everything_that_changes_a_feature(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from scene import features
+    from scene.pipeline import AugmentConfig
+
+    w = backbones.resolve_weights(get_spec("mobilenetv2"), "none", 64, seed=1)
+    base = features.namespace("mobilenetv2", w, 64, AugmentConfig(), 1, "float32")
+    assert features.namespace("mobilenetv2", w, 64, AugmentConfig(), 1, "mixed_float16") != base
+    monkeypatch.setattr(keras, "__version__", "9.9.9")
+    assert features.namespace("mobilenetv2", w, 64, AugmentConfig(), 1, "float32") != base
+    monkeypatch.undo()
+    monkeypatch.setattr(features, "source_hash", lambda modules=features.FEATURE_MODULES: "changed-code")
+    assert features.namespace("mobilenetv2", w, 64, AugmentConfig(), 1, "float32") != base
+    monkeypatch.undo()
+    assert features.namespace("mobilenetv2", w, 64, AugmentConfig(), 1, "float32") == base

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -126,3 +127,107 @@ def test_missing_or_empty_source(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no files found"):
         build_dataset(str(tmp_path / "empty"))
+
+
+# --- sticky splits (issue 7, item 13) -----------------------------------------------------------------------
+
+
+def _add_images(root: Path, tmp: Path, per_class: int, seed: int) -> None:
+    extra = make_synthetic(tmp / f"more-{seed}", per_class, size=32, seed=seed)
+    for c in CLASS_NAMES:
+        for f in (extra / c).iterdir():
+            shutil.copy(f, root / c / f"new{seed}_{f.name}")
+
+
+def test_no_image_moves_split_given_the_previous_manifest_3_image_classes(tmp_path: Path) -> None:
+    """With 3 images a class every val/test image is an "at least one per class" pick; adding images used to
+    hand those picks to new images, moving the old picks back to train (7 of 18 images moved here)."""
+    root = make_synthetic(tmp_path / "d", 3, size=32, seed=1)
+    first = build_dataset(str(root))
+    assert all(first.counts()[s][c] == 1 for s in ("train", "val", "test") for c in CLASS_NAMES)
+    _add_images(root, tmp_path, 6, seed=99)
+    old = first.manifest.set_index("key")["split"]
+    stateless = build_dataset(str(root)).manifest.set_index("key")["split"]
+    assert (stateless[old.index] != old).sum() > 0  # without the previous manifest the picks move
+    sticky = build_dataset(str(root), previous=first.manifest)
+    now = sticky.manifest.set_index("key")["split"]
+    assert len(now) == 18 + 36 and (now[old.index] == old).all()
+    assert all(sticky.counts()[s][c] >= 1 for s in ("train", "val", "test") for c in CLASS_NAMES)
+    again = build_dataset(str(root), previous=sticky.manifest)  # a second round keeps everything too
+    assert again.manifest.set_index("key")["split"].equals(now)
+
+
+def test_per_class_picks_are_made_among_new_images_only() -> None:
+    import pandas as pd
+
+    cfg = SplitConfig()
+    old_sha = [f"{i:064x}" for i in range(3)]
+    previous = pd.DataFrame({"sha256": old_sha, "split": ["train", "train", "train"], "key": ["a", "b", "c"]})
+    df = pd.DataFrame({"sha256": [*old_sha, "f" * 64], "label": ["sea"] * 4, "origin": ["pool"] * 4})
+    split = assign_splits(df, True, cfg, previous)
+    assert split[:3].tolist() == ["train", "train", "train"]  # an old image is never drafted into val
+    assert split[3] == "val"  # the class lacked a val image: the new one is picked
+    no_new = assign_splits(df.iloc[:3], True, cfg, previous)
+    assert no_new.tolist() == ["train", "train", "train"]  # nothing new to pick from: nothing moves
+    with pytest.raises(DatasetError, match=r"previous manifest lacks columns \['split'\]"):
+        assign_splits(df, True, cfg, previous.drop(columns="split"))
+
+
+# --- local folders: symlinks, formats, orientation (issue 7, item 17) --------------------------------------------
+
+
+def test_symlinks_leaving_the_dataset_are_rejected_and_listed(tmp_path: Path, synth_dir: Path) -> None:
+    root = tmp_path / "d"
+    shutil.copytree(synth_dir, root)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(outside / "private.jpg")
+    (root / "sea" / "escape.jpg").symlink_to(outside / "private.jpg")
+    (root / "forest" / "escape_dir").symlink_to(outside, target_is_directory=True)
+    (root / "sea" / "dotdot.jpg").symlink_to(Path("..") / ".." / "secret" / "private.jpg")
+    (root / "sea" / "inside.jpg").symlink_to(next((root / "forest").glob("*.jpg")))
+    (root / "sea" / "broken.jpg").symlink_to(root / "nope.jpg")
+    ds = build_dataset(str(root))
+    problems = dict(zip(ds.rejected["key"].map(lambda k: Path(k).name), ds.rejected["problem"], strict=True))
+    for name in ("escape.jpg", "escape_dir", "dotdot.jpg"):
+        assert "outside the dataset folder" in problems[name], problems
+    assert "broken symlink" in problems["broken.jpg"]
+    assert not any("secret" in k or "private" in k for k in ds.manifest["key"])
+    assert "inside.jpg" in set(ds.manifest["key"].map(lambda k: Path(k).name))  # a link within the folder is fine
+    assert len(ds.manifest) == 72 + 1
+
+
+def test_webp_tiff_accepted_and_sizes_are_upright(tmp_path: Path, synth_dir: Path) -> None:
+    root = tmp_path / "d"
+    shutil.copytree(synth_dir, root)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: 80 wide, 40 high; upright 40 wide, 80 high
+    Image.new("RGB", (80, 40), (1, 2, 3)).save(root / "sea" / "phone.jpg", exif=exif)
+    Image.new("RGB", (50, 60), (1, 2, 3)).save(root / "sea" / "a.webp")
+    Image.new("RGB", (50, 60), (1, 2, 3)).save(root / "sea" / "b.tif")
+    ds = build_dataset(str(root))
+    rows = ds.manifest.assign(name=ds.manifest["key"].map(lambda k: Path(k).name)).set_index("name")
+    assert ds.rejected.empty, ds.rejected
+    assert (rows.at["phone.jpg", "width"], rows.at["phone.jpg", "height"]) == (40, 80)
+    assert rows.at["a.webp", "format"] == "WEBP" and rows.at["b.tif", "format"] == "TIFF"
+
+
+# --- generated data is marked ---------------------------------------------------------------------------------
+
+
+def test_generated_data_is_marked_synthetic_through_save_and_load(tmp_path: Path, synth_dir: Path) -> None:
+    from scene.dataset import load_dataset
+
+    ds = build_dataset(str(synth_dir))
+    assert ds.synthetic and ds.manifest["synthetic"].all()
+    ds.manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    assert load_dataset(str(tmp_path / "manifest.csv")).synthetic
+    photos = tmp_path / "photos"
+    for c in CLASS_NAMES:  # re-encoded without the comment: photos, as far as anyone can tell
+        (photos / c).mkdir(parents=True)
+        for f in list((synth_dir / c).iterdir())[:3]:
+            Image.fromarray(np.asarray(Image.open(f))).save(photos / c / f.name)
+    real = build_dataset(str(photos))
+    assert not real.synthetic and not real.manifest["synthetic"].any()
+    real.manifest.drop(columns="synthetic").to_csv(tmp_path / "old.csv", index=False)  # a manifest from before
+    assert not load_dataset(str(tmp_path / "old.csv")).synthetic

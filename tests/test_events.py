@@ -7,6 +7,7 @@ import http.client
 import json
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from scene.events import (
     BridgeServer,
     EmitError,
     ObjectEvent,
+    bridge_stats,
     changed_roots,
     dataset_event,
     emit_prefect_event,
@@ -95,6 +97,33 @@ def test_parse_minio_format() -> None:
     (e,) = parse_notification(minio_body("datasets/intel/seg_train/sea/1 2.jpg"))
     assert e == ObjectEvent("scene-data", "datasets/intel/seg_train/sea/1 2.jpg", 2, "49f6", "s3:ObjectCreated:Put")
     assert e.created
+
+
+def test_keys_are_decoded_once_on_both_paths() -> None:
+    """Records carry the key form-encoded (MinIO: Go's url.QueryEscape; AWS the same); the top-level MinIO
+    ``Key`` is already decoded by the server, so decoding it again would turn a literal '+' into a space."""
+    key = "datasets/my set/sea/a+b c%41 é.jpg"
+    aws = json.loads(aws_body(key))
+    minio = json.loads(minio_body(key))
+    minio["Records"][0]["s3"]["object"]["key"] = urllib.parse.quote_plus(key, safe="")  # as MinIO sends it
+    for body in (aws, minio):
+        assert [e.key for e in parse_notification(json.dumps(body).encode())] == [key]
+    key_only = {"EventName": "s3:ObjectCreated:Put", "Key": f"scene-data/{key}"}
+    assert [e.key for e in parse_notification(json.dumps(key_only).encode())] == [key]
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["datasets/../sea/1.jpg", "datasets/./x/1.jpg", "datasets/x/../../y/1.jpg", "datasets//x/1.jpg",
+     "datasets/x//1.jpg", "datasets/x/\n/1.jpg", "datasets/x\x00/1.jpg", "datasets/x/sea\x1b[31m.jpg"],
+)
+def test_hostile_dataset_roots_are_ignored(key: str) -> None:
+    cfg = BridgeConfig(token=TOKEN)
+    why = cfg.reason_to_ignore(ev(key))
+    assert why is not None and ("segment" in why or "control" in why), (key, why)
+    assert cfg.root_of(key) is None
+    encoded = parse_notification(aws_body(key))  # the same keys URL-encoded in a notification
+    assert matching(cfg, encoded) == []
 
 
 def test_parse_minio_without_records_and_aws_test_event() -> None:
@@ -319,10 +348,10 @@ def post(server: BridgeServer, body: bytes, token: str | None = TOKEN, path: str
         conn.close()
 
 
-def health(server: BridgeServer) -> dict[str, Any]:
+def health(server: BridgeServer, token: str | None = TOKEN) -> dict[str, Any]:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
     try:
-        conn.request("GET", "/health")
+        conn.request("GET", "/health", headers={"Authorization": f"Bearer {token}"} if token else {})
         resp = conn.getresponse()
         assert resp.status == 200
         return json.loads(resp.read())
@@ -363,6 +392,18 @@ def test_server_accepts_and_batches(bridge: tuple[BridgeServer, list[dict]]) -> 
     stats = health(server)
     assert (stats["received"], stats["accepted"], stats["objects"], stats["ignored"]) == (7, 7, 6, 1)
     assert (stats["emitted"], stats["pending"]) == (2, 0)
+
+
+def test_health_reveals_nothing_without_the_token(bridge: tuple[BridgeServer, list[dict]]) -> None:
+    server, _ = bridge
+    assert post(server, minio_body("datasets/a/x/1.jpg"))[0] == 200
+    assert health(server, token=None) == {"status": "ok"}
+    assert health(server, token="wrong") == {"status": "ok"}
+    stats = health(server)
+    assert stats["status"] == "ok" and stats["received"] == 1 and stats["pending_roots"] == ["scene-data/datasets/a/"]
+    assert bridge_stats(server.url, TOKEN)["received"] == 1
+    with pytest.raises(EmitError, match="token was not accepted"):
+        bridge_stats(server.url, "wrong")
 
 
 def test_server_survives_garbage(bridge: tuple[BridgeServer, list[dict]]) -> None:
@@ -433,7 +474,7 @@ def test_cli_serves_until_sigterm() -> None:
         url = re.search(r"POST (http://\S+)/notify", line).group(1)  # type: ignore[union-attr]
         host, port = url.removeprefix("http://").split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        conn.request("GET", "/health")
+        conn.request("GET", "/health", headers={"Authorization": f"Bearer {TOKEN}"})
         resp = conn.getresponse()
         assert resp.status == 200 and json.loads(resp.read())["received"] == 0
         conn.close()

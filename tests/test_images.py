@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,6 +37,9 @@ def _noise() -> Image.Image:
         ("LA", "PNG", "alpha"),
         ("RGB", "BMP", ""),
         ("P", "GIF", "palette"),
+        ("RGB", "WEBP", ""),
+        ("RGB", "TIFF", ""),
+        ("I;16", "TIFF", "16-bit"),
     ],
 )
 def test_modes_convert_to_rgb_with_a_note(mode: str, fmt: str, note: str) -> None:
@@ -67,7 +71,7 @@ def test_gif_first_frame() -> None:
         (b"this is not an image", "not a readable image"),
         (_encode(_noise(), "JPEG")[:3000], "corrupt or truncated"),
         (_encode(_rgb(20, 64), "PNG"), "smaller than the 32-pixel minimum"),
-        (_encode(_rgb(), "TIFF"), "unsupported format TIFF"),
+        (_encode(_rgb(), "PPM"), "unsupported format PPM"),
     ],
 )
 def test_bad_images_raise_a_named_problem(data: bytes, problem: str) -> None:
@@ -82,3 +86,64 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     bomb = _encode(Image.new("1", (20000, 20000)), "PNG")  # 400 Mpx, a few KB on disk
     with pytest.raises(images.ImageProblem, match=r"too large|pixel limit"):
         images.inspect(bomb)
+
+
+def _arrow(w: int = 80, h: int = 40) -> Image.Image:
+    """A picture whose orientation is visible: a red left half, a blue right half."""
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = (255, 0, 0)
+    arr[:, w // 2 :] = (0, 0, 255)
+    return Image.fromarray(arr)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_is_applied_before_anything_else(fmt: str) -> None:
+    """A phone photo stored sideways with EXIF orientation 6 (rotate 90° clockwise to view) is decoded upright."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    _arrow().save(buf, fmt, exif=exif)
+    data = buf.getvalue()
+    info = images.inspect(data)
+    assert (info.width, info.height) == (40, 80)
+    assert "EXIF orientation 6" in info.note or fmt == "TIFF"  # Pillow rotates TIFF itself while loading
+    arr = images.decode_rgb(data)
+    assert arr.shape == (80, 40, 3)
+    top, bottom = arr[5, 20].astype(int), arr[-5, 20].astype(int)
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0]  # red (the old left) is now on top
+
+
+def test_pipeline_decodes_webp_and_tiff_like_jpeg(tmp_path: Path) -> None:
+    """The tf.data pipeline reads every accepted format through images.decode_rgb, upright and padded."""
+    import pandas as pd
+
+    from scene.pipeline import image_dataset
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    keys = []
+    for fmt, suffix in (("JPEG", ".jpg"), ("WEBP", ".webp"), ("TIFF", ".tif")):
+        path = tmp_path / f"a{suffix}"
+        _arrow().save(path, fmt, exif=exif)
+        keys.append(str(path))
+    rows = pd.DataFrame({"key": keys, "label_index": [0, 0, 0]})
+    batches = list(image_dataset(rows, 40, num_classes=6, batch_size=3).as_numpy_iterator())
+    x = batches[0][0]
+    assert x.shape == (3, 40, 40, 3)
+    for img in x:  # upright: red on top; the 40x80 picture is padded left and right, not top and bottom
+        assert img[2, 20, 0] > 200 and img[-3, 20, 2] > 200 and img[20, 1].max() < 10
+
+
+def test_generated_images_carry_the_synthetic_mark(tmp_path: Path) -> None:
+    from PIL import PngImagePlugin
+
+    from scene.synth import make_synthetic
+
+    root = make_synthetic(tmp_path / "d", 1, size=40, classes=("sea",))
+    assert images.inspect((root / "sea" / "sea_0000.jpg").read_bytes()).synthetic
+    assert not images.inspect(_encode(_rgb(), "JPEG")).synthetic
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", images.SYNTHETIC_MARK)
+    buf = io.BytesIO()
+    _rgb().save(buf, "PNG", pnginfo=text)
+    assert images.inspect(buf.getvalue()).synthetic

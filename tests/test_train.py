@@ -149,3 +149,69 @@ def test_failed_backbone_becomes_a_failed_result(ds, tmp_path: Path) -> None:
     assert r.status == "failed" and "no such file" in r.error
     assert (tmp_path / "x" / "error.txt").exists()
     shutil.rmtree(tmp_path / "x")
+
+
+def test_test_metrics_come_from_the_saved_model(ds, tmp_path: Path) -> None:
+    """test_predictions.csv and the test metrics are the saved model.keras's own predictions, end to end."""
+    import pandas as pd
+
+    train_one(ds, TrainConfig(**SMALL), tmp_path / "m", cache_root=str(tmp_path / "cache"), bootstrap=0)
+    meta = json.loads((tmp_path / "m" / "metrics.json").read_text())["meta"]
+    assert meta["predictions"] == {"train": "cached features", "val": "cached features", "test": "saved model"}
+    assert meta["saved_model_agreement"] >= 0.995
+    shipped = predict(load(str(tmp_path / "m" / "model.keras")), ds.split("test"), 48)
+    recorded = pd.read_csv(tmp_path / "m" / "test_predictions.csv")
+    assert recorded["key"].tolist() == shipped.keys
+    assert (recorded["y_pred"].to_numpy() == shipped.probs.argmax(1)).all()
+
+
+@pytest.fixture(scope="module")
+def colour_ds(tmp_path_factory: pytest.TempPathFactory):
+    """Six classes told apart by colour: even a random-init backbone + head learns them (not collapsed)."""
+    from PIL import Image
+
+    from scene.metadata import CLASS_NAMES
+
+    root = tmp_path_factory.mktemp("colours")
+    rng = np.random.default_rng(0)
+    hues = [(220, 40, 40), (40, 200, 40), (40, 40, 220), (220, 220, 40), (40, 220, 220), (220, 40, 220)]
+    for c, hue in zip(CLASS_NAMES, hues, strict=True):
+        (root / c).mkdir()
+        for i in range(10):
+            px = np.clip(np.array(hue) + rng.normal(0, 12, (32, 32, 3)), 0, 255).astype("uint8")
+            Image.fromarray(px).save(root / c / f"{i}.png")
+    return build_dataset(str(root))
+
+
+def test_saved_model_that_is_not_the_feature_network_fails_the_run(colour_ds, tmp_path: Path) -> None:
+    from scene.train import ModelMismatch, all_predictions
+
+    cfg = TrainConfig(**{**SMALL, "backbone": "vgg16", "image_size": 32, "epochs": 40, "patience": 40,
+                         "learning_rate": 1e-2, "views": 0})  # VGG: no BatchNorm, random features stay informative
+    cache = str(tmp_path / "cache")
+    fitted = fit(colour_ds, cfg, tmp_path / "m", cache_root=cache)
+    good = all_predictions(colour_ds, cfg, fitted, cache_root=cache)["test"]
+    assert len(set(good.probs.argmax(1))) >= 2, "the check needs a model whose predictions vary"
+    model = load(str(fitted.model_path))
+    backbone = backbone_of(model)
+    keras.utils.set_random_seed(99)  # another random network under the same head
+    backbone.set_weights(type(backbone).from_config(backbone.get_config()).get_weights())
+    model.save(fitted.model_path)
+    with pytest.raises(ModelMismatch, match="agrees with the cached-feature predictions on only"):
+        all_predictions(colour_ds, cfg, fitted, cache_root=cache)
+
+
+def test_random_init_extraction_in_another_process_builds_the_same_network(ds, tmp_path: Path) -> None:
+    """Extraction and training run as separate Prefect tasks (maybe processes): seeded builds agree."""
+    from scene import backbones
+    from scene.train import all_predictions, extract_features, fit_frozen
+
+    cfg = TrainConfig(**SMALL)
+    cache = str(tmp_path / "cache")
+    w = backbones.resolve_weights(backbones.get_spec("mobilenetv2"), "none", 48, seed=cfg.seed)
+    stats = extract_features(ds, cfg, w, cache)
+    backbones._BUILT.clear()  # as if the next step ran in a fresh process
+    keras.utils.set_random_seed(12345)  # and the global RNG had moved on
+    fitted = fit_frozen(ds, cfg, tmp_path / "m", w, cache_root=cache, extracted=stats)
+    preds = all_predictions(ds, cfg, fitted, cache_root=cache)
+    assert preds["test"].source == "saved model" and preds["test"].agreement == 1.0

@@ -152,6 +152,18 @@ def test_burst_of_uploads_becomes_one_event(rig: Rig, stack: StackInfo) -> None:
     assert after["rejected"] == before["rejected"]
 
 
+def test_gateway_keys_with_spaces_and_plus_arrive_decoded_once(rig: Rig, stack: StackInfo) -> None:
+    """The gateway form-encodes keys in Records (space → '+', '+' → '%2B'); the bridge decodes them exactly once."""
+    root = f"datasets/my set {uuid.uuid4().hex[:8]}/"
+    keys = [f"{root}sea/a+b c.jpg", f"{root}sea/100% ü.jpg"]
+    for key in keys:
+        rig.put(key)
+    rig.put(f"{root}_READY", b"")
+    (got,) = wait_events(stack.prefect_api_url, resource(root))
+    assert sorted(got["payload"]["keys"]) == sorted(keys) and got["payload"]["prefix"] == root
+    assert all(rig.s3.head_object(Bucket=BUCKET, Key=k) for k in got["payload"]["keys"])
+
+
 def test_ready_marker_emits_without_waiting(rig: Rig, stack: StackInfo) -> None:
     assert rig.server is not None
     server = rig.server
