@@ -4,11 +4,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 from scene.metadata import IMAGE_SUFFIXES
+
+DEMO_DATASET = "demo"  # the name of the generated demo dataset (make run without DATA)
+_NAME_OK = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+
+def dataset_name(src: str | Path | None = None, name: str | None = None) -> str:
+    """The dataset name an upload goes under: ``name`` if given (checked), else ``src``'s folder name, sanitised.
+
+    Sanitising drops accents, lower-cases, turns every run of characters outside ``a-z 0-9 . _ -`` into ``-`` and trims
+    separators at both ends, so ``~/Photos/My Scenes!`` becomes ``my-scenes``. Without either, the demo name.
+    """
+    if name is not None and name != "":
+        if not _NAME_OK.fullmatch(name):
+            raise ValueError(f"--name {name!r}: a dataset name is 1-63 characters of a-z, 0-9, '.', '_' or '-', "
+                             "starting with a letter or digit (e.g. --name intel-2024)")
+        return name
+    if src is None or str(src) == "":
+        return DEMO_DATASET
+    folder = Path(src).expanduser().resolve().name
+    ascii_name = unicodedata.normalize("NFKD", folder).encode("ascii", "ignore").decode()
+    derived = re.sub(r"[^a-z0-9._-]+", "-", ascii_name.lower()).strip("-._")[:63].rstrip("-._")
+    if not derived:
+        raise ValueError(f"--src {src}: cannot derive a dataset name from the folder name {folder!r}; "
+                         "pass --name NAME (make run ... NAME=NAME)")
+    return derived
 
 
 def cmd_stack(a: argparse.Namespace) -> None:
@@ -65,7 +92,8 @@ def cmd_data_upload(a: argparse.Namespace) -> None:
     src = Path(a.src)
     if not src.is_dir():
         raise CliError(f"--src {src}: not a folder")
-    dest = (a.dest or f"s3://{settings.data_bucket}/{settings.data_prefix}{a.name}/").rstrip("/") + "/"
+    dest = (a.dest or f"s3://{settings.data_bucket}/{settings.data_prefix}{dataset_name(src, a.name)}/")
+    dest = dest.rstrip("/") + "/"
     existing = {}
     for uri, _ in storage.list_files(dest, client):
         loc = storage.parse(uri)
@@ -87,11 +115,17 @@ def cmd_data_upload(a: argparse.Namespace) -> None:
 
 
 def _bridge_emitted(url: str) -> int:
-    """How many events the bridge at ``url`` has emitted (its /health counter)."""
-    import urllib.request
+    """How many events the bridge at ``url`` has emitted (its /health counter, which needs the bridge's token)."""
+    import os
 
-    with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5) as resp:
-        return int(json.loads(resp.read())["emitted"])
+    from scene import events
+    from scene.cli import CliError
+
+    token = os.environ.get("SCENE_EVENTS_TOKEN")
+    if not token:
+        raise CliError("--wait-bridge needs the bridge's token in SCENE_EVENTS_TOKEN "
+                       '(eval "$(scene stack env)" sets it for the local stack)')
+    return int(events.bridge_stats(url, token)["emitted"])
 
 
 def _wait_bridge(url: str, before: int, timeout: float = 120.0) -> None:
@@ -152,11 +186,22 @@ def register(sub: Any) -> None:
     m.set_defaults(func=cmd_weights_mirror)
 
 
+def cmd_data_name(a: argparse.Namespace) -> None:
+    """Print the dataset name ``data upload`` would use (``make run`` asks this)."""
+    print(dataset_name(a.src, a.name))
+
+
 def register_data(data_sub: Any) -> None:
     u = data_sub.add_parser("upload", help="upload a local dataset to the data bucket")
     u.add_argument("--src", required=True)
-    u.add_argument("--name", default="demo", help="dataset name: s3://$SCENE_DATA_BUCKET/$SCENE_DATA_PREFIX<name>/")
+    u.add_argument("--name", help="dataset name: s3://$SCENE_DATA_BUCKET/$SCENE_DATA_PREFIX<name>/ "
+                                  "(default: the --src folder's name, sanitised)")
     u.add_argument("--dest", help="explicit s3:// destination instead of --name")
     u.add_argument("--ready", action="store_true", help="put a _READY marker after uploading anything new")
     u.add_argument("--wait-bridge", metavar="URL", help="wait until the event bridge at URL announced the upload")
     u.set_defaults(func=cmd_data_upload)
+
+    n = data_sub.add_parser("name", help="print the dataset name an upload of --src (or --name) goes under")
+    n.add_argument("--src", help="the local dataset folder (default: the generated demo)")
+    n.add_argument("--name", help="an explicit name to check instead")
+    n.set_defaults(func=cmd_data_name)

@@ -724,7 +724,11 @@ def env_lines(state_dir: str | os.PathLike[str] = ".state") -> list[str]:
     """
     state = _state(state_dir)
     cfg = _config(state)
-    return [f"export {k}={shlex.quote(v)}" for k, v in _s3_env(cfg, _credentials(state)).items()]
+    creds = _credentials(state)
+    env = _s3_env(cfg, creds)
+    if creds.get("events_token"):
+        env["SCENE_EVENTS_TOKEN"] = creds["events_token"]  # for `scene data upload --wait-bridge`
+    return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
 
 
 def _settings(cfg: dict[str, Any], creds: dict[str, str], base: Settings) -> Settings:

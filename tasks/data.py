@@ -19,11 +19,15 @@ class DataValidationFailed(RuntimeError):
 
 
 @task(name="build manifest", retries=2, retry_delay_seconds=5)
-def build_manifest(data: str, test: str | None = None, classes: list[str] | None = None) -> Dataset:
-    """List, hash and check every image under ``data`` (and ``test``)."""
+def build_manifest(data: str, test: str | None = None, classes: list[str] | None = None,
+                   previous: Any = None) -> Dataset:
+    """List, hash and check every image under ``data`` (and ``test``).
+
+    ``previous``: an earlier manifest of the same data (e.g. the champion's): its images keep their splits.
+    """
     log = get_run_logger()
     log.info("Reading every image under %s%s", data, f" and {test}" if test else "")
-    ds = build_dataset(data, test, class_names=classes, s3=s3(),
+    ds = build_dataset(data, test, class_names=classes, s3=s3(), previous=previous,
                        progress=lambda d, t: log.info("read %d/%d images", d, t) if d == t or d % 2000 == 0 else None)
     log.info("%d usable images, %d skipped; data fingerprint %s", len(ds.manifest), len(ds.rejected), ds.fingerprint)
     return ds

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from scene import storage
@@ -70,13 +74,16 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
     kinds = {a.key: a.type for a in arts}
     assert kinds.get("backbone-comparison") == "table" and kinds.get("training-report") == "markdown", kinds
     assert kinds.get("data-validation") == "markdown", kinds
-    # a rerun on unchanged data skips the finished training work
+    # a rerun on unchanged data computes no feature again, and writes into a work folder of its own
     again = train_all(data=dataset, backbones=["mobilenetv2"], return_state=True, **FAST)
     assert again.is_completed()
-    states = _task_states(again.state_details.flow_run_id)
-    assert states.get("train head mobilenetv2") == ["Cached"], states
     features = again.result()["results"][0]
     assert features["features_computed"] == 0 and features["features_cached"] > 0
+    first = next(r for r in out["results"] if r["backbone"] == "mobilenetv2")
+    assert Path(features["out_dir"]) != Path(first["out_dir"])
+    for r in (first, features):  # <work>/<flow run id>/<backbone>: each run's files stay its own
+        run_id = Path(r["out_dir"]).parent.name
+        assert (Path(r["out_dir"]) / "model.keras").is_file() and len(run_id) == 36, r["out_dir"]
 
 
 def test_validation_failure_stops_the_run(s3: Any, env: dict[str, str], tmp_path: Path) -> None:
@@ -193,3 +200,69 @@ def test_data_upload_skips_unchanged_files(env: dict[str, str], s3: Any, tmp_pat
     assert main(args) == 0  # unchanged: nothing sent, so no storage events and no marker
     assert "(0 uploaded, 12 unchanged)" in capsys.readouterr().out
     assert not storage.exists(dest + "_READY", s3)
+
+
+def _idle_deployment(pool: str) -> Any:
+    """A train-backbone deployment on a new process pool that no worker polls (its runs stay Scheduled)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = client.create_flow_from_name("train-backbone")
+        return client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool, path=str(REPO),
+                                        entrypoint="flows/train_backbone.py:train_backbone")
+
+
+def _start_run_of(deployment_id: Any, name: str, started: dict[str, Any], timeout: float = 120.0) -> None:
+    """Act as that pool's worker for one run only: execute the run called ``name`` with Prefect's engine."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            mine = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            run = next((r for r in client.read_flow_runs(deployment_filter=mine) if r.name == name), None)
+            if run is not None:
+                started["run"] = run.id
+                started["proc"] = subprocess.Popen([sys.executable, "-m", "prefect.engine", str(run.id)], cwd=REPO,
+                                                   env=dict(os.environ), stdout=subprocess.DEVNULL,
+                                                   stderr=subprocess.DEVNULL)
+                return
+            time.sleep(0.5)
+
+
+def test_dispatch_reports_the_backbone_that_never_started(dataset: str, env: dict[str, str], s3: Any) -> None:
+    """One dispatched run is executed, the other stays Scheduled: it becomes a failed, cancelled row naming its run."""
+    import contextvars
+    import threading
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    from flows.train_all import train_all
+
+    pool = f"idle-{uuid.uuid4().hex[:8]}"
+    deployment_id = _idle_deployment(pool)
+    started: dict[str, Any] = {}
+    starter = threading.Thread(target=contextvars.copy_context().run,  # the thread talks to the test's server
+                               args=(_start_run_of, deployment_id, "mobilenetv2", started), daemon=True)
+    starter.start()
+    state = train_all(data=dataset, backbones=["mobilenetv2", "efficientnetb0"], dispatch="deployments",
+                      deployment=f"train-backbone/{pool}", start_timeout_s=45, weights="none", finetune_layers=0,
+                      mixed_precision=False, epochs=1, views=0, image_size=32, promote=False, return_state=True)
+    starter.join()
+    assert started["proc"].wait(timeout=120) == 0
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert out["failed"] == ["efficientnetb0"], out["results"]
+    (never,) = [r for r in out["results"] if r["backbone"] == "efficientnetb0"]
+    with get_client(sync_client=True) as client:
+        children = {r.name: r for r in client.read_flow_runs() if r.deployment_id == deployment_id}
+    assert set(children) == {"mobilenetv2", "efficientnetb0"}
+    assert children["efficientnetb0"].state.is_cancelled() and children["mobilenetv2"].state.is_completed()
+    assert str(children["efficientnetb0"].id) in never["error"], never["error"]
+    assert re.search(r"never started: still (Scheduled|Late) after \d+ s \(start_timeout_s=45\)", never["error"])
+    table = pd.read_csv(io.BytesIO(storage.read_bytes(out["prefix"] + "comparison.csv", s3)))
+    assert dict(zip(table["backbone"], table["status"], strict=True))["efficientnetb0"] == "failed"
