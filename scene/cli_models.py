@@ -1,4 +1,7 @@
-"""``scene models``: list, show, promote and roll back versions in the model registry (``scene.registry``)."""
+"""``scene models``: list, show, promote and roll back versions in the model registry (``scene.registry``).
+
+Each dataset (data root URI) has its own champion; ``list`` marks every dataset's champion with ``*``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-LIST_COLUMNS = ("", "version", "backbone", "created", "test_f1_weighted", "test_accuracy", "status", "weights")
+LIST_COLUMNS = ("", "version", "backbone", "dataset", "created", "test_f1_weighted", "test_accuracy", "status",
+                "flags")
 
 
 def _registry() -> tuple[Any, str]:
@@ -35,24 +39,43 @@ def table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def _list_rows(entries: list[dict[str, Any]], champion_version: str | None) -> list[list[Any]]:
-    return [["*" if e["version"] == champion_version else "", e["version"], e["backbone"], e["created"],
-             e.get("test_f1_weighted"), e.get("test_accuracy"), e.get("status"),
-             "random init" if e.get("random_init") else "pretrained"] for e in entries]
+def _flags(e: dict[str, Any]) -> str:
+    """What keeps a version from automatic promotion, as shown in ``list``."""
+    flags = [name for key, name in (("random_init", "random init"), ("synthetic_data", "synthetic data"))
+             if e.get(key)]
+    return ", ".join(flags) or "—"
+
+
+def _list_rows(entries: list[dict[str, Any]], champion_versions: set[str]) -> list[list[Any]]:
+    return [["*" if e["version"] in champion_versions else "", e["version"], e["backbone"], e.get("dataset") or "—",
+             e["created"], e.get("test_f1_weighted"), e.get("test_accuracy"), e.get("status"), _flags(e)]
+            for e in entries]
+
+
+def champions_text(docs: dict[str, dict[str, Any]]) -> str:
+    """One line per dataset: its champion version."""
+    if not docs:
+        return "champion: (none)"
+    return "\n".join(f"champion of {data}: {doc['version']}" for data, doc in sorted(docs.items()))
 
 
 def cmd_list(a: argparse.Namespace) -> None:
-    """Print every registered version, the champion marked with ``*``."""
+    """Print every registered version, each dataset's champion marked with ``*``."""
     from scene import registry
 
     s3, bucket = _registry()
     entries = registry.list_versions(s3, bucket, a.backbone)
-    current = registry.champion(s3, bucket)
+    docs = registry.champions(s3, bucket)
+    if a.data:
+        data = registry.dataset_uri(a.data)
+        entries = [e for e in entries if e.get("dataset") == data]
+        docs = {k: v for k, v in docs.items() if k == data}
     if not entries:
-        print(f"no registered models in s3://{bucket}/{registry.PREFIX}" + (f" for {a.backbone}" if a.backbone else ""))
+        print(f"no registered models in s3://{bucket}/{registry.PREFIX}" + (f" for {a.backbone}" if a.backbone else "")
+              + (f" trained on {a.data}" if a.data else ""))
         return
-    print(table(_list_rows(entries, current and current.get("version")), LIST_COLUMNS))
-    print(f"\nchampion: {current['version'] if current else '(none)'}")
+    print(table(_list_rows(entries, {d["version"] for d in docs.values()}), LIST_COLUMNS))
+    print("\n" + champions_text(docs))
 
 
 def show_text(info: dict[str, Any]) -> str:
@@ -78,23 +101,24 @@ def cmd_show(a: argparse.Namespace) -> None:
 
 
 def cmd_promote(a: argparse.Namespace) -> None:
-    """Make a version the champion by hand."""
+    """Make a version its dataset's champion by hand (``--force`` for a collapsed, random-init or synthetic one)."""
     from scene import registry
 
     s3, bucket = _registry()
-    before = registry.champion(s3, bucket)
+    entry = registry.get_version(s3, bucket, a.version)
+    before = registry.champion(s3, bucket, dataset=entry["dataset"]) if entry.get("dataset") else None
     doc = registry.promote_version(s3, bucket, a.version, a.reason, force=a.force)
     was = before["version"] if before else "(none)"
-    print(f"champion: {doc['version']} (was {was})")
+    print(f"champion of {doc['data']}: {doc['version']} (was {was})")
 
 
 def cmd_rollback(a: argparse.Namespace) -> None:
-    """Restore the previous champion."""
+    """Restore a dataset's previous champion."""
     from scene import registry
 
     s3, bucket = _registry()
-    doc = registry.rollback(s3, bucket)
-    print(f"champion: {doc['version']} (rolled back from {doc['decision']['champion']})")
+    doc = registry.rollback(s3, bucket, dataset=a.data)
+    print(f"champion of {doc['data']}: {doc['version']} (rolled back from {doc['decision']['champion']})")
 
 
 def register(sub: Any) -> None:
@@ -103,14 +127,17 @@ def register(sub: Any) -> None:
     ms = m.add_subparsers(dest="models_command", required=True)
     ls = ms.add_parser("list", help="registered versions; the champion is marked *")
     ls.add_argument("--backbone", help="only this backbone")
+    ls.add_argument("--data", help="only versions trained on this data root URI")
     ls.set_defaults(func=cmd_list)
     sh = ms.add_parser("show", help="one version's entry and metrics")
     sh.add_argument("version", help="a version id from `scene models list`")
     sh.set_defaults(func=cmd_show)
-    pr = ms.add_parser("promote", help="make a version the champion by hand")
+    pr = ms.add_parser("promote", help="make a version the champion of its dataset by hand")
     pr.add_argument("version", help="a version id from `scene models list`")
     pr.add_argument("--reason", default="manual", help="recorded in champion.json")
-    pr.add_argument("--force", action="store_true", help="promote even a collapsed model")
+    pr.add_argument("--force", action="store_true",
+                    help="promote even a collapsed, random-init or synthetic-data model (never promoted automatically)")
     pr.set_defaults(func=cmd_promote)
-    rb = ms.add_parser("rollback", help="restore the previous champion")
+    rb = ms.add_parser("rollback", help="restore a dataset's previous champion")
+    rb.add_argument("--data", help="the data root URI whose champion to roll back (needed when several have one)")
     rb.set_defaults(func=cmd_rollback)

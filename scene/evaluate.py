@@ -3,11 +3,18 @@
 Everything here works on plain numpy arrays (integer labels and an (N, K) probability matrix), so it is
 independent of TensorFlow and cheap to test.
 
-Collapse rule (see :func:`is_collapsed`): a model is *collapsed* when
+Collapse rule (see :func:`is_collapsed`): a model is compared with the *majority-class baseline*, the
+classifier that always answers the most frequent true class of the split and so scores
+``majority = max(true class share)``. Its *skill* is the share of the baseline's remaining errors it removes::
 
-* one predicted class covers at least 60% of the predictions while that class's true share is below 40%
-  (the model has fallen back to predicting one class), or
-* its accuracy is at most 1.5 x chance, i.e. ``accuracy <= 1.5 / K`` (the model has learnt next to nothing).
+    skill = (accuracy - majority) / (1 - majority)
+
+A model is *collapsed* when ``skill <= COLLAPSE_MIN_SKILL`` (0.10), i.e. its accuracy is not clearly above
+the baseline; also when there are no predictions, or when every true label is one class (a split that
+cannot show any skill). This works for any number of classes K: on balanced data the threshold is
+``accuracy <= 1/K + 0.1 * (1 - 1/K)`` (K=2: 0.55, K=6: 0.25); a model that predicts a 45%-majority class
+for every image scores exactly the baseline (skill 0) and is collapsed. The reason names the baseline
+and, when one class takes at least 90% of the predictions, that class.
 
 A collapsed model is never promoted.
 """
@@ -27,9 +34,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-COLLAPSE_PRED_SHARE = 0.60  # one predicted class covering at least this share of predictions ...
-COLLAPSE_TRUE_SHARE = 0.40  # ... while its true share is below this is a collapse
-COLLAPSE_CHANCE_FACTOR = 1.5  # accuracy <= factor / K is "near chance"
+COLLAPSE_MIN_SKILL = 0.10  # skill over the majority-class baseline at or below this is a collapse
+DOMINANT_PRED_SHARE = 0.90  # the reason names a predicted class covering at least this share
+_EPS = 1e-9  # float tolerance at the thresholds
 
 
 @dataclass(frozen=True)
@@ -85,28 +92,36 @@ def is_collapsed(
 ) -> tuple[bool, str]:
     """Apply the collapse rule (module docstring); returns (collapsed, human-readable reason or "").
 
-    Example reasons: "predicts 'glacier' for 83% of images (true share 17%)",
-    "accuracy 0.21 is near chance 0.17".
+    Example reason: "accuracy 0.45 is not clearly above the majority-class baseline 0.45 (always 'sea'):
+    skill 0.00 <= 0.10; predicts 'sea' for 100% of images".
     """
     y_true = _as_labels(y_true)
     y_pred = _as_labels(y_pred)
     n = len(y_pred)
     if n == 0:
         return True, "no predictions"
-    reasons: list[str] = []
-    pred_share = np.bincount(y_pred, minlength=k)[:k] / n
-    true_share = np.bincount(y_true, minlength=k)[:k] / max(len(y_true), 1)
-    top = int(pred_share.argmax())
-    if pred_share[top] >= COLLAPSE_PRED_SHARE and true_share[top] < COLLAPSE_TRUE_SHARE:
-        name = class_names[top] if class_names is not None else str(top)
-        reasons.append(
-            f"predicts '{name}' for {pred_share[top]:.0%} of images (true share {true_share[top]:.0%})"
-        )
+    if len(y_true) != n:
+        raise ValueError(f"{len(y_true)} labels but {n} predictions")
+
+    def name(i: int) -> str:
+        return class_names[i] if class_names is not None and i < len(class_names) else str(i)
+
+    true_share = np.bincount(y_true, minlength=k) / n
+    pred_share = np.bincount(y_pred, minlength=k) / n
+    top_true, top_pred = int(true_share.argmax()), int(pred_share.argmax())
+    majority = float(true_share[top_true])
     acc = float(np.mean(y_true == y_pred))
-    chance = 1.0 / k
-    if acc <= COLLAPSE_CHANCE_FACTOR * chance:
-        reasons.append(f"accuracy {acc:.2f} is near chance {chance:.2f}")
-    return bool(reasons), "; ".join(reasons)
+    if majority >= 1.0 - _EPS:
+        return True, (f"every true label is '{name(top_true)}': the split cannot show skill over the "
+                      "majority-class baseline")
+    skill = (acc - majority) / (1.0 - majority)
+    if skill > COLLAPSE_MIN_SKILL + _EPS:
+        return False, ""
+    reason = (f"accuracy {acc:.2f} is not clearly above the majority-class baseline {majority:.2f} "
+              f"(always '{name(top_true)}'): skill {skill:.2f} <= {COLLAPSE_MIN_SKILL:.2f}")
+    if pred_share[top_pred] >= DOMINANT_PRED_SHARE:
+        reason += f"; predicts '{name(top_pred)}' for {pred_share[top_pred]:.0%} of images"
+    return True, reason
 
 
 def _ovr_auc(y_true: np.ndarray, probs: np.ndarray, k: int) -> tuple[float | None, float | None, str]:
@@ -255,12 +270,16 @@ def most_confused_pairs(
     return cells[:top]
 
 
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, int, int]:
-    """Exact (binomial) McNemar test of two models on the same items.
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray, alternative: str = "two-sided") -> tuple[float, int, int]:
+    """Exact (binomial) McNemar test of two models scored on the same items.
 
-    Returns (two-sided p-value, b, c) with b = A right & B wrong, c = A wrong & B right; p = 1.0 when
-    there are no discordant pairs.
+    b = items only A gets right, c = items only B gets right; under the null hypothesis (equal error rates)
+    b ~ Binomial(b + c, 1/2). ``alternative``: ``"two-sided"`` (the models differ), ``"greater"`` (A is
+    better: p = P(X >= b)) or ``"less"`` (A is worse). Returns (p-value, b, c); p = 1.0 when there are no
+    discordant pairs. The promotion gate uses ``"greater"`` with the challenger as A.
     """
+    if alternative not in ("two-sided", "greater", "less"):
+        raise ValueError(f"alternative={alternative!r}; pass 'two-sided', 'greater' or 'less'")
     a = np.asarray(correct_a, dtype=bool).ravel()
     bb = np.asarray(correct_b, dtype=bool).ravel()
     if a.shape != bb.shape:
@@ -269,5 +288,5 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> tuple[float, int, i
     c = int(np.sum(~a & bb))
     if b + c == 0:
         return 1.0, b, c
-    p = float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    p = float(binomtest(b, b + c, 0.5, alternative=alternative).pvalue)
     return min(p, 1.0), b, c

@@ -3,14 +3,25 @@
 Layout (``prefix`` defaults to ``models/``)::
 
     s3://<artifact-bucket>/models/<backbone>/<version>/   model.keras, config.json, metrics.json, history.csv,
-                                                         plots, report.html, model_card.md,
-                                                         test_predictions.csv, checksums.json
+                                                         plots, report.html, model_card.md, manifest.csv,
+                                                         test_predictions.csv, decision.json, decision.md,
+                                                         checksums.json (sha256 of every other file)
     s3://<artifact-bucket>/models/registry.json          every registered version (a JSON list)
-    s3://<artifact-bucket>/models/champion.json          the champion, the decision that made it, earlier champions
+    s3://<artifact-bucket>/models/champions/<slug>.json  one champion per dataset: the version, its data URI,
+                                                         the decision that made it, earlier champions
+
+The dataset is a registry dimension: every version records the data root it was trained on (``dataset``, an
+URI with a trailing slash, e.g. ``s3://scene-data/datasets/demo/``), and each dataset lineage has its own
+champion pointer, named ``<readable part of the URI>-<10 hex of sha256(URI)>`` (:func:`champion_key`). A
+challenger is gated only against the champion of its own dataset. :func:`champion` without a dataset means
+the most recently promoted champion of any dataset (what ``scene predict`` uses by default).
 
 Versions are content-addressed (``<backbone>-<first 12 hex of sha256(model.keras)>``), so registering the same
-model twice changes nothing. ``registry.json`` and ``champion.json`` are always written as one whole object by a
+model twice changes nothing. ``registry.json`` and the champion pointers are always written as one whole object by a
 compare-and-swap: read the object and its ETag, build the new document, write it only if the ETag is unchanged.
+
+The promotion rule itself is the pure module :mod:`scene.gate`; :func:`gate` applies it, smoke-loads the
+challenger in a fresh process (:mod:`scene.smoke`), moves the pointer and stores the decision.
 
 What makes the compare-and-swap safe depends on the store (:func:`conditional_writes` probes it once per process):
 
@@ -25,7 +36,7 @@ What makes the compare-and-swap safe depends on the store (:func:`conditional_wr
   is best effort across machines: it excludes writers whose check-then-write takes less than
   ``LEASE_SETTLE_S`` and whose clocks agree within ``LEASE_TTL_S``.
 
-In every case a reader sees a whole ``champion.json`` written by exactly one promotion, and of several promotions
+In every case a reader sees a whole champion pointer written by exactly one promotion, and of several promotions
 of different versions started from the same observed champion exactly one returns True (across machines on a
 store without conditional writes: under the lease's timing assumption). Promoting the version that already is
 the champion returns True without writing, so a retried promotion is harmless.
@@ -42,6 +53,7 @@ import io
 import json
 import os
 import random
+import re
 import socket
 import tempfile
 import threading
@@ -53,20 +65,31 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from scene import storage
-from scene.evaluate import mcnemar
+from scene.gate import (
+    ALPHA,
+    MARGIN,
+    PREDICTION_COLUMNS,
+    Decision,
+    GateError,
+    Paired,
+    decide,
+    pair,
+    per_class_recall,
+    select_challenger,
+)
+from scene.smoke import SmokeResult, check_version
 
 PREFIX = "models/"  # registry root inside the artifact bucket
 REGISTRY = "registry.json"
-CHAMPION = "champion.json"
-PREDICTION_COLUMNS = ("key", "sha256", "y_true", "y_pred", "correct")
+CHAMPIONS = "champions/"  # one pointer object per dataset under <prefix>champions/
 LEASE_TTL_S = 30.0  # a lease older than this is considered abandoned (its holder died)
 LEASE_SETTLE_S = 0.5  # wait between writing a lease and checking it survived
 LEASE_TIMEOUT_S = 60.0  # give up acquiring a lease after this long
 CAS_ATTEMPTS = 8  # registry.json read-modify-write retries before giving up
+DECISION_FILES = ("decision.json", "decision.md")
 _NO_ETAG = '"' + "0" * 32 + '"'  # an ETag no object has (for the probe)
 _LOST_RACE = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")  # S3 error codes of a failed CAS
 
@@ -81,7 +104,7 @@ class ConflictError(RegistryError):
 
 @dataclass(frozen=True)
 class ModelVersion:
-    """One registered model: where it lives and how it scored on its test split."""
+    """One registered model: where it lives, what data it was trained on and how it scored on its test split."""
 
     backbone: str
     version: str  # <backbone>-<12 hex of sha256(model.keras)>
@@ -91,68 +114,37 @@ class ModelVersion:
     test_f1_weighted: float | None
     test_accuracy: float | None
     collapsed: bool  # a collapsed model is never promoted automatically
-    random_init: bool
+    random_init: bool  # nor is a random-init one ...
     status: str  # "ok" or "collapsed"
+    dataset: str = ""  # the data root URI it was trained on, with a trailing slash ("" for old records)
+    synthetic_data: bool = False  # ... nor one trained on generated data
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelVersion:
-        names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in d]
+        """From a registry entry; fields added later (``dataset``, ``synthetic_data``) default for old entries."""
+        fs = dataclasses.fields(cls)
+        missing = [f.name for f in fs if f.name not in d and f.default is dataclasses.MISSING]
         if missing:
             raise RegistryError(f"model version record {d.get('version', d)!r} lacks fields {missing}")
-        return cls(**{n: d[n] for n in names})
+        return cls(**{f.name: d[f.name] for f in fs if f.name in d})
 
-
-@dataclass(frozen=True)
-class Decision:
-    """The promotion gate's verdict and the McNemar evidence behind it."""
-
-    promote: bool
-    reason: str
-    challenger: str | None = None  # version ids
-    champion: str | None = None
-    p_value: float | None = None  # exact McNemar, two-sided; None without a champion
-    b: int = 0  # images only the challenger gets right
-    c: int = 0  # images only the champion gets right
-    n_paired: int = 0  # images both were scored on
-    alpha: float = 0.05
-    challenger_acc: float | None = None  # accuracy on the paired images
-    champion_acc: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def markdown(self) -> str:
-        """A short table for a Prefect artifact or a model card."""
-        verdict = "**promote**" if self.promote else "**do not promote**"
-        rows = [
-            ("version", self.challenger or "—", self.champion or "(none)"),
-            ("accuracy on paired images", _fmt(self.challenger_acc), _fmt(self.champion_acc)),
-            ("images only this model gets right", *((str(self.b), str(self.c)) if self.champion else ("—", "—"))),
-        ]
-        lines = [f"Decision: {verdict} — {self.reason}", "", "| | challenger | champion |", "| --- | --- | --- |"]
-        lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-        if self.p_value is not None:
-            lines += ["", f"McNemar exact test on {self.n_paired} paired test images: "
-                          f"p = {self.p_value:.4g} (alpha {self.alpha})."]
-        elif self.champion is None:
-            lines += ["", f"No champion to compare with; {self.n_paired} test images scored."]
-        return "\n".join(lines)
+    @property
+    def flags(self) -> list[str]:
+        """Why this version may not be promoted without ``--force`` (empty when it may)."""
+        return [name for name, on in (("collapsed", self.collapsed), ("random-init", self.random_init),
+                                      ("trained on synthetic data", self.synthetic_data)) if on]
 
 
 @dataclass(frozen=True)
 class Pointer:
-    """``champion.json`` as read, with the ETag a later :func:`promote` must still find."""
+    """A dataset's champion pointer as read, with the ETag a later :func:`promote` must still find."""
 
     champion: dict[str, Any] | None
     etag: str | None
-
-
-def _fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.4f}"
+    dataset: str | None = None  # the dataset whose pointer this is (None: not read for a specific dataset)
 
 
 def _now() -> str:
@@ -304,6 +296,27 @@ def _guard(s3: Any, bucket: str, key: str) -> Iterator[bool]:
             yield False
 
 
+# --- datasets ----------------------------------------------------------------------------------------------------
+
+
+def dataset_uri(source: str | Path) -> str:
+    """A data root in canonical form: ``s3://bucket/prefix/`` or an absolute local folder, with a trailing slash."""
+    text = str(source).strip()
+    if not text:
+        raise RegistryError("dataset: empty data root; pass the URI the model was trained on, "
+                            "e.g. s3://scene-data/datasets/demo/")
+    if storage.parse(text).is_s3:
+        return text.rstrip("/") + "/"
+    return Path(text).expanduser().resolve().as_posix().rstrip("/") + "/"
+
+
+def champion_key(dataset: str, prefix: str = PREFIX) -> str:
+    """The key of a dataset's champion pointer: ``<prefix>champions/<readable URI>-<10 hex of its sha256>.json``."""
+    uri = dataset_uri(dataset)
+    readable = re.sub(r"[^a-z0-9]+", "-", uri.split("://", 1)[-1].lower()).strip("-")[-60:].strip("-") or "data"
+    return f"{_prefix(prefix)}{CHAMPIONS}{readable}-{hashlib.sha256(uri.encode()).hexdigest()[:10]}.json"
+
+
 # --- registering ---------------------------------------------------------------------------------------------------
 
 
@@ -319,23 +332,33 @@ def _check_predictions(df: pd.DataFrame, what: str) -> None:
                             "(scene.experiment.test_predictions writes them)")
 
 
-def _read_metrics(local_dir: Path) -> dict[str, Any]:
-    path = local_dir / "metrics.json"
+def _read_json(path: Path, required: bool) -> dict[str, Any]:
     if not path.exists():
-        raise RegistryError(f"{path}: missing; register a folder written by scene.experiment.train_one")
-    return json.loads(path.read_text())
+        if required:
+            raise RegistryError(f"{path}: missing; register a folder written by scene.experiment.train_one")
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as err:
+        raise RegistryError(f"{path}: not valid JSON ({err}); re-run the training that wrote it") from err
+    return doc if isinstance(doc, dict) else {}
 
 
-def _version_record(local_dir: Path, backbone: str, version: str, uri: str) -> ModelVersion:
-    metrics = _read_metrics(local_dir)
+def _version_record(local_dir: Path, backbone: str, version: str, uri: str, dataset: str | None) -> ModelVersion:
+    metrics = _read_json(local_dir / "metrics.json", required=True)
     split = metrics.get("test") or metrics.get("val") or {}
     meta = metrics.get("meta", {})
+    source = dataset or meta.get("data_source") or _read_json(local_dir / "config.json", False).get("data_source")
+    if not source:
+        raise RegistryError(f"{local_dir}: no dataset recorded (metrics.json meta 'data_source' and config.json "
+                            "'data_source' are absent); pass dataset=<data root URI> to register()")
     collapsed = bool(split.get("collapsed", False))
     return ModelVersion(backbone=backbone, version=version, uri=uri, created=_now(),
                         data_fingerprint=str(meta.get("data_fingerprint", "")),
                         test_f1_weighted=split.get("f1_weighted"), test_accuracy=split.get("accuracy"),
                         collapsed=collapsed, random_init=bool(meta.get("random_init", False)),
-                        status="collapsed" if collapsed else "ok")
+                        status="collapsed" if collapsed else "ok", dataset=dataset_uri(source),
+                        synthetic_data=bool(meta.get("synthetic_data", False)))
 
 
 def _upload(s3: Any, local_dir: Path, uri: str, test_predictions: pd.DataFrame) -> None:
@@ -350,8 +373,12 @@ def _upload(s3: Any, local_dir: Path, uri: str, test_predictions: pd.DataFrame) 
 
 
 def register(s3: Any, bucket: str, local_dir: str | Path, backbone: str, test_predictions: pd.DataFrame, *,
-             prefix: str = PREFIX) -> ModelVersion:
-    """Upload a trained backbone folder as a new version and list it in ``registry.json``; a no-op if known."""
+             dataset: str | None = None, prefix: str = PREFIX) -> ModelVersion:
+    """Upload a trained backbone folder as a new version and list it in ``registry.json``; a no-op if known.
+
+    ``dataset``: the data root it was trained on; default: ``metrics.json``'s ``meta.data_source`` (else
+    ``config.json``'s ``data_source``). ``synthetic_data`` and ``random_init`` come from ``metrics.json``'s meta.
+    """
     local_dir, prefix = Path(local_dir), _prefix(prefix)
     model = local_dir / "model.keras"
     if not model.is_file():
@@ -362,7 +389,7 @@ def register(s3: Any, bucket: str, local_dir: str | Path, backbone: str, test_pr
     if known:
         return ModelVersion.from_dict(known)
     uri = f"s3://{bucket}/{prefix}{backbone}/{version}/"
-    record = _version_record(local_dir, backbone, version, uri)
+    record = _version_record(local_dir, backbone, version, uri, dataset)
     _upload(s3, local_dir, uri, test_predictions)
     return ModelVersion.from_dict(_add_to_registry(s3, bucket, prefix + REGISTRY, record.to_dict()))
 
@@ -417,95 +444,98 @@ def get_version(s3: Any, bucket: str, version: str, *, prefix: str = PREFIX) -> 
     return entry
 
 
-def read_champion(s3: Any, bucket: str, *, prefix: str = PREFIX) -> Pointer:
-    """``champion.json`` and its ETag (both None when there is no champion yet)."""
-    doc, etag = _read(s3, bucket, _prefix(prefix) + CHAMPION)
-    return Pointer(doc, etag)
+def _pointers(s3: Any, bucket: str, prefix: str) -> list[tuple[dict[str, Any], str | None]]:
+    """Every champion pointer document (with its ETag), in key order."""
+    root = f"s3://{bucket}/{_prefix(prefix)}{CHAMPIONS}"
+    out = []
+    for uri, _ in storage.list_files(root, s3):
+        if uri.endswith(".json"):
+            doc, etag = _read(s3, bucket, uri.split("/", 3)[3])
+            if isinstance(doc, dict) and doc.get("data"):
+                out.append((doc, etag))
+    return out
 
 
-def champion(s3: Any, bucket: str, *, prefix: str = PREFIX) -> dict[str, Any] | None:
-    """The champion document, or None."""
-    return read_champion(s3, bucket, prefix=prefix).champion
+def read_champion(s3: Any, bucket: str, *, dataset: str | None = None, prefix: str = PREFIX) -> Pointer:
+    """A dataset's champion pointer and its ETag (both None when that dataset has no champion yet).
+
+    Without ``dataset``: the most recently promoted champion of any dataset (an empty Pointer when none).
+    """
+    if dataset is not None:
+        uri = dataset_uri(dataset)
+        doc, etag = _read(s3, bucket, champion_key(uri, prefix))
+        return Pointer(doc, etag, uri)
+    docs = _pointers(s3, bucket, prefix)
+    if not docs:
+        return Pointer(None, None, None)
+    doc, etag = max(docs, key=lambda d: str(d[0].get("promoted_at", "")))
+    return Pointer(doc, etag, doc["data"])
+
+
+def champion(s3: Any, bucket: str, *, dataset: str | None = None, prefix: str = PREFIX) -> dict[str, Any] | None:
+    """A dataset's champion document (without ``dataset``: the most recently promoted of any), or None.
+
+    Fields: ``data`` (dataset URI), ``model`` (URI of model.keras), ``version``, ``backbone``, ``uri``,
+    ``promoted_at``, ``decision``, ``history``.
+    """
+    return read_champion(s3, bucket, dataset=dataset, prefix=prefix).champion
+
+
+def champions(s3: Any, bucket: str, *, prefix: str = PREFIX) -> dict[str, dict[str, Any]]:
+    """Every dataset's champion document, keyed by dataset URI."""
+    return {doc["data"]: doc for doc, _ in _pointers(s3, bucket, prefix)}
 
 
 def show(s3: Any, bucket: str, version: str, *, prefix: str = PREFIX) -> dict[str, Any]:
-    """A version's registry entry plus its ``metrics.json`` and whether it is the champion."""
+    """A version's registry entry plus its ``metrics.json`` and whether it is its dataset's champion."""
     entry = get_version(s3, bucket, version, prefix=prefix)
     metrics = json.loads(storage.read_bytes(entry["uri"] + "metrics.json", s3))
-    current = champion(s3, bucket, prefix=prefix)
+    current = champion(s3, bucket, dataset=entry["dataset"], prefix=prefix) if entry.get("dataset") else None
     return {**entry, "is_champion": bool(current and current.get("version") == version), "metrics": metrics}
 
 
-# --- deciding and promoting ----------------------------------------------------------------------------------------
+# --- the decision objects ------------------------------------------------------------------------------------------
 
 
-def _as_bool(s: pd.Series, what: str) -> np.ndarray:
-    if s.dtype == bool:
-        return s.to_numpy()
-    text = s.astype(str).str.strip().str.lower()
-    bad = sorted(set(text) - {"true", "false", "1", "0"})
-    if bad:
-        raise RegistryError(f"{what}: 'correct' must be true/false, got {bad[:5]}")
-    return text.isin(["true", "1"]).to_numpy()
+def write_decision(s3: Any, version: ModelVersion, decision: Decision) -> list[str]:
+    """Store ``decision.json`` and ``decision.md`` in the version's folder and list them in its checksums.json."""
+    base = version.uri.rstrip("/") + "/"
+    payloads = {
+        "decision.json": json.dumps({**decision.to_dict(), "decided_at": _now()}, indent=2).encode(),
+        "decision.md": f"# Promotion decision: {version.version}\n\n{decision.markdown()}\n".encode(),
+    }
+    for name, data in payloads.items():
+        storage.write_bytes(base + name, data, s3)
+    listed: Any = []
+    if storage.exists(base + "checksums.json", s3):
+        listed = json.loads(storage.read_bytes(base + "checksums.json", s3))
+    if not isinstance(listed, list):
+        raise RegistryError(f"{base}checksums.json: expected a JSON list of files; re-register {version.version}")
+    kept = [e for e in listed if str(e.get("uri", "")).rsplit("/", 1)[-1] not in DECISION_FILES]
+    kept += [{"uri": base + name, "sha256": storage.sha256_bytes(data), "bytes": len(data)}
+             for name, data in payloads.items()]
+    storage.write_bytes(base + "checksums.json", json.dumps(kept, indent=2).encode(), s3)
+    return [base + name for name in payloads]
 
 
-def pair(challenger_df: pd.DataFrame, champion_df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image correctness of both models on the images both were scored on (inner join on sha256).
-
-    Images only one table has are ignored; a duplicated image counts once. Raises when the two tables give
-    the same image different labels (score the champion on the current test split).
-    """
-    for df, what in ((challenger_df, "challenger predictions"), (champion_df, "champion predictions")):
-        for col in ("sha256", "correct"):
-            if col not in df.columns:
-                raise RegistryError(f"{what}: missing column {col!r}; expected {list(PREDICTION_COLUMNS)}")
-    cols = [c for c in ("sha256", "correct", "y_true") if c in challenger_df.columns and c in champion_df.columns]
-    a = challenger_df[cols].drop_duplicates("sha256")
-    b = champion_df[cols].drop_duplicates("sha256")
-    joined = a.merge(b, on="sha256", suffixes=("_a", "_b")).sort_values("sha256")
-    if "y_true" in cols:
-        differ = joined[joined["y_true_a"] != joined["y_true_b"]]
-        if len(differ):
-            raise RegistryError(f"{len(differ)} paired images have different labels in the two tables (e.g. sha256 "
-                                f"{differ['sha256'].iloc[0]}); evaluate the champion on the current test split")
-    a_ok, b_ok = _as_bool(joined["correct_a"], "challenger predictions"), _as_bool(joined["correct_b"], "champion")
-    return a_ok, b_ok
+def read_decision(s3: Any, version: ModelVersion | dict[str, Any]) -> Decision | None:
+    """The stored decision of a version, or None when it was never gated."""
+    uri = _as_version(version).uri.rstrip("/") + "/decision.json"
+    return Decision.from_dict(json.loads(storage.read_bytes(uri, s3))) if storage.exists(uri, s3) else None
 
 
-def decide(challenger_correct: np.ndarray, champion_correct: np.ndarray | None, *, challenger_collapsed: bool,
-           alpha: float = 0.05, challenger: str | None = None, champion: str | None = None) -> Decision:
-    """The promotion rule.
-
-    Promote iff the challenger is not collapsed and either there is no champion, or, on the same images,
-    the challenger gets more images right that the champion gets wrong than the reverse (b > c) and the
-    exact two-sided McNemar test gives p < ``alpha``. A collapsed model is never promoted; a tie, a
-    non-significant gain or a worse challenger keeps the champion.
-    """
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha={alpha}: pass a significance level between 0 and 1, e.g. 0.05")
-    a = np.asarray(challenger_correct, dtype=bool).ravel()
-    acc_a = float(a.mean()) if a.size else None
-    base = {"challenger": challenger, "champion": champion, "alpha": alpha, "challenger_acc": acc_a,
-            "n_paired": int(a.size)}
-    if champion_correct is None:
-        if challenger_collapsed:
-            return Decision(False, "challenger is collapsed; a collapsed model is never promoted", **base)
-        return Decision(True, "no champion yet", **base)
-    p, b, c = mcnemar(a, champion_correct)  # challenger as A: b = only the challenger right
-    acc_b = float(np.asarray(champion_correct, dtype=bool).mean()) if a.size else None
-    stats = {**base, "p_value": p, "b": b, "c": c, "champion_acc": acc_b}
-    if challenger_collapsed:
-        return Decision(False, "challenger is collapsed; a collapsed model is never promoted", **stats)
-    if b <= c:
-        return Decision(False, f"challenger is not better on the paired images (only it right {b}, "
-                               f"only the champion right {c})", **stats)
-    if p >= alpha:
-        return Decision(False, f"challenger is better but not significantly (p={p:.4g} >= {alpha})", **stats)
-    return Decision(True, f"challenger is significantly better (p={p:.4g} < {alpha})", **stats)
+# --- promoting -----------------------------------------------------------------------------------------------------
 
 
 def _as_version(version: ModelVersion | dict[str, Any]) -> ModelVersion:
     return version if isinstance(version, ModelVersion) else ModelVersion.from_dict(version)
+
+
+def _pointer_key(v: ModelVersion, prefix: str) -> str:
+    if not v.dataset:
+        raise RegistryError(f"model version {v.version} records no dataset (registered before datasets were a "
+                            "registry dimension); register its folder again with dataset=<data root URI>")
+    return champion_key(v.dataset, prefix)
 
 
 def _history_entry(doc: dict[str, Any]) -> dict[str, Any]:
@@ -517,13 +547,13 @@ def _champion_doc(v: ModelVersion, decision: dict[str, Any] | None, previous: di
                   history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     if history is None:
         history = [_history_entry(previous), *previous.get("history", [])] if previous else []
-    return {"backbone": v.backbone, "version": v.version, "uri": v.uri, "model": v.uri + "model.keras",
-            "promoted_at": _now(), "decision": decision, "history": history, "write_id": uuid.uuid4().hex}
+    return {"data": v.dataset, "backbone": v.backbone, "version": v.version, "uri": v.uri,
+            "model": v.uri + "model.keras", "promoted_at": _now(), "decision": decision, "history": history,
+            "write_id": uuid.uuid4().hex}
 
 
-def _swap(s3: Any, bucket: str, prefix: str, expected_etag: str | None, make: Any) -> bool:
-    """Write ``make(current)`` as champion.json if its ETag is still ``expected_etag``."""
-    key = _prefix(prefix) + CHAMPION
+def _swap(s3: Any, bucket: str, key: str, expected_etag: str | None, make: Any) -> bool:
+    """Write ``make(current)`` as the pointer ``key`` if its ETag is still ``expected_etag``."""
     with _guard(s3, bucket, key) as conditional:
         current, etag = _read(s3, bucket, key)
         if etag != expected_etag:
@@ -533,82 +563,140 @@ def _swap(s3: Any, bucket: str, prefix: str, expected_etag: str | None, make: An
 
 def promote(s3: Any, bucket: str, version: ModelVersion | dict[str, Any], decision: Decision | None, *,
             expected_etag: str | None, prefix: str = PREFIX) -> bool:
-    """Make ``version`` the champion if champion.json still has ``expected_etag`` (None: no champion yet).
+    """Make ``version`` the champion of its dataset if that pointer still has ``expected_etag`` (None: absent).
 
     Returns False, writing nothing, when another promotion got there first; True when written, or when
     ``version`` already is the champion (a retried promotion). Does not judge the model: see :func:`gate`.
     """
     v = _as_version(version)
-    current = read_champion(s3, bucket, prefix=prefix)
-    if current.champion and current.champion.get("version") == v.version:
+    key = _pointer_key(v, prefix)
+    current, _ = _read(s3, bucket, key)
+    if current and current.get("version") == v.version:
         return True
     decided = decision.to_dict() if decision else None
-    return _swap(s3, bucket, prefix, expected_etag, lambda prev: _champion_doc(v, decided, prev))
+    return _swap(s3, bucket, key, expected_etag, lambda prev: _champion_doc(v, decided, prev))
 
 
-def gate(s3: Any, bucket: str, challenger: ModelVersion | dict[str, Any], challenger_correct: np.ndarray,
-         champion_correct: np.ndarray | None, *, observed: Pointer, alpha: float = 0.05,
+def _check_observed(v: ModelVersion, observed: Pointer, champion_predictions: pd.DataFrame | None) -> None:
+    _pointer_key(v, PREFIX)
+    if observed.dataset is None or dataset_uri(observed.dataset) != v.dataset:
+        raise ValueError(f"observed is the champion pointer of {observed.dataset or 'no particular dataset'}, but "
+                         f"challenger {v.version} was trained on {v.dataset}: a challenger is gated only against "
+                         f"the champion of its own dataset; pass read_champion(s3, bucket, dataset={v.dataset!r})")
+    current = observed.champion
+    if (current is None) != (champion_predictions is None):
+        state = "no champion" if current is None else f"champion {current.get('version')}"
+        raise ValueError(f"champion_predictions must be None exactly when there is no champion; observed {state}")
+
+
+def _smoke(s3: Any, v: ModelVersion, predictions: pd.DataFrame, d: Decision) -> Decision:
+    """The decision after the fresh-process load check of the challenger's exported model."""
+    result: SmokeResult = check_version(s3, v.uri, predictions)
+    if result.ok:
+        return dataclasses.replace(d, smoke=result.to_dict())
+    return dataclasses.replace(d, promote=False, smoke=result.to_dict(),
+                               reason=f"not promoted: {result.reason} (the challenger had won: {d.reason})")
+
+
+def gate(s3: Any, bucket: str, challenger: ModelVersion | dict[str, Any], challenger_predictions: pd.DataFrame,
+         champion_predictions: pd.DataFrame | None, *, observed: Pointer, alpha: float = ALPHA,
+         margin: float = MARGIN, class_names: list[str] | None = None, smoke: bool = True,
          prefix: str = PREFIX) -> Decision:
-    """Decide on the challenger against the champion in ``observed`` and, if it wins, promote it atomically.
+    """Decide on the challenger against its dataset's champion in ``observed``; if it wins, promote it atomically.
 
-    ``observed`` is the :func:`read_champion` result the caller scored the champion from; the correctness
-    arrays cover the same images (:func:`pair`). If champion.json changed since, nothing is written and the
-    returned decision says so (re-run the gate against the new champion).
+    ``observed`` is the :func:`read_champion` result (for the challenger's dataset) the caller scored the
+    champion from; the prediction tables are the challenger's recorded ``test_predictions.csv`` and the
+    champion's predictions on the same test split. The rule is :func:`scene.gate.decide`; a winner is then
+    smoke-loaded in a fresh process (``smoke=False`` skips that, for registry tests with placeholder files).
+    The decision is stored as ``decision.json`` / ``decision.md`` in the challenger's folder. If the pointer
+    changed since ``observed``, nothing is promoted and the decision says so (re-run the gate).
     """
     v = _as_version(challenger)
+    _check_observed(v, observed, champion_predictions)
     current = observed.champion
-    if (current is None) != (champion_correct is None):
-        state = "no champion" if current is None else f"champion {current.get('version')}"
-        raise ValueError(f"champion_correct must be None exactly when there is no champion; observed {state}")
     if current and current.get("version") == v.version:
-        return Decision(False, "challenger already is the champion", v.version, v.version, alpha=alpha)
-    d = decide(challenger_correct, champion_correct, challenger_collapsed=v.collapsed, alpha=alpha,
-               challenger=v.version, champion=current.get("version") if current else None)
+        return Decision(False, "challenger already is the champion", v.version, v.version, alpha=alpha,
+                        margin=margin, dataset=v.dataset)
+    d = decide(challenger_predictions, champion_predictions, challenger_collapsed=v.collapsed,
+               random_init=v.random_init, synthetic_data=v.synthetic_data, alpha=alpha, margin=margin,
+               challenger=v.version, champion=current.get("version") if current else None, class_names=class_names,
+               dataset=v.dataset)
+    if d.promote and smoke:
+        d = _smoke(s3, v, challenger_predictions, d)
     if d.promote and not promote(s3, bucket, v, d, expected_etag=observed.etag, prefix=prefix):
-        now = champion(s3, bucket, prefix=prefix)
-        return dataclasses.replace(d, promote=False, reason=(
-            f"not promoted: champion.json changed while gating (now {now and now.get('version')}); "
-            f"re-run the gate against the new champion (the challenger had won: {d.reason})"))
+        now = champion(s3, bucket, dataset=v.dataset, prefix=prefix)
+        d = dataclasses.replace(d, promote=False, reason=(
+            f"not promoted: the champion pointer of {v.dataset} changed while gating (now "
+            f"{now and now.get('version')}); re-run the gate against the new champion (the challenger had won: "
+            f"{d.reason})"))
+    write_decision(s3, v, d)
     return d
 
 
 def promote_version(s3: Any, bucket: str, version_id: str, reason: str = "manual", *, force: bool = False,
                     prefix: str = PREFIX) -> dict[str, Any]:
-    """Make a registered version the champion by hand; refuses a collapsed model unless ``force``."""
+    """Make a registered version its dataset's champion by hand.
+
+    A collapsed, random-init or synthetic-data version is refused unless ``force`` (``--force``): this is the
+    only way such a model becomes champion.
+    """
     v = ModelVersion.from_dict(get_version(s3, bucket, version_id, prefix=prefix))
-    if v.collapsed and not force:
-        raise RegistryError(f"model version {version_id!r} is collapsed (test metrics near chance or one class); "
-                            "refusing to promote it — pass force=True (--force) if you really mean to")
-    observed = read_champion(s3, bucket, prefix=prefix)
-    previous = observed.champion.get("version") if observed.champion else None
-    d = Decision(True, f"manual promotion: {reason}" + (" (forced)" if force else ""), v.version, previous)
-    if not promote(s3, bucket, v, d, expected_etag=observed.etag, prefix=prefix):
-        raise ConflictError(f"champion.json changed while promoting {version_id!r}; check `scene models list` "
+    if v.flags and not force:
+        raise RegistryError(f"model version {version_id!r} is {' and '.join(v.flags)}, so it is never promoted "
+                            "automatically; refusing to promote it — pass force=True (--force) if you really mean to")
+    key = _pointer_key(v, prefix)
+    doc, etag = _read(s3, bucket, key)
+    previous = doc.get("version") if doc else None
+    forced = (" (forced" + (f": {', '.join(v.flags)}" if v.flags else "") + ")") if force else ""
+    d = Decision(True, f"manual promotion: {reason}{forced}", v.version, previous, dataset=v.dataset)
+    if not promote(s3, bucket, v, d, expected_etag=etag, prefix=prefix):
+        raise ConflictError(f"s3://{bucket}/{key} changed while promoting {version_id!r}; check `scene models list` "
                             "and retry")
-    return champion(s3, bucket, prefix=prefix) or {}
+    write_decision(s3, v, d)
+    return champion(s3, bucket, dataset=v.dataset, prefix=prefix) or {}
 
 
-def rollback(s3: Any, bucket: str, *, prefix: str = PREFIX) -> dict[str, Any]:
-    """Restore the previous champion from champion.json's history; returns the new champion document."""
-    observed = read_champion(s3, bucket, prefix=prefix)
-    where = f"s3://{bucket}/{_prefix(prefix)}{CHAMPION}"
-    if observed.champion is None:
-        raise RegistryError(f"{where}: there is no champion, so nothing to roll back")
-    history = observed.champion.get("history") or []
+def _rollback_dataset(s3: Any, bucket: str, dataset: str | None, prefix: str) -> str:
+    if dataset is not None:
+        return dataset_uri(dataset)
+    docs = champions(s3, bucket, prefix=prefix)
+    if not docs:
+        raise RegistryError(f"s3://{bucket}/{_prefix(prefix)}{CHAMPIONS}: there is no champion, so nothing to "
+                            "roll back")
+    if len(docs) > 1:
+        raise RegistryError(f"champions exist for {len(docs)} datasets ({', '.join(sorted(docs))}); pass "
+                            "dataset= (--data URI) to say whose champion to roll back")
+    return next(iter(docs))
+
+
+def rollback(s3: Any, bucket: str, *, dataset: str | None = None, prefix: str = PREFIX) -> dict[str, Any]:
+    """Restore a dataset's previous champion from its pointer's history; returns the new champion document.
+
+    Without ``dataset``, the only dataset that has a champion (an error names them when there are several).
+    """
+    uri = _rollback_dataset(s3, bucket, dataset, prefix)
+    key = champion_key(uri, prefix)
+    doc, etag = _read(s3, bucket, key)
+    where = f"s3://{bucket}/{key}"
+    if doc is None:
+        raise RegistryError(f"{where}: there is no champion for {uri}, so nothing to roll back")
+    history = doc.get("history") or []
     if not history:
-        raise RegistryError(f"{where}: champion {observed.champion.get('version')} has no previous champion to "
-                            "roll back to; promote a version by hand with `scene models promote VERSION`")
+        raise RegistryError(f"{where}: champion {doc.get('version')} has no previous champion to roll back to; "
+                            "promote a version by hand with `scene models promote VERSION`")
     prev, rest = history[0], history[1:]
     v = ModelVersion.from_dict(get_version(s3, bucket, prev["version"], prefix=prefix))
-    decided = Decision(True, f"rollback from {observed.champion.get('version')}", v.version,
-                       observed.champion.get("version")).to_dict()
-    if not _swap(s3, bucket, prefix, observed.etag, lambda _: _champion_doc(v, decided, None, rest)):
+    decided = Decision(True, f"rollback from {doc.get('version')}", v.version, doc.get("version"),
+                       dataset=uri).to_dict()
+    if not _swap(s3, bucket, key, etag, lambda _: _champion_doc(v, decided, None, rest)):
         raise ConflictError(f"{where} changed during the rollback; check `scene models list` and retry")
-    return champion(s3, bucket, prefix=prefix) or {}
+    return champion(s3, bucket, dataset=uri, prefix=prefix) or {}
 
 
 __all__ = [
-    "CHAMPION", "PREFIX", "REGISTRY", "ConflictError", "Decision", "ModelVersion", "Pointer", "RegistryError",
-    "champion", "conditional_writes", "decide", "gate", "get_version", "list_versions", "pair", "promote",
-    "promote_version", "read_champion", "register", "rollback", "show", "version_id",
+    "ALPHA", "CHAMPIONS", "MARGIN", "PREFIX", "REGISTRY", "ConflictError", "Decision", "GateError", "ModelVersion",
+    "Paired", "Pointer", "RegistryError", "champion", "champion_key", "champions", "conditional_writes",
+    "dataset_uri", "decide", "gate", "get_version", "list_versions", "pair", "per_class_recall", "promote",
+    "promote_version", "read_champion", "read_decision", "register", "rollback", "select_challenger", "show",
+    "version_id", "write_decision",
 ]

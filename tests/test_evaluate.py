@@ -67,28 +67,42 @@ def test_to_dict_is_json_ready_and_round_trips() -> None:
     assert back == m
 
 
-@pytest.mark.parametrize(
-    ("y_true", "y_pred", "collapsed", "fragment"),
-    [
-        # all predictions one class, true share 1/6
-        (balanced(10), np.full(60, 2), True, "predicts 'glacier' for 100% of images (true share 17%)"),
-        # perfect on data where one class dominates: high pred share is fine when it is the true share
-        (np.array([2] * 70 + [0] * 30), np.array([2] * 70 + [0] * 30), False, ""),
-        # accuracy 0.2 <= 1.5/6 = 0.25
-        (
-            balanced(10),
-            np.concatenate([balanced(10)[:12], (balanced(10)[12:] + 1) % K]),
-            True,
-            "accuracy 0.20 is near chance 0.17",
-        ),
-        # accuracy 0.5 is fine
-        (balanced(10), np.concatenate([balanced(10)[:30], (balanced(10)[30:] + 1) % K]), False, ""),
-        (np.array([], dtype=int), np.array([], dtype=int), True, "no predictions"),
-    ],
-)
-def test_collapse_rule(y_true: np.ndarray, y_pred: np.ndarray, collapsed: bool, fragment: str) -> None:
-    flag, reason = is_collapsed(y_true, y_pred, K, NAMES)
-    assert flag is collapsed
+def _scored(y_true: np.ndarray, acc: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shuffled labels, predictions right on the first ``acc`` share and shifted by one class on the rest)."""
+    y = y_true[np.random.default_rng(0).permutation(len(y_true))]
+    n_right = round(acc * len(y))
+    return y, np.concatenate([y[:n_right], (y[n_right:] + 1) % k])
+
+
+MAJ45 = np.concatenate([np.zeros(45, int), np.repeat(np.arange(1, 6), 11)])  # 'buildings' is the 45% majority
+# (name, (y_true, y_pred), k, collapsed, reason fragment) — the rule: skill over the majority baseline <= 0.10
+COLLAPSE_CASES = [
+    ("2 classes, balanced, 74%", _scored(balanced(50, 2), 0.74, 2), 2, False, ""),
+    ("2 classes, balanced, 55%: skill 0.10", _scored(balanced(50, 2), 0.55, 2), 2, True, "baseline 0.50"),
+    ("45%-majority class for everything", (MAJ45, np.zeros(100, int)), K, True,
+     "baseline 0.45 (always 'buildings'): skill 0.00 <= 0.10; predicts 'buildings' for 100% of images"),
+    ("45%-majority data, 60%", _scored(MAJ45, 0.60, K), K, False, ""),
+    ("one class on balanced 6 classes", (balanced(10), np.full(60, 2)), K, True,
+     "accuracy 0.17 is not clearly above the majority-class baseline 0.17"),
+    ("6 balanced at 0.25: boundary", _scored(balanced(20), 0.25, K), K, True, "skill 0.10"),
+    ("6 balanced at 0.30", _scored(balanced(20), 0.30, K), K, False, ""),
+    ("perfect on 70% majority data", (np.array([2] * 70 + [0] * 30), np.array([2] * 70 + [0] * 30)), K, False, ""),
+    ("91% on 90% majority data", (np.array([1] * 90 + [0] * 10), np.array([1] * 90 + [0] * 1 + [1] * 9)), K, True,
+     "skill 0.10"),
+    ("95% on 90% majority data", (np.array([1] * 90 + [0] * 10), np.array([1] * 90 + [0] * 5 + [1] * 5)), K, False, ""),
+    ("20 balanced classes at 0.20", _scored(balanced(5, 20), 0.20, 20), 20, False, ""),
+    ("one true class only", (np.full(10, 3), np.full(10, 3)), K, True, "every true label is 'mountain'"),
+    ("empty", (np.array([], dtype=int), np.array([], dtype=int)), K, True, "no predictions"),
+]
+
+
+@pytest.mark.parametrize(("name", "arrays", "k", "collapsed", "fragment"), COLLAPSE_CASES,
+                         ids=[c[0] for c in COLLAPSE_CASES])
+def test_collapse_rule(name: str, arrays: tuple[np.ndarray, np.ndarray], k: int, collapsed: bool,
+                       fragment: str) -> None:
+    y_true, y_pred = arrays
+    flag, reason = is_collapsed(y_true, y_pred, k, NAMES if k <= K else None)
+    assert flag is collapsed, reason
     assert fragment in reason
     if not collapsed:
         assert reason == ""
@@ -98,18 +112,18 @@ def test_all_one_class_predictions_collapse_in_metrics() -> None:
     y = balanced(10)
     m = evaluate_predictions(y, one_hot(np.full(60, 2)), NAMES)
     assert m.collapsed
-    assert "'glacier'" in m.collapse_reason and "near chance" in m.collapse_reason
+    assert "predicts 'glacier' for 100%" in m.collapse_reason and "majority-class baseline" in m.collapse_reason
     assert m.pred_share["glacier"] == 1.0
     assert m.per_class["forest"]["precision"] == 0.0  # zero_division=0, no warnings needed
 
 
-def test_random_probabilities_are_near_chance() -> None:
+def test_random_probabilities_are_collapsed() -> None:
     rng = np.random.default_rng(1)
     y = balanced(100)
     probs = rng.dirichlet(np.ones(K), size=len(y))
     m = evaluate_predictions(y, probs, NAMES)
     assert m.accuracy < 0.25
-    assert m.collapsed and "near chance" in m.collapse_reason
+    assert m.collapsed and "majority-class baseline" in m.collapse_reason
     assert m.auc_ovr_weighted == pytest.approx(0.5, abs=0.07)
 
 
@@ -201,3 +215,23 @@ def test_most_confused_pairs_ordering() -> None:
     assert most_confused_pairs(cm, names) == [("b", "a", 4), ("c", "b", 4), ("b", "c", 2)]
     assert most_confused_pairs(cm, names, top=10)[-1] == ("a", "b", 1)
     assert most_confused_pairs(np.diag([3, 3, 3]), names) == []
+
+
+@pytest.mark.parametrize(
+    ("b", "c", "two_sided", "greater"),
+    [
+        (15, 5, 0.04139, 0.02069),  # two-sided < 0.05 as well; at alpha 0.03 only the one-sided test rejects
+        (14, 5, 0.06357, 0.03178),  # at alpha 0.05 only the one-sided test rejects
+        (5, 15, 0.04139, 0.99409),  # worse: one-sided p near 1
+        (3, 0, 0.25, 0.125),
+    ],
+)
+def test_mcnemar_one_sided(b: int, c: int, two_sided: float, greater: float) -> None:
+    a = np.array([True] * b + [False] * c + [True] * 7)
+    other = np.array([False] * b + [True] * c + [True] * 7)
+    assert mcnemar(a, other)[0] == pytest.approx(two_sided, abs=5e-5)
+    p, bb, cc = mcnemar(a, other, alternative="greater")
+    assert (bb, cc) == (b, c) and p == pytest.approx(greater, abs=5e-5)
+    assert mcnemar(other, a, alternative="less")[0] == pytest.approx(greater, abs=5e-5)
+    with pytest.raises(ValueError, match="alternative='one'"):
+        mcnemar(a, other, alternative="one")

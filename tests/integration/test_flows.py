@@ -54,7 +54,13 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
     assert state.is_completed(), state.message
     out = state.result()
     assert {r["backbone"] for r in out["results"]} == {"mobilenetv2", "efficientnetb0"}
-    assert "promoted" in out["promotion"], out["promotion"]  # the registry and gate ran
+    promotion = out["promotion"]  # random-init models on generated data: registered and flagged, never promoted
+    assert promotion["promoted"] is False, promotion
+    if "decision" in promotion:  # a usable challenger reached the gate, which refused it for what it is
+        assert "random initialisation" in promotion["decision"]["reason"], promotion
+        assert "generated (synthetic) data" in promotion["decision"]["reason"], promotion
+    else:
+        assert promotion["reason"] == "no usable challenger", promotion
     prefix = out["prefix"]
     for b in ("mobilenetv2", "efficientnetb0"):
         listed = json.loads(storage.read_bytes(f"{prefix}{b}/checksums.json", s3))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from scene import cli_models, registry, storage
 from scene import stack as stack_mod
@@ -25,6 +26,7 @@ from scene.registry import ModelVersion, RegistryError
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 N_TEST = 200  # synthetic test images
+DATA = "s3://scene-data/datasets/demo/"  # the dataset lineage of most fake models here
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +55,18 @@ def _predictions(correct: np.ndarray) -> pd.DataFrame:
                          "correct": correct})
 
 
-def _fake_model(root: Path, backbone: str, correct: np.ndarray, *,
-                collapsed: bool = False) -> tuple[Path, pd.DataFrame]:
-    """A trained-backbone folder with a small unique ``model.keras`` and test metrics matching ``correct``."""
+def _fake_model(root: Path, backbone: str, correct: np.ndarray, *, collapsed: bool = False, data: str = DATA,
+                **flags: bool) -> tuple[Path, pd.DataFrame]:
+    """A trained-backbone folder with a small unique placeholder ``model.keras`` (not loadable: the gate runs
+    with ``smoke=False`` on these) and test metrics matching ``correct``."""
     folder = root / f"{backbone}-{uuid.uuid4().hex[:6]}"
     folder.mkdir(parents=True)
     (folder / "model.keras").write_bytes(os.urandom(256))
     acc = float(np.mean(correct))
     test = {"n": len(correct), "accuracy": acc, "f1_weighted": acc - 0.01, "f1_macro": acc - 0.02,
             "collapsed": collapsed}
-    meta = {"backbone": backbone, "data_fingerprint": "fp-1", "random_init": False}
+    meta = {"backbone": backbone, "data_fingerprint": "fp-1", "random_init": False, "synthetic_data": False,
+            "data_source": data, **flags}
     (folder / "metrics.json").write_text(json.dumps({"test": test, "meta": meta}))
     (folder / "config.json").write_text(json.dumps({"backbone": backbone}))
     (folder / "history.csv").write_text("epoch,loss\n0,1.0\n")
@@ -77,8 +81,8 @@ def _correct(acc: float, seed: int) -> np.ndarray:
 
 
 def _registered(s3: Any, bucket: str, tmp_path: Path, backbone: str, acc: float, seed: int,
-                collapsed: bool = False) -> ModelVersion:
-    folder, preds = _fake_model(tmp_path, backbone, _correct(acc, seed), collapsed=collapsed)
+                collapsed: bool = False, **kw: Any) -> ModelVersion:
+    folder, preds = _fake_model(tmp_path, backbone, _correct(acc, seed), collapsed=collapsed, **kw)
     return registry.register(s3, bucket, folder, backbone, preds)
 
 
@@ -96,6 +100,7 @@ def test_register_uploads_once_and_lists_versions(s3: Any, bucket: str, tmp_path
     v = registry.register(s3, bucket, folder, "vgg16", preds)
     assert v.version == f"vgg16-{storage.sha256_file(folder / 'model.keras')[:12]}"
     assert v.uri == f"s3://{bucket}/models/vgg16/{v.version}/" and v.status == "ok" and v.data_fingerprint == "fp-1"
+    assert v.dataset == DATA and v.synthetic_data is False and v.random_init is False
     names = {k.rsplit("/", 1)[1] for k, _ in storage.list_files(v.uri, s3)}
     assert {"model.keras", "metrics.json", "config.json", "history.csv", "roc.png", "report.html", "model_card.md",
             "test_predictions.csv", "checksums.json"} <= names
@@ -155,16 +160,18 @@ def _run_threads(work: Any, n: int) -> None:
     assert not errors, errors
 
 
-def _gate(s3: Any, bucket: str, challenger: ModelVersion) -> registry.Decision:
-    """The promotion gate as a flow runs it: read the champion, pair predictions by image, decide, write."""
-    observed = registry.read_champion(s3, bucket)
+def _gate(s3: Any, bucket: str, challenger: ModelVersion, smoke: bool = False) -> registry.Decision:
+    """The promotion gate as a flow runs it: read the dataset's champion, its stored predictions, decide, write.
+
+    (A flow scores the champion on the current test split; these fake versions share one test split.)
+    """
+    observed = registry.read_champion(s3, bucket, dataset=challenger.dataset)
     mine = _stored_predictions(s3, challenger)
-    if observed.champion is None:
-        return registry.gate(s3, bucket, challenger, mine["correct"].to_numpy(), None, observed=observed)
-    theirs = _stored_predictions(s3, ModelVersion.from_dict(registry.get_version(s3, bucket,
-                                                                               observed.champion["version"])))
-    a, b = registry.pair(mine, theirs)
-    return registry.gate(s3, bucket, challenger, a, b, observed=observed)
+    theirs = None
+    if observed.champion is not None:
+        theirs = _stored_predictions(s3, ModelVersion.from_dict(registry.get_version(s3, bucket,
+                                                                                   observed.champion["version"])))
+    return registry.gate(s3, bucket, challenger, mine, theirs, observed=observed, smoke=smoke)
 
 
 def test_gate_promotes_first_and_only_significantly_better(s3: Any, bucket: str, tmp_path: Path) -> None:
@@ -185,20 +192,22 @@ def test_gate_promotes_first_and_only_significantly_better(s3: Any, bucket: str,
 
     better = _registered(s3, bucket, tmp_path, "resnet101", 0.95, 3)
     d = _gate(s3, bucket, better)
-    assert d.promote and d.p_value < 0.05 and d.b > d.c
+    assert d.promote and d.p_value < 0.05 and d.b > d.c and all(r["ok"] for r in d.per_class)
     doc = registry.champion(s3, bucket)
     assert doc["version"] == better.version and [h["version"] for h in doc["history"]] == [first.version]
     assert doc["decision"]["champion"] == first.version
+    assert doc["data"] == DATA and doc["model"] == better.uri + "model.keras"
     assert _gate(s3, bucket, better).reason == "challenger already is the champion"
 
 
 def test_gate_with_a_stale_champion_writes_nothing(s3: Any, bucket: str, tmp_path: Path) -> None:
-    old = registry.read_champion(s3, bucket)
+    old = registry.read_champion(s3, bucket, dataset=DATA)
     a = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
     b = _registered(s3, bucket, tmp_path, "resnet50", 0.7, 2)
     assert registry.promote(s3, bucket, a, None, expected_etag=None)
-    d = registry.gate(s3, bucket, b, np.ones(3, bool), None, observed=old)
+    d = registry.gate(s3, bucket, b, _stored_predictions(s3, b), None, observed=old, smoke=False)
     assert not d.promote and "changed while gating" in d.reason
+    assert registry.read_decision(s3, b) == d
     assert registry.champion(s3, bucket)["version"] == a.version
 
 
@@ -206,7 +215,7 @@ def _two_champions(s3: Any, bucket: str, tmp_path: Path, n: int) -> tuple[ModelV
     base = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
     assert registry.promote(s3, bucket, base, None, expected_etag=None)
     rivals = [_registered(s3, bucket, tmp_path, f"rival{i}", 0.8, 10 + i) for i in range(n)]
-    etag = registry.read_champion(s3, bucket).etag
+    etag = registry.read_champion(s3, bucket, dataset=DATA).etag
     assert etag
     return base, rivals, etag
 
@@ -312,12 +321,18 @@ def test_rollback_restores_the_previous_champion(s3: Any, bucket: str, tmp_path:
         registry.rollback(s3, bucket)
 
 
-def test_manual_promotion_refuses_collapsed_unless_forced(s3: Any, bucket: str, tmp_path: Path) -> None:
-    bad = _registered(s3, bucket, tmp_path, "efficientnetb0", 0.17, 1, collapsed=True)
-    with pytest.raises(RegistryError, match="collapsed"):
+@pytest.mark.parametrize(("flags", "shown"), [({"collapsed": True}, "collapsed"),
+                                              ({"random_init": True}, "random-init"),
+                                              ({"synthetic_data": True}, "trained on synthetic data")])
+def test_manual_promotion_refuses_flagged_versions_unless_forced(s3: Any, bucket: str, tmp_path: Path,
+                                                                  flags: dict[str, bool], shown: str) -> None:
+    bad = _registered(s3, bucket, tmp_path, "efficientnetb0", 0.9, 1, **flags)
+    assert _gate(s3, bucket, bad).promote is False and registry.champion(s3, bucket) is None  # never automatically
+    with pytest.raises(RegistryError, match=f"is {shown}, so it is never promoted automatically"):
         registry.promote_version(s3, bucket, bad.version)
     doc = registry.promote_version(s3, bucket, bad.version, "debugging", force=True)
-    assert doc["version"] == bad.version and "(forced)" in doc["decision"]["reason"]
+    assert doc["version"] == bad.version and f"(forced: {shown})" in doc["decision"]["reason"]
+    assert registry.read_decision(s3, bad).reason == doc["decision"]["reason"]
     with pytest.raises(RegistryError, match="Did you mean"):
         registry.promote_version(s3, bucket, bad.version[:-1] + "x")
 
@@ -341,31 +356,108 @@ def test_cli_list_show_promote_rollback(s3: Any, bucket: str, tmp_path: Path, se
     _cli(["models", "list"])
     assert "no registered models" in capsys.readouterr().out
     a = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
-    b = _registered(s3, bucket, tmp_path, "resnet50", 0.8, 2)
+    b = _registered(s3, bucket, tmp_path, "resnet50", 0.8, 2, synthetic_data=True)
+    other = _registered(s3, bucket, tmp_path, "vgg16", 0.6, 3, data="s3://scene-data/datasets/other/")
 
     _cli(["models", "promote", a.version])
-    assert capsys.readouterr().out.strip() == f"champion: {a.version} (was (none))"
-    _cli(["models", "promote", b.version, "--reason", "looks better"])
-    assert f"champion: {b.version} (was {a.version})" in capsys.readouterr().out
+    assert capsys.readouterr().out.strip() == f"champion of {DATA}: {a.version} (was (none))"
+    with pytest.raises(RegistryError, match="trained on synthetic data"):
+        _cli(["models", "promote", b.version])
+    _cli(["models", "promote", b.version, "--reason", "looks better", "--force"])
+    assert f"champion of {DATA}: {b.version} (was {a.version})" in capsys.readouterr().out
+    _cli(["models", "promote", other.version])
+    capsys.readouterr()
 
     _cli(["models", "list"])
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["version", "backbone", "created"]
-    assert any(line.startswith("*") and b.version in line for line in lines)
-    assert f"champion: {b.version}" in out
-    _cli(["models", "list", "--backbone", "vgg16"])
+    assert lines[0].split()[:4] == ["version", "backbone", "dataset", "created"]
+    starred = {line.split()[1] for line in lines if line.startswith("*")}
+    assert starred == {b.version, other.version}
+    assert any(b.version in line and "synthetic data" in line for line in lines)
+    assert f"champion of {DATA}: {b.version}" in out and f"champion of s3://scene-data/datasets/other/: " \
+        f"{other.version}" in out
+    _cli(["models", "list", "--backbone", "vgg16", "--data", DATA])
     out = capsys.readouterr().out
-    assert a.version in out and b.version not in out.split("champion:")[0]
+    assert a.version in out and b.version not in out.split("champion")[0] and other.version not in out
 
     _cli(["models", "show", a.version])
     out = capsys.readouterr().out
-    assert f"version: {a.version}" in out and "champion: no" in out and "test" in out and "f1_weighted" in out
+    assert f"version: {a.version}" in out and f"dataset: {DATA}" in out and "champion: no" in out
+    assert "test" in out and "f1_weighted" in out
 
-    _cli(["models", "rollback"])
-    assert capsys.readouterr().out.strip() == f"champion: {a.version} (rolled back from {b.version})"
-    with pytest.raises(RegistryError, match="no previous champion"):
+    with pytest.raises(RegistryError, match="champions exist for 2 datasets"):
         _cli(["models", "rollback"])
+    _cli(["models", "rollback", "--data", DATA.rstrip("/")])
+    assert capsys.readouterr().out.strip() == f"champion of {DATA}: {a.version} (rolled back from {b.version})"
+    with pytest.raises(RegistryError, match="no previous champion"):
+        _cli(["models", "rollback", "--data", DATA])
+
+
+def test_champions_are_per_dataset(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """Each data lineage has its own pointer; a challenger is gated only against its own dataset's champion."""
+    other_data = "s3://scene-data/datasets/winter/"
+    demo = _registered(s3, bucket, tmp_path, "vgg16", 0.9, 1)
+    assert _gate(s3, bucket, demo).reason == "no champion yet"
+    weak_other = _registered(s3, bucket, tmp_path, "resnet50", 0.5, 2, data=other_data)
+    d = _gate(s3, bucket, weak_other)  # far worse than demo's champion, but it is the first of its own dataset
+    assert d.promote and d.reason == "no champion yet" and d.dataset == other_data
+    docs = registry.champions(s3, bucket)
+    assert {k: v["version"] for k, v in docs.items()} == {DATA: demo.version, other_data: weak_other.version}
+    for data, v in ((DATA, demo), (other_data, weak_other)):
+        doc = docs[data]
+        assert (doc["data"], doc["model"], doc["uri"], doc["backbone"]) == (data, v.uri + "model.keras", v.uri,
+                                                                            v.backbone)
+        assert registry.read_champion(s3, bucket, dataset=data.rstrip("/")).champion["version"] == v.version
+        assert storage.exists(f"s3://{bucket}/{registry.champion_key(data)}", s3)
+    assert registry.champion(s3, bucket)["version"] == weak_other.version  # newest of any dataset
+    assert registry.read_champion(s3, bucket, dataset="s3://scene-data/datasets/none/").champion is None
+
+    challenger = _registered(s3, bucket, tmp_path, "resnet101", 0.6, 3, data=other_data)
+    with pytest.raises(ValueError, match="gated only against the champion of its own dataset"):
+        registry.gate(s3, bucket, challenger, _stored_predictions(s3, challenger),
+                      _stored_predictions(s3, demo), observed=registry.read_champion(s3, bucket, dataset=DATA))
+    d = _gate(s3, bucket, challenger)
+    assert d.champion == weak_other.version and d.n_paired == N_TEST
+    assert registry.champion(s3, bucket, dataset=DATA)["version"] == demo.version  # untouched by the other lineage
+
+
+def test_decision_objects_are_stored_and_checksummed(s3: Any, bucket: str, tmp_path: Path) -> None:
+    first = _registered(s3, bucket, tmp_path, "vgg16", 0.6, 1)
+    _gate(s3, bucket, first)
+    card_before = storage.read_bytes(first.uri + "model_card.md", s3)
+    better = _registered(s3, bucket, tmp_path, "resnet50", 0.95, 2)
+    d = _gate(s3, bucket, better)
+    assert d.promote
+    stored = json.loads(storage.read_bytes(better.uri + "decision.json", s3))
+    assert registry.Decision.from_dict(stored) == d and stored["decided_at"]
+    assert (stored["b"], stored["c"], stored["n_paired"]) == (d.b, d.c, N_TEST) and stored["per_class"]
+    md = storage.read_bytes(better.uri + "decision.md", s3).decode()
+    assert md.startswith(f"# Promotion decision: {better.version}") and "| class | n |" in md
+    assert storage.read_bytes(first.uri + "model_card.md", s3) == card_before
+    assert "Promotion decision" not in storage.read_bytes(better.uri + "model_card.md", s3).decode()
+    listed = {e["uri"].rsplit("/", 1)[1]: e for e in json.loads(storage.read_bytes(better.uri + "checksums.json", s3))}
+    names = {k.rsplit("/", 1)[1] for k, _ in storage.list_files(better.uri, s3)}
+    assert set(listed) == names - {"checksums.json"}  # every file of the folder, the decision included
+    for name, e in listed.items():
+        data = storage.read_bytes(better.uri + name, s3)
+        assert (e["sha256"], e["bytes"]) == (storage.sha256_bytes(data), len(data)), name
+    _gate(s3, bucket, better)  # gating again rewrites the decision without duplicating checksum entries
+    again = json.loads(storage.read_bytes(better.uri + "checksums.json", s3))
+    assert sorted(e["uri"] for e in again) == sorted(e["uri"] for e in listed.values())
+
+
+def test_a_model_that_does_not_load_is_not_promoted(s3: Any, bucket: str, tmp_path: Path) -> None:
+    """The smoke check loads model.keras in a fresh process: a placeholder file fails it and the pointer stays."""
+    folder, preds = _fake_model(tmp_path, "vgg16", _correct(0.9, 1))
+    img = tmp_path / "img.png"  # the test image the smoke process reads (a local key)
+    Image.fromarray(np.full((8, 8, 3), 40, np.uint8)).save(img)
+    preds["key"] = str(img)
+    v = registry.register(s3, bucket, folder, "vgg16", preds)
+    d = _gate(s3, bucket, v, smoke=True)
+    assert d.promote is False and "does not load and predict in a fresh process" in d.reason
+    assert "the challenger had won: no champion yet" in d.reason and d.smoke and d.smoke["ok"] is False
+    assert registry.champion(s3, bucket) is None and registry.read_decision(s3, v) == d
 
 
 def test_conditional_write_path_skips_the_lease(s3: Any, bucket: str, tmp_path: Path,
@@ -377,5 +469,5 @@ def test_conditional_write_path_skips_the_lease(s3: Any, bucket: str, tmp_path: 
     b = _registered(s3, bucket, tmp_path, "resnet50", 0.7, 2)
     assert registry.promote(s3, bucket, a, None, expected_etag=None)
     assert registry.promote(s3, bucket, b, None, expected_etag=None) is False
-    assert registry.promote(s3, bucket, b, None, expected_etag=registry.read_champion(s3, bucket).etag)
+    assert registry.promote(s3, bucket, b, None, expected_etag=registry.read_champion(s3, bucket, dataset=DATA).etag)
     assert [h["version"] for h in registry.champion(s3, bucket)["history"]] == [a.version]

@@ -1,58 +1,154 @@
-"""The retrain flow against the real stack: registry versions, the promotion gate, incremental features."""
+"""The retrain flow end to end on the real stack, with the promotion gate's outcome known in advance.
+
+Runs without ``../shared``: the backbone weights are made here — a seeded random MobileNetV2 whose BatchNorm
+statistics are calibrated on flat colour images, so its features are not degenerate — and passed as a weights
+*file* (kind "file", so not random-init). The images are drawn here too (one hue per class, faint noise), not
+by :mod:`scene.synth`, so they carry no synthetic mark and the gate's synthetic-data rule does not apply.
+
+1. The dataset is uploaded with every hue in the *next* class's folder. The model learns that shifted mapping,
+   scores well on its own (shifted) test split and, the dataset having no champion, is promoted.
+2. The same dataset root is uploaded again with the right folders. Scored on the current test split, the
+   champion is wrong on (nearly) every image and the new model right on (nearly) every one: the one-sided
+   McNemar test and the per-class rule both say promote.
+
+``decision.json``'s b, c, n_paired, p-value, per-class table and outcome are compared with values recomputed
+here with numpy from the challenger's stored ``test_predictions.csv`` and the champion's ``model.keras`` run on
+the same images (cross-checked against the champion's own stored predictions).
+"""
 
 from __future__ import annotations
 
-import shutil
+import colorsys
+import io
+import json
+import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
+from scipy.stats import binomtest
 
 from scene import registry, storage
-from scene.synth import make_synthetic
+from scene.metadata import CLASS_NAMES
 from tests.integration.helpers import upload
 
 pytestmark = pytest.mark.integration
-WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+SIZE = 64
+PER_CLASS = 16
 
 
 @pytest.fixture(scope="module")
-def weights() -> str:
-    if not WEIGHTS.is_file():
-        pytest.skip(f"offline MobileNetV2 weights not present at {WEIGHTS}")
-    return str(WEIGHTS)
+def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A MobileNetV2 notop weights file: seeded random kernels, BatchNorm statistics set from flat colour images."""
+    import keras
+
+    keras.utils.set_random_seed(7)
+    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
+                                           pooling="avg")
+    rng = np.random.default_rng(7)
+    x = np.clip(rng.uniform(0, 255, (64, 1, 1, 3)) + rng.normal(0, 12, (64, SIZE, SIZE, 3)), 0, 255) / 127.5 - 1
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:  # one training-mode pass with momentum 0 sets moving stats to this batch's statistics
+        layer.momentum = 0.0
+    model(x.astype("float32"), training=True)
+    path = tmp_path_factory.mktemp("weights") / "mobilenetv2-calibrated.weights.h5"
+    model.save_weights(path)
+    return str(path)
 
 
-def test_retrain_promotes_then_gates_and_reuses_features(s3: Any, env: dict[str, str], weights: str,
-                                                         tmp_path: Path) -> None:
+def _draw(out: Path, shift: int, seed: int = 5) -> Path:
+    """``out/<class>/hue<c>_<i>.jpg``: hue c (of 6) is filed under class ``(c + shift) % 6``."""
+    rng = np.random.default_rng(seed)
+    for c in range(len(CLASS_NAMES)):
+        rgb = np.array(colorsys.hsv_to_rgb(c / len(CLASS_NAMES), 0.85, 0.9)) * 255
+        folder = out / CLASS_NAMES[(c + shift) % len(CLASS_NAMES)]
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(PER_CLASS):
+            img = np.clip(rgb + rng.normal(0, 3, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(folder / f"hue{c}_{i:02d}.jpg", quality=95)
+    return out
+
+
+def _replace(s3: Any, root: Path, data: str) -> None:
+    """Make the dataset root hold exactly the images under ``root``."""
+    for uri, _ in list(storage.list_files(data, s3)):
+        loc = storage.parse(uri)
+        s3.delete_object(Bucket=loc.bucket, Key=loc.key)
+    upload(s3, root, data)
+
+
+def _csv(s3: Any, uri: str) -> pd.DataFrame:
+    return pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3)))
+
+
+def _champion_on(s3: Any, version_uri: str, keys: list[str], tmp_path: Path) -> np.ndarray:
+    """The champion's classes for ``keys``, from its model.keras run here."""
+    from scene.model import load
+    from scene.train import predict
+
+    local = storage.download_file(version_uri + "model.keras", tmp_path / "champion.keras", s3)
+    model = load(str(local))
+    return predict(model, pd.DataFrame({"key": keys}), int(model.input_shape[1]), s3=s3).probs.argmax(1)
+
+
+def _expected(y: np.ndarray, new: np.ndarray, old: np.ndarray, margin: float = 0.03) -> dict[str, Any]:
+    """b, c, n, p and the per-class table of the gate's rule, computed directly."""
+    b, c = int(np.sum((new == y) & (old != y))), int(np.sum((new != y) & (old == y)))
+    rows = []
+    for k in sorted(set(y.tolist())):
+        m = y == k
+        champ, chall = float(np.mean(old[m] == k)), float(np.mean(new[m] == k))
+        rows.append({"class": CLASS_NAMES[k], "n": int(m.sum()), "champion_recall": champ,
+                     "challenger_recall": chall, "ok": chall - champ >= -margin})
+    p = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
+    return {"b": b, "c": c, "n_paired": len(y), "p_value": p, "per_class": rows,
+            "promote": b > c and p < 0.05 and all(r["ok"] for r in rows)}
+
+
+def test_retrain_gates_a_known_better_challenger(s3: Any, env: dict[str, str], weights: str,
+                                                 tmp_path: Path) -> None:
     from flows.retrain import retrain
 
-    root = make_synthetic(tmp_path / "d", 14, size=64, seed=21)
-    data = upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}retrain/")
-    common = {"data": data, "backbones": ["mobilenetv2"], "weights": weights, "epochs": 20, "views": 1,
-              "image_size": 64}
+    data = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}gate-{uuid.uuid4().hex[:8]}/"
+    common = {"data": data, "backbones": ["mobilenetv2"], "weights": weights, "epochs": 60, "views": 1,
+              "image_size": SIZE}
+    upload(s3, _draw(tmp_path / "shifted", shift=1), data)
     first = retrain(**common)
-    assert first["promoted"] is True, first
-    champ = registry.champion(s3, env["SCENE_ARTIFACT_BUCKET"])
-    assert champ["version"] == first["challenger"]
-    for name in ("manifest.csv", "test_predictions.csv", "model.keras"):
-        assert storage.exists(champ["uri"] + name, s3), name
-    assert "## Promotion decision" in storage.read_bytes(champ["uri"] + "model_card.md", s3).decode()
+    assert first["promoted"] is True and first["decision"]["reason"] == "no champion yet", first
+    old = registry.ModelVersion.from_dict(registry.get_version(s3, env["SCENE_ARTIFACT_BUCKET"], first["challenger"]))
+    assert (old.dataset, old.synthetic_data, old.random_init) == (data, False, False)
+    assert first["decision"]["smoke"]["ok"] is True
 
-    unchanged = retrain(**common, only_if_changed=True)  # the weekly schedule: nothing new, nothing to do
-    assert unchanged.get("skipped") == "data unchanged"
+    _replace(s3, _draw(tmp_path / "right", shift=0), data)
+    second = retrain(**common)
+    new = registry.ModelVersion.from_dict(registry.get_version(s3, env["SCENE_ARTIFACT_BUCKET"],
+                                                               second["challenger"]))
+    stored = json.loads(storage.read_bytes(new.uri + "decision.json", s3))
+    assert stored == {**second["decision"], "decided_at": stored["decided_at"]}
 
-    extra = make_synthetic(tmp_path / "more", 2, size=64, seed=99)  # ~14% new images
-    for c in extra.iterdir():
-        for f in c.iterdir():
-            shutil.copy(f, root / c.name / f"new_{f.name}")
-    upload(s3, root, data)
-    second = retrain(**common, only_if_changed=True)
-    assert "decision" in second, second
-    res = second["results"][0]
-    n_new = 12  # 2 per class; train images need 2 views, others 1
-    assert 0 < res["features_computed"] <= 2 * n_new < res["features_cached"], res
-    if not second["promoted"]:  # same data distribution: usually not significantly better
-        assert registry.champion(s3, env["SCENE_ARTIFACT_BUCKET"])["version"] == first["challenger"]
-    versions = registry.list_versions(s3, env["SCENE_ARTIFACT_BUCKET"], "mobilenetv2")
-    assert {first["challenger"], second["challenger"]} <= {v["version"] for v in versions}
+    mine = _csv(s3, new.uri + "test_predictions.csv")
+    theirs = _champion_on(s3, old.uri, mine["key"].tolist(), tmp_path)
+    recorded = _csv(s3, old.uri + "test_predictions.csv").set_index("sha256")["y_pred"]
+    overlap = mine["sha256"].isin(recorded.index).to_numpy()
+    assert np.array_equal(theirs[overlap], recorded.loc[mine["sha256"][overlap]].to_numpy())
+    want = _expected(mine["y_true"].to_numpy(), mine["y_pred"].to_numpy(), theirs)
+    assert (stored["b"], stored["c"], stored["n_paired"]) == (want["b"], want["c"], want["n_paired"])
+    assert stored["p_value"] == pytest.approx(want["p_value"]) and stored["champion"] == old.version
+    for got, row in zip(stored["per_class"], want["per_class"], strict=True):
+        assert (got["class"], got["n"], got["ok"]) == (row["class"], row["n"], row["ok"])
+        assert (got["champion_recall"], got["challenger_recall"]) == pytest.approx(
+            (row["champion_recall"], row["challenger_recall"]))
+    assert want["promote"] is True and want["b"] >= 10 and want["c"] <= 2  # the outcome the data was built for
+    assert stored["promote"] is True and stored["smoke"]["ok"] is True
+
+    doc = registry.champion(s3, env["SCENE_ARTIFACT_BUCKET"], dataset=data)
+    assert (doc["version"], doc["data"], doc["model"]) == (new.version, data, new.uri + "model.keras")
+    assert [h["version"] for h in doc["history"]] == [old.version]
+    listed = {e["uri"].rsplit("/", 1)[1]: e["sha256"] for e in json.loads(storage.read_bytes(new.uri +
+                                                                                             "checksums.json", s3))}
+    for name in registry.DECISION_FILES:
+        assert listed[name] == storage.sha256_bytes(storage.read_bytes(new.uri + name, s3))
+    assert "Promotion decision" not in storage.read_bytes(new.uri + "model_card.md", s3).decode()
