@@ -12,6 +12,7 @@ STAMP := $(VENV)/.installed
 
 # make run parameters (see README)
 DATA ?=
+NAME ?=
 BACKBONES ?= resnet50 resnet101v2 efficientnetb0 vgg16
 WEIGHTS ?= imagenet
 EPOCHS ?= 30
@@ -23,7 +24,10 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test lint run up deploy down status clean-state benchmark
+.PHONY: install test lint run up deploy down status clean-state benchmark dataset-name
+
+# the dataset make run uploads and trains: NAME, else the DATA folder's name (sanitised), else demo
+DATASET_NAME = $(SCENE) data name $(if $(DATA),--src '$(DATA)') $(if $(NAME),--name '$(NAME)')
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,13 +55,14 @@ deploy: up
 run: up
 	eval "$$($(SCENE) stack env --state $(STATE))"
 	start=$$(date +%s)
+	name=$$($(DATASET_NAME))
 	if [ -n "$(DATA)" ]; then src="$(DATA)"; else src=$(STATE)/demo-data; \
 	  [ -d $$src ] || $(SCENE) data synth --out $$src --per-class 40 --test-per-class 10 --size 96; fi
 	# upload before deploying: unchanged files are skipped; new ones are announced at once (_READY) while the
 	# retrain trigger does not exist yet, so make run trains once; later uploads do start a retraining
-	$(SCENE) data upload --src "$$src" --name demo --ready --wait-bridge http://127.0.0.1:8787
+	$(SCENE) data upload --src "$$src" --name "$$name" --ready --wait-bridge http://127.0.0.1:8787
 	$(MAKE) --no-print-directory deploy STATE=$(STATE)
-	params=$$($(BIN)/python -c 'import json,sys; b,w,e,v,s=sys.argv[1:]; print(json.dumps({"data": "s3://'"$$SCENE_DATA_BUCKET/$$SCENE_DATA_PREFIX"'demo/", "backbones": b.split(), "weights": w, "epochs": int(e), "views": int(v), "image_size": int(s)}))' "$(BACKBONES)" "$(WEIGHTS)" "$(EPOCHS)" "$(VIEWS)" "$(IMAGE_SIZE)")
+	params=$$($(BIN)/python -c 'import json,sys; b,w,e,v,s=sys.argv[1:]; print(json.dumps({"data": "s3://'"$$SCENE_DATA_BUCKET/$$SCENE_DATA_PREFIX$$name"'/", "backbones": b.split(), "weights": w, "epochs": int(e), "views": int(v), "image_size": int(s)}))' "$(BACKBONES)" "$(WEIGHTS)" "$(EPOCHS)" "$(VIEWS)" "$(IMAGE_SIZE)")
 	$(BIN)/prefect deployment run train-all/default --params "$$params" --watch | tee $(STATE)/last-run.log
 	run_id=$$(grep -oE 'UUID: [0-9a-f-]{36}' $(STATE)/last-run.log | head -1 | cut -d' ' -f2)
 	$(SCENE) runs show "$$run_id"
@@ -69,6 +74,9 @@ down:
 
 status: install
 	$(SCENE) stack status --state $(STATE)
+
+dataset-name:
+	@$(DATASET_NAME)
 
 benchmark: install
 	$(BIN)/python benchmarks/cached_vs_online.py

@@ -7,10 +7,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
+from prefect.states import Cancelled, Cancelling
 
 from flows.steps import DEFAULT_BACKBONES, check_params, promote_best, run_prefix
 from flows.train_backbone import train_backbone
@@ -39,31 +42,67 @@ def _local(backbones: list[str], params: dict[str, Any], slots: int) -> list[Tra
         return [f.result() for f in futures]
 
 
-def _dispatch(backbones: list[str], params: dict[str, Any], deployment: str, poll: float = 3.0) -> list[TrainResult]:
-    """One ``train-backbone`` flow run per backbone on the deployment's work pool; wait for all; collect."""
+def _dispatch(backbones: list[str], params: dict[str, Any], deployment: str, *, start_timeout_s: float,
+              dispatch_timeout_s: float, poll: float = 3.0) -> list[TrainResult]:
+    """One ``train-backbone`` flow run per backbone on the deployment's work pool; wait (bounded); collect."""
     log = get_run_logger()
     runs = {b: run_deployment(deployment, parameters={"backbone": b, **params}, timeout=0,
-                              flow_run_name=f"{b}", tags=["scene", b]) for b in backbones}
-    log.info("created %d %s flow runs: %s", len(runs), deployment, ", ".join(f"{b}={r.id}" for b, r in runs.items()))
-    states: dict[str, Any] = {}
-    with get_client(sync_client=True) as client:
-        while len(states) < len(runs):
-            for b, r in runs.items():
-                if b not in states:
-                    fr = client.read_flow_run(r.id)
-                    if fr.state and fr.state.is_final():
-                        states[b] = fr.state
-                        log.info("%s finished: %s", b, fr.state.name)
-            time.sleep(poll if len(states) < len(runs) else 0)
+                              flow_run_name=f"{b}", tags=["scene", b]).id for b in backbones}
+    log.info("created %d %s flow runs: %s", len(runs), deployment, ", ".join(f"{b}={r}" for b, r in runs.items()))
+    outcome = _await_runs(runs, start_timeout_s, dispatch_timeout_s, poll)
     results = []
     for b in backbones:
-        res = artifacts.read_result(f"{params['run_prefix_uri'].rstrip('/')}/{b}/")
-        if res is None or not states[b].is_completed():
-            msg = states[b].message or states[b].name
-            res = TrainResult(b, "failed", f"flow run {runs[b].id} {states[b].name}: {msg}",
+        state = outcome[b]
+        res = artifacts.read_result(f"{params['run_prefix_uri'].rstrip('/')}/{b}/") if state.is_completed() else None
+        if res is None:
+            res = TrainResult(b, "failed", f"flow run {runs[b]} {state.name}: {state.message or state.name}",
                               strategy=params["strategy"], weights=params["weights"])
         results.append(res)
     return results
+
+
+def _await_runs(runs: dict[str, UUID], start_timeout_s: float, dispatch_timeout_s: float,
+                poll: float) -> dict[str, State]:
+    """The final state of every run; a run still Scheduled/Pending after ``start_timeout_s`` is cancelled.
+
+    The start clock restarts whenever a sibling run finishes (a run may wait for the slot it frees); a run not
+    final after ``dispatch_timeout_s`` is cancelled too. Each given-up run's state carries the reason.
+    """
+    log = get_run_logger()
+    began = since = time.monotonic()
+    out: dict[str, State] = {}
+    with get_client(sync_client=True) as client:
+        while len(out) < len(runs):
+            now = time.monotonic()
+            for b, run_id in runs.items():
+                state = None if b in out else client.read_flow_run(run_id).state
+                if state is None:
+                    continue
+                if state.is_final():
+                    out[b], since = state, time.monotonic()
+                    log.info("%s finished: %s", b, state.name)
+                elif state.type in (StateType.SCHEDULED, StateType.PENDING) and now - since > start_timeout_s:
+                    out[b] = _give_up(client, run_id, state, f"never started: still {state.name} after "
+                                      f"{now - since:.0f} s (start_timeout_s={start_timeout_s:g}); is a worker "
+                                      "polling the deployment's work pool?")
+                elif now - began > dispatch_timeout_s:
+                    out[b] = _give_up(client, run_id, state, f"not finished after {now - began:.0f} s "
+                                      f"(dispatch_timeout_s={dispatch_timeout_s:g}), was {state.name}")
+            if len(out) < len(runs):
+                time.sleep(poll)
+    return out
+
+
+def _give_up(client: Any, run_id: UUID, state: State, reason: str) -> State:
+    """Cancel a dispatched run the orchestrator stops waiting for; the returned state names why."""
+    get_run_logger().error("flow run %s %s; cancelling it", run_id, reason)
+    final = Cancelled(message=reason)
+    try:  # a run no worker holds is cancelled at once; a held one is asked to stop (its worker kills it)
+        client.set_flow_run_state(run_id, final if state.type == StateType.SCHEDULED else Cancelling(message=reason),
+                                  force=True)
+    except Exception as err:  # the table still reports the backbone as failed
+        get_run_logger().warning("could not cancel flow run %s: %s", run_id, err)
+    return final
 
 
 @flow(name="train-all", log_prints=True)
@@ -85,13 +124,18 @@ def train_all(
     slots: int = 2,
     promote: bool = True,
     alpha: float = 0.05,
+    start_timeout_s: float = 1800.0,
+    dispatch_timeout_s: float = 6 * 3600.0,
 ) -> dict:
     """Validate the data, train every backbone in parallel, compare them and upload every artifact."""
     log = get_run_logger()
     cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
            "finetune_layers": finetune_layers, "mixed_precision": mixed_precision}
     check_params(backbones, slots, **cfg)
-    pointer = registry_tasks.read_champion() if promote else None
+    for name, value in (("start_timeout_s", start_timeout_s), ("dispatch_timeout_s", dispatch_timeout_s)):
+        if not value > 0:
+            raise ValueError(f"{name}={value} is invalid; pass the seconds to wait for dispatched runs (> 0)")
+    pointer = registry_tasks.read_champion(data) if promote else None  # this dataset's champion, read once
     ds = data_tasks.build_manifest(data, test, classes)
     report = data_tasks.validate(ds)
     prefix = run_prefix()
@@ -103,7 +147,8 @@ def train_all(
     if dispatch == "local":
         results = _local(backbones, params, slots)
     else:
-        results = _dispatch(backbones, params, deployment)
+        results = _dispatch(backbones, params, deployment, start_timeout_s=start_timeout_s,
+                            dispatch_timeout_s=dispatch_timeout_s)
     out_dir = Path(settings().work_dir) / "runs" / prefix.rstrip("/").rsplit("/", 1)[-1]
     comparison = artifacts.compare_and_publish(results, str(out_dir), prefix, manifest)
     failed = [r for r in results if r.status == "failed"]

@@ -178,10 +178,14 @@ def _download_model(uri: str) -> str:
     """Download model.keras and its config.json from S3 into a temporary folder."""
     import tempfile
 
-    from scene import storage
+    from scene import integrity, storage
 
     client = storage.s3_client(_settings())
     folder = Path(tempfile.mkdtemp(prefix="scene-model-"))
+    version = uri.rsplit("/", 1)[0] + "/"
+    if integrity.is_version_uri(version):  # a registered model: verified against checksums.json and its id
+        integrity.fetch_version(client, version, folder / "v", names=["model.keras"], optional=["config.json"])
+        return str(folder / "v" / "model.keras")
     storage.download_file(uri, folder / "model.keras", client)
     config = uri.rsplit("/", 1)[0] + "/config.json"
     if storage.exists(config, client):

@@ -168,3 +168,15 @@ def test_polling_sensor_starts_retrains_only_for_changes(estack: dict[str, Any],
     assert out["emitted"], out
     runs = _wait_runs(1, data)
     assert len(runs) == 1
+
+
+def test_deployed_pools_and_the_schedule_that_retrains_champions(estack: dict[str, Any]) -> None:
+    """As deployed from prefect.yaml: the GPU orchestrator waits on the CPU pool; retrain has no default dataset."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("train-all/gpu").work_pool_name == "default"
+        assert client.read_deployment_by_name("train-backbone/gpu").work_pool_name == "gpu"
+        retrain = client.read_deployment_by_name("retrain/default")
+    assert "data" not in retrain.parameters, retrain.parameters  # no data: the schedule retrains champions
+    assert [s.parameters for s in retrain.schedules] == [{"only_if_changed": True}]

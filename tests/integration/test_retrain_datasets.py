@@ -1,0 +1,122 @@
+"""Retraining retrains the right dataset: the schedule retrains each champion's data; an event for another
+dataset root is gated only against that dataset's champion.
+
+Real stack, with a fresh artifact bucket for this module so the registry holds only its champions. The backbone
+is a seeded random MobileNetV2 whose BatchNorm statistics are calibrated on flat colour images, passed as a
+weights *file* (not random-init); the images are one hue per class, drawn here (no synthetic mark), so a first
+model of a dataset is promoted by the gate itself.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from scene import registry, storage
+from scene.metadata import CLASS_NAMES
+from tests.integration.helpers import upload
+
+pytestmark = pytest.mark.integration
+SIZE = 32
+FAST = {"backbones": ["mobilenetv2"], "epochs": 30, "views": 1, "image_size": SIZE}
+
+
+def _weights(folder: Path) -> str:
+    """A MobileNetV2 notop weights file: seeded random kernels, BatchNorm statistics from flat colour images."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
+                                           pooling="avg")
+    rng = np.random.default_rng(3)
+    x = np.clip(rng.uniform(0, 255, (48, 1, 1, 3)) + rng.normal(0, 12, (48, SIZE, SIZE, 3)), 0, 255) / 127.5 - 1
+    for layer in model.layers:  # one training pass with momentum 0 sets the moving statistics to this batch's
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(x.astype("float32"), training=True)
+    path = folder / "mobilenetv2-calibrated.weights.h5"
+    model.save_weights(path)
+    return str(path)
+
+
+def _draw(out: Path, per_class: int, seed: int, tag: str = "") -> Path:
+    """``out/<class>/*.jpg``: one hue per class with faint noise."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(CLASS_NAMES):
+        rgb = np.array(colorsys.hsv_to_rgb(c / len(CLASS_NAMES), 0.85, 0.9)) * 255
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.clip(rgb + rng.normal(0, 3, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(out / name / f"{tag}{seed}_{i:02d}.jpg", quality=95)
+    return out
+
+
+def _root(env: dict[str, str], name: str) -> str:
+    return f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}{name}-{uuid.uuid4().hex[:6]}/"
+
+
+def _validation(s3: Any, prefix: str) -> dict[str, Any]:
+    return json.loads(storage.read_bytes(prefix + "validation.json", s3))
+
+
+@pytest.fixture(scope="module")
+def champion_a(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Dataset A's first model, promoted by the gate (no champion yet) in a registry of its own."""
+    from flows.retrain import retrain
+
+    bucket = f"reg-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    tmp = tmp_path_factory.mktemp("datasets")
+    params = {**FAST, "weights": _weights(tmp)}
+    root = _draw(tmp / "a", 8, seed=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SCENE_ARTIFACT_BUCKET", bucket)
+        data = upload(s3, root, _root(env, "sched-a"))
+        out = retrain(data=data, **params)
+        assert out["champion"] is None and out["promoted"] is True, out  # a new dataset: nothing to gate against
+        yield {"bucket": bucket, "data": data, "root": root, "version": out["challenger"], "params": params}
+
+
+def test_schedule_retrains_each_champions_dataset_only_when_changed(champion_a: dict[str, Any], s3: Any) -> None:
+    from flows.retrain import retrain
+
+    data, version, params = champion_a["data"], champion_a["version"], champion_a["params"]
+    assert set(registry.champions(s3, champion_a["bucket"])) == {data}
+    unchanged = retrain(only_if_changed=True, **params)  # what the weekly schedule passes: no data
+    assert list(unchanged["datasets"]) == [data]
+    assert unchanged["datasets"][data]["skipped"] == "data unchanged"
+
+    upload(s3, _draw(champion_a["root"], 1, seed=2, tag="new"), data)  # one new image per class
+    changed = retrain(only_if_changed=True, **params)
+    res = changed["datasets"][data]
+    assert "skipped" not in res and res["data"] == data and res["champion"] == version, res
+    manifest = pd.read_csv(io.BytesIO(storage.read_bytes(res["prefix"] + "manifest.csv", s3)), keep_default_na=False)
+    assert len(manifest) == 6 * 9 and manifest["key"].str.startswith(data).all()
+    assert _validation(s3, res["prefix"])["new_images"] == 6  # compared with A's champion's manifest
+    if "decision" in res:  # gated against A's own champion
+        assert res["decision"]["champion"] == version, res["decision"]
+
+
+def test_event_for_another_dataset_is_gated_against_no_champion(champion_a: dict[str, Any], s3: Any,
+                                                                 env: dict[str, str], tmp_path: Path) -> None:
+    from flows.retrain import retrain
+
+    bucket, a = champion_a["bucket"], champion_a["data"]
+    before = registry.champion(s3, bucket, dataset=a)["version"]
+    other = upload(s3, _draw(tmp_path / "b", 8, seed=3), _root(env, "sched-b"))
+    out = retrain(data=other, new_objects=48, **champion_a["params"])  # what the scene.data.arrived trigger passes
+    assert out["data"] == other and out["champion"] is None, out
+    assert out["decision"]["champion"] is None and out["promoted"] is True, out["decision"]
+    assert _validation(s3, out["prefix"])["new_images"] is None  # no previous manifest: B has no champion
+    assert registry.champion(s3, bucket, dataset=other)["version"] == out["challenger"]
+    assert registry.champion(s3, bucket, dataset=a)["version"] == before  # A's champion is untouched
