@@ -63,11 +63,14 @@ run: up
 	$(SCENE) data upload --src "$$src" --name "$$name" --ready --wait-bridge http://127.0.0.1:8787
 	$(MAKE) --no-print-directory deploy STATE=$(STATE)
 	params=$$($(BIN)/python -c 'import json,sys; b,w,e,v,s=sys.argv[1:]; print(json.dumps({"data": "s3://'"$$SCENE_DATA_BUCKET/$$SCENE_DATA_PREFIX$$name"'/", "backbones": b.split(), "weights": w, "epochs": int(e), "views": int(v), "image_size": int(s)}))' "$(BACKBONES)" "$(WEIGHTS)" "$(EPOCHS)" "$(VIEWS)" "$(IMAGE_SIZE)")
-	$(BIN)/prefect deployment run train-all/default --params "$$params" --watch | tee $(STATE)/last-run.log
+	$(BIN)/prefect deployment run train-all/default --params "$$params" > $(STATE)/last-run.log
 	run_id=$$(grep -oE 'UUID: [0-9a-f-]{36}' $(STATE)/last-run.log | head -1 | cut -d' ' -f2)
-	$(SCENE) runs show "$$run_id"
-	echo "make run took $$(( $$(date +%s) - start )) s after the stack was up; Prefect UI: http://127.0.0.1:4200/runs/flow-run/$$run_id"
+	echo "train-all run $$run_id; Prefect UI: http://127.0.0.1:4200/runs/flow-run/$$run_id"
+	# one live line per backbone, then the comparison table; exits non-zero when the run did not complete
+	status=0; $(SCENE) runs watch "$$run_id" | tee -a $(STATE)/last-run.log || status=$$?
+	echo "make run took $$(( $$(date +%s) - start )) s after the stack was up; artifacts: $(SCENE) runs show $$run_id"
 	echo "The stack keeps running for the UI; 'make down' stops it."
+	exit $$status
 
 down:
 	test -x $(SCENE) && $(SCENE) stack down --state $(STATE) || true

@@ -12,6 +12,7 @@ from typing import Any
 
 from scene.metadata import DEFAULT_IMAGE_SIZE
 
+_TF_LOG_DEFAULTED = "TF_CPP_MIN_LOG_LEVEL" not in os.environ  # --verbose undoes only our default
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the terminal readable
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -47,7 +48,8 @@ class Bars:
 
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="it", leave=True, file=sys.stderr)
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="it", leave=True, file=sys.stderr,
+                                           disable=None)  # bars on a terminal only
         bar.total = total
         bar.update(done - bar.n)
         if done >= total:
@@ -209,6 +211,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scene", description=__doc__)
+    p.add_argument("--verbose", action="store_true", help="also show TensorFlow/CUDA start-up messages")
     sub = p.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
@@ -264,11 +267,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_models.register(sub)
     cli_events.register(sub)
+    from scene import cli_audit
+
+    cli_audit.register(sub)
     return p
+
+
+def _quiet(verbose: bool) -> None:
+    """Filter TensorFlow's start-up noise from stderr (scene.quiet), unless ``--verbose``."""
+    from scene import quiet
+
+    if not verbose:
+        quiet.install()
+        return
+    quiet.uninstall()
+    if _TF_LOG_DEFAULTED:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet(args.verbose)
     from scene.dataset import DatasetError
     from scene.errors import InputRangeError, WeightsUnavailable
     from scene.stack import StackError

@@ -151,12 +151,39 @@ def cmd_runs_show(a: argparse.Namespace) -> None:
     uri = prefix + "comparison.md"
     if not storage.exists(uri, client):
         raise CliError(f"{uri}: no comparison for run {a.run_id!r} (did the run fail? see the Prefect UI)")
-    print(storage.read_bytes(uri, client).decode())
+    print(comparison_text(storage.read_bytes(prefix + "comparison.csv", client),
+                          storage.read_bytes(uri, client).decode()))
     files = list(storage.list_files(prefix, client))
     print(f"\nartifacts: {prefix} ({len(files)} objects, {sum(n for _, n in files) / 1e6:.1f} MB), e.g.")
     for key, _ in files:
         if key.endswith(("report.html", "comparison.csv")):
             print(f"  {key}")
+
+
+def cmd_runs_watch(a: argparse.Namespace) -> None:
+    """Follow a run in the terminal until it ends; exit with its outcome (0 completed, 1 otherwise)."""
+    from scene import watch
+    from scene.cli import CliError
+
+    try:
+        code = watch.watch(a.run_id, interval=a.interval, timeout=a.timeout)
+    except watch.WatchError as err:
+        raise CliError(str(err)) from err
+    if code:
+        sys.exit(code)
+
+
+def comparison_text(csv_bytes: bytes, md: str) -> str:
+    """The comparison as an aligned terminal table (scene.tables), then comparison.md's verdict and warnings."""
+    import io
+
+    import pandas as pd
+
+    from scene import tables
+
+    rows = pd.read_csv(io.BytesIO(csv_bytes), keep_default_na=False, na_values=[""]).to_dict("records")
+    notes = [ln for ln in md.splitlines() if ln.strip() and not ln.startswith(("|", "# "))]
+    return tables.text(tables.display_rows(rows)) + "\n" + "\n".join(notes)
 
 
 def register(sub: Any) -> None:
@@ -178,6 +205,12 @@ def register(sub: Any) -> None:
     show = r.add_parser("show", help="print a run's comparison table and artifact location")
     show.add_argument("run_id", help="the train-all flow run id")
     show.set_defaults(func=cmd_runs_show)
+    watch = r.add_parser("watch", help="follow a run live: one line per backbone, then the comparison table; "
+                                       "exits 0 when the run completed, 1 otherwise")
+    watch.add_argument("run_id", help="the flow run id (train-all prints it; so does make run)")
+    watch.add_argument("--interval", type=float, default=2.0, help="seconds between polls of the Prefect API")
+    watch.add_argument("--timeout", type=float, help="give up (exit 2) after this many seconds; the run goes on")
+    watch.set_defaults(func=cmd_runs_watch)
 
     w = sub.add_parser("weights", help="ImageNet weights").add_subparsers(dest="weights_command", required=True)
     m = w.add_parser("mirror", help="copy Keras' weight files into the artifact bucket for offline workers")

@@ -179,6 +179,23 @@ def _per_class_frame(m: SplitMetrics) -> pd.DataFrame:
     return df
 
 
+def label_issues_html(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The "Likely mislabelled images" section: ``rows`` of {key, label, suggested, quality, thumb (data URI)}."""
+    if not rows:
+        return []
+    parts = ["<h2>Likely mislabelled images</h2>",
+             '<p class="muted">Confident learning (cleanlab) on out-of-fold probabilities; most likely first.</p>',
+             '<div class="thumbs">']
+    for r in rows:
+        thumb = str(r.get("thumb", ""))
+        img = f'<img alt="{_E(str(r["key"]), quote=True)}" src="{_E(thumb, quote=True)}">' \
+            if thumb.startswith("data:image/") else ""
+        parts.append(f'<figure style="display:inline-block;margin:4px">{img}<figcaption>{_E(str(r["label"]))} → '
+                     f'<strong>{_E(str(r["suggested"]))}</strong> ({float(r["quality"]):.2f})<br>'
+                     f'<small>{_E(Path(str(r["key"])).name)}</small></figcaption></figure>')
+    return [*parts, "</div>"]
+
+
 def write_report_html(
     path: str | Path,
     *,
@@ -188,6 +205,7 @@ def write_report_html(
     plots: dict[str, Path],
     confusions: list[dict[str, Any]],
     warnings: list[str],
+    label_issues: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write one self-contained HTML page (plots and thumbnails embedded as data URIs, no external links).
 
@@ -274,6 +292,7 @@ def write_report_html(
             else:
                 parts.append('<p class="muted">no examples</p>')
 
+    parts += label_issues_html(label_issues)
     parts.append("</body></html>")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -414,20 +433,20 @@ def best_row(df: pd.DataFrame) -> dict[str, Any] | None:
 
 def comparison_markdown(df: pd.DataFrame) -> str:
     """The comparison as markdown: table, best backbone line, warnings for random-init and failed runs."""
-    shown = df.copy()
-    shown["error"] = shown["error"].map(lambda e: e if len(e) <= 80 else e[:77] + "...")
-    lines = ["# Backbone comparison", "", markdown_table(shown)]
+    from scene import tables
+
+    lines = ["# Backbone comparison", "", tables.markdown(tables.display_rows(df.to_dict("records"), 80))]
     best = best_row(df)
     if best is not None:
         lines.append(
             f"**Best backbone by test F1 (weighted): {best['backbone']}** "
-            f"({best['weights']}, {best['strategy']}) — {best['test_f1_weighted']:.3f}"
+            f"({tables.weights_label(best['weights'])}, {best['strategy']}) — {best['test_f1_weighted']:.3f}"
         )
     else:
         lines.append("**No successful, non-collapsed run**: no best backbone.")
     lines.append("")
     for _, r in df.iterrows():
-        label = f"{r['backbone']} ({r['weights']}, {r['strategy']})"
+        label = f"{r['backbone']} ({tables.weights_label(r['weights'])}, {r['strategy']})"
         if str(r["weights"]).lower() == "none":
             lines.append(f"- ⚠ {label}: random init — not a transfer-learning result")
         if r["status"] == "collapsed":

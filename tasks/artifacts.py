@@ -9,8 +9,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from scene import storage
+from scene import storage, summary, tables
 from scene.experiment import TrainResult, compare
+from scene.report import comparison_table
 from tasks.common import s3
 
 
@@ -48,8 +49,9 @@ def compare_and_publish(results: list[TrainResult], out_dir: str, prefix: str, m
     csv_path, md_path = compare(results, out_dir)
     for p in (csv_path, md_path):
         storage.upload_file(p, prefix.rstrip("/") + "/" + p.name, client)
-    rows = [r.comparison_row() for r in results]
-    create_table_artifact(rows, key="backbone-comparison", description="Backbones compared on the test split")
+    rows = comparison_table([r.comparison_row() for r in results]).to_dict("records")
+    create_table_artifact(tables.display_rows(rows), key="backbone-comparison",
+                          description="Backbones compared on the test split (best first; F1 weighted)")
     hours = storage.MAX_LINK_SECONDS // 3600
     md = [md_path.read_text(), "", "## Plots", "",
           f"_Links are presigned and expire {hours} hour after this run; the `s3://` URIs stay valid._", ""]
@@ -71,3 +73,87 @@ def compare_and_publish(results: list[TrainResult], out_dir: str, prefix: str, m
                          description=f"expires after {hours} hour; {prefix.rstrip('/')}/comparison.md")
     get_run_logger().info("comparison:\n%s", md_path.read_text())
     return str(Path(md_path))
+
+
+SUMMARY_KEY = "run-summary"
+
+
+def start_summary(title: str, facts: dict[str, Any]) -> Any:
+    """Create the run's summary artifact now, in the flow (not a task): the UI lists flow-run artifacts above the
+    task runs' (progress bars, tables), so a person opening the run sees it first. Returns its id."""
+    return create_markdown_artifact(summary.running(_title(title), facts), key=SUMMARY_KEY,
+                                    description=f"{title}: what ran, on which data, the outcome")
+
+
+def finish_summary(artifact_id: Any, markdown: str) -> None:
+    """Replace the summary's text with the outcome (the same artifact, so it keeps its place)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+
+    if artifact_id is None:
+        return
+    with get_client(sync_client=True) as client:
+        client.update_artifact(artifact_id, ArtifactUpdate(data=markdown))
+
+
+def _title(flow: str) -> str:
+    from prefect.runtime import flow_run
+
+    return f"{flow} · {flow_run.get_name() or 'local'}"
+
+
+def finish_training_summary(artifact_id: Any, flow: str, facts: dict[str, Any], results: list[TrainResult],
+                            promotion: dict[str, Any] | None, prefix: str) -> None:
+    """The outcome of a training run into its summary: winner, promotion decision, table, links."""
+    client = s3()
+    base = prefix.rstrip("/")
+    links = {"comparison.md (link valid 1 hour)": presign_if_exists(base + "/comparison.md", client),
+             "run artifacts": base + "/"}
+    for r in results:
+        if r.status != "failed":
+            links[f"{r.backbone} report.html (link valid 1 hour)"] = presign_if_exists(
+                f"{base}/{r.backbone}/report.html", client)
+    if promotion and promotion.get("decision_uri"):
+        links["promotion decision"] = promotion["decision_uri"]
+    rows = comparison_table([r.comparison_row() for r in results]).to_dict("records")
+    finish_summary(artifact_id, summary.training(_title(flow), facts, rows, promotion, links))
+
+
+def finish_prediction_summary(artifact_id: Any, facts: dict[str, Any], out: str) -> None:
+    """The outcome of a prediction run into its summary."""
+    links = {"predictions.csv (link valid 1 hour)": presign_if_exists(out, s3()), "predictions": out}
+    finish_summary(artifact_id, summary.prediction(_title("predict"), facts, links))
+
+
+def finish_retrain_summary(artifact_id: Any, outcomes: dict[str, dict[str, Any]]) -> None:
+    """The outcome of a retraining (one entry per dataset) into its summary."""
+    parts = [f"# {_title('retrain')}", "", "**Status: ✓ completed**", ""]
+    for data, out in outcomes.items():
+        parts += [f"## {data}", ""]
+        if out.get("skipped"):
+            parts += [f"Skipped: {out['skipped']} (champion {out.get('champion')}).", ""]
+            continue
+        rows = comparison_table([TrainResult(**r).comparison_row() for r in out.get("results", [])])
+        parts += [summary.promotion_line(out), "", tables.markdown(tables.display_rows(rows.to_dict("records"))),
+                  f"Artifacts: `{out.get('prefix', '')}`", ""]
+    finish_summary(artifact_id, "\n".join(parts) + "\n")
+
+
+def presign_if_exists(uri: str, client: Any) -> str:
+    """A presigned link to ``uri`` when the object exists, else ""."""
+    return storage.presigned_url(uri, client) if storage.exists(uri, client) else ""
+
+
+def summary_on_failure(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook (``on_failure``/``on_crashed``/``on_cancellation``): mark the run's summary with how it ended."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import ArtifactUpdate
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]), key=ArtifactFilterKey(any_=[SUMMARY_KEY])))
+        message = f"{state.name}: {tables.shorten(state.message or state.name, 400)}"
+        for art in found:
+            client.update_artifact(art.id, ArtifactUpdate(data=summary.failed(f"{flow.name} {flow_run.name}",
+                                                                               message)))

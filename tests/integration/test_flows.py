@@ -18,6 +18,7 @@ import pytest
 from scene import storage
 from scene.synth import make_synthetic
 from tests.integration.helpers import upload
+from tests.integration.watching import backbone_lines, run_watched
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -45,13 +46,48 @@ def _task_states(flow_run_id: Any) -> dict[str, list[str]]:
     return out
 
 
+def _assert_watched(watched: subprocess.CompletedProcess, run_id: str, backbones: list[str]) -> None:
+    """The watch exited 0 with the run; each backbone's line went through stages to done/collapsed with a test F1."""
+    assert watched.returncode == 0, watched.stdout[-3000:] + watched.stderr[-3000:]
+    for b in backbones:
+        lines = backbone_lines(watched.stdout, b)
+        assert lines, watched.stdout
+        assert re.search(r"(✓ done|⚠ collapsed) +test F1 \d\.\d{3} accuracy \d\.\d{3} in ", lines[-1]), lines
+    stages = {ln.split()[1] for b in backbones for ln in backbone_lines(watched.stdout, b)}
+    assert stages & {"manifest", "features", "head", "evaluate", "upload"}, watched.stdout  # seen while running
+    table = watched.stdout.split("\n\n", 1)[1]
+    assert re.search(r"backbone +status +test F1 +accuracy +AUC +val F1 +seconds +weights", table), table
+    assert f"/runs/flow-run/{run_id}" in watched.stdout
+
+
+def _assert_summary_first(flow_run_id: Any) -> None:
+    """The run's only flow-level artifact is its summary, so the UI lists it above every task artifact."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    flow_level = [a for a in arts if a.task_run_id is None and a.type != "result"]
+    assert [a.key for a in flow_level] == ["run-summary"], [(a.key, a.type) for a in arts]
+    text = str(flow_level[0].data)
+    assert "**Status: ✓ completed**" in text and "Promotion:" in text and "| backbone | status | test F1 |" in text
+    table = next(a for a in arts if a.key == "backbone-comparison")
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert list(rows[0])[:8] == ["backbone", "status", "test F1", "accuracy", "AUC", "val F1", "seconds", "weights"]
+    assert all(re.fullmatch(r"\d\.\d{3}", r["test F1"]) for r in rows if r["status"] != "✗ failed"), rows
+
+
 def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> None:
     from prefect.client.orchestration import get_client
 
     from flows.train_all import train_all
 
-    state = train_all(data=dataset, backbones=["mobilenetv2", "efficientnetb0"], return_state=True, **FAST)
+    state, run_id, watched = run_watched(  # `scene runs watch` follows the run from another process meanwhile
+        lambda: train_all(data=dataset, backbones=["mobilenetv2", "efficientnetb0"], return_state=True, **FAST))
     assert state.is_completed(), state.message
+    _assert_watched(watched, run_id, ["mobilenetv2", "efficientnetb0"])
+    _assert_summary_first(state.state_details.flow_run_id)
     out = state.result()
     assert {r["backbone"] for r in out["results"]} == {"mobilenetv2", "efficientnetb0"}
     promotion = out["promotion"]  # random-init models on generated data: registered and flagged, never promoted

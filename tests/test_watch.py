@@ -1,0 +1,32 @@
+"""The watch's reading of Prefect API records (the live run is tested in tests/integration/test_flows.py)."""
+
+from __future__ import annotations
+
+from scene import watch
+
+
+def test_progress_rate_and_eta_from_a_progress_artifact() -> None:
+    p = watch.progress_of({"description": "train head resnet50: 6/30", "created": "2026-01-01T00:00:00Z",
+                           "updated": "2026-01-01T00:00:03+00:00"})
+    assert p is not None and (p.stage, p.done, p.total, p.rate) == ("train head resnet50", 6, 30, 2.0)
+    assert p.text() == "train head resnet50 6/30  20% 2.0/s ETA 12s"
+    assert watch.progress_of({"description": "not a progress text"}) is None
+
+
+def test_stage_is_the_newest_started_task() -> None:
+    runs = [{"id": "a", "name": "extract features vgg16", "start_time": "2026-01-01T00:00:01Z"},
+            {"id": "b", "name": "train head vgg16", "start_time": "2026-01-01T00:00:09Z"},
+            {"id": "c", "name": "evaluate vgg16", "start_time": None}]
+    assert watch.stage_of(runs) == "head" and watch.stage_of([]) == "waiting"
+    assert watch.stage_of([{"name": "validate data-357", "start_time": "2026-01-01T00:00:01Z"}], raw=True) == \
+        "validate data"
+
+
+def test_lines_say_final_state_and_test_f1() -> None:
+    done = watch.Line("vgg16", "COMPLETED", "Completed", test={"f1": 0.91234, "accuracy": 0.9, "collapsed": False},
+                      seconds=75)
+    assert done.text() == "vgg16            ✓ done       test F1 0.912 accuracy 0.900 in 1m15s"
+    failed = watch.Line("b0", "FAILED", "Failed", message="OOM")
+    assert failed.text().split() == ["b0", "✗", "failed", "OOM"]
+    assert watch._test_of([{"message": "vgg16 test: accuracy 0.125, weighted F1 0.028 — COLLAPSED: one class"}]) \
+        == {"f1": 0.028, "accuracy": 0.125, "collapsed": True}
