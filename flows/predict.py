@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact
@@ -11,6 +12,8 @@ from prefect.runtime import flow_run
 
 from scene import integrity, registry, storage
 from scene.metadata import CLASS_NAMES
+from tasks import artifacts
+from tasks import audit as audit_tasks
 from tasks.common import s3, settings
 
 
@@ -64,13 +67,30 @@ def predict_images(model_path: str, classes: list[str], data: str, out: str) -> 
     return predict_folder(load(model_path), data, out, classes, s3=s3(), progress=Progress())
 
 
-@flow(name="predict", log_prints=True)
+def _classified(out: str) -> Any:
+    """The rows of predictions.csv that were classified (``key`` column), for the drift check."""
+    import io
+
+    import pandas as pd
+
+    df = pd.read_csv(io.BytesIO(storage.read_bytes(out, s3())), keep_default_na=False)
+    return df[df["error"] == ""][["key"]].reset_index(drop=True)
+
+
+@flow(name="predict", log_prints=True, on_failure=[artifacts.summary_on_failure],
+      on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, out: str | None = None) -> dict:
     """Classify a prefix of images with the champion (or a given model); write predictions.csv to S3."""
     out = out or f"s3://{settings().artifact_bucket}/predictions/{flow_run.get_id() or 'local'}/predictions.csv"
+    facts = {"images under": data, "model": model or "the champion", "predictions": out}
+    summary_id = artifacts.start_summary("predict", facts)  # first: listed above the task artifacts
     model_path, classes = resolve_model(model)
     n, bad = predict_images(model_path, classes, data, out)
     create_link_artifact(storage.presigned_url(out, s3()), link_text="predictions.csv", key="predictions",
                          description=f"expires after {storage.MAX_LINK_SECONDS // 3600} hour; {out}")
     get_run_logger().info("%d images classified, %d unreadable listed; %s", n, bad, out)
-    return {"predictions": out, "images": n, "unreadable": bad}
+    drift = audit_tasks.drift_check(model_path, registry.champion(s3(), settings().artifact_bucket) if model is None
+                                    else None, _classified(out), f"predict batch {data}")
+    artifacts.finish_prediction_summary(summary_id, {**facts, "model file": model_path, "classified": n,
+                                                     "unreadable (listed in the CSV)": bad}, out)
+    return {"predictions": out, "images": n, "unreadable": bad, "drift": drift}

@@ -15,6 +15,8 @@ from flows.steps import DEFAULT_BACKBONES, check_params, promote_best, run_prefi
 from scene import registry, storage
 from scene.experiment import TrainResult
 from scene.train import TrainConfig
+from tasks import artifacts
+from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
 from tasks.common import s3, settings
@@ -35,7 +37,8 @@ def _previous_manifest(champ: dict[str, Any] | None) -> Any:
 
 
 def _retrain_dataset(data: str, test: str | None, backbones: list[str] | None, cfg: dict[str, Any], *,
-                     prefix: str, alpha: float, only_if_changed: bool, on_missing_weights: str) -> dict:
+                     prefix: str, alpha: float, only_if_changed: bool, on_missing_weights: str,
+                     audit_labels: bool = False) -> dict:
     """Train challengers on one dataset and gate the best against that dataset's champion (named in the result)."""
     log = get_run_logger()
     pointer = registry_tasks.read_champion(data)  # this dataset's champion only
@@ -53,6 +56,9 @@ def _retrain_dataset(data: str, test: str | None, backbones: list[str] | None, c
     report = data_tasks.validate(ds, previous)
     if report.new_images is not None:
         log.info("%d images of %s are new since its champion's data", report.new_images, data)
+    audit = audit_tasks.audit_data(ds, TrainConfig(backbone=backbones[0], **cfg), prefix, labels=audit_labels)
+    new_rows = ds.manifest[~ds.manifest["sha256"].isin(previous["sha256"])] if previous is not None else ds.manifest[:0]
+    drift = audit_tasks.drift_check(None, champ, new_rows, f"{len(new_rows)} new images of {data}")
     data_tasks.publish_manifest(ds, report, prefix)
     results = []
     for b in backbones:
@@ -62,19 +68,21 @@ def _retrain_dataset(data: str, test: str | None, backbones: list[str] | None, c
             log.error("%s on %s failed: %s", b, data, err)
             results.append(TrainResult(b, "failed", f"{type(err).__name__}: {err}"))
     gated = promote_best(ds, results, pointer, prefix, alpha)
-    return {**gated, "data": data, "champion": champ["version"] if champ else None,
+    return {**gated, "data": data, "champion": champ["version"] if champ else None, "audit": audit, "drift": drift,
             "data_fingerprint": ds.fingerprint, "prefix": prefix, "results": [r.to_dict() for r in results]}
 
 
 @flow(name="retrain-dataset", flow_run_name="retrain {data}", log_prints=True)
 def retrain_dataset(data: str, test: str | None, backbones: list[str] | None, cfg: dict[str, Any], alpha: float,
-                    only_if_changed: bool, on_missing_weights: str) -> dict:
+                    only_if_changed: bool, on_missing_weights: str, audit_labels: bool = False) -> dict:
     """One dataset of a scheduled retraining, as a subflow: its own run id, artifact prefix and work folders."""
     return _retrain_dataset(data, test, backbones, cfg, prefix=run_prefix(), alpha=alpha,
-                            only_if_changed=only_if_changed, on_missing_weights=on_missing_weights)
+                            only_if_changed=only_if_changed, on_missing_weights=on_missing_weights,
+                            audit_labels=audit_labels)
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, on_failure=[artifacts.summary_on_failure],
+      on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def retrain(
     data: str | None = None,
     test: str | None = None,
@@ -89,17 +97,23 @@ def retrain(
     only_if_changed: bool = False,
     on_missing_weights: Literal["random-init", "fail"] = "random-init",
     new_objects: int = 0,
+    audit_labels: bool = False,
 ) -> dict:
     """Retrain ``data`` against its own champion; without ``data``, retrain every champion's dataset."""
+    summary_id = artifacts.start_summary("retrain", {"data": data or "every champion's dataset", "backbones": ", ".join(
+        backbones or ["the champion's"]), "weights": weights, "epochs": epochs})  # first: above the task artifacts
     log = get_run_logger()
     cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
            "finetune_layers": finetune_layers}
     check_params(backbones or DEFAULT_BACKBONES, 1, **cfg)
-    opts = {"alpha": alpha, "only_if_changed": only_if_changed, "on_missing_weights": on_missing_weights}
+    opts = {"alpha": alpha, "only_if_changed": only_if_changed, "on_missing_weights": on_missing_weights,
+            "audit_labels": audit_labels}
     if data is not None:
         if new_objects:
             log.info("retraining after %d new objects under %s", new_objects, data)
-        return _retrain_dataset(data, test, backbones, cfg, prefix=run_prefix(), **opts)
+        result = _retrain_dataset(data, test, backbones, cfg, prefix=run_prefix(), **opts)
+        artifacts.finish_retrain_summary(summary_id, {data: result})
+        return result
     if test is not None:
         raise ValueError(f"test={test!r} without data: pass the data root it belongs to as data=, or neither "
                          "(then each champion's dataset is retrained with its own test split)")
@@ -119,4 +133,5 @@ def retrain(
             log.error("retraining %s failed: %s", uri, failed[uri])
     if failed:
         raise RuntimeError("retraining failed for " + "; ".join(f"{u}: {e}" for u, e in failed.items()))
+    artifacts.finish_retrain_summary(summary_id, out)
     return {"datasets": out}

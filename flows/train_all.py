@@ -19,10 +19,14 @@ from flows.steps import DEFAULT_BACKBONES, check_params, promote_best, run_prefi
 from flows.train_backbone import train_backbone
 from scene.experiment import TrainResult
 from scene.metadata import CLASS_NAMES
+from scene.train import TrainConfig
 from tasks import artifacts
+from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
 from tasks.common import settings
+
+DOCKER_DEPLOYMENT = "train-backbone/docker"  # dispatch="docker": a container per backbone (stack up --pool docker)
 
 
 def _local(backbones: list[str], params: dict[str, Any], slots: int) -> list[TrainResult]:
@@ -105,7 +109,8 @@ def _give_up(client: Any, run_id: UUID, state: State, reason: str) -> State:
     return final
 
 
-@flow(name="train-all", log_prints=True)
+@flow(name="train-all", log_prints=True, on_failure=[artifacts.summary_on_failure],
+      on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def train_all(
     data: str = "s3://scene-data/datasets/demo/",
     test: str | None = None,
@@ -119,15 +124,19 @@ def train_all(
     finetune_layers: int = 0,
     mixed_precision: bool = False,
     on_missing_weights: Literal["random-init", "fail"] = "random-init",
-    dispatch: Literal["local", "deployments"] = "local",
+    dispatch: Literal["local", "deployments", "docker"] = "local",
     deployment: str = "train-backbone/gpu",
     slots: int = 2,
     promote: bool = True,
     alpha: float = 0.05,
+    audit_labels: bool = False,
     start_timeout_s: float = 1800.0,
     dispatch_timeout_s: float = 6 * 3600.0,
 ) -> dict:
     """Validate the data, train every backbone in parallel, compare them and upload every artifact."""
+    facts = {"data": data, "backbones": ", ".join(backbones), "weights": weights, "strategy": strategy,
+             "epochs": epochs, "image size": image_size, "dispatch": dispatch}
+    summary_id = artifacts.start_summary("train-all", facts)  # first: the UI lists it above the task artifacts
     log = get_run_logger()
     cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
            "finetune_layers": finetune_layers, "mixed_precision": mixed_precision}
@@ -139,6 +148,7 @@ def train_all(
     ds = data_tasks.build_manifest(data, test, classes)
     report = data_tasks.validate(ds)
     prefix = run_prefix()
+    audit = audit_tasks.audit_data(ds, TrainConfig(backbone=backbones[0], **cfg), prefix, labels=audit_labels)
     manifest = data_tasks.publish_manifest(ds, report, prefix)
     log.info("training %s on %d images (%s dispatch); artifacts under %s", ", ".join(backbones), len(ds.manifest),
              dispatch, prefix)
@@ -147,7 +157,8 @@ def train_all(
     if dispatch == "local":
         results = _local(backbones, params, slots)
     else:
-        results = _dispatch(backbones, params, deployment, start_timeout_s=start_timeout_s,
+        target = DOCKER_DEPLOYMENT if dispatch == "docker" else deployment  # docker: the scene image's pool
+        results = _dispatch(backbones, params, target, start_timeout_s=start_timeout_s,
                             dispatch_timeout_s=dispatch_timeout_s)
     out_dir = Path(settings().work_dir) / "runs" / prefix.rstrip("/").rsplit("/", 1)[-1]
     comparison = artifacts.compare_and_publish(results, str(out_dir), prefix, manifest)
@@ -157,5 +168,8 @@ def train_all(
     if len(failed) == len(results):
         raise RuntimeError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in failed))
     gated = promote_best(ds, results, pointer, prefix, alpha) if promote else {"promoted": False}
+    artifacts.finish_training_summary(summary_id, "train-all", {**facts, "images": len(ds.manifest),
+                                      "data fingerprint": ds.fingerprint}, results, gated if promote else None, prefix)
     return {"prefix": prefix, "comparison": comparison, "data_fingerprint": ds.fingerprint, "promotion": gated,
+            "audit": audit,
             "results": [r.to_dict() for r in results], "failed": [r.backbone for r in failed]}
