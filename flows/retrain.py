@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 
-from flows.steps import DEFAULT_BACKBONES, check_params, promote_best, run_prefix, train_steps
+from flows.steps import DEFAULT_BACKBONES, check_params, preset_values, promote_best, run_prefix, train_steps
 from scene import registry, storage
 from scene.experiment import TrainResult
 from scene.train import TrainConfig
@@ -93,6 +93,8 @@ def retrain(
     epochs: int = 100,
     image_size: int = 150,
     finetune_layers: int = 0,
+    mirror: bool = False,
+    preset: str | None = None,
     alpha: float = 0.05,
     only_if_changed: bool = False,
     on_missing_weights: Literal["random-init", "fail"] = "random-init",
@@ -103,8 +105,12 @@ def retrain(
     summary_id = artifacts.start_summary("retrain", {"data": data or "every champion's dataset", "backbones": ", ".join(
         backbones or ["the champion's"]), "weights": weights, "epochs": epochs})  # first: above the task artifacts
     log = get_run_logger()
+    if preset:  # a named recipe fills every parameter left at its default
+        v = preset_values(preset, backbones=backbones, views=views, epochs=epochs, image_size=image_size, mirror=mirror)
+        backbones, views, epochs, image_size, mirror = (v[k] for k in ("backbones", "views", "epochs", "image_size",
+                                                                       "mirror"))
     cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
-           "finetune_layers": finetune_layers}
+           "finetune_layers": finetune_layers, "mirror": mirror}
     check_params(backbones or DEFAULT_BACKBONES, 1, **cfg)
     opts = {"alpha": alpha, "only_if_changed": only_if_changed, "on_missing_weights": on_missing_weights,
             "audit_labels": audit_labels}

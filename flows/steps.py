@@ -15,6 +15,7 @@ from scene.backbones import get_spec
 from scene.dataset import Dataset
 from scene.experiment import TrainResult
 from scene.gate import select_challenger
+from scene.presets import apply_preset
 from scene.registry import Pointer
 from scene.train import TrainConfig
 from tasks import artifacts, training
@@ -53,6 +54,16 @@ def train_steps(ds: Dataset, cfg: TrainConfig, prefix: str, on_missing_weights: 
     artifacts.upload(out_dir, backbone_prefix, label=cfg.backbone)
     artifacts.write_result(result, backbone_prefix)
     return result.to_dict()
+
+
+# the flows' defaults of the parameters a preset may fill (a preset never overrides a value changed from these)
+PRESET_DEFAULTS = {"backbones": DEFAULT_BACKBONES, "views": 2, "epochs": 100, "image_size": 150, "mirror": False}
+
+
+def preset_values(preset: str | None, **given: Any) -> dict[str, Any]:
+    """``given`` (backbones, views, epochs, image_size, mirror) with a named preset filling the defaults."""
+    defaults = PRESET_DEFAULTS if given["backbones"] is not None else {**PRESET_DEFAULTS, "backbones": None}
+    return apply_preset(preset, given, defaults)
 
 
 def check_params(backbones: list[str], slots: int, **cfg: Any) -> None:

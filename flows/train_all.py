@@ -15,7 +15,7 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
-from flows.steps import DEFAULT_BACKBONES, check_params, promote_best, run_prefix
+from flows.steps import DEFAULT_BACKBONES, check_params, preset_values, promote_best, run_prefix
 from flows.train_backbone import train_backbone
 from scene.experiment import TrainResult
 from scene.metadata import CLASS_NAMES
@@ -123,6 +123,8 @@ def train_all(
     image_size: int = 150,
     finetune_layers: int = 0,
     mixed_precision: bool = False,
+    mirror: bool = False,
+    preset: str | None = None,
     on_missing_weights: Literal["random-init", "fail"] = "random-init",
     dispatch: Literal["local", "deployments", "docker"] = "local",
     deployment: str = "train-backbone/gpu",
@@ -133,13 +135,21 @@ def train_all(
     start_timeout_s: float = 1800.0,
     dispatch_timeout_s: float = 6 * 3600.0,
 ) -> dict:
-    """Validate the data, train every backbone in parallel, compare them and upload every artifact."""
+    """Validate the data, train every backbone in parallel, compare them and upload every artifact.
+
+    ``preset`` (e.g. ``best-cpu``): a named recipe that fills every parameter left at its default.
+    """
+    if preset:  # a named recipe fills every parameter left at its default
+        v = preset_values(preset, backbones=backbones, views=views, epochs=epochs, image_size=image_size, mirror=mirror)
+        backbones, views, epochs, image_size, mirror = (v[k] for k in ("backbones", "views", "epochs", "image_size",
+                                                                       "mirror"))
     facts = {"data": data, "backbones": ", ".join(backbones), "weights": weights, "strategy": strategy,
-             "epochs": epochs, "image size": image_size, "dispatch": dispatch}
+             "epochs": epochs, "image size": image_size, "mirror": mirror, "preset": preset or "none",
+             "dispatch": dispatch}
     summary_id = artifacts.start_summary("train-all", facts)  # first: the UI lists it above the task artifacts
     log = get_run_logger()
     cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
-           "finetune_layers": finetune_layers, "mixed_precision": mixed_precision}
+           "finetune_layers": finetune_layers, "mixed_precision": mixed_precision, "mirror": mirror}
     check_params(backbones, slots, **cfg)
     for name, value in (("start_timeout_s", start_timeout_s), ("dispatch_timeout_s", dispatch_timeout_s)):
         if not value > 0:

@@ -29,6 +29,7 @@ def train_backbone(
     image_size: int = 150,
     finetune_layers: int = 0,
     mixed_precision: bool = False,
+    mirror: bool = False,
     on_missing_weights: Literal["random-init", "fail"] = "fail",
     run_prefix_uri: str | None = None,
 ) -> dict:
@@ -37,7 +38,8 @@ def train_backbone(
              "epochs": epochs, "image size": image_size}
     summary_id = artifacts.start_summary("train-backbone", facts)  # first: listed above the task artifacts
     cfg = TrainConfig(backbone=backbone, weights=weights, strategy=strategy, views=views, epochs=epochs,
-                      image_size=image_size, finetune_layers=finetune_layers, mixed_precision=mixed_precision)
+                      image_size=image_size, finetune_layers=finetune_layers, mixed_precision=mixed_precision,
+                      mirror=mirror)
     names = classes or list(CLASS_NAMES)
     if manifest_uri:
         ds = data_tasks.load_manifest(manifest_uri, names)

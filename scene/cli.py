@@ -101,12 +101,23 @@ def cmd_validate(a: argparse.Namespace) -> None:
 
 def cmd_train(a: argparse.Namespace) -> None:
     from scene.experiment import compare, train_one
+    from scene.presets import apply_preset
     from scene.train import TrainConfig
 
     settings = _settings()
-    configs = [TrainConfig(backbone=b, weights=a.weights, strategy=a.strategy, views=a.views, epochs=a.epochs,
-                           image_size=a.image_size, finetune_layers=a.finetune_layers, seed=a.seed,
-                           mixed_precision=a.mixed_precision) for b in dict.fromkeys(a.backbone)]
+    given = {"backbones": a.backbone, "views": a.views, "epochs": a.epochs, "image_size": a.image_size,
+             "mirror": a.mirror}
+    try:
+        v = apply_preset(a.preset, given, {"backbones": None, "views": 2, "epochs": 100,
+                                           "image_size": DEFAULT_IMAGE_SIZE, "mirror": False})
+    except ValueError as err:
+        raise CliError(f"--preset: {err}") from err
+    if not v["backbones"]:
+        raise CliError("--backbone is required (or a --preset that names the backbones)")
+    configs = [TrainConfig(backbone=b, weights=a.weights, strategy=a.strategy, views=v["views"], epochs=v["epochs"],
+                           image_size=v["image_size"], finetune_layers=a.finetune_layers, seed=a.seed,
+                           mixed_precision=a.mixed_precision, mirror=v["mirror"])
+               for b in dict.fromkeys(v["backbones"])]
     bars = Bars()
     ds = _load_dataset(a.data, a.test, a.classes, bars)
     _validate(ds)
@@ -236,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one or more backbones and compare them")
     t.add_argument("--data", required=True, help="folder or s3:// URI of class folders (or the Kaggle archive)")
     t.add_argument("--test", help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
-    t.add_argument("--backbone", action="append", required=True, help="repeat for several")
+    t.add_argument("--backbone", action="append", help="repeat for several (required unless --preset names them)")
+    t.add_argument("--preset", help="a named recipe filling every setting not given: best-cpu")
+    t.add_argument("--mirror", action="store_true",
+                   help="train also on mirrored images; the saved model averages over image and mirror")
     t.add_argument("--weights", default="imagenet", help="imagenet | none | PATH or s3:// URI to .weights.h5")
     t.add_argument("--strategy", choices=["cached", "online"], default="cached")
     t.add_argument("--views", type=int, default=2, help="augmented views per training image (cached)")

@@ -104,6 +104,8 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
         "images (train/val/test)": "/".join(str(len(ds.split(s))) for s in ("train", "val", "test")),
         "training time": f"{fit_result.seconds:.1f} s",
     }
+    if fit_result.history.attrs.get("epochs_per_s"):
+        summary["head epochs/s"] = f"{fit_result.history.attrs['epochs_per_s']:.1f}"
     if fit_result.extract:
         summary["features computed / cached"] = f"{fit_result.extract.computed} / {fit_result.extract.cached}"
     extra = {"metrics": {s: m.to_dict() for s, m in metrics.items()}}

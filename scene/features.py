@@ -4,7 +4,8 @@ A cache entry's address is the *namespace* — backbone, image size, the weights
 augmentation settings, seed, precision policy, and a hash of everything else that changes a feature
 (the source of the modules that decode, resize, augment and build the backbone, the pipeline version,
 the Keras and TensorFlow versions) — plus ``(image sha256, view)``. View 0 is the plain image; views 1..K are random
-augmentations. Entries are stored in shards (``.npz``) under ``<cache>/<namespace>/`` in a local folder
+augmentations; view -1 is the plain image mirrored. Entries are stored in shards (``.npz``) under
+``<cache>/<namespace>/`` in a local folder
 or an ``s3://`` prefix; a shard's name is the hash of its content, so re-runs never duplicate work and
 retraining on new data computes features only for new images. Extraction streams: a shard is written
 every ``shard_size`` vectors, so memory stays bounded and an interrupted run resumes where it stopped.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +27,7 @@ import tensorflow as tf
 
 from scene import storage
 from scene.backbones import WeightsSource, feature_extractor, preflight
-from scene.pipeline import PIPELINE_VERSION, AugmentConfig, augmenter, image_dataset
+from scene.pipeline import PIPELINE_VERSION, AugmentConfig, augmenter, pixel_batches, predict_batches
 
 Progress = Callable[[str, int, int], None]
 
@@ -116,8 +118,21 @@ def namespace(backbone: str, weights: WeightsSource, size: int, augment: Augment
             f"-{environment_hash()}")
 
 
+MIRROR_VIEW = -1  # the plain image mirrored left-right (deterministic; views 1..K are random augmentations)
+
+
 def entry_key(sha: str, view: int) -> str:
     return f"{sha}:{view}"
+
+
+def _mirror(batch: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(batch[:, :, ::-1])
+
+
+def _augment_fn(cfg: AugmentConfig, size: int, seed: int) -> Callable[[np.ndarray], tf.Tensor]:
+    """The augmentation layers in training mode as one compiled function over a batch."""
+    layers = augmenter(cfg, size, seed)
+    return tf.function(lambda x: layers(x, training=True), reduce_retracing=True)
 
 
 def extract(
@@ -151,17 +166,17 @@ def extract(
     for view, part in todo.items():
         if part.empty:
             continue
-        aug = augmenter(augment, size, seed + 1000 * view) if view > 0 else None
-        ds = image_dataset(part, size, num_classes=1, batch_size=batch_size, s3=s3, augment=aug, labels=False,
-                           seed=seed + view)
+        transform = (_augment_fn(augment, size, seed + 1000 * view) if view > 0
+                     else _mirror if view == MIRROR_VIEW else None)
+        batches = pixel_batches(part["key"].tolist(), size, batch_size=batch_size, s3=s3)
         shas = part["sha256"].tolist()
+        first = next(batches, None)
+        if first is not None:
+            preflight(backbone, first)
         pos = 0  # images of this view done so far
         keys: list[str] = []
         chunks: list[np.ndarray] = []
-        for i, batch in enumerate(ds):
-            if i == 0:
-                preflight(backbone, batch)
-            feats = np.asarray(model.predict_on_batch(batch), dtype=np.float32)  # compiled, not eager
+        for feats in predict_batches(model, itertools.chain([first], batches), batch_size, transform):
             keys += [entry_key(s, view) for s in shas[pos : pos + len(feats)]]
             chunks.append(feats)
             pos += len(feats)

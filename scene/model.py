@@ -8,6 +8,7 @@ train it on stored features and then drop it, unchanged, on top of the backbone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 
@@ -34,18 +35,32 @@ def build_head(feature_width: int, num_classes: int, cfg: HeadConfig = HeadConfi
     return keras.Model(inp, out, name="head")
 
 
-def assemble(backbone_name: str, size: int, weights: WeightsSource, head: keras.Model, seed: int = 0) -> keras.Model:
+@keras.saving.register_keras_serializable(package="scene")
+class Mirror(keras.layers.Layer):
+    """Horizontal flip of ``(batch, height, width, channels)`` images (deterministic, for test-time averaging)."""
+
+    def call(self, x: Any) -> Any:
+        return keras.ops.flip(x, axis=2)
+
+
+def assemble(backbone_name: str, size: int, weights: WeightsSource, head: keras.Model, seed: int = 0, *,
+             mirror: bool = False) -> keras.Model:
     """The full model users load: raw pixels in, probabilities out, preprocessing inside.
 
     The backbone is this process's shared instance (:func:`~scene.backbones.shared_backbone`): the very network
-    that computed the cached features the head was trained on.
+    that computed the cached features the head was trained on. ``mirror``: the model averages its probabilities
+    over the image and its mirror image (test-time augmentation built into what ships; twice the compute).
     """
     spec = get_spec(backbone_name)
     inp = keras.Input((size, size, 3), name="image")
     backbone = shared_backbone(backbone_name, size, weights, seed)
-    x = Preprocess(spec.preprocess, name="preprocess")(inp)
-    x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
-    return keras.Model(inp, head(x), name=f"scene_{backbone_name}")
+    preprocess = Preprocess(spec.preprocess, name="preprocess")
+    # BatchNorm stays in inference mode, also when fine-tuning
+    probs = head(backbone(preprocess(inp), training=False))
+    if mirror:
+        mirrored = head(backbone(preprocess(Mirror(name="mirror")(inp)), training=False))
+        probs = keras.layers.Average(name="mirror_average", dtype="float32")([probs, mirrored])
+    return keras.Model(inp, probs, name=f"scene_{backbone_name}")
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -81,4 +96,4 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
 
 def load(path: str) -> keras.Model:
     """Load a saved scene model (registers the custom preprocessing layer)."""
-    return keras.models.load_model(path, custom_objects={"Preprocess": Preprocess}, compile=False)
+    return keras.models.load_model(path, custom_objects={"Preprocess": Preprocess, "Mirror": Mirror}, compile=False)

@@ -9,21 +9,26 @@ its own preprocessing.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from scene import images, storage
+from scene import images, runtime, storage
 
-PIPELINE_VERSION = 2  # bump when decoding, resizing or augmentation semantics change (part of feature-cache keys)
+runtime.configure_threads()  # before the first TensorFlow op of the process
+
+T = TypeVar("T")
+PIPELINE_VERSION = 3  # bump when decoding, resizing or augmentation semantics change (part of feature-cache keys)
 
 
 @dataclass(frozen=True)
@@ -58,18 +63,22 @@ def augmenter(cfg: AugmentConfig, size: int, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augment")
 
 
-def _decoded(keys: list[str], s3: Any, workers: int, lookahead: int) -> Iterator[np.ndarray]:
-    """Decode images in order with a bounded window of in-flight reads."""
+def decode_workers(remote: bool) -> int:
+    """Threads that read and decode images: one per core for local files (decoding is CPU-bound and competes
+    with the backbone for the same cores), more for S3 (they mostly wait on the network)."""
+    return 16 if remote else runtime.thread_plan().decode
+
+
+def ordered_map(fn: Callable[[str], T], keys: Sequence[str], workers: int, lookahead: int) -> Iterator[T]:
+    """``fn`` over ``keys`` on a bounded pool, results in order, at most ``lookahead`` in flight."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         window: collections.deque = collections.deque()
         it = iter(keys)
-        for key in it:
-            window.append(pool.submit(lambda k: images.decode_rgb(storage.read_bytes(k, s3)), key))
-            if len(window) >= lookahead:
-                break
+        for key in itertools.islice(it, lookahead):
+            window.append(pool.submit(fn, key))
         for key in it:
             yield window.popleft().result()
-            window.append(pool.submit(lambda k: images.decode_rgb(storage.read_bytes(k, s3)), key))
+            window.append(pool.submit(fn, key))
         while window:
             yield window.popleft().result()
 
@@ -78,6 +87,66 @@ def resize_pad(image: tf.Tensor, size: int) -> tf.Tensor:
     """Resize keeping the aspect ratio, zero-pad to ``size``×``size``; float32 in [0, 255]."""
     image = tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, antialias=True)
     return tf.clip_by_value(image, 0.0, 255.0)
+
+
+@functools.lru_cache(maxsize=8)
+def _resizer(size: int) -> Callable[[np.ndarray], tf.Tensor]:
+    """:func:`resize_pad` as a compiled function (an eager call costs ~10 ms of overhead per image)."""
+    return tf.function(lambda img: resize_pad(img, size), reduce_retracing=True,
+                       input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)])
+
+
+def load_pixels(key: str, size: int, s3: Any = None, *, min_side: int = 0) -> np.ndarray:
+    """One image as the model sees it: decoded, upright RGB, resized and zero-padded to ``size``, float32 0–255.
+
+    The only image loader of training, extraction, evaluation and prediction. An image that already has the
+    target size is not resampled: :func:`resize_pad` at the same size is the identity (tested), so skipping it
+    changes no pixel and saves most of the per-image cost. ``min_side``: refuse smaller images
+    (:class:`~scene.images.ImageProblem`), as the manifest does, for input that no manifest has checked.
+    """
+    pixels = images.decode_rgb(storage.read_bytes(key, s3))
+    if min(pixels.shape[:2]) < min_side:
+        h, w = pixels.shape[:2]
+        raise images.ImageProblem(f"{w}x{h} is smaller than the {min_side}-pixel minimum side")
+    if pixels.shape[0] == size and pixels.shape[1] == size:
+        return pixels.astype(np.float32)
+    return _resizer(size)(pixels).numpy()
+
+
+def pixel_batches(keys: Sequence[str], size: int, *, batch_size: int, s3: Any = None, workers: int | None = None,
+                  errors: dict[str, str] | None = None) -> Iterator[np.ndarray]:
+    """``(n, size, size, 3)`` float32 batches of ``keys`` in order. Decoding runs ahead on a thread pool while
+    the caller computes (the backbone releases the GIL), so reading overlaps with the model.
+
+    ``errors``: when given (input no manifest has checked), an unreadable or too small image becomes an all-zero
+    image and ``errors[key]`` says why; otherwise the first unreadable image raises.
+    """
+    remote = bool(keys) and storage.parse(keys[0]).is_s3
+
+    def load(key: str) -> np.ndarray:
+        if errors is None:
+            return load_pixels(key, size, s3)
+        try:
+            return load_pixels(key, size, s3, min_side=images.MIN_SIDE)
+        except (images.ImageProblem, storage.StorageError) as err:
+            errors[key] = str(err)
+            return np.zeros((size, size, 3), np.float32)
+
+    it = ordered_map(load, keys, workers or decode_workers(remote), 2 * batch_size)
+    while batch := list(itertools.islice(it, batch_size)):
+        yield np.stack(batch)
+
+
+def predict_batches(model: keras.Model, batches: Iterable[np.ndarray], batch_size: int,
+                    transform: Callable[[np.ndarray], Any] | None = None) -> Iterator[np.ndarray]:
+    """``model.predict_on_batch`` (a compiled function) over ``batches``. A short last batch is zero-padded to
+    ``batch_size`` so the function is traced once; the padding's outputs are dropped."""
+    for batch in batches:
+        n = len(batch)
+        if n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        x = transform(batch) if transform is not None else batch
+        yield np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
 
 
 def image_dataset(
@@ -91,28 +160,30 @@ def image_dataset(
     shuffle: bool = False,
     seed: int = 0,
     labels: bool = True,
-    workers: int = 8,
+    workers: int | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(images, one_hot_labels)`` (or images only) for the manifest ``rows``, in order.
 
     With ``shuffle``, the order changes each epoch (seeded); ``augment`` is applied in training mode.
+    Images go through :func:`load_pixels` on a thread pool, as in :func:`pixel_batches`.
     """
     keys = rows["key"].tolist()
     order = np.arange(len(keys))
+    pool = workers or decode_workers(bool(keys) and storage.parse(keys[0]).is_s3)
 
     def gen() -> Iterator[tuple[np.ndarray, int]]:
         idx = np.random.default_rng([seed, gen.epoch]).permutation(order) if shuffle else order
         gen.epoch += 1
-        yield from zip(_decoded([keys[i] for i in idx], s3, workers, 4 * batch_size),
+        yield from zip(ordered_map(lambda k: load_pixels(k, size, s3), [keys[i] for i in idx], pool, 2 * batch_size),
                        rows["label_index"].to_numpy()[idx] if labels else np.zeros(len(idx), int), strict=True)
 
     gen.epoch = 0  # type: ignore[attr-defined]
     ds = tf.data.Dataset.from_generator(
         gen,
-        output_signature=(tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int64)),
+        output_signature=(tf.TensorSpec((size, size, 3), tf.float32), tf.TensorSpec((), tf.int64)),
     )
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(keys)))
-    ds = ds.map(lambda x, y: (resize_pad(x, size), tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, y: (x, tf.one_hot(y, num_classes)))
     ds = ds.batch(batch_size)
     if augment is not None:
         ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)

@@ -13,13 +13,15 @@ import pandas as pd
 
 from scene import images, storage
 from scene.metadata import IMAGE_SUFFIXES
-from scene.train import predict
+from scene.train import Predictions, predict
 
 
-def list_images(src: str, s3: Any = None) -> tuple[list[str], list[tuple[str, str]]]:
+def list_images(src: str, s3: Any = None, *, check: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
     """Image keys under ``src`` (any depth), and ``(key, problem)`` for files that are not usable images.
 
-    Locally, symlinks leaving ``src`` are listed as problems, never read.
+    ``check``: decode every image now to find unusable ones (off when the caller decodes them anyway and
+    collects the problems then, as :func:`predict_folder` does). Locally, symlinks leaving ``src`` are listed as
+    problems, never read.
     """
     keys: list[str] = []
     bad: list[tuple[str, str]] = []
@@ -33,7 +35,8 @@ def list_images(src: str, s3: Any = None) -> tuple[list[str], list[tuple[str, st
             bad.append((key, "not an image file"))
             continue
         try:
-            images.inspect(storage.read_bytes(key, s3))
+            if check:
+                images.inspect(storage.read_bytes(key, s3))
             keys.append(key)
         except images.ImageProblem as err:
             bad.append((key, str(err)))
@@ -43,9 +46,14 @@ def list_images(src: str, s3: Any = None) -> tuple[list[str], list[tuple[str, st
 def predict_folder(model: keras.Model, src: str, out: str, class_names: Sequence[str], *, s3: Any = None,
                    progress: Callable[[str, int, int], None] | None = None) -> tuple[int, int]:
     """Write ``key,label,confidence,p_<class>…,error``; unreadable images get a row with their error."""
-    keys, bad = list_images(src, s3)
-    rows = pd.DataFrame({"key": keys})
-    p = predict(model, rows, int(model.input_shape[1]), split="images", s3=s3, progress=progress)
+    listed, bad = list_images(src, s3, check=False)
+    errors: dict[str, str] = {}  # images that fail to decode while predicting (each is read once)
+    p = predict(model, pd.DataFrame({"key": listed}), int(model.input_shape[1]), split="images", s3=s3,
+                progress=progress, errors=errors)
+    ok = np.array([k not in errors for k in listed], bool)
+    keys = [k for k in listed if k not in errors]
+    p = Predictions(p.split, keys, p.y_true[ok], p.probs[ok])
+    bad += [(k, errors[k]) for k in listed if k in errors]
     idx = p.probs.argmax(1) if len(keys) else np.zeros(0, int)
     df = pd.DataFrame({"key": keys, "label": [class_names[i] for i in idx],
                        "confidence": p.probs.max(1) if len(keys) else []})

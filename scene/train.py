@@ -21,7 +21,7 @@ from scene import backbones, features
 from scene.dataset import Dataset
 from scene.model import HeadConfig, assemble, build_head, compile_model, unfreeze_top
 from scene.model import load as load_model
-from scene.pipeline import AugmentConfig, augmenter, image_dataset
+from scene.pipeline import AugmentConfig, augmenter, image_dataset, pixel_batches, predict_batches
 
 Progress = Callable[[str, int, int], None]
 STRATEGIES = ("cached", "online")
@@ -44,6 +44,7 @@ class TrainConfig:
     finetune_epochs: int = 10  # upper bound for the fine-tuning phase
     finetune_lr: float = 1e-5  # Adam learning rate when fine-tuning
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
+    mirror: bool = False  # train also on mirrored images; the shipped model averages over image and mirror
     seed: int = 42  # seeds weights init, shuffling, augmentation and dropout
     head: HeadConfig = field(default_factory=HeadConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -159,8 +160,13 @@ def feature_cache(cfg: TrainConfig, weights: backbones.WeightsSource, cache_root
 
 
 def train_views(cfg: TrainConfig) -> list[int]:
-    """The cached views used for training images: the plain image plus ``views`` augmentations."""
-    return list(range(cfg.views + 1))
+    """The cached views used for training images: the plain image plus ``views`` augmentations (and the mirror)."""
+    return list(range(cfg.views + 1)) + ([features.MIRROR_VIEW] if cfg.mirror else [])
+
+
+def eval_views(cfg: TrainConfig) -> list[int]:
+    """The cached views of validation and test images: the plain image (and its mirror, averaged)."""
+    return [0, features.MIRROR_VIEW] if cfg.mirror else [0]
 
 
 def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSource, cache_root: str, *,
@@ -169,7 +175,7 @@ def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSo
     cache = feature_cache(cfg, weights, cache_root, s3)
     model = None
     stats = []
-    parts = ((ds.split("train"), train_views(cfg)), (ds.manifest[ds.manifest["split"] != "train"], [0]))
+    parts = ((ds.split("train"), train_views(cfg)), (ds.manifest[ds.manifest["split"] != "train"], eval_views(cfg)))
     with precision_policy(cfg.mixed_precision):
         for rows, views in parts:
             missing = cache.missing([features.entry_key(s, v) for s in rows["sha256"] for v in views])
@@ -204,18 +210,41 @@ def fit_frozen(ds: Dataset, cfg: TrainConfig, out_dir: Path, weights: backbones.
             cache = feature_cache(cfg, weights, cache_root, s3)
             x_tr, y_tr = features.gather(cache, ds.split("train"), train_views(cfg))
             x_va, y_va = features.gather(cache, ds.split("val"), [0])
-            compile_model(head, cfg.learning_rate)
-            onehot = keras.utils.to_categorical
-            hist = head.fit(x_tr, onehot(y_tr, k), validation_data=(x_va, onehot(y_va, k)),
-                            epochs=cfg.epochs, batch_size=64, shuffle=True, verbose=0,
-                            callbacks=_callbacks(cfg, progress, f"train head {cfg.backbone}", cfg.epochs))
-            history = _history(hist, "head")
-            model = assemble(cfg.backbone, cfg.image_size, weights, head, cfg.seed)
+            history = fit_head(head, (x_tr, y_tr), (x_va, y_va), cfg, progress)
+            model = assemble(cfg.backbone, cfg.image_size, weights, head, cfg.seed, mirror=cfg.mirror)
         else:
-            model = assemble(cfg.backbone, cfg.image_size, weights, head, cfg.seed)
+            model = assemble(cfg.backbone, cfg.image_size, weights, head, cfg.seed, mirror=cfg.mirror)
             history = _fit_online(model, ds, cfg, cfg.learning_rate, cfg.epochs, "head", 0, s3, progress)
         name = "frozen.keras" if cfg.finetune_layers else "model.keras"  # fine-tuning writes model.keras
         return _save(model, history, out_dir / name, weights, extract_stats, time.perf_counter() - start)
+
+
+HEAD_BATCH = 64  # the head's minibatch on cached features
+STEPS_PER_CALL = 64  # training steps run inside one compiled call (fewer Python round trips)
+
+
+def fit_head(head: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+             cfg: TrainConfig, progress: Progress | None = None) -> pd.DataFrame:
+    """Train the head on in-memory feature arrays: a shuffled ``tf.data`` pipeline over tensors already in
+    memory, several steps per compiled call. Returns the history with ``seconds`` and ``epochs_per_s``."""
+    import tensorflow as tf
+
+    k = head.output_shape[-1]
+    (x_tr, y_tr), (x_va, y_va) = train, val
+    onehot = keras.utils.to_categorical
+    data = tf.data.Dataset.from_tensor_slices((x_tr, onehot(y_tr, k)))
+    data = data.shuffle(len(x_tr), seed=cfg.seed, reshuffle_each_iteration=True).batch(HEAD_BATCH).prefetch(2)
+    steps = -(-len(x_tr) // HEAD_BATCH)
+    head.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="categorical_crossentropy",
+                 metrics=["accuracy"], steps_per_execution=max(1, min(STEPS_PER_CALL, steps)))
+    start = time.perf_counter()
+    hist = head.fit(data, validation_data=(x_va, onehot(y_va, k)), validation_batch_size=1024, epochs=cfg.epochs,
+                    shuffle=False, verbose=0,  # the pipeline shuffles
+                    callbacks=_callbacks(cfg, progress, f"train head {cfg.backbone}", cfg.epochs))
+    seconds = time.perf_counter() - start
+    history = _history(hist, "head")
+    history.attrs.update(seconds=seconds, epochs_per_s=len(history) / seconds if seconds else 0.0)
+    return history
 
 
 def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None,
@@ -272,13 +301,14 @@ def _fit_online(model: keras.Model, ds: Dataset, cfg: TrainConfig, lr: float, ep
 
 
 def predict(model: keras.Model, rows: pd.DataFrame, size: int, *, split: str = "", s3: Any = None,
-            batch_size: int = 64, progress: Progress | None = None) -> Predictions:
+            batch_size: int = 64, progress: Progress | None = None,
+            errors: dict[str, str] | None = None) -> Predictions:
     """Class probabilities of a full model over manifest rows (plain images, no augmentation)."""
-    ds = image_dataset(rows, size, num_classes=1, batch_size=batch_size, s3=s3, labels=False)
     out, done = [], 0
-    for batch in ds:
-        out.append(np.asarray(model.predict_on_batch(batch), dtype=np.float64))  # compiled, not eager
-        done += len(out[-1])
+    batches = pixel_batches(rows["key"].tolist(), size, batch_size=batch_size, s3=s3, errors=errors)
+    for probs in predict_batches(model, batches, batch_size):
+        out.append(probs.astype(np.float64))
+        done += len(probs)
         if progress:
             progress(f"predict {split}".strip(), done, len(rows))
     k = model.output_shape[-1]
@@ -297,8 +327,11 @@ def predict_cached(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, cache_r
     cache = cache or feature_cache(cfg, fit_result.weights, cache_root, s3)
     rows = ds.split(split)
     head = (model or load_model(str(fit_result.model_path))).get_layer("head")
-    x, y = features.gather(cache, rows, [0])
+    views = eval_views(cfg)
+    x, y = features.gather(cache, rows, views)
     probs = np.asarray(head.predict(x, verbose=0, batch_size=256), dtype=np.float64) if len(x) else np.zeros((0, 0))
+    if len(x):  # the mean over the views, as the shipped model averages over image and mirror
+        probs, y = probs.reshape(len(views), len(rows), -1).mean(0), y[: len(rows)]
     return Predictions(split, rows["key"].tolist(), y, probs, "cached features")
 
 

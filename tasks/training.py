@@ -52,8 +52,9 @@ def train_head(ds: Dataset, cfg: TrainConfig, out_dir: str, cache_root: str,
     """The frozen phase: head on cached features, or online with the backbone in the loop."""
     fitted = train.fit_frozen(ds, cfg, Path(out_dir), train.resolve(cfg, s3=s3()), cache_root=cache_root, s3=s3(),
                               progress=Progress(), extracted=extracted)
-    get_run_logger().info("%s head trained: %d epochs, best val loss %.4f", cfg.backbone, len(fitted.history),
-                          fitted.history["val_loss"].min())
+    rate = fitted.history.attrs.get("epochs_per_s")
+    get_run_logger().info("%s head trained: %d epochs, best val loss %.4f%s", cfg.backbone, len(fitted.history),
+                          fitted.history["val_loss"].min(), f", {rate:.1f} epochs/s" if rate else "")
     return fitted
 
 

@@ -1,0 +1,201 @@
+"""Benchmark: scene's feature extraction, evaluation and prediction against the backbone's own speed.
+
+In one process, on the same real Intel photos (MobileNetV2, the shipped offline ImageNet weights):
+
+1. ``raw``: ``predict_on_batch`` of the very same model on tensors decoded beforehand (the ceiling);
+2. ``extract (files)``: :func:`scene.features.extract` from the JPEG files into an empty cache;
+3. ``extract (s3)``: the same from ``s3://`` objects on a local JuiceFS gateway (started here);
+4. ``evaluate``: :func:`scene.train.predict` + metrics of the full model (backbone + head) from the files;
+5. ``predict``: :func:`scene.predict.predict_folder` of the full model, folder in, CSV out;
+6. ``raw`` again (the machine is shared: the ratios use the mean of both raw runs).
+
+``--rss`` also runs the extraction in fresh processes on 1× and 4× the images and prints their peak RSS.
+``--threads`` compares TensorFlow thread settings (fresh process each) by the extraction/raw ratio.
+
+    .venv/bin/python benchmarks/extraction.py [--images 600] [--size 150] [--rss] [--threads] [--no-s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+INTEL = REPO.parent / "shared" / "data" / "intel" / "seg_train"
+WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
+BATCH = 64
+
+
+def _rows(n: int):
+    from scene.dataset import build_dataset
+
+    manifest = build_dataset(str(INTEL)).manifest.drop_duplicates("sha256")
+    per_class = -(-n // manifest["label"].nunique())
+    return manifest.groupby("label").head(per_class).head(n).reset_index(drop=True)
+
+
+def _rate(n: int, fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - start)
+
+
+def _upload(rows, tmp: Path):
+    """Start a local S3 gateway (no Prefect workers), upload the images; the rows with s3:// keys."""
+    from scene import stack
+    from scene.storage import s3_client
+
+    state = tmp / "stack"
+    info = stack.up(state, s3_port=_free_port(), prefect_port=_free_port(), pools=())
+    settings = stack.settings_for(state)
+    s3 = s3_client(settings)
+    keys = []
+    for i, key in enumerate(rows["key"]):
+        name = f"bench/{i:05d}.jpg"
+        s3.put_object(Bucket=settings.data_bucket, Key=name, Body=Path(key).read_bytes())
+        keys.append(f"s3://{settings.data_bucket}/{name}")
+    return rows.assign(key=keys), s3, info, state
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(n: int, size: int, with_s3: bool) -> dict[str, float]:
+    import numpy as np
+
+    from scene import features, stack
+    from scene.backbones import feature_extractor
+    from scene.evaluate import evaluate_predictions
+    from scene.metadata import CLASS_NAMES
+    from scene.model import assemble, build_head
+    from scene.pipeline import pixel_batches
+    from scene.predict import predict_folder
+    from scene.train import TrainConfig, predict, resolve
+
+    rows = _rows(n)
+    weights = resolve(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
+    extractor = feature_extractor("mobilenetv2", size, weights, 0)
+    full = assemble("mobilenetv2", size, weights, build_head(1280, 6), 0)
+    x = np.concatenate(list(pixel_batches(rows["key"].tolist(), size, batch_size=BATCH)))
+
+    def raw(model) -> float:
+        return _rate(len(x), lambda: [model.predict_on_batch(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+
+    def extract(r, s3=None) -> float:
+        with tempfile.TemporaryDirectory() as cache:
+            return _rate(len(r), lambda: features.extract(r, [0], backbone="mobilenetv2", weights=weights, size=size,
+                                                          cache=features.FeatureCache(cache, "bench"), s3=s3,
+                                                          model=extractor))
+
+    def evaluate() -> None:
+        p = predict(full, rows, size, split="test")
+        evaluate_predictions(p.y_true, p.probs, list(CLASS_NAMES))
+
+    raw(extractor), raw(full)  # warm-up: trace both compiled functions once
+    out = {"raw extractor": raw(extractor), "raw full model": raw(full)}
+    out["extract (files)"] = extract(rows)
+    tmp = Path(tempfile.mkdtemp(prefix="scene-bench-"))
+    if with_s3:
+        s3_rows, s3, _, state = _upload(rows, tmp)
+        try:
+            out["extract (s3)"] = extract(s3_rows, s3)
+        finally:
+            stack.down(state)
+    out["evaluate (files)"] = _rate(len(rows), evaluate)
+    folder = tmp / "images"
+    folder.mkdir()
+    for i, key in enumerate(rows["key"]):
+        shutil.copyfile(key, folder / f"{i:05d}.jpg")
+    out["predict (folder → csv)"] = _rate(len(rows), lambda: predict_folder(full, str(folder), str(tmp / "p.csv"),
+                                                                             CLASS_NAMES))
+    out["raw extractor"] = (out["raw extractor"] + raw(extractor)) / 2
+    out["raw full model"] = (out["raw full model"] + raw(full)) / 2
+    return out
+
+
+def report(rates: dict[str, float], n: int) -> None:
+    print(f"\n{n} images, batch {BATCH}, {os.cpu_count()} cores")
+    for name, rate in rates.items():
+        base = rates["raw full model"] if name.startswith(("evaluate", "predict")) else rates["raw extractor"]
+        ratio = "" if name.startswith("raw") else f"{rate / base:6.2f} of raw"
+        print(f"  {name:24s} {rate:7.1f} img/s  {ratio}")
+
+
+def extract_rss(n: int, size: int) -> float:
+    """Extract 2 views of ``n`` images into an empty cache; this process's peak RSS in MiB."""
+    from scene import features
+    from scene.train import TrainConfig, resolve
+
+    rows = _rows(n)
+    weights = resolve(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
+    with tempfile.TemporaryDirectory() as cache:
+        features.extract(rows, [0, 1], backbone="mobilenetv2", weights=weights, size=size,
+                         cache=features.FeatureCache(cache, "rss"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(args: list[str], env: dict[str, str] | None = None) -> object:
+    """Run this script with ``args`` in a fresh process; the JSON on its last stdout line."""
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, cwd=REPO,
+                          check=False)
+    if done.returncode:
+        raise RuntimeError(f"{args}: exit {done.returncode}\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def thread_sweep(n: int, size: int) -> None:
+    """Extraction/raw ratio and raw speed under several TensorFlow thread settings (a fresh process each)."""
+    for intra, inter in ((0, 0), (2, 1), (2, 2), (1, 1)):
+        env = {**os.environ, "SCENE_TF_INTRA_THREADS": str(intra or ""), "SCENE_TF_INTER_THREADS": str(inter or "")}
+        if not intra:  # TensorFlow's own defaults: scene sets nothing
+            env["SCENE_TF_THREADS"] = "tf-default"
+        r = _child(["--child-run", "--images", str(n), "--size", str(size)], env)
+        label = "TF defaults" if not intra else f"intra {intra} inter {inter}"
+        print(f"  {label:18s} raw {r['raw extractor']:6.1f} img/s, extract {r['extract (files)']:6.1f} img/s "
+              f"({r['extract (files)'] / r['raw extractor']:.2f} of raw)", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=600)
+    p.add_argument("--size", type=int, default=150)
+    p.add_argument("--no-s3", action="store_true", help="skip the s3:// run (no gateway)")
+    p.add_argument("--rss", action="store_true", help="peak RSS of extraction on 1x and 4x the images")
+    p.add_argument("--threads", action="store_true", help="compare TensorFlow thread settings")
+    p.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if not INTEL.is_dir() or not WEIGHTS.is_file():
+        sys.exit(f"needs {INTEL} and {WEIGHTS} (see README: real data)")
+    if a.child_run or a.child_rss:
+        print(json.dumps(run(a.images, a.size, False) if a.child_run else extract_rss(a.images, a.size)))
+        return
+    report(run(a.images, a.size, not a.no_s3), a.images)
+    if a.rss:
+        one = _child(["--child-rss", "--images", str(a.images), "--size", str(a.size)])
+        four = _child(["--child-rss", "--images", str(4 * a.images), "--size", str(a.size)])
+        print(f"\npeak RSS, extraction of 2 views: {a.images} images {one:.0f} MiB, {4 * a.images} images "
+              f"{four:.0f} MiB ({four / one:.2f}x)")
+    if a.threads:
+        print("\nthread settings (fresh process each, no s3):")
+        thread_sweep(a.images, a.size)
+    print(f"\nthis process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""TensorFlow's thread pools sized for the machine, set once before TensorFlow starts its runtime.
+
+On a small CPU machine the defaults oversubscribe: TensorFlow's inter-op pool, its intra-op pool, tf.data's
+threads and the image decoders all compete for the same cores, and system time exceeds user time. The plan
+below was chosen by ``benchmarks/extraction.py --threads`` on 2 cores (see the README); larger machines keep
+one intra-op thread per core and two inter-op threads. ``SCENE_TF_INTRA_THREADS`` / ``SCENE_TF_INTER_THREADS``
+override it; ``SCENE_TF_THREADS=tf-default`` leaves TensorFlow's own defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """Thread counts for one machine."""
+
+    intra_op: int  # threads one op (a convolution) may use
+    inter_op: int  # ops that may run at the same time
+    decode: int  # image read/decode threads for local files (S3 reads use more: they wait on the network)
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (the affinity mask, not the machine's total)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_plan(cores: int | None = None) -> ThreadPlan:
+    """The plan for ``cores`` (default: this process's cores), with the environment's overrides."""
+    cores = cores or cpu_cores()
+    intra = int(os.environ.get("SCENE_TF_INTRA_THREADS") or cores)
+    inter = int(os.environ.get("SCENE_TF_INTER_THREADS") or (1 if cores <= 4 else 2))
+    return ThreadPlan(intra_op=intra, inter_op=inter, decode=min(cores, 8))
+
+
+_applied: ThreadPlan | None = None
+
+
+def configure_threads() -> ThreadPlan | None:
+    """Apply :func:`thread_plan` to TensorFlow once; ``None`` when TensorFlow's runtime had already started
+    (its pools cannot change then, so the defaults stay)."""
+    global _applied
+    if _applied is not None:
+        return _applied
+    if os.environ.get("SCENE_TF_THREADS") == "tf-default":
+        return None
+    import tensorflow as tf
+
+    plan = thread_plan()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(plan.intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(plan.inter_op)
+    except RuntimeError:  # "cannot be modified after initialization"
+        return None
+    _applied = plan
+    return plan
