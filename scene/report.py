@@ -424,11 +424,14 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 
 def best_row(df: pd.DataFrame) -> dict[str, Any] | None:
-    """The row with the highest test F1 among ok (not failed, not collapsed) runs, or None."""
-    ok = df[(df["status"] == "ok") & df["test_f1_weighted"].notna()]
+    """The row with the highest *validation* F1 among ok (not failed, not collapsed) runs, or None.
+
+    Chosen on validation, as the promotion gate chooses its challenger: the test split only reports.
+    """
+    ok = df[(df["status"] == "ok") & df["val_f1_weighted"].notna()]
     if ok.empty:
         return None
-    return ok.sort_values("test_f1_weighted", ascending=False, kind="stable").iloc[0].to_dict()
+    return ok.sort_values(["val_f1_weighted", "test_f1_weighted"], ascending=False, kind="stable").iloc[0].to_dict()
 
 
 def comparison_markdown(df: pd.DataFrame) -> str:
@@ -439,8 +442,9 @@ def comparison_markdown(df: pd.DataFrame) -> str:
     best = best_row(df)
     if best is not None:
         lines.append(
-            f"**Best backbone by test F1 (weighted): {best['backbone']}** "
-            f"({tables.weights_label(best['weights'])}, {best['strategy']}) — {best['test_f1_weighted']:.3f}"
+            f"**Best backbone by validation F1 (weighted): {best['backbone']}** "
+            f"({tables.weights_label(best['weights'])}, {best['strategy']}) — val F1 {best['val_f1_weighted']:.3f}, "
+            f"test F1 {best['test_f1_weighted']:.3f}"
         )
     else:
         lines.append("**No successful, non-collapsed run**: no best backbone.")

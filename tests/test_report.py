@@ -255,7 +255,7 @@ def test_write_comparison(tmp_path: Path) -> None:
     assert list(back["backbone"])[:3] == ["mobilenetv2", "resnet50", "vgg16"]
     md = md_path.read_text(encoding="utf-8")
     # the collapsed row has the highest F1 but must not be named best
-    assert "Best backbone by test F1 (weighted): resnet50**" in md
+    assert "Best backbone by validation F1 (weighted): resnet50**" in md
     assert "0.912" in md and "0.85" in md
     assert "mobilenetv2 (none, online): random init — not a transfer-learning result" in md
     assert "efficientnetb0" in md and "OOM \\| out of memory at step 3" in md
@@ -271,3 +271,14 @@ def test_write_comparison_without_ok_rows(tmp_path: Path) -> None:
     )
     md = md_path.read_text(encoding="utf-8")
     assert "No successful, non-collapsed run" in md and "failed: boom" in md
+
+
+def test_best_backbone_is_chosen_on_validation_not_test() -> None:
+    from scene.report import best_row
+
+    df = pd.DataFrame([
+        {"backbone": "a", "status": "ok", "val_f1_weighted": 0.90, "test_f1_weighted": 0.80},
+        {"backbone": "b", "status": "ok", "val_f1_weighted": 0.85, "test_f1_weighted": 0.95},
+        {"backbone": "c", "status": "collapsed", "val_f1_weighted": 0.99, "test_f1_weighted": 0.99},
+    ])
+    assert best_row(df)["backbone"] == "a"

@@ -78,4 +78,4 @@ def test_runs_show_text_reads_the_csv(tmp_path: Path) -> None:
     assert lines[0].split()[:3] == ["backbone", "status", "test"]
     assert lines[2].split() == ["resnet50", "ok", "0.912", "0.467", "0.990", "0.800", "413", "imagenet"]
     assert "collapsed: never promoted" in lines[3] and "nan" not in out
-    assert "**Best backbone by test F1 (weighted): resnet50**" in out and "| backbone |" not in out
+    assert "**Best backbone by validation F1 (weighted): resnet50**" in out and "| backbone |" not in out

@@ -226,7 +226,7 @@ def test_mirror_recipe_ships_a_mirror_invariant_model_scored_end_to_end(ds, tmp_
     r = train_one(ds, cfg, tmp_path / "m", cache_root=str(tmp_path / "cache"), bootstrap=20)
     assert r.status in ("ok", "collapsed"), r.error
     meta = json.loads((tmp_path / "m" / "metrics.json").read_text())["meta"]
-    assert meta["predictions"] == "saved model" and meta["saved_model_agreement"] >= 0.995
+    assert meta["predictions"]["test"] == "saved model" and meta["saved_model_agreement"] >= 0.995
     model = load(str(tmp_path / "m" / "model.keras"))
     x = np.concatenate(list(image_dataset(ds.manifest.head(6), 48, num_classes=1, batch_size=6, labels=False)))
     np.testing.assert_allclose(model.predict_on_batch(x), model.predict_on_batch(x[:, :, ::-1]), atol=1e-5)
