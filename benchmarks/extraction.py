@@ -12,7 +12,7 @@ In one process, on the same real Intel photos (MobileNetV2, the shipped offline 
 ``--rss`` also runs the extraction in fresh processes on 1× and 4× the images and prints their peak RSS.
 ``--threads`` compares TensorFlow thread settings (fresh process each) by the extraction/raw ratio.
 
-    .venv/bin/python benchmarks/extraction.py [--images 600] [--size 150] [--rss] [--threads] [--no-s3]
+    .venv/bin/python benchmarks/extraction.py [--images 600] [--size 150] [--rss] [--threads] [--xla] [--no-s3]
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(n: int, size: int, with_s3: bool) -> dict[str, float]:
+def run(n: int, size: int, with_s3: bool, xla: bool = False) -> dict[str, float]:
     import numpy as np
 
     from scene import features, stack
@@ -123,6 +123,11 @@ def run(n: int, size: int, with_s3: bool) -> dict[str, float]:
         shutil.copyfile(key, folder / f"{i:05d}.jpg")
     out["predict (folder → csv)"] = _rate(len(rows), lambda: predict_folder(full, str(folder), str(tmp / "p.csv"),
                                                                              CLASS_NAMES))
+    if xla:  # the same network compiled by XLA (jit_compile); the first call compiles, so warm it up
+        jit = feature_extractor("mobilenetv2", size, weights, 0)
+        jit.jit_compile = True
+        jit.predict_on_batch(x[:BATCH])
+        out["raw extractor, XLA"] = raw(jit)
     out["raw extractor"] = (out["raw extractor"] + raw(extractor)) / 2
     out["raw full model"] = (out["raw full model"] + raw(full)) / 2
     return out
@@ -132,7 +137,7 @@ def report(rates: dict[str, float], n: int) -> None:
     print(f"\n{n} images, batch {BATCH}, {os.cpu_count()} cores")
     for name, rate in rates.items():
         base = rates["raw full model"] if name.startswith(("evaluate", "predict")) else rates["raw extractor"]
-        ratio = "" if name.startswith("raw") else f"{rate / base:6.2f} of raw"
+        ratio = f"{rate / base:6.2f} of raw" if not name.startswith("raw") or "XLA" in name else ""
         print(f"  {name:24s} {rate:7.1f} img/s  {ratio}")
 
 
@@ -146,6 +151,14 @@ def extract_rss(n: int, size: int) -> float:
     with tempfile.TemporaryDirectory() as cache:
         features.extract(rows, [0, 1], backbone="mobilenetv2", weights=weights, size=size,
                          cache=features.FeatureCache(cache, "rss"))
+    return peak_mib()
+
+
+def peak_mib() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -177,6 +190,7 @@ def main() -> None:
     p.add_argument("--no-s3", action="store_true", help="skip the s3:// run (no gateway)")
     p.add_argument("--rss", action="store_true", help="peak RSS of extraction on 1x and 4x the images")
     p.add_argument("--threads", action="store_true", help="compare TensorFlow thread settings")
+    p.add_argument("--xla", action="store_true", help="also time the backbone compiled with XLA (jit_compile)")
     p.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -185,7 +199,7 @@ def main() -> None:
     if a.child_run or a.child_rss:
         print(json.dumps(run(a.images, a.size, False) if a.child_run else extract_rss(a.images, a.size)))
         return
-    report(run(a.images, a.size, not a.no_s3), a.images)
+    report(run(a.images, a.size, not a.no_s3, a.xla), a.images)
     if a.rss:
         one = _child(["--child-rss", "--images", str(a.images), "--size", str(a.size)])
         four = _child(["--child-rss", "--images", str(4 * a.images), "--size", str(a.size)])
@@ -194,7 +208,7 @@ def main() -> None:
     if a.threads:
         print("\nthread settings (fresh process each, no s3):")
         thread_sweep(a.images, a.size)
-    print(f"\nthis process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"\nthis process: peak RSS {peak_mib():.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def s3_client(settings: Settings, *, connect_timeout: float = 5.0, retries: int 
         retries={"max_attempts": retries, "mode": "standard"},
         s3={"addressing_style": "path"},
         signature_version="s3v4",
+        max_pool_connections=32,  # image readers run 16 threads at once (scene.pipeline.decode_workers)
     )
     return boto3.client(
         "s3",
