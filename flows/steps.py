@@ -49,7 +49,7 @@ def train_steps(ds: Dataset, cfg: TrainConfig, prefix: str, on_missing_weights: 
     if extracted is not None:  # a cached training step carries the stats of the run that trained it
         fitted = dataclasses.replace(fitted, extract=extracted)
     preds, metrics = training.evaluate(ds, cfg, fitted, cache)
-    result = training.report(ds, cfg, fitted, preds, metrics, out_dir, started)
+    result = training.report(ds, cfg, fitted, preds, metrics, out_dir, started, prefix)
     backbone_prefix = f"{prefix.rstrip('/')}/{cfg.backbone}/"
     artifacts.upload(out_dir, backbone_prefix, label=cfg.backbone)
     artifacts.write_result(result, backbone_prefix)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,12 @@ def _confusion_examples(p: Predictions, metrics: SplitMetrics, class_names: tupl
 
 
 def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds: dict[str, Predictions],
-                    metrics: dict[str, SplitMetrics], out_dir: Path, *, s3: Any = None) -> dict[str, Any]:
-    """Plots, ``metrics.json``, ``config.json``, ``report.html`` and ``model_card.md``; returns config.json."""
+                    metrics: dict[str, SplitMetrics], out_dir: Path, *, s3: Any = None,
+                    label_issues: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Plots, ``metrics.json``, ``config.json``, ``report.html`` and ``model_card.md``; returns config.json.
+
+    ``label_issues``: rows of the data's label audit (:func:`scene.audit.labels.issue_rows`) for ``report.html``.
+    """
     warnings = [RANDOM_INIT_WARNING] if fit_result.weights.random_init else []
     eval_split = "test" if "test" in preds else "val"
     plots = {"learning curves": plot_learning_curves(fit_result.history, out_dir / "learning_curves.png")}
@@ -123,7 +128,7 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
     confusions = (_confusion_examples(preds[eval_split], metrics[eval_split], ds.class_names, s3)
                   if eval_split in preds else [])
     write_report_html(out_dir / "report.html", title=f"scene — {cfg.backbone}", summary=summary, metrics=metrics,
-                      plots=plots, confusions=confusions, warnings=warnings)
+                      plots=plots, confusions=confusions, warnings=warnings, label_issues=label_issues)
     write_model_card(out_dir / "model_card.md", name=f"scene-{cfg.backbone}", summary=summary,
                      params=cfg.to_dict(), metrics=metrics, warnings=warnings)
     return doc

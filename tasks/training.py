@@ -82,7 +82,24 @@ def evaluate(ds: Dataset, cfg: TrainConfig, fitted: FitResult, cache_root: str
 
 @task(name="report", task_run_name="report {cfg.backbone}")
 def report(ds: Dataset, cfg: TrainConfig, fitted: FitResult, preds: dict[str, Predictions],
-           metrics: dict[str, SplitMetrics], out_dir: str, started: float) -> experiment.TrainResult:
-    """Plots, metrics.json, report.html and the model card."""
-    experiment.write_artifacts(ds, cfg, fitted, preds, metrics, Path(out_dir), s3=s3())
+           metrics: dict[str, SplitMetrics], out_dir: str, started: float,
+           prefix: str | None = None) -> experiment.TrainResult:
+    """Plots, metrics.json, report.html (with the run's label audit, when it ran) and the model card."""
+    experiment.write_artifacts(ds, cfg, fitted, preds, metrics, Path(out_dir), s3=s3(),
+                               label_issues=_label_issue_rows(prefix))
     return experiment.result_of(ds, cfg, fitted, metrics, Path(out_dir), time.time() - started)
+
+
+def _label_issue_rows(prefix: str | None) -> list[dict]:
+    """The rows of ``<prefix>/label_issues.csv`` (written by the label audit of this run), or none."""
+    import io
+
+    import pandas as pd
+
+    from scene import storage
+    from scene.audit.labels import issue_rows
+
+    uri = f"{prefix.rstrip('/')}/label_issues.csv" if prefix else None
+    if uri is None or not storage.exists(uri, s3()):
+        return []
+    return issue_rows(pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3()))), s3())

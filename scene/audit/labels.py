@@ -51,7 +51,12 @@ class LabelAudit:
 
 def report_rows(audit: LabelAudit, s3: Any = None, limit: int = 24) -> list[dict[str, Any]]:
     """The top ``limit`` flagged images with embedded thumbnails, for :func:`scene.report.label_issues_html`."""
-    top = audit.issues.head(limit)
+    return issue_rows(audit.issues, s3, limit)
+
+
+def issue_rows(issues: Any, s3: Any = None, limit: int = 24) -> list[dict[str, Any]]:
+    """:func:`report_rows` from the issues table itself (e.g. a run's ``label_issues.csv``)."""
+    top = issues.head(limit)
     thumbs = thumbnails(top["key"].tolist(), s3)
     return [{**r, "thumb": thumbs.get(r["key"], "")} for r in top.to_dict("records")]
 
