@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from typing import Any
@@ -23,11 +21,6 @@ def settings() -> Settings:
 def s3(cfg: Settings | None = None) -> Any:
     """An S3 client for the configured endpoint."""
     return s3_client(cfg or settings())
-
-
-def stable_hash(*parts: Any) -> str:
-    """A short hash of JSON-able parts, for cache keys."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Progress:
