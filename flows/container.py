@@ -35,7 +35,10 @@ def enter_image(directory: str = "/opt/scene") -> dict[str, str]:
                                 "or fix the deployment's pull step directory")
     cid = container_id()
     message = f"running in container {cid or '(none found)'} on host {socket.gethostname()}, code in {directory}"
-    run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
-    logging.getLogger("prefect.flow_runs").info(message, extra={"flow_run_id": run_id} if run_id else None)
+    run_id = os.environ.get("PREFECT__FLOW_RUN_ID")  # set by the worker: the line goes to that run's logs
+    if run_id:
+        logging.getLogger("prefect.flow_runs").info(message, extra={"flow_run_id": run_id})
+    else:
+        logging.getLogger(__name__).info(message)
     os.chdir(directory)
     return {"directory": directory, "container_id": cid or ""}

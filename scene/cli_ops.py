@@ -193,7 +193,8 @@ def register(sub: Any) -> None:
     s.add_argument("--state", default=".state", help="state folder (PIDs, logs, credentials, data)")
     s.add_argument("--s3-port", type=int, default=9000)
     s.add_argument("--prefect-port", type=int, default=4200)
-    s.add_argument("--pool", action="append", help="process work pools to create with a worker (default: default)")
+    s.add_argument("--pool", action="append", help="work pools to create with a worker (default: default); "
+                   "'docker' makes a Docker pool running the scene image (needs Docker and pip install -e '.[docker]')")
     s.add_argument("--workdir", help="where workers run flows (default: the current folder)")
     s.add_argument("--events-port", type=int, default=8787, help="port of the storage-event bridge")
     s.add_argument("--quiet-seconds", type=float, default=30.0,

@@ -458,18 +458,58 @@ def _start_prefect(state: Path, port: int) -> int:
     return _spawn(state, PREFECT, argv, env, cwd=state)
 
 
-def _ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str]) -> None:
-    """Create the missing process work pools (the CLI fills in the process worker's job template)."""
+DOCKER_POOL = "docker"  # `--pool docker`: a Docker work pool (prefect-docker worker) running the scene image
+DOCKER_TEMPLATE = Path(__file__).resolve().parents[1] / "deployments" / "docker-cpu.json"
+
+
+def _pool_type(pool: str) -> str:
+    return "docker" if pool == DOCKER_POOL else "process"
+
+
+def _docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
+    """The docker pool's `work-pool create` arguments: deployments/docker-cpu.json with this stack's S3 settings.
+
+    Checks that Docker answers and prefect-docker is installed. The credentials go into the pool's job
+    template (the stack's Prefect server only listens on 127.0.0.1), never into the image.
+    """
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("prefect_docker") is None:
+        raise StackError("--pool docker needs prefect-docker: pip install -e '.[docker]'")
+    docker = shutil.which("docker")
+    probe = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                           timeout=30, check=False) if docker else None
+    if probe is None or probe.returncode != 0:
+        why = "no docker client on PATH" if probe is None else (probe.stderr or probe.stdout).strip()[-300:]
+        raise StackError(f"--pool docker: no Docker daemon answers ({why}); start one (sudo deployments/dockerd.sh)")
+    template = json.loads(DOCKER_TEMPLATE.read_text())
+    props = template["variables"]["properties"]
+    keep = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+            "SCENE_DATA_BUCKET", "SCENE_ARTIFACT_BUCKET", "SCENE_DATA_PREFIX")
+    props["env"]["default"] = {**{k: env[k] for k in keep if k in env}, "PREFECT_HOME": "/tmp/prefect"}
+    props["image"]["default"] = env.get("SCENE_DOCKER_IMAGE", props["image"]["default"])
+    path = state / "docker-pool.json"
+    _write_json(path, template, mode=0o600)
+    return ["--base-job-template", str(path)]
+
+
+def _ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: Path) -> None:
+    """Create the missing process work pools (the CLI fills in the process worker's job template).
+
+    The docker pool is (re)created on every call, so its template carries the stack's current settings.
+    """
     missing = []
     for pool in pools:
         status, body = _http("GET", f"{api}/work_pools/{urllib.parse.quote(pool)}")
-        if status == 404:
+        if status == 404 or pool == DOCKER_POOL:
             missing.append(pool)
         elif status != 200:
             raise StackError(f"work pool {pool!r}: the Prefect API at {api} answered {status}: {body}")
     procs = {
         pool: subprocess.Popen(
-            [_bin("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+            [_bin("prefect"), "work-pool", "create", pool, "--type", _pool_type(pool), "--overwrite",
+             *(_docker_pool_template(state, env) if pool == DOCKER_POOL else [])],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         for pool in missing
@@ -630,7 +670,7 @@ def up(
         env.update(_s3_env(cfg, creds))
         env["PREFECT_HOME"] = str(state / "prefect")
         env["SCENE_STATE_DIR"] = str(state)
-        _ensure_pools(api, pools, env)
+        _ensure_pools(api, pools, env, state)
         env.update(extra or {})
         worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": _s3_env(cfg, creds)})
         started: dict[str, tuple[int, float, str]] = {}
@@ -641,7 +681,7 @@ def up(
             if _running(state, service):
                 continue
             name = f"scene-{pool}"
-            argv = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", name,
+            argv = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", _pool_type(pool), "--name", name,
                     "--install-policy", "never"]
             since = time.time()
             started[pool] = (_spawn(state, service, argv, env, cwd=workdir_path), since, name)

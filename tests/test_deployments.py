@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +39,137 @@ def test_retrain_has_no_default_dataset_so_the_schedule_retrains_champions(deplo
         assert schedule["parameters"]["only_if_changed"] is True
     (trigger,) = retrain["triggers"]
     assert trigger["parameters"]["data"] == "{{ event.payload.data }}"  # an event retrains the dataset it names
+
+
+# ---------------------------------------------------------------------------- container pools (issue 13)
+
+
+def test_make_deploy_only_targets_the_pools_make_up_creates(deployments: dict) -> None:
+    """`prefect deploy --all` fails on a deployment whose work pool does not exist: prefect.yaml uses only these."""
+    up = re.search(r"^up:.*\n\t(.*)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    assert {d["work_pool"]["name"] for d in deployments.values()} <= set(re.findall(r"--pool (\S+)", up))
+
+
+def test_docker_deployments_run_the_image_code_not_the_deploying_checkout() -> None:
+    """train-backbone/docker cds into the image's /opt/scene at run time; train-all/docker dispatches to it."""
+    import ast
+
+    doc = yaml.safe_load((REPO / "deployments" / "prefect-docker.yaml").read_text())
+    by_flow = {d["entrypoint"].rsplit(":", 1)[1]: d for d in doc["deployments"] if d["name"] == "docker"}
+    trainer, orchestrator = by_flow["train_backbone"], by_flow["train_all"]
+    assert trainer["work_pool"]["name"] == "docker"
+    assert trainer.get("pull", doc["pull"]) == [{"flows.container.enter_image": {"directory": "/opt/scene"}}]
+    assert orchestrator["work_pool"]["name"] == "default" and orchestrator["parameters"]["dispatch"] == "docker"
+    assert "SCENE_REPO_DIR" in json.dumps(orchestrator["pull"])  # a process worker on the deploying host
+    tree = ast.parse((REPO / "flows" / "train_all.py").read_text())
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+              if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+    assert consts["DOCKER_DEPLOYMENT"] == "train-backbone/docker"
+
+
+def test_image_pins_every_dependency_within_pyproject_ranges() -> None:
+    """deployments/requirements.txt (the image's pins) covers pyproject's dependencies, each within its range."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins = dict(line.split("==") for line in (REPO / "deployments" / "requirements.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    pins = {canonicalize_name(k): v for k, v in pins.items()}
+    for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(dep)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} missing from deployments/requirements.txt: run deployments/lock.py"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} outside {dep}"
+    dockerfile = (REPO / "deployments" / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile and "\nUSER scene" in dockerfile
+
+
+def _templates() -> Any:
+    pytest.importorskip("prefect_docker", reason="pip install -e '.[docker]' to check the Docker job templates")
+    pytest.importorskip("prefect_kubernetes", reason="pip install -e '.[kubernetes]' to check the Kubernetes ones")
+    spec = importlib.util.spec_from_file_location("scene_templates", REPO / "deployments" / "templates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _configure(cls: Any, template: dict[str, Any], values: dict[str, Any]) -> Any:
+    """The worker's job configuration for a flow run with ``values`` (what the worker builds, minus the API)."""
+    from prefect.utilities.templating import apply_values
+
+    defaults = {k: p["default"] for k, p in template["variables"]["properties"].items() if "default" in p}
+    return cls(**apply_values(template["job_configuration"], {**defaults, **values}))
+
+
+@pytest.mark.parametrize("name", ["docker-cpu.json", "docker-gpu.json", "kubernetes-cpu.json", "kubernetes-gpu.json"])
+def test_templates_are_the_workers_own_defaults_with_scene_values(name: str) -> None:
+    templates = _templates()
+    assert json.loads((REPO / "deployments" / name).read_text()) == json.loads(templates.render(name)), (
+        f"deployments/{name} differs from the installed worker's default + scene's values: "
+        "run deployments/templates.py")
+
+
+def test_kubernetes_gpu_template_passes_the_workers_validation_with_its_variables() -> None:
+    _templates()
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    template = json.loads((REPO / "deployments" / "kubernetes-gpu.json").read_text())
+    tolerations = [{"key": "gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
+    config = _configure(KubernetesWorkerJobConfiguration, template, {
+        "gpus": 2, "node_selector": {"pool": "a100"}, "tolerations": tolerations, "image_pull_policy": "Always"})
+    job = config.job_manifest["spec"]["template"]["spec"]
+    assert job["parallelism"] == 1 and job["completions"] == 1  # the worker rejects a job without them
+    assert job["nodeSelector"] == {"pool": "a100"} and job["tolerations"] == tolerations
+    (container,) = job["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 2 and container["imagePullPolicy"] == "Always"
+    assert container["envFrom"] == [{"secretRef": {"name": "scene-s3-credentials"}}]
+    default = _configure(KubernetesWorkerJobConfiguration, template, {}).job_manifest["spec"]["template"]["spec"]
+    assert default["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    cpu = json.loads((REPO / "deployments" / "kubernetes-cpu.json").read_text())
+    cpu_job = _configure(KubernetesWorkerJobConfiguration, cpu, {}).job_manifest["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in cpu_job["containers"][0]["resources"]["limits"] and cpu_job["tolerations"] == []
+
+
+def test_docker_gpu_template_differs_from_the_cpu_one_only_by_the_device_request() -> None:
+    _templates()
+    import docker.types
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    cpu, gpu = (json.loads((REPO / "deployments" / f"docker-{k}.json").read_text()) for k in ("cpu", "gpu"))
+    gpu_conf = _configure(DockerWorkerJobConfiguration, gpu, {"gpus": 2})
+    (request,) = gpu_conf.container_create_kwargs["device_requests"]
+    host = docker.types.HostConfig(version="1.41", device_requests=[request])  # what docker-py sends the daemon
+    assert host["DeviceRequests"][0]["Count"] == 2 and host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+    cpu_conf = _configure(DockerWorkerJobConfiguration, cpu, {})
+    assert not cpu_conf.container_create_kwargs and cpu_conf.network_mode == gpu_conf.network_mode == "host"
+    for t in (cpu, gpu):  # apart from the GPU parts and the default image, the two are one template
+        t["job_configuration"].pop("container_create_kwargs")
+        t["variables"]["properties"].pop("gpus", None)
+        t["variables"]["properties"].pop("container_create_kwargs")
+        t["variables"]["properties"].pop("image")
+    assert cpu == gpu
+
+
+def test_enter_image_names_a_missing_code_directory_and_enters_a_real_one(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.container import enter_image
+
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "flows")):
+        enter_image(str(tmp_path))
+    (tmp_path / "flows").mkdir()
+    monkeypatch.chdir(REPO)
+    out = enter_image(str(tmp_path))
+    assert out["directory"] == str(tmp_path) and Path.cwd() == tmp_path
+
+
+def test_stack_docker_pool_says_how_to_get_docker_when_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scene stack up --pool docker` without Docker: a clear error naming what to do, no pool created."""
+    pytest.importorskip("prefect_docker", reason="pip install -e '.[docker]'")
+    from scene import stack
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker client
+    with pytest.raises(stack.StackError, match=r"--pool docker: no Docker daemon answers.*deployments/dockerd\.sh"):
+        stack._docker_pool_template(tmp_path, {})
+    assert not (tmp_path / "docker-pool.json").exists()
+    assert stack._pool_type("docker") == "docker" and stack._pool_type("gpu") == "process"
