@@ -329,7 +329,8 @@ def predict_cached(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, cache_r
     head = (model or load_model(str(fit_result.model_path))).get_layer("head")
     views = eval_views(cfg)
     x, y = features.gather(cache, rows, views)
-    probs = np.asarray(head.predict(x, verbose=0, batch_size=256), dtype=np.float64) if len(x) else np.zeros((0, 0))
+    chunks = (x[i : i + 1024] for i in range(0, len(x), 1024))  # one compiled function, traced once
+    probs = np.concatenate(list(predict_batches(head, chunks, 1024))).astype(np.float64) if len(x) else np.zeros((0, 0))
     if len(x):  # the mean over the views, as the shipped model averages over image and mirror
         probs, y = probs.reshape(len(views), len(rows), -1).mean(0), y[: len(rows)]
     return Predictions(split, rows["key"].tolist(), y, probs, "cached features")
