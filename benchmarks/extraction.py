@@ -67,6 +67,14 @@ def _upload(rows, tmp: Path):
     return rows.assign(key=keys), s3, info, state
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 when unknown)."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _free_port() -> int:
     import socket
 
@@ -113,7 +121,11 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False) -> dict[str, float]
     if with_s3:
         s3_rows, s3, _, state = _upload(rows, tmp)
         try:
+            gateway = stack._running(state, stack.S3)
+            before, wall = _cpu_seconds(gateway), time.perf_counter()
             out["extract (s3)"] = extract(s3_rows, s3)
+            share = (_cpu_seconds(gateway) - before) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
+            print(f"the S3 gateway itself used {share:.0%} of this machine's CPU during 'extract (s3)'", flush=True)
         finally:
             stack.down(state)
     out["evaluate (files)"] = _rate(len(rows), evaluate)
