@@ -63,10 +63,10 @@ def augmenter(cfg: AugmentConfig, size: int, seed: int) -> keras.Sequential:
     return keras.Sequential(layers, name="augment")
 
 
-def decode_workers(remote: bool) -> int:
-    """Threads that read and decode images: one per core for local files (decoding is CPU-bound and competes
-    with the backbone for the same cores), more for S3 (they mostly wait on the network)."""
-    return 16 if remote else runtime.thread_plan().decode
+def decode_workers(keys: Sequence[str]) -> int:
+    """Threads that read and decode ``keys``: one per core for local files (decoding is CPU-bound and competes
+    with the backbone for the same cores), more for S3 objects (they mostly wait on the network)."""
+    return 16 if keys and storage.parse(keys[0]).is_s3 else runtime.thread_plan().decode
 
 
 def ordered_map(fn: Callable[[str], T], keys: Sequence[str], workers: int, lookahead: int) -> Iterator[T]:
@@ -121,8 +121,6 @@ def pixel_batches(keys: Sequence[str], size: int, *, batch_size: int, s3: Any = 
     ``errors``: when given (input no manifest has checked), an unreadable or too small image becomes an all-zero
     image and ``errors[key]`` says why; otherwise the first unreadable image raises.
     """
-    remote = bool(keys) and storage.parse(keys[0]).is_s3
-
     def load(key: str) -> np.ndarray:
         if errors is None:
             return load_pixels(key, size, s3)
@@ -132,7 +130,7 @@ def pixel_batches(keys: Sequence[str], size: int, *, batch_size: int, s3: Any = 
             errors[key] = str(err)
             return np.zeros((size, size, 3), np.float32)
 
-    it = ordered_map(load, keys, workers or decode_workers(remote), 2 * batch_size)
+    it = ordered_map(load, keys, workers or decode_workers(keys), 2 * batch_size)
     while batch := list(itertools.islice(it, batch_size)):
         yield np.stack(batch)
 
@@ -169,7 +167,7 @@ def image_dataset(
     """
     keys = rows["key"].tolist()
     order = np.arange(len(keys))
-    pool = workers or decode_workers(bool(keys) and storage.parse(keys[0]).is_s3)
+    pool = workers or decode_workers(keys)
 
     def gen() -> Iterator[tuple[np.ndarray, int]]:
         idx = np.random.default_rng([seed, gen.epoch]).permutation(order) if shuffle else order

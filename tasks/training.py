@@ -91,15 +91,7 @@ def report(ds: Dataset, cfg: TrainConfig, fitted: FitResult, preds: dict[str, Pr
 
 
 def _label_issue_rows(prefix: str | None) -> list[dict]:
-    """The rows of ``<prefix>/label_issues.csv`` (written by the label audit of this run), or none."""
-    import io
+    """The rows of ``<prefix>/label_issues.csv`` (written by this run's label audit), or none."""
+    from scene.audit.labels import issue_rows_at
 
-    import pandas as pd
-
-    from scene import storage
-    from scene.audit.labels import issue_rows
-
-    uri = f"{prefix.rstrip('/')}/label_issues.csv" if prefix else None
-    if uri is None or not storage.exists(uri, s3()):
-        return []
-    return issue_rows(pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3()))), s3())
+    return issue_rows_at(f"{prefix.rstrip('/')}/label_issues.csv", s3()) if prefix else []

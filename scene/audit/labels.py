@@ -54,6 +54,19 @@ def report_rows(audit: LabelAudit, s3: Any = None, limit: int = 24) -> list[dict
     return issue_rows(audit.issues, s3, limit)
 
 
+def issue_rows_at(uri: str, s3: Any = None, limit: int = 24) -> list[dict[str, Any]]:
+    """:func:`issue_rows` of a stored ``label_issues.csv`` (local or ``s3://``); none when it does not exist."""
+    import io
+
+    import pandas as pd
+
+    from scene import storage
+
+    if not storage.exists(uri, s3):
+        return []
+    return issue_rows(pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3))), s3, limit)
+
+
 def issue_rows(issues: Any, s3: Any = None, limit: int = 24) -> list[dict[str, Any]]:
     """:func:`report_rows` from the issues table itself (e.g. a run's ``label_issues.csv``)."""
     top = issues.head(limit)
