@@ -10,17 +10,18 @@ SCENE := $(BIN)/scene
 STATE ?= .state
 STAMP := $(VENV)/.installed
 
-# make run parameters (see README)
+# make run parameters (see README): the fields of train-all's params (scene/params.py TrainParams) make run sets
 DATA ?=
 NAME ?=
-BACKBONES ?= resnet50 resnet101v2 efficientnetb0 vgg16
+# unset ones take TrainParams' defaults (backbones: scene/metadata.py DEFAULT_BACKBONES, views 2, image size 150)
+BACKBONES ?=
 WEIGHTS ?= imagenet
 EPOCHS ?= 30
-VIEWS ?= 2
-IMAGE_SIZE ?= 150
+VIEWS ?=
+IMAGE_SIZE ?=
 PRESET ?=
-# with PRESET (e.g. best-cpu) the preset fills every setting not given on the command line
-RUN_KEYS = $(if $(PRESET),$(foreach v,BACKBONES EPOCHS VIEWS IMAGE_SIZE,$(if $(filter command line environment,$(origin $(v))),$(v))),BACKBONES EPOCHS VIEWS IMAGE_SIZE)
+# sent: what the command line / environment sets, and make run's quick EPOCHS=30 unless a PRESET fills epochs
+RUN_KEYS = $(foreach v,BACKBONES EPOCHS VIEWS IMAGE_SIZE,$(if $(filter command line environment,$(origin $(v))),$(v))) $(if $(PRESET),,EPOCHS)
 
 export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
@@ -45,7 +46,7 @@ lint: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=25
 
 # the Docker tests (tests/docker, skipped by make test): starts dockerd when absent (root), builds the image
 # (deployments/Dockerfile, cached between runs) and runs train-all with backbones dispatched into containers
@@ -59,6 +60,7 @@ deploy: up
 	eval "$$($(SCENE) stack env --state $(STATE))"
 	SCENE_REPO_DIR=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all > $(STATE)/deploy.log 2>&1 || { cat $(STATE)/deploy.log; exit 1; }
 	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu, retrain/default, watch/default, predict/default"
+	$(SCENE) events reconcile > $(STATE)/reconcile.log 2>&1 || { cat $(STATE)/reconcile.log; exit 1; }  # events lost while deploying
 
 run: up
 	eval "$$($(SCENE) stack env --state $(STATE))"
@@ -70,7 +72,8 @@ run: up
 	# retrain trigger does not exist yet, so make run trains once; later uploads do start a retraining
 	$(SCENE) data upload --src "$$src" --name "$$name" --ready --wait-bridge http://127.0.0.1:8787
 	$(MAKE) --no-print-directory deploy STATE=$(STATE)
-	params=$$($(BIN)/python -c 'import json,sys; b,w,e,v,s,p,keys=sys.argv[1:]; d={"data": "s3://'"$$SCENE_DATA_BUCKET/$$SCENE_DATA_PREFIX$$name"'/", "weights": w}; d.update({k: f(x) for n, k, f, x in (("BACKBONES", "backbones", str.split, b), ("EPOCHS", "epochs", int, e), ("VIEWS", "views", int, v), ("IMAGE_SIZE", "image_size", int, s)) if n in keys.split()}); d.update({"preset": p} if p else {}); print(json.dumps(d))' "$(BACKBONES)" "$(WEIGHTS)" "$(EPOCHS)" "$(VIEWS)" "$(IMAGE_SIZE)" "$(PRESET)" "$(RUN_KEYS)")
+	# train-all takes its training settings as one object, params (scene.params.TrainParams): --params '{"data": …, "params": {…}}'
+	params=$$($(BIN)/python -c 'import json,sys; b,w,e,v,s,p,keys=sys.argv[1:]; t={"weights": w}; t.update({k: f(x) for n, k, f, x in (("BACKBONES", "backbones", str.split, b), ("EPOCHS", "epochs", int, e), ("VIEWS", "views", int, v), ("IMAGE_SIZE", "image_size", int, s)) if n in keys.split()}); t.update({"preset": p} if p else {}); print(json.dumps({"data": "s3://'"$$SCENE_DATA_BUCKET/$$SCENE_DATA_PREFIX$$name"'/", "params": t}))' "$(BACKBONES)" "$(WEIGHTS)" "$(EPOCHS)" "$(VIEWS)" "$(IMAGE_SIZE)" "$(PRESET)" "$(RUN_KEYS)")
 	$(BIN)/prefect deployment run train-all/default --params "$$params" > $(STATE)/last-run.log
 	run_id=$$(grep -oE 'UUID: [0-9a-f-]{36}' $(STATE)/last-run.log | head -1 | cut -d' ' -f2)
 	echo "train-all run $$run_id; Prefect UI: http://127.0.0.1:4200/runs/flow-run/$$run_id"

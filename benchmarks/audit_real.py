@@ -32,7 +32,7 @@ def _setup(cache: str):
 
     ds = build_dataset(str(INTEL))
     cfg = train.TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), views=0, image_size=150)
-    weights = train.resolve(cfg)
+    weights = train.weights_for(cfg)
     return ds, cfg, weights, train.feature_cache(cfg, weights, cache)
 
 

@@ -52,7 +52,7 @@ def _rate(n: int, fn) -> float:
 
 def _upload(rows, tmp: Path):
     """Start a local S3 gateway (no Prefect workers), upload the images; the rows with s3:// keys."""
-    from scene import stack
+    from scene.ops import stack
     from scene.storage import s3_client
 
     state = tmp / "stack"
@@ -86,17 +86,18 @@ def _free_port() -> int:
 def run(n: int, size: int, with_s3: bool, xla: bool = False) -> dict[str, float]:
     import numpy as np
 
-    from scene import features, stack
+    from scene import features
     from scene.backbones import feature_extractor
     from scene.evaluate import evaluate_predictions
     from scene.metadata import CLASS_NAMES
     from scene.model import assemble, build_head
+    from scene.ops import stack, supervisor
     from scene.pipeline import pixel_batches
     from scene.predict import predict_folder
-    from scene.train import TrainConfig, predict, resolve
+    from scene.train import TrainConfig, predict, weights_for
 
     rows = _rows(n)
-    weights = resolve(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
+    weights = weights_for(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
     extractor = feature_extractor("mobilenetv2", size, weights, 0)
     full = assemble("mobilenetv2", size, weights, build_head(1280, 6), 0)
     x = np.concatenate(list(pixel_batches(rows["key"].tolist(), size, batch_size=BATCH)))
@@ -121,7 +122,7 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False) -> dict[str, float]
     if with_s3:
         s3_rows, s3, _, state = _upload(rows, tmp)
         try:
-            gateway = stack._running(state, stack.S3)
+            gateway = supervisor.running(state, stack.S3)
             before, wall = _cpu_seconds(gateway), time.perf_counter()
             out["extract (s3)"] = extract(s3_rows, s3)
             share = (_cpu_seconds(gateway) - before) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
@@ -156,10 +157,10 @@ def report(rates: dict[str, float], n: int) -> None:
 def extract_rss(n: int, size: int) -> float:
     """Extract 2 views of ``n`` images into an empty cache; this process's peak RSS in MiB."""
     from scene import features
-    from scene.train import TrainConfig, resolve
+    from scene.train import TrainConfig, weights_for
 
     rows = _rows(n)
-    weights = resolve(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
+    weights = weights_for(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
     with tempfile.TemporaryDirectory() as cache:
         features.extract(rows, [0, 1], backbone="mobilenetv2", weights=weights, size=size,
                          cache=features.FeatureCache(cache, "rss"))

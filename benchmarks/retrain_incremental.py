@@ -33,7 +33,7 @@ def main() -> None:
     import pandas as pd
 
     from scene.dataset import Dataset, build_dataset, fingerprint
-    from scene.experiment import train_one
+    from scene.stages import train_one
     from scene.train import TrainConfig
 
     full = build_dataset(str(INTEL))

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
 
-from scene import integrity, registry, storage
+from scene import data_scope, integrity, registry, storage
 from scene.metadata import CLASS_NAMES
 from tasks import artifacts
 from tasks import audit as audit_tasks
@@ -31,7 +31,7 @@ def resolve_model(model: str | None) -> tuple[str, list[str]]:
         champ = registry.champion(client, cfg.artifact_bucket)
         if champ is None:
             raise RuntimeError("no champion model yet: train and promote one (retrain flow), or pass model=")
-        model = champ["uri"].rstrip("/") + "/model.keras"
+        model = champ["model"]  # champion.json's model field: the one place the champion's path comes from
     log = get_run_logger()
     folder = model.rsplit("/", 1)[0]
     if storage.parse(model).is_s3 and integrity.is_version_uri(folder):
@@ -81,6 +81,7 @@ def _classified(out: str) -> Any:
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, out: str | None = None) -> dict:
     """Classify a prefix of images with the champion (or a given model); write predictions.csv to S3."""
+    data_scope.require_data_uri(data, settings(), prefixes=(settings().data_prefix, data_scope.PREDICT_PREFIX))
     out = out or f"s3://{settings().artifact_bucket}/predictions/{flow_run.get_id() or 'local'}/predictions.csv"
     facts = {"images under": data, "model": model or "the champion", "predictions": out}
     summary_id = artifacts.start_summary("predict", facts)  # first: listed above the task artifacts

@@ -7,78 +7,59 @@ retrains the dataset of every champion (with ``only_if_changed``, only those who
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 
-from flows.steps import DEFAULT_BACKBONES, check_params, preset_values, promote_best, run_prefix, train_steps
-from scene import registry, storage
-from scene.experiment import TrainResult
-from scene.train import TrainConfig
+from flows.train_all import promote_best, train_and_compare
+from scene import data_scope
+from scene.metadata import DEFAULT_BACKBONES
+from scene.params import TrainParams
 from tasks import artifacts
 from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import s3, settings
+from tasks.common import run_prefix, settings
 
 
-@task(name="read champions", retries=3, retry_delay_seconds=5)
-def read_champions() -> dict[str, dict[str, Any]]:
-    """``{dataset URI: champion document}`` for every dataset that has a champion."""
-    return registry.champions(s3(), settings().artifact_bucket)
-
-
-def _previous_manifest(champ: dict[str, Any] | None) -> Any:
-    """The champion's ``manifest.csv`` (its splits stay sticky, new images are counted), or None."""
-    if not champ:
-        return None
-    uri = champ["uri"].rstrip("/") + "/manifest.csv"
-    return data_tasks.manifest_frame(uri) if storage.exists(uri, s3()) else None
-
-
-def _retrain_dataset(data: str, test: str | None, backbones: list[str] | None, cfg: dict[str, Any], *,
-                     prefix: str, alpha: float, only_if_changed: bool, on_missing_weights: str,
+def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix: str, alpha: float,
+                     only_if_changed: bool, on_missing_weights: str, slots: int = 2,
                      audit_labels: bool = False) -> dict:
-    """Train challengers on one dataset and gate the best against that dataset's champion (named in the result)."""
+    """What changed in ``data`` since its champion; then the same per-backbone runs as train-all, in parallel, and
+    the best gated against that dataset's champion (named in the result)."""
     log = get_run_logger()
     pointer = registry_tasks.read_champion(data)  # this dataset's champion only
     champ = pointer.champion
-    backbones = backbones or ([champ["backbone"]] if champ else DEFAULT_BACKBONES)
-    check_params(backbones, 1, **cfg)
-    previous = _previous_manifest(champ)
+    backbones = params.names([champ["backbone"]] if champ else DEFAULT_BACKBONES)
+    params.check(backbones)
+    previous = registry_tasks.previous_manifest(champ)
     ds = data_tasks.build_manifest(data, test, previous=previous)
-    champ_data = registry.get_version(s3(), settings().artifact_bucket, champ["version"]) if champ else {}
-    if only_if_changed and champ and champ_data.get("data_fingerprint") == ds.fingerprint:
+    if only_if_changed and champ and registry_tasks.trained_on(champ) == ds.fingerprint:
         log.info("%s unchanged since its champion %s was trained (fingerprint %s): nothing to do", data,
                  champ["version"], ds.fingerprint)
         return {"data": data, "skipped": "data unchanged", "champion": champ["version"],
-                "data_fingerprint": ds.fingerprint}
+                "data_fingerprint": ds.fingerprint, "objects_read": ds.objects_read}
     report = data_tasks.validate(ds, previous)
     if report.new_images is not None:
         log.info("%d images of %s are new since its champion's data", report.new_images, data)
-    audit = audit_tasks.audit_data(ds, TrainConfig(backbone=backbones[0], **cfg), prefix, labels=audit_labels)
+    audit = audit_tasks.audit_data(ds, params.config(backbones[0]), prefix, labels=audit_labels)
     new_rows = ds.manifest[~ds.manifest["sha256"].isin(previous["sha256"])] if previous is not None else ds.manifest[:0]
     drift = audit_tasks.drift_check(None, champ, new_rows, f"{len(new_rows)} new images of {data}")
-    data_tasks.publish_manifest(ds, report, prefix)
-    results = []
-    for b in backbones:
-        try:
-            results.append(TrainResult(**train_steps(ds, TrainConfig(backbone=b, **cfg), prefix, on_missing_weights)))
-        except Exception as err:  # one failed backbone does not stop the others
-            log.error("%s on %s failed: %s", b, data, err)
-            results.append(TrainResult(b, "failed", f"{type(err).__name__}: {err}"))
-    gated = promote_best(ds, results, pointer, prefix, alpha)
+    manifest = data_tasks.publish_manifest(ds, report, prefix)
+    results, _ = train_and_compare(ds, backbones, params, manifest, prefix, on_missing_weights=on_missing_weights,
+                                   slots=slots)
+    gated = promote_best(ds, results, pointer, alpha)
     return {**gated, "data": data, "champion": champ["version"] if champ else None, "audit": audit, "drift": drift,
-            "data_fingerprint": ds.fingerprint, "prefix": prefix, "results": [r.to_dict() for r in results]}
+            "data_fingerprint": ds.fingerprint, "objects_read": ds.objects_read, "prefix": prefix,
+            "results": [r.to_dict() for r in results]}
 
 
 @flow(name="retrain-dataset", flow_run_name="retrain {data}", log_prints=True)
-def retrain_dataset(data: str, test: str | None, backbones: list[str] | None, cfg: dict[str, Any], alpha: float,
-                    only_if_changed: bool, on_missing_weights: str, audit_labels: bool = False) -> dict:
+def retrain_dataset(data: str, test: str | None, params: TrainParams, alpha: float, only_if_changed: bool,
+                    on_missing_weights: str, slots: int = 2, audit_labels: bool = False) -> dict:
     """One dataset of a scheduled retraining, as a subflow: its own run id, artifact prefix and work folders."""
-    return _retrain_dataset(data, test, backbones, cfg, prefix=run_prefix(), alpha=alpha,
-                            only_if_changed=only_if_changed, on_missing_weights=on_missing_weights,
-                            audit_labels=audit_labels)
+    return _retrain_dataset(data, test, params, prefix=run_prefix(), alpha=alpha, only_if_changed=only_if_changed,
+                            on_missing_weights=on_missing_weights, slots=slots, audit_labels=audit_labels)
 
 
 @flow(name="retrain", log_prints=True, on_failure=[artifacts.summary_on_failure],
@@ -86,44 +67,38 @@ def retrain_dataset(data: str, test: str | None, backbones: list[str] | None, cf
 def retrain(
     data: str | None = None,
     test: str | None = None,
-    backbones: list[str] | None = None,
-    weights: str = "imagenet",
-    strategy: Literal["cached", "online"] = "cached",
-    views: int = 2,
-    epochs: int = 100,
-    image_size: int = 150,
-    finetune_layers: int = 0,
-    mirror: bool = False,
-    preset: str | None = None,
+    params: TrainParams = TrainParams(),
     alpha: float = 0.05,
     only_if_changed: bool = False,
     on_missing_weights: Literal["random-init", "fail"] = "random-init",
     new_objects: int = 0,
+    slots: int = 2,
     audit_labels: bool = False,
 ) -> dict:
-    """Retrain ``data`` against its own champion; without ``data``, retrain every champion's dataset."""
+    """Retrain ``data`` against its own champion; without ``data``, retrain every champion's dataset.
+
+    ``params.backbones`` unset: each dataset's champion's backbone (a dataset without a champion: the defaults).
+    """
+    for name, uri in (("data", data), ("test", test)):  # only inside the data bucket and prefix
+        if uri is not None:
+            data_scope.require_data_uri(uri, settings(), name=name)
+    params = params.resolved()  # a named preset fills every training parameter not set
     summary_id = artifacts.start_summary("retrain", {"data": data or "every champion's dataset", "backbones": ", ".join(
-        backbones or ["the champion's"]), "weights": weights, "epochs": epochs})  # first: above the task artifacts
+        params.backbones or ["the champion's"]), **params.facts()})  # first: above the task artifacts
     log = get_run_logger()
-    if preset:  # a named recipe fills every parameter left at its default
-        v = preset_values(preset, backbones=backbones, views=views, epochs=epochs, image_size=image_size, mirror=mirror)
-        backbones, views, epochs, image_size, mirror = (v[k] for k in ("backbones", "views", "epochs", "image_size",
-                                                                       "mirror"))
-    cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
-           "finetune_layers": finetune_layers, "mirror": mirror}
-    check_params(backbones or DEFAULT_BACKBONES, 1, **cfg)
+    params.check()
     opts = {"alpha": alpha, "only_if_changed": only_if_changed, "on_missing_weights": on_missing_weights,
-            "audit_labels": audit_labels}
+            "slots": slots, "audit_labels": audit_labels}
     if data is not None:
         if new_objects:
             log.info("retraining after %d new objects under %s", new_objects, data)
-        result = _retrain_dataset(data, test, backbones, cfg, prefix=run_prefix(), **opts)
+        result = _retrain_dataset(data, test, params, prefix=run_prefix(), **opts)
         artifacts.finish_retrain_summary(summary_id, {data: result})
         return result
     if test is not None:
         raise ValueError(f"test={test!r} without data: pass the data root it belongs to as data=, or neither "
                          "(then each champion's dataset is retrained with its own test split)")
-    champs = read_champions()
+    champs = registry_tasks.read_champions()
     if not champs:
         log.warning("no dataset has a champion yet, so there is nothing to retrain: run train-all, or pass data=")
         return {"skipped": "no champion", "datasets": {}}
@@ -131,7 +106,7 @@ def retrain(
     out: dict[str, dict] = {}
     failed: dict[str, str] = {}
     for uri, champ in sorted(champs.items()):  # one subflow per dataset; a failed one does not stop the others
-        state = retrain_dataset(uri, champ.get("test"), backbones, cfg, return_state=True, **opts)
+        state = retrain_dataset(uri, champ.get("test"), params, return_state=True, **opts)
         if state.is_completed():
             out[uri] = state.result()
         else:

@@ -1,11 +1,10 @@
-"""Flow: validate the data, train every backbone in parallel, compare, report, upload."""
+"""Flow: validate the data, train every backbone in parallel (one ``train-backbone`` run each), compare, promote."""
 
 from __future__ import annotations
 
 import contextvars
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
@@ -15,41 +14,45 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
-from flows.steps import DEFAULT_BACKBONES, check_params, preset_values, promote_best, run_prefix
 from flows.train_backbone import train_backbone
+from scene.dataset import Dataset
 from scene.experiment import TrainResult
-from scene.metadata import CLASS_NAMES
-from scene.train import TrainConfig
+from scene.metadata import CLASS_NAMES, DEMO_DATA_URI
+from scene.params import TrainParams
+from scene.registry import ModelVersion, Pointer, select_challenger
 from tasks import artifacts
 from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import settings
+from tasks.common import run_prefix
 
 DOCKER_DEPLOYMENT = "train-backbone/docker"  # dispatch="docker": a container per backbone (stack up --pool docker)
 
 
-def _local(backbones: list[str], params: dict[str, Any], slots: int) -> list[TrainResult]:
-    """Each backbone as a ``train-backbone`` subflow; at most ``slots`` at once, failures isolated."""
+def _local(ds: Dataset, backbones: list[str], run_args: dict[str, Any], slots: int) -> list[TrainResult]:
+    """Each backbone as a ``train-backbone`` subflow given the in-memory manifest; at most ``slots`` at once,
+    failures isolated."""
     log = get_run_logger()
 
-    def one(b: str) -> TrainResult:
+    def train_or_fail(b: str) -> TrainResult:
         try:
-            return TrainResult(**train_backbone(backbone=b, **params))
+            return TrainResult(**train_backbone(backbone=b, manifest=ds, **run_args))
         except Exception as err:  # a failed backbone never stops the others
             log.error("%s failed: %s: %s", b, type(err).__name__, err)
-            return TrainResult(b, "failed", f"{type(err).__name__}: {err}", strategy=params["strategy"],
-                               weights=params["weights"])
+            params = run_args["params"]
+            return TrainResult(b, "failed", f"{type(err).__name__}: {err}", strategy=params.strategy,
+                               weights=params.weights)
 
     with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="backbone") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, one, b) for b in backbones]
+        futures = [pool.submit(contextvars.copy_context().run, train_or_fail, b) for b in backbones]
         return [f.result() for f in futures]
 
 
-def _dispatch(backbones: list[str], params: dict[str, Any], deployment: str, *, start_timeout_s: float,
+def _dispatch(backbones: list[str], run_args: dict[str, Any], deployment: str, *, start_timeout_s: float,
               dispatch_timeout_s: float, poll: float = 3.0) -> list[TrainResult]:
     """One ``train-backbone`` flow run per backbone on the deployment's work pool; wait (bounded); collect."""
     log = get_run_logger()
+    params = {**run_args, "params": run_args["params"].model_dump()}
     runs = {b: run_deployment(deployment, parameters={"backbone": b, **params}, timeout=0,
                               flow_run_name=f"{b}", tags=["scene", b]).id for b in backbones}
     log.info("created %d %s flow runs: %s", len(runs), deployment, ", ".join(f"{b}={r}" for b, r in runs.items()))
@@ -60,7 +63,8 @@ def _dispatch(backbones: list[str], params: dict[str, Any], deployment: str, *, 
         res = artifacts.read_result(f"{params['run_prefix_uri'].rstrip('/')}/{b}/") if state.is_completed() else None
         if res is None:
             res = TrainResult(b, "failed", f"flow run {runs[b]} {state.name}: {state.message or state.name}",
-                              strategy=params["strategy"], weights=params["weights"])
+                              strategy=params["params"]["strategy"],
+                              weights=params["params"]["weights"])
         results.append(res)
     return results
 
@@ -109,22 +113,54 @@ def _give_up(client: Any, run_id: UUID, state: State, reason: str) -> State:
     return final
 
 
+def train_and_compare(ds: Dataset, backbones: list[str], params: TrainParams, manifest: dict[str, str], prefix: str,
+                      *, on_missing_weights: str, dispatch: str = "local", deployment: str = "train-backbone/gpu",
+                      slots: int = 2, start_timeout_s: float = 1800.0,
+                      dispatch_timeout_s: float = 6 * 3600.0) -> tuple[list[TrainResult], str]:
+    """Every backbone as a ``train-backbone`` run (in parallel), then the comparison table; returns both."""
+    run_args = {"params": params, "classes": list(ds.class_names or CLASS_NAMES),
+                "on_missing_weights": on_missing_weights, "run_prefix_uri": prefix}
+    if dispatch == "local":
+        results = _local(ds, backbones, run_args, slots)
+    else:
+        target = DOCKER_DEPLOYMENT if dispatch == "docker" else deployment  # docker: the scene image's pool
+        results = _dispatch(backbones, {**run_args, "manifest_uri": manifest["manifest.csv"]}, target,
+                            start_timeout_s=start_timeout_s, dispatch_timeout_s=dispatch_timeout_s)
+    return results, artifacts.compare_and_publish(results, prefix, manifest)
+
+
+def promote_best(ds: Dataset, results: list[TrainResult], pointer: Any, alpha: float) -> dict:
+    """Gate the registered model best on *validation* against its dataset's champion.
+
+    ``pointer`` is the champion pointer the flow read when it started; it is used only when it is the pointer
+    of the challenger's dataset, else that dataset's pointer is read now. Test metrics play no part in the
+    choice: the test split is used once, by the gate.
+    """
+    log = get_run_logger()
+    best = select_challenger([r for r in results if r.version])
+    if best is None:
+        log.warning("no usable challenger (all failed or collapsed): the champion stays")
+        return {"promoted": False, "reason": "no usable challenger"}
+    challenger = ModelVersion.from_dict(best.version)
+    log.info("challenger %s: best validation F1 (weighted) %s among %d usable backbones", challenger.version,
+             (best.metrics.get("val") or {}).get("f1_weighted"), sum(r.status == "ok" for r in results))
+    if not isinstance(pointer, Pointer) or pointer.dataset != challenger.dataset:
+        pointer = registry_tasks.read_champion(challenger.dataset)
+    champion_predictions = registry_tasks.score_champion(pointer, ds)
+    challenger_predictions = registry_tasks.test_predictions_of(challenger)
+    decision = registry_tasks.gate(challenger, challenger_predictions, champion_predictions, pointer, alpha,
+                                   list(ds.class_names))
+    return {"promoted": decision.promote, "decision": decision.to_dict(), "challenger": challenger.version,
+            "dataset": challenger.dataset, "decision_uri": challenger.uri + "decision.json"}
+
+
 @flow(name="train-all", log_prints=True, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def train_all(
-    data: str = "s3://scene-data/datasets/demo/",
+    data: str = DEMO_DATA_URI,
+    params: TrainParams = TrainParams(),
     test: str | None = None,
-    backbones: list[str] = DEFAULT_BACKBONES,
     classes: list[str] | None = None,
-    weights: str = "imagenet",
-    strategy: Literal["cached", "online"] = "cached",
-    views: int = 2,
-    epochs: int = 100,
-    image_size: int = 150,
-    finetune_layers: int = 0,
-    mixed_precision: bool = False,
-    mirror: bool = False,
-    preset: str | None = None,
     on_missing_weights: Literal["random-init", "fail"] = "random-init",
     dispatch: Literal["local", "deployments", "docker"] = "local",
     deployment: str = "train-backbone/gpu",
@@ -135,51 +171,37 @@ def train_all(
     start_timeout_s: float = 1800.0,
     dispatch_timeout_s: float = 6 * 3600.0,
 ) -> dict:
-    """Validate the data, train every backbone in parallel, compare them and upload every artifact.
-
-    ``preset`` (e.g. ``best-cpu``): a named recipe that fills every parameter left at its default.
-    """
-    if preset:  # a named recipe fills every parameter left at its default
-        v = preset_values(preset, backbones=backbones, views=views, epochs=epochs, image_size=image_size, mirror=mirror)
-        backbones, views, epochs, image_size, mirror = (v[k] for k in ("backbones", "views", "epochs", "image_size",
-                                                                       "mirror"))
-    facts = {"data": data, "backbones": ", ".join(backbones), "weights": weights, "strategy": strategy,
-             "epochs": epochs, "image size": image_size, "mirror": mirror, "preset": preset or "none",
-             "dispatch": dispatch}
+    """Validate the data, train every backbone in parallel, compare them and upload every artifact."""
+    params = params.resolved()  # a named preset fills every training parameter not set
+    backbones = params.names()
+    facts = {"data": data, "backbones": ", ".join(backbones), **params.facts(), "dispatch": dispatch}
     summary_id = artifacts.start_summary("train-all", facts)  # first: the UI lists it above the task artifacts
     log = get_run_logger()
-    cfg = {"weights": weights, "strategy": strategy, "views": views, "epochs": epochs, "image_size": image_size,
-           "finetune_layers": finetune_layers, "mixed_precision": mixed_precision, "mirror": mirror}
-    check_params(backbones, slots, **cfg)
-    for name, value in (("start_timeout_s", start_timeout_s), ("dispatch_timeout_s", dispatch_timeout_s)):
+    params.check()
+    for name, value in (("slots", slots), ("start_timeout_s", start_timeout_s),
+                        ("dispatch_timeout_s", dispatch_timeout_s)):
         if not value > 0:
-            raise ValueError(f"{name}={value} is invalid; pass the seconds to wait for dispatched runs (> 0)")
+            raise ValueError(f"{name}={value} is invalid; pass a positive number (slots: concurrent trainings, "
+                             "timeouts: seconds to wait for dispatched runs)")
     pointer = registry_tasks.read_champion(data) if promote else None  # this dataset's champion, read once
     ds = data_tasks.build_manifest(data, test, classes)
     report = data_tasks.validate(ds)
     prefix = run_prefix()
-    audit = audit_tasks.audit_data(ds, TrainConfig(backbone=backbones[0], **cfg), prefix, labels=audit_labels)
+    audit = audit_tasks.audit_data(ds, params.config(backbones[0]), prefix, labels=audit_labels)
     manifest = data_tasks.publish_manifest(ds, report, prefix)
     log.info("training %s on %d images (%s dispatch); artifacts under %s", ", ".join(backbones), len(ds.manifest),
              dispatch, prefix)
-    params = {**cfg, "manifest_uri": manifest["manifest.csv"], "classes": list(ds.class_names or CLASS_NAMES),
-              "on_missing_weights": on_missing_weights, "run_prefix_uri": prefix}
-    if dispatch == "local":
-        results = _local(backbones, params, slots)
-    else:
-        target = DOCKER_DEPLOYMENT if dispatch == "docker" else deployment  # docker: the scene image's pool
-        results = _dispatch(backbones, params, target, start_timeout_s=start_timeout_s,
-                            dispatch_timeout_s=dispatch_timeout_s)
-    out_dir = Path(settings().work_dir) / "runs" / prefix.rstrip("/").rsplit("/", 1)[-1]
-    comparison = artifacts.compare_and_publish(results, str(out_dir), prefix, manifest)
+    results, comparison = train_and_compare(ds, backbones, params, manifest, prefix,
+                                            on_missing_weights=on_missing_weights, dispatch=dispatch,
+                                            deployment=deployment, slots=slots, start_timeout_s=start_timeout_s,
+                                            dispatch_timeout_s=dispatch_timeout_s)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         log.error("%s failed: %s", r.backbone, r.error)
     if len(failed) == len(results):
         raise RuntimeError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in failed))
-    gated = promote_best(ds, results, pointer, prefix, alpha) if promote else {"promoted": False}
+    gated = promote_best(ds, results, pointer, alpha) if promote else {"promoted": False}
     artifacts.finish_training_summary(summary_id, "train-all", {**facts, "images": len(ds.manifest),
                                       "data fingerprint": ds.fingerprint}, results, gated if promote else None, prefix)
     return {"prefix": prefix, "comparison": comparison, "data_fingerprint": ds.fingerprint, "promotion": gated,
-            "audit": audit,
-            "results": [r.to_dict() for r in results], "failed": [r.backbone for r in failed]}
+            "audit": audit, "results": [r.to_dict() for r in results], "failed": [r.backbone for r in failed]}

@@ -1,4 +1,8 @@
-"""Flow: train, evaluate, report and upload one backbone (locally or on its own GPU worker)."""
+"""Flow: one backbone through every stage of :mod:`scene.stages`, uploaded and registered on the worker that trained it.
+
+The only flow that sequences the stages; ``train-all`` and ``retrain`` run it once per backbone (as a subflow, or
+as a flow run of a ``train-backbone`` deployment on its own worker).
+"""
 
 from __future__ import annotations
 
@@ -6,52 +10,63 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from flows.steps import run_prefix, train_steps
-from scene.experiment import TrainResult
+from scene.dataset import Dataset
 from scene.metadata import CLASS_NAMES
-from scene.train import TrainConfig
-from tasks import artifacts
+from scene.params import TrainParams
+from tasks import artifacts, training
 from tasks import data as data_tasks
+from tasks import registry as registry_tasks
+from tasks.common import run_prefix, work_folder
+
+
+def _dataset(manifest: Dataset | None, manifest_uri: str | None, data: str | None, test: str | None,
+             classes: list[str] | None) -> Dataset:
+    """The data to train on: the caller's manifest, a published one, or one built (and validated) from ``data``."""
+    if manifest is not None:
+        return manifest
+    if manifest_uri:
+        return data_tasks.load_manifest(manifest_uri, classes or list(CLASS_NAMES))
+    if data:
+        ds = data_tasks.build_manifest(data, test, classes)
+        data_tasks.validate(ds)
+        return ds
+    raise ValueError("train-backbone needs manifest_uri (from train-all) or data (a folder or s3:// URI)")
 
 
 @flow(name="train-backbone", log_prints=True, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def train_backbone(
     backbone: str,
+    params: TrainParams = TrainParams(),
     manifest_uri: str | None = None,
     data: str | None = None,
     test: str | None = None,
     classes: list[str] | None = None,
-    weights: str = "imagenet",
-    strategy: Literal["cached", "online"] = "cached",
-    views: int = 2,
-    epochs: int = 100,
-    image_size: int = 150,
-    finetune_layers: int = 0,
-    mixed_precision: bool = False,
-    mirror: bool = False,
     on_missing_weights: Literal["random-init", "fail"] = "fail",
     run_prefix_uri: str | None = None,
+    manifest: Dataset | None = None,
 ) -> dict:
-    """Train one backbone on a published manifest (or build one from ``data``) and upload its artifacts."""
-    facts = {"backbone": backbone, "data": manifest_uri or data, "weights": weights, "strategy": strategy,
-             "epochs": epochs, "image size": image_size}
+    """Train one backbone on a manifest (in memory, published, or built from ``data``); upload and register it."""
+    params = params.resolved()
+    facts = {"backbone": backbone, "data": manifest_uri or data or "the parent run's manifest", **params.facts()}
     summary_id = artifacts.start_summary("train-backbone", facts)  # first: listed above the task artifacts
-    cfg = TrainConfig(backbone=backbone, weights=weights, strategy=strategy, views=views, epochs=epochs,
-                      image_size=image_size, finetune_layers=finetune_layers, mixed_precision=mixed_precision,
-                      mirror=mirror)
-    names = classes or list(CLASS_NAMES)
-    if manifest_uri:
-        ds = data_tasks.load_manifest(manifest_uri, names)
-    elif data:
-        ds = data_tasks.build_manifest(data, test, classes)
-        data_tasks.validate(ds)
-    else:
-        raise ValueError("train-backbone needs manifest_uri (from train-all) or data (a folder or s3:// URI)")
+    cfg = params.config(backbone)
+    ds = _dataset(manifest, manifest_uri, data, test, classes)
     prefix = run_prefix_uri or run_prefix()
     get_run_logger().info("training %s on %d images; artifacts to %s", backbone, len(ds.manifest), prefix)
-    result = train_steps(ds, cfg, prefix, on_missing_weights)
-    artifacts.finish_training_summary(summary_id, "train-backbone", {**facts, "images": len(ds.manifest)},
-                                      [TrainResult(**result)], {"note": "decided by the run that started this one "
-                                      "(train-all or retrain), against the dataset's champion"}, prefix)
-    return result
+    run = training.prepare(ds, cfg, str(work_folder(backbone)), on_missing_weights)
+    fitted = training.fit(run, training.extract(run))
+    if run.cfg.finetune_layers:
+        fitted = training.finetune(run, fitted)
+    evaluation = training.evaluate(run, fitted)
+    result = training.write(run, fitted, evaluation, prefix)
+    backbone_prefix = f"{prefix.rstrip('/')}/{backbone}/"
+    artifacts.upload(result.out_dir, backbone_prefix, label=backbone)
+    if evaluation.test is not None:
+        result = result.registered(registry_tasks.register(result, ds, evaluation.test))
+    artifacts.write_result(result, backbone_prefix)
+    artifacts.finish_training_summary(summary_id, "train-backbone", {**facts, "images": len(ds.manifest)}, [result],
+                                      {"note": "decided by the run that started this one (train-all or retrain), "
+                                       "against the dataset's champion"}, prefix)
+    return result.to_dict()
+

@@ -2,10 +2,12 @@
 
 Lists the image objects under ``prefix_uri``, compares key → ETag with the state saved by the previous run
 in ``s3://<artifact bucket>/<state_key>``, emits one ``scene.data.arrived`` event (the same event the
-bridge in :mod:`scene.events` emits) per dataset root with new or changed images, then saves the new state.
+bridge in :mod:`scene.ops.bridge` emits) per dataset root with new or changed images, then saves the new state.
 Removed objects are recorded but emit nothing. The first run (no state yet) records the state and emits
-for every dataset root present, so a fresh deployment retrains on what is already there. The state is
-saved after emitting: a failed save means a repeated event next time, never a lost one.
+for every dataset root present, so a fresh deployment retrains on what is already there. Events are POSTed to
+the Prefect API and count as delivered only once it accepted them; the state saved advances only the roots
+whose event was delivered (:func:`scene.ops.polling.announce`), and the run fails when any was not, so the
+next run re-emits it. A failed save means a repeated event next time, never a lost one.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.events import emit_event
 
-from scene import events, storage
+from scene import storage
+from scene.ops import notifications, polling, prefect_events
 from tasks.common import s3, settings
 
 STATE_VERSION = 1
@@ -50,7 +52,7 @@ def scan(prefix_uri: str) -> dict[str, str]:
     loc = storage.parse(prefix_uri)
     if not loc.is_s3:
         raise ValueError(f"prefix_uri {prefix_uri!r}: the watch flow polls an S3 prefix (s3://bucket/prefix/)")
-    return events.snapshot(s3(), events.polling_config(loc.bucket or "", loc.key))
+    return polling.snapshot(s3(), notifications.polling_config(loc.bucket or "", loc.key))
 
 
 @task(name="save watch state", retries=2, retry_delay_seconds=5)
@@ -63,6 +65,19 @@ def save_state(state_key: str, prefix_uri: str, objects: dict[str, str]) -> str:
     return uri
 
 
+def _plain(value: Any) -> str | None:
+    """A Prefect setting's value as text (secret settings unwrapped); None when unset."""
+    return (value.get_secret_value() if hasattr(value, "get_secret_value") else value) or None
+
+
+def _emitter() -> Any:
+    """Deliver an event to this run's Prefect API and wait for its answer (raises unless it was accepted)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+
+    api, key, auth = PREFECT_API_URL.value(), _plain(PREFECT_API_KEY.value()), _plain(PREFECT_API_AUTH_STRING.value())
+    return lambda ev: prefect_events.emit_prefect_event(api, ev, api_key=key, auth_string=auth)
+
+
 @flow(name="watch", log_prints=True)
 def watch(prefix_uri: str = "s3://scene-data/datasets/", state_key: str = "sensors/watch-state.json") -> dict:
     """Emit ``scene.data.arrived`` per dataset root with new or changed images since the last run."""
@@ -70,17 +85,13 @@ def watch(prefix_uri: str = "s3://scene-data/datasets/", state_key: str = "senso
     loc = storage.parse(prefix_uri)
     if not loc.is_s3:
         raise ValueError(f"prefix_uri {prefix_uri!r}: the watch flow polls an S3 prefix (s3://bucket/prefix/)")
-    cfg = events.polling_config(loc.bucket or "", loc.key)
+    cfg = notifications.polling_config(loc.bucket or "", loc.key)
     old = load_state(state_key)
     new = scan(prefix_uri)
     first = old is None
-    roots = events.changed_roots(cfg, old or {}, new)
-    emitted: list[str] = []
-    for root, keys in roots.items():
-        ev = events.dataset_event(cfg, cfg.bucket, root, keys, reason="first poll" if first else "poll")
-        emit_event(event=ev["event"], resource=ev["resource"], payload=ev["payload"])
-        emitted.append(ev["payload"]["data"])
-        log.info("emitted %s for %s: %d new or changed images", ev["event"], ev["payload"]["data"], len(keys))
+    state, emitted, failed = polling.announce(cfg, old or {}, new, _emitter(), reason="first poll" if first else "poll")
+    for data in emitted:
+        log.info("emitted %s for %s", cfg.event_name, data)
     before = old or {}
     summary: dict[str, Any] = {
         "prefix": prefix_uri,
@@ -91,10 +102,12 @@ def watch(prefix_uri: str = "s3://scene-data/datasets/", state_key: str = "senso
         "first_run": first,
         "emitted": emitted,
     }
-    if first or new != before:
-        summary["state"] = save_state(state_key, prefix_uri, new)
+    if first or state != before:
+        summary["state"] = save_state(state_key, prefix_uri, state)
     else:
         summary["state"] = _state_uri(state_key)
+    if failed:  # the state kept these roots as they were: the next run announces them again
+        raise RuntimeError(f"could not announce {len(failed)} datasets (the next run retries): {failed}")
     if not emitted:
         log.info("no new or changed images under %s (%d objects)", prefix_uri, len(new))
     return summary

@@ -18,14 +18,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-class CliError(RuntimeError):
-    """A user-facing error: printed without a traceback."""
-
-
-def _settings() -> Any:
-    from scene.settings import Settings
-
-    return Settings.from_env()
+from scene.cli_errors import CliError  # noqa: E402  (shared with the cli_* modules, which must not import cli)
+from scene.cli_errors import settings_from_env as _settings  # noqa: E402
 
 
 def _s3_for(*uris: str | None) -> Any:
@@ -99,31 +93,38 @@ def cmd_validate(a: argparse.Namespace) -> None:
         raise CliError("validation failed:\n  " + "\n  ".join(report.failures()))
 
 
-def cmd_train(a: argparse.Namespace) -> None:
-    from scene.experiment import compare, train_one
-    from scene.presets import apply_preset
-    from scene.train import TrainConfig
+def train_params(a: argparse.Namespace) -> Any:
+    """The :class:`~scene.params.TrainParams` of ``scene train``: the options given, the preset filling the rest."""
+    from pydantic import ValidationError
 
-    settings = _settings()
-    given = {"backbones": a.backbone, "views": a.views, "epochs": a.epochs, "image_size": a.image_size,
-             "mirror": a.mirror}
+    from scene.params import TrainParams
+
+    given = {k: v for k, v in vars(a).items() if k in TrainParams.model_fields and v is not None}
+    given = {**given, "backbones": a.backbone} if a.backbone else given
     try:
-        v = apply_preset(a.preset, given, {"backbones": None, "views": 2, "epochs": 100,
-                                           "image_size": DEFAULT_IMAGE_SIZE, "mirror": False})
+        params = TrainParams.model_validate(given).resolved()
+    except ValidationError as err:
+        raise CliError("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from err
     except ValueError as err:
         raise CliError(f"--preset: {err}") from err
-    if not v["backbones"]:
+    if not params.backbones:
         raise CliError("--backbone is required (or a --preset that names the backbones)")
-    configs = [TrainConfig(backbone=b, weights=a.weights, strategy=a.strategy, views=v["views"], epochs=v["epochs"],
-                           image_size=v["image_size"], finetune_layers=a.finetune_layers, seed=a.seed,
-                           mixed_precision=a.mixed_precision, mirror=v["mirror"])
-               for b in dict.fromkeys(v["backbones"])]
+    return params
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from scene.experiment import compare
+    from scene.stages import train_one
+
+    settings = _settings()
+    params = train_params(a)
+    configs = [params.config(b) for b in params.backbones]
     bars = Bars()
     ds = _load_dataset(a.data, a.test, a.classes, bars)
     _validate(ds)
     # S3 when any location is an s3:// URI, or when an endpoint is configured (the weights mirror lives there)
-    uses_mirror = bool(settings.s3_endpoint_url) and a.weights == "imagenet"
-    s3 = _s3_for(a.data, a.test, a.cache, a.weights, "s3://" if uses_mirror else None)
+    uses_mirror = bool(settings.s3_endpoint_url) and params.weights == "imagenet"
+    s3 = _s3_for(a.data, a.test, a.cache, params.weights, "s3://" if uses_mirror else None)
     mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}" if s3 else None
     cache = a.cache or settings.feature_cache
     results = []
@@ -184,7 +185,7 @@ def _champion_model() -> str:
     if champ is None:
         raise CliError("no champion model in the registry yet; pass --model PATH, or train and promote one")
     print(f"using the champion {champ['version']}", file=sys.stderr)
-    return champ["uri"].rstrip("/") + "/model.keras"
+    return champ["model"]  # champion.json's model field: the one place the champion's path comes from
 
 
 def _download_model(uri: str) -> str:
@@ -249,18 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--test", help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
     t.add_argument("--backbone", action="append", help="repeat for several (required unless --preset names them)")
     t.add_argument("--preset", help="a named recipe filling every setting not given: best-cpu")
-    t.add_argument("--mirror", action="store_true",
+    t.add_argument("--mirror", action="store_true", default=None,
                    help="train also on mirrored images; the saved model averages over image and mirror")
-    t.add_argument("--weights", default="imagenet", help="imagenet | none | PATH or s3:// URI to .weights.h5")
-    t.add_argument("--strategy", choices=["cached", "online"], default="cached")
-    t.add_argument("--views", type=int, default=2, help="augmented views per training image (cached)")
-    t.add_argument("--epochs", type=int, default=100)
-    t.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
-    t.add_argument("--finetune-layers", type=int, default=0)
-    t.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPUs)")
+    # defaults (None here) come from scene.params.TrainParams: an option not given is one a --preset may fill
+    t.add_argument("--weights", help="imagenet (default) | none | PATH or s3:// URI to .weights.h5")
+    t.add_argument("--strategy", choices=["cached", "online"], help="default: cached")
+    t.add_argument("--views", type=int, help="augmented views per training image (cached; default 2)")
+    t.add_argument("--epochs", type=int, help="default 100 (early stopping usually ends sooner)")
+    t.add_argument("--image-size", type=int, help=f"default {DEFAULT_IMAGE_SIZE}")
+    t.add_argument("--finetune-layers", type=int, help="default 0 (no fine-tuning)")
+    t.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPUs)")
     t.add_argument("--cache", help="feature cache folder or s3:// URI (default from settings)")
     t.add_argument("--classes", help="comma-separated class names (default: the Intel classes)")
-    t.add_argument("--seed", type=int, default=42)
+    t.add_argument("--seed", type=int, help="default 42")
     t.add_argument("--out", required=True)
     t.set_defaults(func=cmd_train)
 
@@ -304,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet(args.verbose)
     from scene.dataset import DatasetError
     from scene.errors import InputRangeError, WeightsUnavailable
-    from scene.stack import StackError
+    from scene.ops.stack import StackError
     from scene.storage import StorageError
 
     try:

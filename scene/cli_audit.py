@@ -21,7 +21,7 @@ def _features(a: argparse.Namespace, rows: Any, bars: Any) -> Any:
     s3 = cli._s3_for(a.data, a.cache, a.weights, "s3://" if uses_mirror else None)
     mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}" if s3 else None
     cfg = train.TrainConfig(backbone=a.backbone, weights=a.weights, views=0, image_size=a.image_size, seed=a.seed)
-    weights = train.resolve(cfg, s3=s3, mirror=mirror)
+    weights = train.weights_for(cfg, s3=s3, mirror=mirror)
     return cached_features(rows, cfg, weights, a.cache or settings.feature_cache, s3=s3, progress=bars)
 
 

@@ -10,6 +10,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from scene.cli_errors import CliError, settings_from_env
 from scene.metadata import IMAGE_SUFFIXES
 
 DEMO_DATASET = "demo"  # the name of the generated demo dataset (make run without DATA)
@@ -39,7 +40,7 @@ def dataset_name(src: str | Path | None = None, name: str | None = None) -> str:
 
 
 def cmd_stack(a: argparse.Namespace) -> None:
-    from scene import stack
+    from scene.ops import stack
 
     if a.action == "up":
         info = stack.up(a.state, s3_port=a.s3_port, prefect_port=a.prefect_port, pools=tuple(a.pool or ["default"]),
@@ -62,9 +63,8 @@ def cmd_stack(a: argparse.Namespace) -> None:
 def cmd_weights_mirror(a: argparse.Namespace) -> None:
     """Copy Keras' ImageNet weight files (from the Keras cache, or downloaded) into the bucket's mirror prefix."""
     from scene import backbones, storage
-    from scene.cli import CliError, _settings
 
-    settings = _settings()
+    settings = settings_from_env()
     mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}"
     done = backbones.mirror_weights(a.backbone or sorted(backbones.BACKBONES), a.image_size, mirror,
                                     storage.s3_client(settings))
@@ -85,9 +85,8 @@ def cmd_data_upload(a: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from scene import storage
-    from scene.cli import CliError, _settings
 
-    settings = _settings()
+    settings = settings_from_env()
     client = storage.s3_client(settings)
     src = Path(a.src)
     if not src.is_dir():
@@ -118,8 +117,7 @@ def _bridge_emitted(url: str) -> int:
     """How many events the bridge at ``url`` has emitted (its /health counter, which needs the bridge's token)."""
     import os
 
-    from scene import events
-    from scene.cli import CliError
+    from scene.ops import prefect_events as events
 
     token = os.environ.get("SCENE_EVENTS_TOKEN")
     if not token:
@@ -143,9 +141,8 @@ def _wait_bridge(url: str, before: int, timeout: float = 120.0) -> None:
 def cmd_runs_show(a: argparse.Namespace) -> None:
     """Print a training run's comparison table and where its artifacts are."""
     from scene import storage
-    from scene.cli import CliError, _settings
 
-    settings = _settings()
+    settings = settings_from_env()
     client = storage.s3_client(settings)
     prefix = f"s3://{settings.artifact_bucket}/runs/{a.run_id}/"
     uri = prefix + "comparison.md"
@@ -163,7 +160,6 @@ def cmd_runs_show(a: argparse.Namespace) -> None:
 def cmd_runs_watch(a: argparse.Namespace) -> None:
     """Follow a run in the terminal until it ends; exit with its outcome (0 completed, 1 otherwise)."""
     from scene import watch
-    from scene.cli import CliError
 
     try:
         code = watch.watch(a.run_id, interval=a.interval, timeout=a.timeout)

@@ -9,3 +9,7 @@ class WeightsUnavailable(RuntimeError):
 
 class InputRangeError(ValueError):
     """The tensors reaching a backbone are outside the range it was trained on."""
+
+
+class ModelLoadError(ValueError):
+    """A saved model that must not or cannot be loaded (unsafe code inside, truncated file); the message names it."""

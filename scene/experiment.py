@@ -1,4 +1,6 @@
-"""One backbone end to end — fit, predict, evaluate, write artifacts — and the comparison across backbones.
+"""A backbone's results: evaluation of its predictions, its artifacts, its :class:`TrainResult`, the comparison.
+
+The stages that produce them run in :mod:`scene.stages` (``prepare → extract → fit → finetune → evaluate → write``).
 
 Every per-backbone folder holds ``model.keras``, ``config.json`` (full config, classes, data
 fingerprint, weights source), ``metrics.json``, ``history.csv``, plots, ``report.html`` and
@@ -8,10 +10,8 @@ fingerprint, weights source), ``metrics.json``, ``history.csv``, plots, ``report
 from __future__ import annotations
 
 import json
-import time
-import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from scene.dataset import Dataset
 from scene.evaluate import SplitMetrics, evaluate_predictions, most_confused_pairs
 from scene.plots import plot_confusion, plot_learning_curves, plot_roc
 from scene.report import thumbnail_data_uri, write_comparison, write_model_card, write_report_html
-from scene.train import FitResult, Predictions, Progress, TrainConfig, all_predictions, fit, write_config
+from scene.train import FitResult, Predictions, TrainConfig, write_config
 
 RANDOM_INIT_WARNING = "random init — not a transfer-learning result"
 
@@ -46,6 +46,7 @@ class TrainResult:
     features_computed: int = 0
     features_cached: int = 0
     data_fingerprint: str = ""
+    version: dict[str, Any] = field(default_factory=dict)  # the registry version it became (train-backbone registers)
 
     def comparison_row(self) -> dict[str, Any]:
         """One row of the comparison table."""
@@ -61,6 +62,10 @@ class TrainResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def registered(self, version: Any) -> TrainResult:
+        """This result with the registry version it became (a :class:`~scene.registry.ModelVersion`)."""
+        return replace(self, version=version.to_dict())
 
 
 def evaluate_all(preds: dict[str, Predictions], class_names: tuple[str, ...], *, bootstrap: int = 1000,
@@ -89,10 +94,12 @@ def _confusion_examples(p: Predictions, metrics: SplitMetrics, class_names: tupl
 
 def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds: dict[str, Predictions],
                     metrics: dict[str, SplitMetrics], out_dir: Path, *, s3: Any = None,
-                    label_issues: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """Plots, ``metrics.json``, ``config.json``, ``report.html`` and ``model_card.md``; returns config.json.
+                    label_issues: Sequence[dict[str, Any]] = (), test: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Plots, ``metrics.json``, ``config.json``, ``test_predictions.csv``, ``report.html`` and ``model_card.md``;
+    returns config.json.
 
     ``label_issues``: rows of the data's label audit (:func:`scene.audit.labels.issue_rows`) for ``report.html``.
+    ``test``: the test split's per-image outcome when already computed (else made from ``preds["test"]``).
     """
     warnings = [RANDOM_INIT_WARNING] if fit_result.weights.random_init else []
     eval_split = "test" if "test" in preds else "val"
@@ -113,7 +120,7 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
         summary["head epochs/s"] = f"{fit_result.history.attrs['epochs_per_s']:.1f}"
     if fit_result.extract:
         summary["features computed / cached"] = f"{fit_result.extract.computed} / {fit_result.extract.cached}"
-    extra = {"metrics": {s: m.to_dict() for s, m in metrics.items()}}
+    metric_docs = {s: m.to_dict() for s, m in metrics.items()}
     doc = write_config(out_dir / "config.json", cfg, ds, fit_result,
                        {"summary": summary, "seconds": fit_result.seconds})
     meta = {"backbone": cfg.backbone, "class_names": list(ds.class_names), "data_fingerprint": ds.fingerprint,
@@ -122,9 +129,10 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
             "weights_sha256_16": fit_result.weights.fingerprint,
             "predictions": {s: p.source for s, p in preds.items()},
             "saved_model_agreement": preds["test"].agreement if "test" in preds else None}
-    (out_dir / "metrics.json").write_text(json.dumps({**extra["metrics"], "meta": meta}, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps({**metric_docs, "meta": meta}, indent=2))
     if "test" in preds:
-        test_predictions(preds["test"], ds).to_csv(out_dir / "test_predictions.csv", index=False)
+        (test if test is not None else test_predictions(preds["test"], ds)).to_csv(out_dir / "test_predictions.csv",
+                                                                                     index=False)
     confusions = (_confusion_examples(preds[eval_split], metrics[eval_split], ds.class_names, s3)
                   if eval_split in preds else [])
     write_report_html(out_dir / "report.html", title=f"scene — {cfg.backbone}", summary=summary, metrics=metrics,
@@ -148,26 +156,6 @@ def status_of(metrics: dict[str, SplitMetrics]) -> str:
     return "collapsed" if m is not None and m.collapsed else "ok"
 
 
-def train_one(ds: Dataset, cfg: TrainConfig, out_dir: str | Path, *, cache_root: str | None = None,
-              s3: Any = None, mirror: str | None = None, progress: Progress | None = None,
-              bootstrap: int = 1000) -> TrainResult:
-    """Fit, predict, evaluate and write the artifacts of one backbone; errors become a ``failed`` result."""
-    start = time.perf_counter()
-    out = Path(out_dir)
-    try:
-        fitted = fit(ds, cfg, out, cache_root=cache_root, s3=s3, mirror=mirror, progress=progress)
-        preds = all_predictions(ds, cfg, fitted, cache_root=cache_root, s3=s3, progress=progress)
-        metrics = evaluate_all(preds, ds.class_names, bootstrap=bootstrap, seed=cfg.seed)
-        write_artifacts(ds, cfg, fitted, preds, metrics, out, s3=s3)
-    except Exception as err:  # one backbone's failure is reported, never stops the others
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "error.txt").write_text(traceback.format_exc())
-        return TrainResult(cfg.backbone, "failed", f"{type(err).__name__}: {err}", str(out), None, {},
-                           time.perf_counter() - start, cfg.weights, strategy=cfg.strategy,
-                           data_fingerprint=ds.fingerprint)
-    return result_of(ds, cfg, fitted, metrics, out, time.perf_counter() - start)
-
-
 def result_of(ds: Dataset, cfg: TrainConfig, fitted: FitResult, metrics: dict[str, SplitMetrics], out_dir: Path,
               seconds: float) -> TrainResult:
     """The :class:`TrainResult` of a finished, evaluated run."""
@@ -188,3 +176,22 @@ def compare(results: list[TrainResult], out_dir: str | Path) -> tuple[Path, Path
 def per_image_correct(p: Predictions) -> np.ndarray:
     """Whether each image was classified correctly (input to McNemar's test)."""
     return p.probs.argmax(1) == p.y_true
+
+
+def fetch_verified(s3: Any, version_uri: str, purpose: str = "model") -> Path:
+    """A local copy of a registered version (only what its checksums.json lists, each file verified; model.keras
+    against the version id) in a new temporary folder; returns that folder."""
+    import tempfile
+
+    from scene.integrity import fetch_version
+
+    return fetch_version(s3, version_uri, Path(tempfile.mkdtemp(prefix=f"scene-{purpose}-")) / "v", names=[])
+
+
+def score_version(s3: Any, version_uri: str, ds: Dataset) -> pd.DataFrame:
+    """A registered model's per-image outcome on ``ds``'s test split (its verified model.keras, end to end)."""
+    from scene.model import load
+    from scene.train import predict
+
+    model = load(str(fetch_verified(s3, version_uri, "champion") / "model.keras"))
+    return test_predictions(predict(model, ds.split("test"), int(model.input_shape[1]), split="test", s3=s3), ds)

@@ -6,18 +6,25 @@ augmentation settings, seed, precision policy, and a hash of everything else tha
 the Keras and TensorFlow versions) — plus ``(image sha256, view)``. View 0 is the plain image; views 1..K are random
 augmentations; view -1 is the plain image mirrored. Entries are stored in shards (``.npz``) under
 ``<cache>/<namespace>/`` in a local folder
-or an ``s3://`` prefix; a shard's name is the hash of its content, so re-runs never duplicate work and
+or an ``s3://`` prefix; a shard's name is the hash of its keys, so re-runs never duplicate work and
 retraining on new data computes features only for new images. Extraction streams: a shard is written
 every ``shard_size`` vectors, so memory stays bounded and an interrupted run resumes where it stopped.
+
+Each shard is written whole (a temporary name renamed into place locally, one PUT on S3) and carries the sha256 of
+its keys and vectors; a shard that does not load or whose content no longer matches that hash (a flipped bit, a
+truncated file) is listed in :attr:`FeatureCache.corrupt`, deleted and never used: its vectors are recomputed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -40,6 +47,7 @@ class ExtractStats:
     cached: int  # answered from the cache
     computed: int  # run through the backbone now
     seconds: float
+    corrupt: int = 0  # damaged shards of this cache found and dropped so far (their vectors were recomputed)
 
 
 class FeatureCache:
@@ -49,20 +57,42 @@ class FeatureCache:
         self.loc = storage.parse(root).join(namespace)
         self.s3 = s3
         self._index: dict[str, np.ndarray] | None = None
+        self.corrupt: list[str] = []  # shards found damaged (unreadable or hash mismatch), dropped and deleted
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._index is None:
             self._index = {}
             try:
-                shards = [k for k, _ in storage.list_files(self.loc, self.s3) if k.endswith(".npz")]
+                shards = [k for k, _ in storage.list_files(self.loc, self.s3)
+                      if k.endswith(".npz") and not k.rsplit("/", 1)[-1].startswith(".")]  # not temporary files
             except storage.StorageError:
                 if self.loc.is_s3:
                     raise
                 shards = []  # a local cache folder that does not exist yet
             for uri in shards:
-                with np.load(io.BytesIO(storage.read_bytes(uri, self.s3))) as z:
-                    self._index.update(zip(z["keys"].tolist(), z["features"], strict=True))
+                entries = self._read_shard(uri)
+                if entries is not None:
+                    self._index.update(zip(*entries, strict=True))
         return self._index
+
+    def _read_shard(self, uri: str) -> tuple[list[str], np.ndarray] | None:
+        """A shard's keys and vectors if it loads and matches its stored sha256; else drop it and return None."""
+        try:
+            with np.load(io.BytesIO(storage.read_bytes(uri, self.s3))) as z:
+                keys, feats, stored = z["keys"].tolist(), z["features"], str(z["sha256"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # truncated, not a zip, or written without a hash: all mean "recompute"
+        else:
+            if len(keys) == len(feats) and _digest(keys, feats) == stored:
+                return keys, feats
+        self.corrupt.append(uri)
+        with contextlib.suppress(Exception):  # a shard left in place is detected again next time, never used
+            loc = storage.parse(uri)
+            if loc.is_s3:
+                self.s3.delete_object(Bucket=loc.bucket, Key=loc.key)
+            else:
+                Path(loc.key).unlink()
+        return None
 
     def missing(self, keys: Sequence[str]) -> list[str]:
         index = self._load()
@@ -75,12 +105,20 @@ class FeatureCache:
     def put(self, keys: Sequence[str], features: np.ndarray) -> str:
         """Write one shard; its name is the hash of its keys, so rewriting it is harmless."""
         buf = io.BytesIO()
-        np.savez(buf, keys=np.asarray(keys), features=features.astype(np.float32))
+        feats = np.ascontiguousarray(features, np.float32)
+        np.savez(buf, keys=np.asarray(keys), features=feats, sha256=np.asarray(_digest(keys, feats)))
         name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:24]
         uri = str(self.loc.join(f"shard-{name}.npz"))
         storage.write_bytes(uri, buf.getvalue(), self.s3)
-        self._load().update(zip(keys, features.astype(np.float32), strict=True))
+        self._load().update(zip(keys, feats, strict=True))
         return uri
+
+
+def _digest(keys: Sequence[str], feats: np.ndarray) -> str:
+    """The sha256 a shard stores of its content: its keys, then its vectors as float32 bytes."""
+    h = hashlib.sha256("\n".join(keys).encode())
+    h.update(np.ascontiguousarray(feats, np.float32).tobytes())
+    return h.hexdigest()
 
 
 # The modules whose code decides what a feature vector is: a change in any of them is a new namespace.
@@ -188,7 +226,7 @@ def extract(
                 progress(f"features {backbone}", done, total)
         if keys:
             cache.put(keys, np.concatenate(chunks))
-    return ExtractStats(requested, requested - total, total, time.perf_counter() - start)
+    return ExtractStats(requested, requested - total, total, time.perf_counter() - start, len(cache.corrupt))
 
 
 def gather(cache: FeatureCache, rows: pd.DataFrame, views: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

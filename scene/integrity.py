@@ -35,10 +35,11 @@ def verify_file(path: str | Path, sha256: str, size: int | None = None, *, what:
     name = what or str(path)
     if not path.is_file():
         raise IntegrityError(f"{name}: missing ({path} is not a file)")
-    if size is not None and path.stat().st_size != size:
-        raise IntegrityError(f"{name}: {path.stat().st_size} bytes, but {size} were recorded; the object was "
-                             "changed or truncated after it was registered — do not load it")
     actual = storage.sha256_file(path)
+    if size is not None and path.stat().st_size != size:
+        raise IntegrityError(f"{name}: {path.stat().st_size} bytes, but {size} were recorded (sha256 {actual}, "
+                             f"recorded {sha256}); the object was changed or truncated after it was registered — "
+                             "do not load it")
     if actual != sha256.lower():
         raise IntegrityError(f"{name}: sha256 {actual} does not match the recorded {sha256}; the object was "
                              "changed after it was registered — do not load it")

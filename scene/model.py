@@ -95,5 +95,25 @@ def compile_model(model: keras.Model, learning_rate: float) -> None:
 
 
 def load(path: str) -> keras.Model:
-    """Load a saved scene model (registers the custom preprocessing layer)."""
-    return keras.models.load_model(path, custom_objects={"Preprocess": Preprocess, "Mirror": Mirror}, compile=False)
+    """Load a saved scene model (registers the custom preprocessing layer) with ``safe_mode=True``.
+
+    Raises :class:`~scene.errors.ModelLoadError` naming the file for a model that carries Python code (a ``Lambda``
+    layer: loading it could run anything) and for a file that is not a complete ``.keras`` archive.
+    """
+    import zipfile
+    from pathlib import Path
+
+    from scene.errors import ModelLoadError
+
+    try:
+        return keras.models.load_model(path, custom_objects={"Preprocess": Preprocess, "Mirror": Mirror},
+                                       compile=False, safe_mode=True)
+    except ValueError as err:
+        if "safe_mode" in str(err):
+            raise ModelLoadError(f"{path}: refusing to load: it contains a Lambda layer (Python code that would run "
+                                 "on load), which safe_mode forbids; scene models use registered layers only — "
+                                 "rebuild it without Lambda layers") from err
+        if Path(path).is_file() and not zipfile.is_zipfile(path):
+            raise ModelLoadError(f"{path}: not a complete .keras archive ({Path(path).stat().st_size} bytes; "
+                                 "truncated or corrupt); fetch it again or retrain") from err
+        raise

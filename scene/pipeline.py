@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from scene import images, runtime, storage
+from scene import image_fetch, images, runtime, storage
 
 runtime.configure_threads()  # before the first TensorFlow op of the process
 
@@ -104,7 +104,7 @@ def load_pixels(key: str, size: int, s3: Any = None, *, min_side: int = 0) -> np
     changes no pixel and saves most of the per-image cost. ``min_side``: refuse smaller images
     (:class:`~scene.images.ImageProblem`), as the manifest does, for input that no manifest has checked.
     """
-    pixels = images.decode_rgb(storage.read_bytes(key, s3))
+    pixels = images.decode_rgb(image_fetch.reader(s3)(key))
     if min(pixels.shape[:2]) < min_side:
         h, w = pixels.shape[:2]
         raise images.ImageProblem(f"{w}x{h} is smaller than the {min_side}-pixel minimum side")

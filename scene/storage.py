@@ -7,6 +7,8 @@ and what to check, so a wrong endpoint, wrong credentials or a missing bucket fa
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import tempfile
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from scene.retries import RETRY_S, set_budget
+from scene.retries import call as _retry
 from scene.settings import Settings
 
 
@@ -56,8 +60,12 @@ def parse(uri: str | os.PathLike[str]) -> Location:
     return Location(None, text)
 
 
-def s3_client(settings: Settings, *, connect_timeout: float = 5.0, retries: int = 3) -> Any:
-    """A boto3 S3 client for the configured endpoint and credentials."""
+def s3_client(settings: Settings, *, connect_timeout: float = 5.0, retries: int = 3, retry_s: float = RETRY_S) -> Any:
+    """A boto3 S3 client for the configured endpoint and credentials.
+
+    ``retry_s``: how long each storage call through it keeps retrying an unreachable or failing store
+    (:mod:`scene.retries`; botocore's own ``retries`` attempts happen inside each of those attempts).
+    """
     import boto3
     from botocore.config import Config
 
@@ -69,18 +77,24 @@ def s3_client(settings: Settings, *, connect_timeout: float = 5.0, retries: int 
         signature_version="s3v4",
         max_pool_connections=32,  # image readers run 16 threads at once (scene.pipeline.decode_workers)
     )
-    return boto3.client(
+    return set_budget(boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         aws_access_key_id=settings.aws_access_key_id,
         aws_secret_access_key=settings.aws_secret_access_key,
         region_name=settings.aws_region,
         config=config,
-    )
+    ), retry_s)
 
 
 def explain(err: BaseException, loc: Location | str, endpoint: str | None = None) -> StorageError:
     """Turn a boto3/botocore error into one sentence naming the location and what to check."""
+    said = _explain(err, loc, endpoint)
+    notes = getattr(err, "__notes__", None)  # e.g. how long scene.retries retried
+    return StorageError(f"{said} ({'; '.join(notes)})") if notes else said
+
+
+def _explain(err: BaseException, loc: Location | str, endpoint: str | None) -> StorageError:
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
     where = f"{loc}" + (f" (endpoint {endpoint})" if endpoint else "")
@@ -116,14 +130,22 @@ def list_files(uri: str | Location, s3: Any = None) -> Iterator[tuple[str, int]]
     if not loc.is_s3:
         yield from list_local(loc.key)[0]
         return
+    yield from ((uri, size) for uri, size, _ in list_objects(loc, s3))
+
+
+def list_objects(uri: str | Location, s3: Any) -> Iterator[tuple[str, int, str]]:
+    """Yield ``(s3 URI, size, ETag without quotes)`` for every object under an S3 prefix, sorted by key."""
+    loc = parse(uri) if isinstance(uri, str) else uri
     if s3 is None:
         raise StorageError(f"{loc}: an S3 location needs an S3 client (configure AWS_ENDPOINT_URL etc.)")
     prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
+        pages = _retry(s3, lambda: list(s3.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket,
+                                                                                     Prefix=prefix)))
+        for page in pages:
             for obj in page.get("Contents", []):
                 if not obj["Key"].endswith("/"):
-                    yield f"s3://{loc.bucket}/{obj['Key']}", int(obj["Size"])
+                    yield f"s3://{loc.bucket}/{obj['Key']}", int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
     except Exception as err:  # botocore raises many types; all become one clear message
         raise explain(err, loc, _endpoint(s3)) from err
 
@@ -222,7 +244,7 @@ def read_bytes(uri: str, s3: Any = None) -> bytes:
         except OSError as err:
             raise StorageError(f"{loc}: cannot read: {err.strerror or err}") from err
     try:
-        return s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+        return _retry(s3, lambda: s3.get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read())
     except Exception as err:
         raise explain(err, loc, _endpoint(s3)) from err
 
@@ -235,7 +257,7 @@ def exists(uri: str, s3: Any = None) -> bool:
     from botocore.exceptions import ClientError
 
     try:
-        s3.head_object(Bucket=loc.bucket, Key=loc.key)
+        _retry(s3, lambda: s3.head_object(Bucket=loc.bucket, Key=loc.key))
         return True
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -245,19 +267,68 @@ def exists(uri: str, s3: Any = None) -> bool:
         raise explain(err, loc, _endpoint(s3)) from err
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+
+
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The first ``OSError`` in an exception's chain (Keras and zipfile wrap them), or None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen and not isinstance(err, OSError):
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return err if isinstance(err, OSError) else None
+
+
+def _write_failed(path: Path, err: BaseException) -> StorageError:
+    """A write error as one sentence naming the file and what to do (disk full, read-only, no permission)."""
+    cause = _os_error(err)
+    code = cause.errno if cause is not None else None
+    hint = {errno.ENOSPC: f"the disk holding {path.parent} is full; free space there or point the work folder / "
+                          "feature cache (SCENE_WORK_DIR, SCENE_FEATURE_CACHE) at a larger disk",
+            errno.EDQUOT: f"the disk quota for {path.parent} is exhausted; free space or raise the quota",
+            errno.EROFS: f"{path.parent} is on a read-only file system; choose a writable folder",
+            errno.EACCES: f"no permission to write in {path.parent}; fix its permissions or choose another folder",
+            }.get(code or -1, "check the folder exists and is writable")
+    what = cause.strerror if cause is not None and cause.strerror else f"{type(err).__name__}: {err}"
+    return StorageError(f"{path}: cannot write ({what}); {hint}. Nothing was left at that path.")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name in ``path``'s folder to write to, renamed onto ``path`` when the block succeeds.
+
+    When the block (or the rename) fails, the temporary file is removed and an ``OSError`` (disk full, read-only,
+    ...) becomes a :class:`StorageError` naming ``path``: readers see the old file or the whole new one, never a
+    partial one. The temporary name keeps the suffix (``.model.<random>.part.keras``), for writers that check it.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".part{path.suffix}")
+        os.close(fd)
+    except OSError as err:
+        raise _write_failed(path, err) from err
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        cause = _os_error(err)
+        if isinstance(err, Exception) and cause is not None and cause.errno in _WRITE_ERRNOS:
+            raise _write_failed(path, err) from err
+        raise
+
+
 def write_bytes(uri: str, data: bytes, s3: Any = None) -> None:
-    """Write a file atomically (local: temp file + rename) or put an S3 object."""
+    """Write a file atomically (local: :func:`atomic_path`) or put an S3 object (retried through outages)."""
     loc = parse(uri)
     if not loc.is_s3:
-        path = Path(loc.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        with atomic_path(loc.key) as tmp:
+            tmp.write_bytes(data)
         return
     try:
-        s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+        _retry(s3, lambda: s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=data))
     except Exception as err:
         raise explain(err, loc, _endpoint(s3)) from err
 
@@ -269,13 +340,8 @@ def upload_file(path: str | Path, uri: str, s3: Any) -> str:
     loc = parse(uri)
     digest = sha256_file(path)
     try:
-        s3.upload_file(
-            str(path),
-            loc.bucket,
-            loc.key,
-            ExtraArgs={"Metadata": {"sha256": digest}},
-            Config=TransferConfig(multipart_threshold=8 * 1024 * 1024),
-        )
+        _retry(s3, lambda: s3.upload_file(str(path), loc.bucket, loc.key, ExtraArgs={"Metadata": {"sha256": digest}},
+                                          Config=TransferConfig(multipart_threshold=8 * 1024 * 1024)))
     except Exception as err:
         raise explain(err, loc, _endpoint(s3)) from err
     return digest
@@ -284,16 +350,15 @@ def upload_file(path: str | Path, uri: str, s3: Any) -> str:
 def download_file(uri: str, path: str | Path, s3: Any) -> Path:
     """Download an S3 object to a local file (atomically)."""
     loc = parse(uri)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        s3.download_file(loc.bucket, loc.key, str(tmp))
-    except Exception as err:
-        tmp.unlink(missing_ok=True)
-        raise explain(err, loc, _endpoint(s3)) from err
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        try:
+            _retry(s3, lambda: s3.download_file(loc.bucket, loc.key, str(tmp)))
+        except Exception as err:
+            cause = _os_error(err)
+            if cause is not None and cause.errno in _WRITE_ERRNOS:
+                raise  # a local write error: atomic_path names the file
+            raise explain(err, loc, _endpoint(s3)) from err
+    return Path(path)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -1,6 +1,6 @@
 """Training one backbone: the frozen phase (``cached`` features or ``online``), optional fine-tuning,
-then predictions on every split. Each phase is a function of its own so Prefect tasks can run them
-one by one; :func:`train` runs them all for the CLI.
+then predictions on every split. Each phase is a function of its own; :mod:`scene.stages` calls them in order
+(for the CLI and, one task per stage, for the Prefect flow).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from scene import backbones, features
+from scene import backbones, features, storage
 from scene.dataset import Dataset
 from scene.model import HeadConfig, assemble, build_head, compile_model, unfreeze_top
 from scene.model import load as load_model
@@ -185,7 +185,7 @@ def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSo
                                           cache=cache, augment=cfg.augment, seed=cfg.seed, s3=s3, progress=progress,
                                           model=model))
     return features.ExtractStats(sum(s.requested for s in stats), sum(s.cached for s in stats),
-                                 sum(s.computed for s in stats), sum(s.seconds for s in stats))
+                                 sum(s.computed for s in stats), sum(s.seconds for s in stats), len(cache.corrupt))
 
 
 def fit_frozen(ds: Dataset, cfg: TrainConfig, out_dir: Path, weights: backbones.WeightsSource, *,
@@ -265,21 +265,23 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
 
 def _save(model: keras.Model, history: pd.DataFrame, model_path: Path, weights: backbones.WeightsSource,
           extract_stats: features.ExtractStats | None, seconds: float) -> FitResult:
-    model.save(model_path)
-    history.to_csv(model_path.with_name("history.csv"), index=False)
+    with storage.atomic_path(model_path) as tmp:  # a full disk leaves no partial model.keras behind
+        model.save(tmp)
+    storage.write_bytes(str(model_path.with_name("history.csv")), history.to_csv(index=False).encode())
     return FitResult(model_path, history, weights, extract_stats, seconds)
 
 
-def resolve(cfg: TrainConfig, *, s3: Any = None, mirror: str | None = None) -> backbones.WeightsSource:
-    """The weights a config asks for (raises :class:`~scene.backbones.WeightsUnavailable` with instructions)."""
+def weights_for(cfg: TrainConfig, *, s3: Any = None, mirror: str | None = None) -> backbones.WeightsSource:
+    """The weights file a config's ``weights`` names, found once (raises :class:`~scene.errors.WeightsUnavailable`
+    with instructions). Runs call it through :func:`scene.stages.prepare`; the audit and benchmarks directly."""
     return backbones.resolve_weights(backbones.get_spec(cfg.backbone), cfg.weights, cfg.image_size, s3=s3,
                                      mirror=mirror, seed=cfg.seed)
 
 
 def fit(ds: Dataset, cfg: TrainConfig, out_dir: Path, *, cache_root: str | None = None, s3: Any = None,
         mirror: str | None = None, progress: Progress | None = None) -> FitResult:
-    """Resolve weights, run the frozen phase and the optional fine-tuning; save the model."""
-    weights = resolve(cfg, s3=s3, mirror=mirror)
+    """Both training phases in one call, without evaluating (tests, benchmarks); runs use :mod:`scene.stages`."""
+    weights = weights_for(cfg, s3=s3, mirror=mirror)
     fitted = fit_frozen(ds, cfg, out_dir, weights, cache_root=cache_root, s3=s3, progress=progress)
     return finetune(ds, cfg, fitted, s3=s3, progress=progress)
 
@@ -378,8 +380,8 @@ def check_agreement(cached: Predictions, shipped: Predictions, model_path: Path 
     return Predictions(shipped.split, shipped.keys, shipped.y_true, shipped.probs, "saved model", agreement)
 
 
-def write_config(path: Path, cfg: TrainConfig, ds: Dataset, fit_result: FitResult, extra: dict[str, Any]) -> dict:
-    """``config.json`` beside the model: full config, classes, data fingerprint, weights source."""
+def write_config(path: Path, cfg: TrainConfig, ds: Dataset, fit_result: FitResult, fields: dict[str, Any]) -> dict:
+    """``config.json`` beside the model: full config, classes, data fingerprint, weights source, and ``fields``."""
     doc = {
         "config": cfg.to_dict(),
         "class_names": list(ds.class_names),
@@ -387,7 +389,7 @@ def write_config(path: Path, cfg: TrainConfig, ds: Dataset, fit_result: FitResul
         "data_source": ds.source,
         "weights": asdict(fit_result.weights),
         "random_init": fit_result.weights.random_init,
-        **extra,
+        **fields,
     }
     path.write_text(json.dumps(doc, indent=2, default=str))
     return doc

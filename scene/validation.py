@@ -3,9 +3,13 @@
 Row-level rules (labels in the class set, no missing keys, sizes, modes, unique keys, hash format) run as a
 great-expectations suite on an ephemeral context; dataset-level rules (images per class and split, class
 balance, the same content in two splits, rejected share, changes since the champion's manifest) run in pandas.
-Every outcome becomes a `CheckResult` with a human-readable observation naming the offending keys.
-Blocking checks decide `ValidationReport.success`; non-blocking ones are warnings shown in the report.
+Every outcome becomes a `CheckResult` (:mod:`scene.validation_report`) with a human-readable observation
+naming the offending keys. Blocking checks decide `ValidationReport.success`; non-blocking ones are warnings.
 great_expectations is imported lazily (it takes seconds) the first time `validate_manifest` runs.
+
+No check decodes an image: the image checks (sizes, modes, conversions) read the manifest's columns, which the
+manifest builder filled when it read each image — once per object version (see :mod:`scene.dataset`), so a
+retrain validates every row of the manifest while decoding only its new images, and that only in the builder.
 """
 
 from __future__ import annotations
@@ -14,140 +18,28 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
 
 from scene.metadata import SPLITS
+from scene.validation_report import (
+    MAX_LISTED,
+    CheckResult,
+    ValidationReport,
+    ValidationThresholds,
+    limit,
+    listing,
+    plural,
+)
 
+__all__ = ["MAX_LISTED", "REQUIRED_COLUMNS", "CheckResult", "ValidationReport", "ValidationThresholds",
+           "validate_manifest"]
 REQUIRED_COLUMNS = ("key", "label", "split", "sha256", "width", "height", "mode")
-MAX_LISTED = 20  # offending items listed per check; the rest are counted
 _SHA256 = r"^[0-9a-f]{64}$"  # a hex digest as the manifest builder writes it
 _SHOWN = 3  # offending items quoted in a check's one-line observation
 _GX_LOCK = threading.Lock()  # get_context() sets a process-wide project: one suite run at a time
 
-
-@dataclass(frozen=True)
-class ValidationThresholds:
-    """Limits the data must meet before anything is trained on it."""
-
-    min_per_class: int = 2  # images per class overall; each class also needs ≥ 1 in train and ≥ 1 in val
-    max_class_ratio: float = 10.0  # largest / smallest class image count
-    min_side: int = 32  # smallest accepted width and height, pixels
-    max_side: int = 10000  # largest accepted width and height, pixels
-    # PIL modes the loader can convert to RGB
-    allowed_modes: tuple[str, ...] = ("RGB", "L", "P", "CMYK", "RGBA", "LA", "I;16", "I;16B", "I;16L", "I",
-                                      "PA", "RGBX", "YCbCr", "1")
-    max_rejected_fraction: float = 0.2  # rejected files / all files found
-    # same content under two labels: listed always, blocking above this share of images (the real Intel
-    # training set has 5 such pairs in 8,741 photos: label noise to report, not a reason to stop)
-    max_label_conflict_fraction: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.min_per_class < 2:
-            raise ValueError(f"min_per_class={self.min_per_class!r}: pass at least 2 (a train, a val image)")
-        if not self.max_class_ratio >= 1:
-            raise ValueError(f"max_class_ratio={self.max_class_ratio!r}: pass a ratio ≥ 1.0")
-        if not 1 <= self.min_side <= self.max_side:
-            raise ValueError(f"min_side={self.min_side!r}, max_side={self.max_side!r}: "
-                             "pass 1 ≤ min_side ≤ max_side")
-        if not 0 <= self.max_rejected_fraction <= 1:
-            raise ValueError(f"max_rejected_fraction={self.max_rejected_fraction!r}: pass a value in [0, 1]")
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One check's outcome: `observed` is one readable line, `details` lists offenders (≤ 20 + a count)."""
-
-    name: str
-    success: bool
-    observed: str
-    details: tuple[str, ...] = ()
-    blocking: bool = True  # False: a warning, shown in the report but not failing validation
-
-
-@dataclass(frozen=True)
-class ValidationReport:
-    """Everything validation found; `success` is False when any blocking check failed."""
-
-    success: bool
-    checks: tuple[CheckResult, ...]
-    counts: dict[str, dict[str, int]]  # split → class → images (unknown splits/labels included)
-    rejected: tuple[tuple[str, str], ...]  # (key, problem) of every rejected file
-    converted: int  # images with a non-empty note (e.g. "converted from CMYK")
-    notes: tuple[tuple[str, str], ...]  # (key, note) of those images
-    total_images: int  # usable images in the manifest
-    thresholds: ValidationThresholds
-    cross_split: tuple[str, ...] = ()  # every "image content in two splits: …" line
-    new_images: int | None = None  # images whose content is not in the previous manifest (None: no previous)
-    removed_images: int | None = None  # previous keys no longer in the manifest (None: no previous)
-    new_duplicates: tuple[str, ...] = ()  # new keys whose content the previous manifest already had
-    moved: tuple[str, ...] = ()  # every "image moved split: …" line
-
-    def check(self, name: str) -> CheckResult:
-        """The check called `name`."""
-        for c in self.checks:
-            if c.name == name:
-                return c
-        raise KeyError(f"no check named {name!r}; checks are {[c.name for c in self.checks]}")
-
-    def failures(self) -> list[str]:
-        """One readable line per failing blocking check."""
-        return [f"{c.name}: {c.observed}" for c in self.checks if c.blocking and not c.success]
-
-    def warnings(self) -> list[str]:
-        """One readable line per failing non-blocking check."""
-        return [f"{c.name}: {c.observed}" for c in self.checks if not c.blocking and not c.success]
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the whole report."""
-        d = asdict(self)
-        d["checks"] = [{**asdict(c), "details": list(c.details)} for c in self.checks]
-        d["rejected"] = [{"key": k, "problem": p} for k, p in self.rejected]
-        d["notes"] = [{"key": k, "note": n} for k, n in self.notes]
-        d["thresholds"] = {**asdict(self.thresholds), "allowed_modes": list(self.thresholds.allowed_modes)}
-        for name in ("cross_split", "new_duplicates", "moved"):
-            d[name] = list(d[name])
-        d["failures"] = self.failures()
-        d["warnings"] = self.warnings()
-        return d
-
-    def summary_markdown(self) -> str:
-        """A readable markdown report: checks, counts per class and split, rejected files, notes."""
-        verdict = "✅ passed" if self.success else "❌ failed"
-        lines = [f"# Data validation {verdict}", "",
-                 f"{_plural(self.total_images, 'usable image')}, "
-                 f"{_plural(len(self.rejected), 'rejected file')}, "
-                 f"{_plural(self.converted, 'image')} converted on load."]
-        if self.new_images is not None:
-            lines[-1] += (f" Since the previous manifest: {_plural(self.new_images, 'new image')}, "
-                          f"{self.removed_images} removed.")
-        lines += ["", "## Checks", "", "| check | result | observed |", "| --- | --- | --- |"]
-        for c in self.checks:
-            result = "pass" if c.success else ("❌ FAIL" if c.blocking else "⚠️ warning")
-            lines.append(f"| {c.name} | {result} | {_cell(c.observed)} |")
-        for c in self.checks:
-            if c.details and not c.success:
-                lines += ["", f"**{c.name}**", ""] + [f"- {_cell(d)}" for d in c.details]
-        splits = list(self.counts)
-        classes = list(dict.fromkeys(c for s in splits for c in self.counts[s]))
-        lines += ["", "## Images per class and split", "",
-                  "| class | " + " | ".join(splits) + " | total |", "| --- |" + " ---: |" * (len(splits) + 1)]
-        for c in classes:
-            row = [self.counts[s].get(c, 0) for s in splits]
-            lines.append(f"| {_cell(c)} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
-        totals = [sum(self.counts[s].values()) for s in splits]
-        lines.append("| **total** | " + " | ".join(map(str, totals)) + f" | {sum(totals)} |")
-        lines += ["", f"## Rejected files ({len(self.rejected)})", ""]
-        if self.rejected:
-            lines += ["| key | problem |", "| --- | --- |"]
-            lines += [f"| {_cell(k)} | {_cell(p)} |" for k, p in self.rejected]
-        else:
-            lines.append("None.")
-        lines += ["", f"## Notes ({len(self.notes)})", ""]
-        lines += [f"- {_cell(k)}: {_cell(n)}" for k, n in self.notes] or ["None."]
-        return "\n".join(lines) + "\n"
 
 
 def validate_manifest(
@@ -173,8 +65,8 @@ def validate_manifest(
     checks: list[CheckResult] = []
 
     n = len(df)
-    checks.append(CheckResult("not_empty", n > 0, f"{_plural(n, 'usable image')}" if n else
-                              f"no usable images ({_plural(len(rej), 'file')} rejected)"))
+    checks.append(CheckResult("not_empty", n > 0, f"{plural(n, 'usable image')}" if n else
+                              f"no usable images ({plural(len(rej), 'file')} rejected)"))
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if n and missing:
         checks.append(CheckResult("columns", False, f"manifest lacks columns {missing}; "
@@ -190,11 +82,11 @@ def validate_manifest(
     cross = _cross_split_lines(df)
     if n:  # with no images the class and duplicate checks would only repeat "no usable images"
         checks += _class_checks(counts, class_names, thresholds)
-        checks.append(_listing("cross_split", cross, "no image content appears in two splits"))
+        checks.append(listing("cross_split", cross, "no image content appears in two splits"))
         conflicts = _label_conflict_lines(df)
-        checks.append(_listing("label_conflicts", conflicts, "copies agree on their label",
+        checks.append(listing("label_conflicts", conflicts, "copies agree on their label",
                                blocking=len(conflicts) > thresholds.max_label_conflict_fraction * len(df)))
-        checks.append(_listing("duplicates_within_split", _duplicate_lines(df),
+        checks.append(listing("duplicates_within_split", _duplicate_lines(df),
                                "no duplicate content within a split", blocking=False))
     checks.append(_rejected_check(n, rej, thresholds))
 
@@ -208,9 +100,9 @@ def validate_manifest(
                                       f"previous manifest lacks columns {lacking}"))
         else:
             moved, new_dups, new_images, removed = _compare_previous(df, previous)
-            checks.append(_listing("split_moved", moved,
+            checks.append(listing("split_moved", moved,
                                    f"no image changed split ({len(previous)} previous rows)"))
-            checks.append(_listing("new_duplicates", new_dups, "no new key duplicates earlier content",
+            checks.append(listing("new_duplicates", new_dups, "no new key duplicates earlier content",
                                    blocking=False))
 
     notes = _notes(df)
@@ -293,7 +185,7 @@ def _from_gx(name: str, r: Any, df: pd.DataFrame, row_text: str, what: str) -> C
         keys = df.loc[rows, "key"].value_counts(sort=False) if rows else pd.Series(dtype=int)
         items = [f"{k!r} ×{c}" for k, c in keys.items()]
     shown = ", ".join(items[:_SHOWN]) + (", …" if len(items) > _SHOWN else "")
-    return CheckResult(name, False, f"{count} of {total} {what}: {shown}", _limit(items))
+    return CheckResult(name, False, f"{count} of {total} {what}: {shown}", limit(items))
 
 
 def _who(df: pd.DataFrame, i: Any) -> str:
@@ -324,12 +216,12 @@ def _class_checks(counts: dict[str, dict[str, int]], class_names: tuple[str, ...
     problems = []
     for c in class_names:
         if total[c] < t.min_per_class:
-            problems.append(f"class '{c}' has {_plural(total[c], 'image')} (need ≥ {t.min_per_class})")
+            problems.append(f"class '{c}' has {plural(total[c], 'image')} (need ≥ {t.min_per_class})")
         problems += [f"class '{c}' has 0 images in {s}" for s in ("train", "val") if counts[s][c] < 1]
     checks.append(CheckResult(
         "class_minimum", not problems,
         "; ".join(problems[:_SHOWN]) + ("; …" if len(problems) > _SHOWN else "") if problems else
-        f"every class has ≥ {t.min_per_class} images, ≥ 1 in train and ≥ 1 in val", _limit(problems)))
+        f"every class has ≥ {t.min_per_class} images, ≥ 1 in train and ≥ 1 in val", limit(problems)))
     big, small = max(class_names, key=total.__getitem__), min(class_names, key=total.__getitem__)
     ratio = total[big] / total[small] if total[small] else math.inf
     checks.append(CheckResult(
@@ -372,7 +264,7 @@ def _label_index_check(df: pd.DataFrame, class_names: tuple[str, ...]) -> CheckR
     bad = known[pd.to_numeric(known["label_index"], errors="coerce") != want]
     items = [f"{k}: label '{lab}' has label_index {i!r}, expected {class_names.index(lab)}"
              for k, lab, i in zip(bad["key"], bad["label"], bad["label_index"], strict=True)]
-    return _listing("label_index_matches", items, "every label_index matches the class order")
+    return listing("label_index_matches", items, "every label_index matches the class order")
 
 
 def _rejected_check(n: int, rej: pd.DataFrame, t: ValidationThresholds) -> CheckResult:
@@ -380,9 +272,9 @@ def _rejected_check(n: int, rej: pd.DataFrame, t: ValidationThresholds) -> Check
     frac = r / (n + r) if n + r else 0.0
     items = [f"{k}: {p}" for k, p in zip(rej.get("key", []), rej.get("problem", []), strict=False)]
     return CheckResult("rejected_fraction", frac <= t.max_rejected_fraction,
-                       f"{r} of {_plural(n + r, 'file')} rejected "
+                       f"{r} of {plural(n + r, 'file')} rejected "
                        f"({frac:.1%}, max {t.max_rejected_fraction:.0%})",
-                       _limit(items))
+                       limit(items))
 
 
 def _compare_previous(df: pd.DataFrame, previous: pd.DataFrame) -> tuple[list[str], list[str], int, int]:
@@ -417,27 +309,3 @@ def _notes(df: pd.DataFrame) -> tuple[tuple[str, str], ...]:
     notes = df["note"].astype(object).where(df["note"].notna(), "").astype(str).str.strip()
     has = notes != ""
     return tuple((str(k), n) for k, n in zip(df.loc[has, "key"], notes[has], strict=True))
-
-
-# --- formatting --------------------------------------------------------------------------------------------
-
-
-def _listing(name: str, items: list[str], ok: str, blocking: bool = True) -> CheckResult:
-    if not items:
-        return CheckResult(name, True, ok, blocking=blocking)
-    more = f" (and {len(items) - 1} more)" if len(items) > 1 else ""
-    return CheckResult(name, False, items[0] + more, _limit(items), blocking)
-
-
-def _limit(items: Sequence[str], limit: int = MAX_LISTED) -> tuple[str, ...]:
-    items = list(items)
-    return tuple(items[:limit]) + ((f"… and {len(items) - limit} more",) if len(items) > limit else ())
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-

@@ -1,6 +1,7 @@
 """``scene runs watch RUN_ID``: one live line per backbone of a training run, read from the Prefect REST API.
 
-Talks HTTP to ``PREFECT_API_URL`` (``eval "$(scene stack env)"`` sets it) with httpx and never imports Prefect.
+Talks HTTP to ``PREFECT_API_URL`` (``eval "$(scene stack env)"`` sets it) with :mod:`scene.ops.http` and never
+imports Prefect.
 A backbone is a ``train-backbone`` child flow run of the watched run: started in-process (local dispatch) or by
 ``run_deployment`` on a work pool (GPU dispatch), both are found by their parent flow run. Each line shows the
 stage (from the child's task runs), the newest progress artifact (done/total, rate, ETA), and once evaluated its
@@ -20,9 +21,10 @@ from datetime import datetime
 from typing import Any, TextIO
 
 from scene import tables
+from scene.ops import http
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-# task-run name prefix -> stage shown (flows/steps.py train_steps and tasks/*.py name the tasks)
+# task-run name prefix -> stage shown (flows/train_backbone.py runs them; tasks/*.py name the tasks)
 STAGES: tuple[tuple[str, str], ...] = (
     ("load manifest", "manifest"), ("build manifest", "manifest"), ("validate data", "manifest"),
     ("check weights", "manifest"), ("extract features", "features"), ("train head", "head"),
@@ -40,29 +42,25 @@ class Api:
     """The few Prefect REST endpoints the watcher reads."""
 
     def __init__(self, url: str | None = None, timeout: float = 15.0) -> None:
-        import httpx
-
         url = url or os.environ.get("PREFECT_API_URL")
         if not url:
             raise WatchError('PREFECT_API_URL is not set: run eval "$(scene stack env)" (the local stack) or export '
                              "the URL of your Prefect server's API, e.g. http://127.0.0.1:4200/api")
-        headers = {"Authorization": f"Bearer {os.environ['PREFECT_API_KEY']}"} if os.environ.get(
+        self.headers = {"Authorization": f"Bearer {os.environ['PREFECT_API_KEY']}"} if os.environ.get(
             "PREFECT_API_KEY") else {}
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers)
+        self.timeout = timeout
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        import httpx
-
         try:
-            r = self.http.request(method, path, json=body)
-        except httpx.HTTPError as err:
+            status, answer = http.call(method, self.url + path, body, headers=self.headers, timeout=self.timeout)
+        except http.Unreachable as err:
             raise WatchError(f"{self.url}{path}: {err} — is the Prefect server up (scene stack status)?") from err
-        if r.status_code == 404:
+        if status == 404:
             raise WatchError(f"{self.url}{path}: not found (404) — check the run id")
-        if r.status_code >= 400:
-            raise WatchError(f"{self.url}{path}: HTTP {r.status_code}: {r.text[:300]}")
-        return r.json()
+        if status >= 400:
+            raise WatchError(f"{self.url}{path}: HTTP {status}: {str(answer)[:300]}")
+        return answer
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/flow_runs/{run_id}")

@@ -12,7 +12,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from scene import storage, summary, tables
 from scene.experiment import TrainResult, compare
 from scene.report import comparison_table
-from tasks.common import s3
+from tasks.common import s3, settings
 
 
 @task(name="upload artifacts", task_run_name="upload {label}", retries=3, retry_delay_seconds=[2, 10, 30])
@@ -43,17 +43,18 @@ def read_result(prefix: str) -> TrainResult | None:
 
 
 @task(name="compare backbones")
-def compare_and_publish(results: list[TrainResult], out_dir: str, prefix: str, manifest: dict[str, str]) -> str:
+def compare_and_publish(results: list[TrainResult], prefix: str, manifest: dict[str, str]) -> str:
     """Comparison table (CSV + markdown, uploaded), a table artifact, and a markdown report with plots and links."""
     client = s3()
-    csv_path, md_path = compare(results, out_dir)
+    csv_path, md_path = compare(results, Path(settings().work_dir) / "runs" / prefix.rstrip("/").rsplit("/", 1)[-1])
     for p in (csv_path, md_path):
         storage.upload_file(p, prefix.rstrip("/") + "/" + p.name, client)
     rows = comparison_table([r.comparison_row() for r in results]).to_dict("records")
     create_table_artifact(tables.display_rows(rows), key="backbone-comparison",
                           description="Backbones compared on the test split (best first; F1 weighted)")
     hours = storage.MAX_LINK_SECONDS // 3600
-    md = [md_path.read_text(), "", "## Plots", "",
+    comparison_md = storage.read_bytes(str(md_path)).decode()
+    md = [comparison_md, "", "## Plots", "",
           f"_Links are presigned and expire {hours} hour after this run; the `s3://` URIs stay valid._", ""]
     for r in results:
         if r.status == "failed":
@@ -71,7 +72,7 @@ def compare_and_publish(results: list[TrainResult], out_dir: str, prefix: str, m
     create_link_artifact(storage.presigned_url(prefix.rstrip("/") + "/comparison.md", client),
                          link_text="comparison.md", key="comparison",
                          description=f"expires after {hours} hour; {prefix.rstrip('/')}/comparison.md")
-    get_run_logger().info("comparison:\n%s", md_path.read_text())
+    get_run_logger().info("comparison:\n%s", comparison_md)
     return str(Path(md_path))
 
 

@@ -18,6 +18,7 @@ from scene.audit.labels import audit_labels
 from scene.audit.source import cached_features, model_outputs
 from scene.backbones import WeightsUnavailable
 from scene.dataset import Dataset
+from scene.experiment import fetch_verified
 from tasks.common import Progress, s3, settings
 from tasks.data import DataValidationFailed
 
@@ -46,7 +47,7 @@ def audit_data(ds: Dataset, cfg: train.TrainConfig, prefix: str, labels: bool = 
     log = get_run_logger()
     try:
         cfg_s = settings()
-        weights = train.resolve(cfg, s3=s3(), mirror=f"s3://{cfg_s.artifact_bucket}/{cfg_s.weights_mirror_prefix}")
+        weights = train.weights_for(cfg, s3=s3(), mirror=f"s3://{cfg_s.artifact_bucket}/{cfg_s.weights_mirror_prefix}")
     except WeightsUnavailable as err:
         log.warning("data audits skipped: %s (features of an untrained network would find nothing real)", err)
         return {"skipped": str(err)}
@@ -121,12 +122,7 @@ def _drift(model_path: str | None, champion: dict[str, Any], new_rows: Any, subj
     log = get_run_logger()
     client = s3()
     if model_path is None:  # the champion's verified model.keras
-        import tempfile
-
-        from scene.integrity import fetch_version
-
-        folder = fetch_version(client, champion["uri"], Path(tempfile.mkdtemp(prefix="scene-drift-")) / "v", names=[])
-        model_path = str(folder / "model.keras")
+        model_path = str(fetch_verified(client, champion["uri"], "drift") / "model.keras")
     model = load(model_path)
     ref_uri = _reference_uri(champion["version"])
     if storage.exists(ref_uri, client):
@@ -159,6 +155,7 @@ def _make_reference(model: Any, champion: dict[str, Any], max_images: int, confi
     x, probs = model_outputs(model, rows, s3=client, progress=Progress())
     import json
 
-    names = json.loads(config.read_text())["class_names"] if config.is_file() else range(probs.shape[1])
+    names = (json.loads(storage.read_bytes(str(config)))["class_names"] if storage.exists(str(config))
+             else range(probs.shape[1]))
     names = tuple(str(n) for n in names)
     return drift_lib.fit_reference(x, probs.argmax(1), names, components=min(8, max(1, len(rows) // 2 - 1)))

@@ -1,13 +1,16 @@
-"""What every task shares: settings, the S3 client, progress reporting into Prefect artifacts."""
+"""What every task and flow shares: settings, the S3 client, the run's folders, progress into Prefect artifacts."""
 
 from __future__ import annotations
 
 import re
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import flow_run
 
 from scene.settings import Settings
 from scene.storage import s3_client
@@ -21,6 +24,17 @@ def settings() -> Settings:
 def s3(cfg: Settings | None = None) -> Any:
     """An S3 client for the configured endpoint."""
     return s3_client(cfg or settings())
+
+
+def run_prefix() -> str:
+    """``s3://<artifact bucket>/runs/<this flow run's id>/``: where a run's artifacts go."""
+    return f"s3://{settings().artifact_bucket}/runs/{flow_run.get_id() or 'local'}/"
+
+
+def work_folder(backbone: str) -> Path:
+    """``<work>/<flow run id>/<backbone>``: concurrent runs on the same data never share a folder."""
+    run_id = flow_run.get_id() or f"local-{uuid.uuid4().hex[:12]}"
+    return Path(settings().work_dir) / str(run_id) / backbone
 
 
 class Progress:

@@ -21,15 +21,18 @@ class DataValidationFailed(RuntimeError):
 @task(name="build manifest", retries=2, retry_delay_seconds=5)
 def build_manifest(data: str, test: str | None = None, classes: list[str] | None = None,
                    previous: Any = None) -> Dataset:
-    """List, hash and check every image under ``data`` (and ``test``).
+    """List every image under ``data`` (and ``test``); read, hash and check the new or changed ones.
 
-    ``previous``: an earlier manifest of the same data (e.g. the champion's): its images keep their splits.
+    ``previous``: an earlier manifest of the same data (e.g. the champion's): its images keep their splits, and
+    its rows are reused for objects whose ETag and size are unchanged (``ds.objects_read`` counts the reads).
     """
     log = get_run_logger()
-    log.info("Reading every image under %s%s", data, f" and {test}" if test else "")
+    log.info("Listing %s%s", data, f" and {test}" if test else "")
     ds = build_dataset(data, test, class_names=classes, s3=s3(), previous=previous,
                        progress=lambda d, t: log.info("read %d/%d images", d, t) if d == t or d % 2000 == 0 else None)
-    log.info("%d usable images, %d skipped; data fingerprint %s", len(ds.manifest), len(ds.rejected), ds.fingerprint)
+    log.info("%d usable images, %d skipped; read %d objects, reused %d rows of the previous manifest (ETag and "
+             "size unchanged); data fingerprint %s", len(ds.manifest), len(ds.rejected), ds.objects_read,
+             ds.rows_reused, ds.fingerprint)
     return ds
 
 
@@ -75,4 +78,4 @@ def manifest_frame(uri: str) -> Any:
     """Read a manifest CSV (for comparing with a previous one)."""
     import pandas as pd
 
-    return pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3())), keep_default_na=False)
+    return pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3())), keep_default_na=False, dtype={"etag": str})

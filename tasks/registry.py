@@ -1,20 +1,18 @@
-"""Registry tasks: register versions, score the champion on today's test images, run the promotion gate."""
+"""Registry tasks: register a trained version, score the champion on today's test images, run the promotion gate."""
 
 from __future__ import annotations
 
 import io
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
-from scene import registry, storage
+from scene import experiment, registry, storage
 from scene.dataset import Dataset
-from scene.experiment import TrainResult, test_predictions
-from scene.train import predict
+from scene.experiment import TrainResult
 from tasks.common import s3, settings
 
 
@@ -27,22 +25,39 @@ def read_champion(dataset: str | None = None) -> registry.Pointer:
     return registry.read_champion(s3(), settings().artifact_bucket, dataset=dataset)
 
 
-@task(name="register model", task_run_name="register {result.backbone}", retries=3, retry_delay_seconds=5)
-def register(result: TrainResult, ds: Dataset, run_prefix: str) -> registry.ModelVersion:
-    """Upload a trained backbone folder (with its manifest) as a content-addressed version of ``ds``'s lineage.
+@task(name="read champions", retries=3, retry_delay_seconds=5)
+def read_champions() -> dict[str, dict[str, Any]]:
+    """``{dataset URI: champion document}`` for every dataset that has a champion."""
+    return registry.champions(s3(), settings().artifact_bucket)
 
-    A backbone trained on another worker is fetched from the run's artifacts in S3 first.
+
+@task(name="read champion's manifest", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def previous_manifest(champion: dict[str, Any] | None) -> pd.DataFrame | None:
+    """The champion's ``manifest.csv`` (its splits stay sticky, new images are counted), or None."""
+    if not champion:
+        return None
+    uri = champion["uri"].rstrip("/") + "/manifest.csv"
+    client = s3()
+    if not storage.exists(uri, client):
+        return None
+    return pd.read_csv(io.BytesIO(storage.read_bytes(uri, client)), keep_default_na=False, dtype={"etag": str})
+
+
+@task(name="read champion's data fingerprint", retries=3, retry_delay_seconds=5)
+def trained_on(champion: dict[str, Any]) -> str | None:
+    """The data fingerprint the champion was trained on (from its registry entry)."""
+    return registry.get_version(s3(), settings().artifact_bucket, champion["version"]).get("data_fingerprint")
+
+
+@task(name="register model", task_run_name="register {result.backbone}", retries=3, retry_delay_seconds=5,
+      cache_policy=NO_CACHE)
+def register(result: TrainResult, ds: Dataset, test_predictions: pd.DataFrame) -> registry.ModelVersion:
+    """Register the folder this worker just trained (its manifest.csv included) as a version of ``ds``'s lineage.
+
+    ``test_predictions``: the run's per-image test outcome, in memory (the same rows as its test_predictions.csv).
     """
-    out = Path(result.out_dir)
-    if not (out / "model.keras").is_file():
-        out = Path(tempfile.mkdtemp(prefix=f"scene-{result.backbone}-"))
-        client = s3()
-        src = f"{run_prefix.rstrip('/')}/{result.backbone}/"
-        for uri, _ in storage.list_files(src, client):
-            storage.download_file(uri, storage.safe_join(out, uri[len(src):], uri), client)
-    ds.manifest.to_csv(out / "manifest.csv", index=False)
-    version = registry.register(s3(), settings().artifact_bucket, out, result.backbone,
-                                pd.read_csv(out / "test_predictions.csv"), dataset=ds.source)
+    version = registry.register(s3(), settings().artifact_bucket, result.out_dir, result.backbone, test_predictions,
+                                dataset=ds.source)
     get_run_logger().info("registered %s (dataset %s) at %s", version.version, version.dataset, version.uri)
     return version
 
@@ -62,16 +77,9 @@ def score_champion(pointer: registry.Pointer, ds: Dataset) -> pd.DataFrame | Non
     """
     if pointer.champion is None:
         return None
-    from scene.integrity import fetch_version
-    from scene.model import load
-
-    client = s3()
-    folder = fetch_version(client, pointer.champion["uri"], Path(tempfile.mkdtemp(prefix="scene-champion-")) / "v",
-                           names=[])
-    model = load(str(folder / "model.keras"))
-    preds = predict(model, ds.split("test"), int(model.input_shape[1]), split="test", s3=client)
-    get_run_logger().info("champion %s scored on %d current test images", pointer.champion["version"], len(preds.keys))
-    return test_predictions(preds, ds)
+    scored = experiment.score_version(s3(), pointer.champion["uri"], ds)
+    get_run_logger().info("champion %s scored on %d current test images", pointer.champion["version"], len(scored))
+    return scored
 
 
 @task(name="promotion gate")

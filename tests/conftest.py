@@ -12,6 +12,7 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.event_stack"]  # the session's stack with the event bridge and deployments
 SHARED = REPO.parent / "shared"
 INTEL = SHARED / "data" / "intel" / "seg_train"
 MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"

@@ -28,7 +28,7 @@ def test_known_copies_among_distinct_photos_are_found_at_the_default_threshold(
                          "split": "train"})
     rows["sha256"] = [storage.sha256_bytes(Path(k).read_bytes()) for k in rows["key"]]
     cfg = train.TrainConfig(backbone="mobilenetv2", weights=str(mobilenet_weights), image_size=150, views=0)
-    x = cached_features(rows, cfg, train.resolve(cfg), str(tmp_path / "cache"))
+    x = cached_features(rows, cfg, train.weights_for(cfg), str(tmp_path / "cache"))
     audit = audit_duplicates(x, rows, DEFAULT_THRESHOLD)
     found = {frozenset((Path(a).parent.name + "/" + Path(a).name, Path(b).parent.name + "/" + Path(b).name))
              for a, b in zip(audit.pairs["key_a"], audit.pairs["key_b"], strict=True)}

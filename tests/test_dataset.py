@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -61,8 +65,6 @@ def test_split_of_an_image_never_changes_when_images_are_added(tmp_path: Path) -
 
 
 def test_identical_copies_share_a_split() -> None:
-    import pandas as pd
-
     df = pd.DataFrame({"sha256": ["a" * 64, "a" * 64, "b" * 64], "label": ["sea"] * 3, "origin": ["pool"] * 3})
     split = assign_splits(df, False, SplitConfig())
     assert split[0] == split[1]
@@ -158,8 +160,6 @@ def test_no_image_moves_split_given_the_previous_manifest_3_image_classes(tmp_pa
 
 
 def test_per_class_picks_are_made_among_new_images_only() -> None:
-    import pandas as pd
-
     cfg = SplitConfig()
     old_sha = [f"{i:064x}" for i in range(3)]
     previous = pd.DataFrame({"sha256": old_sha, "split": ["train", "train", "train"], "key": ["a", "b", "c"]})
@@ -231,3 +231,60 @@ def test_generated_data_is_marked_synthetic_through_save_and_load(tmp_path: Path
     assert not real.synthetic and not real.manifest["synthetic"].any()
     real.manifest.drop(columns="synthetic").to_csv(tmp_path / "old.csv", index=False)  # a manifest from before
     assert not load_dataset(str(tmp_path / "old.csv")).synthetic
+
+
+# --- a rebuild reads only new or changed objects (issue 9, item 4) -------------------------------------------
+
+
+def _settled(root: Path) -> Path:
+    """Wait until every file under ``root`` is older than RACY_SECONDS (only then does it get a stat tag)."""
+    import time
+
+    from scene.dataset import RACY_SECONDS
+
+    newest = max(p.stat().st_ctime for p in root.rglob("*"))
+    time.sleep(max(0.0, newest + RACY_SECONDS + 0.05 - time.time()))
+    return root
+
+
+def _as_published(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest as the next run reads it back (the CSV the manifest step publishes)."""
+    return pd.read_csv(io.StringIO(manifest.to_csv(index=False)), keep_default_na=False, dtype={"etag": str})
+
+
+def test_rebuild_reads_only_new_and_changed_files(tmp_path: Path, synth_dir: Path) -> None:
+    root = tmp_path / "d"
+    shutil.copytree(synth_dir, root)
+    first = build_dataset(str(_settled(root)))
+    assert first.objects_read == 72 and first.rows_reused == 0 and (first.manifest["etag"] != "").all()
+    _add_images(root, tmp_path, 1, seed=21)  # 6 new files
+    big, small = sorted((root / "sea").glob("sea_*.jpg"), key=lambda p: p.stat().st_size)[-1:-3:-1]
+    old = big.stat()
+    forged = small.read_bytes().ljust(old.st_size, b"\0")  # other content, same size, mtime set back below
+    big.write_bytes(forged)
+    os.utime(big, ns=(old.st_atime_ns, old.st_mtime_ns))
+    again = build_dataset(str(_settled(root)), previous=_as_published(first.manifest))  # trusted stat tags
+    assert again.objects_read == 7 and again.rows_reused == 71
+    row = again.manifest.set_index("key").loc[str(big)]
+    assert row["sha256"] == hashlib.sha256(forged).hexdigest() != first.manifest.set_index("key").at[str(big), "sha256"]
+    fresh = build_dataset(str(root), previous=first.manifest.drop(columns="etag"))  # sticky splits, all read
+    assert fresh.objects_read == 78
+    cols = [c for c in fresh.manifest.columns if c != "etag"]
+    pd.testing.assert_frame_equal(again.manifest[cols], fresh.manifest[cols], check_dtype=False)
+    assert again.fingerprint == fresh.fingerprint
+
+
+def test_files_changed_within_the_racy_window_are_read_again(tmp_path: Path, synth_dir: Path) -> None:
+    root = tmp_path / "d"
+    shutil.copytree(synth_dir, root)  # just written: no file is old enough to trust its stat tag
+    first = build_dataset(str(root))
+    assert (first.manifest["etag"] == "").all()
+    assert build_dataset(str(root), previous=first.manifest).objects_read == 72
+
+
+def test_old_manifests_without_etags_reuse_nothing(tmp_path: Path, synth_dir: Path) -> None:
+    first = build_dataset(str(_settled(synth_dir)))
+    again = build_dataset(str(synth_dir), previous=first.manifest.drop(columns=["etag"]))
+    assert again.objects_read == 72 and again.rows_reused == 0
+    with pytest.raises(DatasetError, match=r"previous manifest lacks columns \['width'\]"):
+        build_dataset(str(synth_dir), previous=first.manifest.drop(columns=["width"]))

@@ -166,10 +166,10 @@ def test_enter_image_names_a_missing_code_directory_and_enters_a_real_one(tmp_pa
 def test_stack_docker_pool_says_how_to_get_docker_when_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`scene stack up --pool docker` without Docker: a clear error naming what to do, no pool created."""
     pytest.importorskip("prefect_docker", reason="pip install -e '.[docker]'")
-    from scene import stack
+    from scene.ops import services, stack
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no docker client
     with pytest.raises(stack.StackError, match=r"--pool docker: no Docker daemon answers.*deployments/dockerd\.sh"):
-        stack._docker_pool_template(tmp_path, {})
+        services.docker_pool_template(tmp_path, {})
     assert not (tmp_path / "docker-pool.json").exists()
-    assert stack._pool_type("docker") == "docker" and stack._pool_type("gpu") == "process"
+    assert services.pool_type("docker") == "docker" and services.pool_type("gpu") == "process"

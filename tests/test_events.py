@@ -14,23 +14,19 @@ from typing import Any
 
 import pytest
 
-from scene.events import (
-    MAX_KEYS,
+from scene.ops.batcher import Batcher
+from scene.ops.bridge import BridgeServer, serve
+from scene.ops.notifications import (
+    KEY_SAMPLE,
     BadNotification,
-    Batcher,
     BridgeConfig,
-    BridgeServer,
-    EmitError,
     ObjectEvent,
-    bridge_stats,
-    changed_roots,
-    dataset_event,
-    emit_prefect_event,
     matching,
     parse_notification,
     polling_config,
-    serve,
 )
+from scene.ops.polling import changed_roots
+from scene.ops.prefect_events import EmitError, bridge_stats, dataset_event, emit_prefect_event
 
 TOKEN = "s3cret-token"
 
@@ -48,7 +44,7 @@ def aws_body(*keys: str, bucket: str = "scene-data", name: str = "ObjectCreated:
 
 
 def minio_body(key: str, bucket: str = "scene-data", name: str = "s3:ObjectCreated:Put") -> bytes:
-    """A MinIO/JuiceFS webhook body as documented in scene/stack.py: one object, key URL-encoded in Records."""
+    """A MinIO/JuiceFS webhook body as documented in scene/ops/stack.py: one object, key URL-encoded in Records."""
     import urllib.parse
 
     return json.dumps({
@@ -256,7 +252,8 @@ def test_max_wait_fires_during_a_slow_trickle_and_keys_are_capped() -> None:
         clock.advance(1 / 32)  # 78 s in all, never quiet for 10 s
         b.tick()
     assert len(out) == 1  # at 60 s
-    assert out[0]["payload"]["count"] == 1920 and len(out[0]["payload"]["keys"]) == MAX_KEYS
+    assert out[0]["payload"]["count"] == 1920 and len(out[0]["payload"]["keys"]) == KEY_SAMPLE  # memory bound
+    assert b.peak_keys_held == KEY_SAMPLE
 
 
 def test_failed_emission_is_retried() -> None:
@@ -484,3 +481,59 @@ def test_cli_serves_until_sigterm() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------------------------------------------ idempotence, polling, probes
+
+
+def test_a_retried_batch_keeps_its_event_id_and_a_grown_one_gets_a_new_id() -> None:
+    clock, sent, fail = FakeClock(), [], [True]
+
+    def emit(event: dict) -> None:
+        sent.append(event["id"])
+        if fail[0]:
+            raise EmitError("reply lost")
+
+    b = Batcher(BridgeConfig(token=TOKEN, quiet_seconds=1), emit, clock=clock)
+    b.add([ev("datasets/a/1.jpg")])
+    clock.advance(2)
+    b.tick()
+    clock.advance(3)
+    fail[0] = False
+    assert b.tick() == 1 and len(sent) == 2 and sent[0] == sent[1]  # the retry is the same event
+    fail[0] = True
+    b.add([ev("datasets/a/2.jpg")])
+    clock.advance(2)
+    b.tick()
+    b.add([ev("datasets/a/3.jpg")])  # new objects while the batch waits: the merged batch is a new event
+    fail[0] = False
+    clock.advance(3)
+    assert b.tick() == 1 and sent[3] != sent[2] and len(set(sent)) == 3
+
+
+def test_watch_state_advances_only_for_delivered_events() -> None:
+    from scene.ops.polling import announce
+
+    cfg = polling_config("b", "datasets/")
+    old = {"datasets/x/1.jpg": "e1"}
+    new = {"datasets/x/1.jpg": "e1", "datasets/x/2.jpg": "e2", "datasets/y/1.jpg": "e3"}
+
+    def emit_y_fails(event: dict) -> None:  # a real delivery attempt for y: nothing listens on port 9
+        if event["payload"]["prefix"] == "datasets/y/":
+            emit_prefect_event("http://127.0.0.1:9/api", event, timeout=2)
+
+    state, done, failed = announce(cfg, old, new, emit_y_fails)
+    assert done == ["s3://b/datasets/x/"] and list(failed) == ["datasets/y/"]
+    assert "cannot connect" in failed["datasets/y/"]
+    assert state == {"datasets/x/1.jpg": "e1", "datasets/x/2.jpg": "e2"}  # y not advanced
+    again, done, failed = announce(cfg, state, new, lambda e: None)
+    assert done == ["s3://b/datasets/y/"] and not failed and again == new  # the next poll re-emits y only
+
+
+def test_server_ignores_path_traversal_keys(bridge: tuple[BridgeServer, list[dict]]) -> None:
+    server, out = bridge
+    for key in ("datasets/../secrets/a.jpg", "datasets/a/../../etc/x.jpg", "datasets//a.jpg", "datasets/./a/b.jpg"):
+        assert post(server, aws_body(key))[1] == {"accepted": 0, "ignored": 1}, key
+    assert post(server, minio_body("datasets/../x/1.jpg"))[1] == {"accepted": 0, "ignored": 1}  # URL-encoded
+    time.sleep(0.6)
+    assert out == [] and health(server)["objects"] == 0

@@ -34,13 +34,28 @@ def test_every_preset_builds_a_valid_config() -> None:
         assert name
 
 
-def test_flows_resolve_a_preset_like_the_cli() -> None:
-    from flows.steps import DEFAULT_BACKBONES, preset_values
+def test_train_params_preset_fills_only_the_fields_not_set() -> None:
+    """One place applies a preset for the flows and the CLI: what the caller set wins, even when it is a default."""
+    from scene.params import TrainParams
 
-    v = preset_values("best-cpu", backbones=DEFAULT_BACKBONES, views=2, epochs=100, image_size=150, mirror=False)
-    assert v["backbones"] == ["mobilenetv2"] and v["image_size"] == PRESETS["best-cpu"]["image_size"]
-    v = preset_values("best-cpu", backbones=None, views=2, epochs=100, image_size=160, mirror=False)  # retrain
-    assert v["backbones"] == ["mobilenetv2"] and v["image_size"] == 160
+    best = PRESETS["best-cpu"]
+    p = TrainParams(preset="best-cpu", epochs=100, image_size=160).resolved()
+    assert (p.backbones, p.views, p.mirror) == (best["backbones"], best["views"], best["mirror"])
+    assert (p.epochs, p.image_size) == (100, 160)  # set by the caller (100 is also the default)
+    assert p.resolved() == p and TrainParams.model_validate(p.model_dump()).resolved() == p  # dispatched runs
+    assert TrainParams(epochs=3).resolved() == TrainParams(epochs=3)
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        TrainParams(preset="nope").resolved()
+
+
+def test_cli_builds_the_same_train_params(tmp_path) -> None:
+    from scene.cli import build_parser, train_params
+    from scene.params import TrainParams
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", "best-cpu", "--epochs", "7"])
+    assert train_params(args) == TrainParams(preset="best-cpu", epochs=7).resolved()
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--backbone", "vgg16"])
+    assert train_params(args) == TrainParams(backbones=["vgg16"])
 
 
 def test_cli_rejects_an_unknown_preset(tmp_path, capsys) -> None:

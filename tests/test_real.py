@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scene.dataset import Dataset, build_dataset, fingerprint
-from scene.experiment import train_one
+from scene.stages import train_one
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 

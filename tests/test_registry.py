@@ -12,7 +12,6 @@ from scipy.stats import binomtest
 
 from scene import cli_models
 from scene.experiment import TrainResult
-from scene.gate import GateError, per_class_recall, select_challenger
 from scene.registry import (
     Decision,
     ModelVersion,
@@ -22,6 +21,7 @@ from scene.registry import (
     decide,
     pair,
 )
+from scene.registry.rule import GateError, per_class_recall, select_challenger
 
 
 def _table(y_true: list[int], y_pred: list[int], prefix: str = "") -> pd.DataFrame:

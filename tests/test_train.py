@@ -12,9 +12,10 @@ import pytest
 
 from scene import features
 from scene.dataset import build_dataset
-from scene.experiment import RANDOM_INIT_WARNING, train_one
+from scene.experiment import RANDOM_INIT_WARNING
 from scene.model import backbone_of, build_head, load, unfreeze_top
 from scene.pipeline import image_dataset
+from scene.stages import train_one
 from scene.synth import make_synthetic
 from scene.train import TrainConfig, fit, precision_policy, predict, predict_cached
 
@@ -236,6 +237,6 @@ def test_mirror_recipe_ships_a_mirror_invariant_model_scored_end_to_end(ds, tmp_
 
 
 def r_weights(cfg: TrainConfig):
-    from scene.train import resolve
+    from scene.train import weights_for
 
-    return resolve(cfg)
+    return weights_for(cfg)

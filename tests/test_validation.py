@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -283,3 +284,18 @@ def test_importing_the_module_does_not_import_great_expectations_or_prefect() ->
     code = ("import sys, scene.validation; "
             "assert 'great_expectations' not in sys.modules and 'prefect' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_rows_reused_from_the_previous_manifest_are_validated_without_reading_images(synth_dir: Path) -> None:
+    """A retrain decodes no unchanged image, yet every row meets the suite: a stale row copied on trust fails."""
+    from scene.dataset import build_dataset
+    from tests.test_dataset import _settled
+
+    first = build_dataset(str(_settled(synth_dir)))
+    key = first.manifest.at[0, "key"]
+    previous = first.manifest.assign(width=first.manifest["width"].mask(first.manifest["key"] == key, 5))
+    again = build_dataset(str(synth_dir), previous=previous)  # nothing changed on disk: nothing is read
+    assert again.objects_read == 0 and again.rows_reused == len(first.manifest)
+    report = validate_manifest(again.manifest, again.rejected, again.class_names, previous=previous)
+    check = report.check("width_in_range")
+    assert not check.success and check.observed.startswith(f"1 of {len(first.manifest)} ") and key in check.observed

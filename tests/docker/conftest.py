@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from scene import stack as stack_mod
+from scene.ops import stack as stack_mod
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = os.environ.get("SCENE_TEST_BASE_IMAGE", "scene-base:bookworm")

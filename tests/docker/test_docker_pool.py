@@ -21,9 +21,10 @@ from scene.synth import make_synthetic
 from tests.integration.helpers import upload
 
 pytestmark = pytest.mark.docker
-FAST = {"weights": "none", "epochs": 1, "views": 0, "image_size": 32, "finetune_layers": 0,
-        "mixed_precision": False, "start_timeout_s": 600.0, "dispatch_timeout_s": 1200.0}
 BACKBONES = ["mobilenetv2", "efficientnetb0"]
+FAST = {"params": {"backbones": BACKBONES, "weights": "none", "epochs": 1, "views": 0, "image_size": 32,
+                   "finetune_layers": 0, "mixed_precision": False},
+        "start_timeout_s": 600.0, "dispatch_timeout_s": 1200.0}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_train_all_runs_each_backbone_in_its_own_container(dataset: str, s3: Any
     from flows.train_all import train_all
 
     began = time.monotonic()
-    state = train_all(data=dataset, backbones=BACKBONES, dispatch="docker", return_state=True, **FAST)
+    state = train_all(data=dataset, dispatch="docker", return_state=True, **FAST)
     timings["train-all (2 backbones in containers)"] = time.monotonic() - began
     assert state.is_completed(), state.message
     out = state.result()
@@ -137,7 +138,7 @@ def test_a_killed_container_crashes_its_run_and_leaves_the_rest_of_the_table(dat
     flow = train_all.with_options(on_running=[lambda f, r, s: parent.append(r.id)])
     context = contextvars.copy_context()  # this thread's Prefect settings (the test stack's API) for the parent
     with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(context.run, lambda: flow(data=dataset, backbones=BACKBONES, dispatch="docker",
+        future = pool.submit(context.run, lambda: flow(data=dataset, dispatch="docker",
                                                        return_state=True, **FAST))
         victim = _kill_when_running(parent, "efficientnetb0", future)
         state = future.result(timeout=900)

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from scene import stack as stack_mod
-from scene.stack import StackInfo
+from scene.ops import stack as stack_mod
+from scene.ops.stack import StackInfo
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -133,7 +133,7 @@ def env(stack: Any) -> Iterator[dict[str, str]]:
     """Point this process (boto3, Prefect client, scene settings) at the test stack."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from scene import stack as stack_mod
+    from scene.ops import stack as stack_mod
 
     lines = stack_mod.env_lines(stack.state_dir)
     values = dict(line.removeprefix("export ").split("=", 1) for line in lines)

@@ -52,8 +52,9 @@ def test_train_all_stops_on_near_copies_across_train_and_test(s3: Any, env: dict
     root = make_synthetic(tmp_path / "leaky", 10, size=64, seed=21)
     copies = _leak_copies(root)
     data = upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}leaky/")
-    state = train_all(data=data, backbones=["mobilenetv2"], weights=str(mobilenet_weights), image_size=64,
-                      epochs=1, views=0, promote=False, audit_labels=True, return_state=True)
+    params = {"backbones": ["mobilenetv2"], "weights": str(mobilenet_weights), "image_size": 64, "epochs": 1,
+              "views": 0}
+    state = train_all(data=data, params=params, promote=False, audit_labels=True, return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="near-duplicate leakage"):
         state.result()

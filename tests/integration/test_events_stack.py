@@ -18,11 +18,12 @@ from typing import Any
 
 import pytest
 
-from scene import events
-from scene import stack as stack_mod
-from scene.events import BridgeConfig, BridgeServer
+from scene.ops import bridge, notifications, prefect_events, services, supervisor
+from scene.ops import stack as stack_mod
+from scene.ops.bridge import BridgeServer
+from scene.ops.notifications import BridgeConfig
+from scene.ops.stack import StackInfo
 from scene.settings import Settings
-from scene.stack import StackInfo
 from scene.storage import s3_client
 
 from .conftest import free_port
@@ -37,7 +38,7 @@ def wait_events(api: str, resource_id: str, n: int = 1, timeout: float = 30.0) -
     """Poll Prefect until at least ``n`` events of ``resource_id`` are readable; return them."""
     start = time.monotonic()
     while True:
-        found = [e for e in events.read_events(api, resource_prefix=resource_id)
+        found = [e for e in prefect_events.read_events(api, resource_prefix=resource_id)
                  if e["resource"]["prefect.resource.id"] == resource_id]
         if len(found) >= n:
             return found
@@ -52,18 +53,18 @@ def resource(root: str, bucket: str = BUCKET) -> str:
 
 def test_emit_prefect_event_is_readable(stack: StackInfo) -> None:
     rid = f"scene.dataset.test/{uuid.uuid4().hex}/"
-    cfg = events.polling_config("test", "datasets/")
-    event = events.dataset_event(cfg, "test", "datasets/x/", ["datasets/x/a.jpg"])
+    cfg = notifications.polling_config("test", "datasets/")
+    event = prefect_events.dataset_event(cfg, "test", "datasets/x/", ["datasets/x/a.jpg"])
     event["resource"]["prefect.resource.id"] = rid
     sent = time.monotonic()
-    events.emit_prefect_event(stack.prefect_api_url, event)
+    prefect_events.emit_prefect_event(stack.prefect_api_url, event)
     (got,) = wait_events(stack.prefect_api_url, rid)
     print(f"emit → readable via /events/filter: {time.monotonic() - sent:.2f}s")
     assert got["event"] == "scene.data.arrived" and got["id"] == event["id"]
     assert got["payload"] == event["payload"]
     assert got["resource"]["scene.prefix"] == "datasets/x/"
-    with pytest.raises(events.EmitError, match="answered 422"):
-        events.emit_prefect_event(stack.prefect_api_url,
+    with pytest.raises(prefect_events.EmitError, match="answered 422"):
+        prefect_events.emit_prefect_event(stack.prefect_api_url,
                                   {"event": "x" * 2000, "resource": {"prefect.resource.id": "y"}})
 
 
@@ -80,7 +81,7 @@ class Rig:
     server: BridgeServer | None = None
 
     def start(self) -> BridgeServer:
-        self.server = events.serve(self.cfg, port=self.port)
+        self.server = bridge.serve(self.cfg, port=self.port)
         return self.server
 
     def stop(self) -> None:
@@ -97,8 +98,8 @@ def _start_gateway(state: Path, port: int, url: str, token: str) -> None:
     """Only the S3 gateway of a stack, with bucket notifications to ``url`` (starts in well under a second)."""
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     creds = stack_mod._credentials(state, create=True)
-    pid = stack_mod._start_gateway(state, port, creds, {"url": url, "token": "test"}, token)
-    stack_mod._wait(state, stack_mod.S3, pid, lambda: stack_mod._s3_healthy(port), 60, f"S3 gateway on {port}")
+    pid = services.start_gateway(state, port, creds, {"url": url, "token": "test"}, token)
+    supervisor.wait_healthy(state, stack_mod.S3, pid, lambda: services.s3_healthy(port), 60, f"S3 gateway on {port}")
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +188,7 @@ def test_events_sent_while_the_bridge_is_down_arrive_later(rig: Rig, stack: Stac
         for i in range(3):
             rig.put(f"{root}x/{i}.jpg")
         time.sleep(1.0)
-        assert events.read_events(stack.prefect_api_url, resource_prefix=resource(root)) == []
+        assert prefect_events.read_events(stack.prefect_api_url, resource_prefix=resource(root)) == []
     finally:
         back = time.monotonic()
         server = rig.start()
@@ -228,4 +229,4 @@ def test_watch_flow_emits_for_new_objects_only(env: dict[str, str], s3: Any, sta
     (ev_b,) = wait_events(stack.prefect_api_url, resource(f"{prefix}b/"))
     assert ev_b["payload"]["keys"] == [f"{prefix}b/x/1.png"]
     time.sleep(1.0)
-    assert len(events.read_events(stack.prefect_api_url, resource_prefix=resource(prefix))) == 3
+    assert len(prefect_events.read_events(stack.prefect_api_url, resource_prefix=resource(prefix))) == 3

@@ -25,6 +25,12 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = {"epochs": 2, "views": 1, "image_size": 32}
 
 
+def _params(**given: Any) -> Any:
+    from scene.params import TrainParams
+
+    return TrainParams(**{**FAST, **given})
+
+
 @pytest.fixture(scope="module")
 def dataset(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     root = make_synthetic(tmp_path_factory.mktemp("d") / "tiny", 8, size=40, seed=11)
@@ -84,7 +90,7 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
     from flows.train_all import train_all
 
     state, run_id, watched = run_watched(  # `scene runs watch` follows the run from another process meanwhile
-        lambda: train_all(data=dataset, backbones=["mobilenetv2", "efficientnetb0"], return_state=True, **FAST))
+        lambda: train_all(data=dataset, params=_params(backbones=["mobilenetv2", "efficientnetb0"]), return_state=True))
     assert state.is_completed(), state.message
     _assert_watched(watched, run_id, ["mobilenetv2", "efficientnetb0"])
     _assert_summary_first(state.state_details.flow_run_id)
@@ -117,7 +123,7 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
     assert kinds.get("backbone-comparison") == "table" and kinds.get("training-report") == "markdown", kinds
     assert kinds.get("data-validation") == "markdown", kinds
     # a rerun on unchanged data computes no feature again, and writes into a work folder of its own
-    again = train_all(data=dataset, backbones=["mobilenetv2"], return_state=True, **FAST)
+    again = train_all(data=dataset, params=_params(backbones=["mobilenetv2"]), return_state=True)
     assert again.is_completed()
     features = again.result()["results"][0]
     assert features["features_computed"] == 0 and features["features_cached"] > 0
@@ -133,7 +139,7 @@ def test_validation_failure_stops_the_run(s3: Any, env: dict[str, str], tmp_path
 
     root = make_synthetic(tmp_path / "one", 4, size=40, seed=2, classes=("sea",))
     data = upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}one-class/")
-    state = train_all(data=data, backbones=["mobilenetv2"], return_state=True, **FAST)
+    state = train_all(data=data, params=_params(backbones=["mobilenetv2"]), return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match="failed validation") as err:
         state.result()
@@ -143,9 +149,10 @@ def test_validation_failure_stops_the_run(s3: Any, env: dict[str, str], tmp_path
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"backbones": ["alexnet"]}, "not in the registry"),
-        ({"backbones": ["mobilenetv2"], "views": -1}, "views=-1 is invalid"),
-        ({"backbones": []}, "pass at least one"),
+        ({"params": {"backbones": ["alexnet"]}}, "not in the registry"),
+        ({"params": {"backbones": ["mobilenetv2"], "views": -1}}, "views=-1 is invalid"),
+        ({"params": {"backbones": []}}, "pass at least one"),
+        ({"params": {"backbones": ["mobilenetv2"], "preset": "nope"}}, "unknown preset 'nope'"),
         ({"data": "s3://no-such-bucket/x/"}, "bucket does not exist"),
         ({"data": "s3://scene-data/datasets/nothing-here/"}, "no files found"),
     ],
@@ -153,7 +160,8 @@ def test_validation_failure_stops_the_run(s3: Any, env: dict[str, str], tmp_path
 def test_bad_parameters_fail_fast_with_one_message(dataset: str, kwargs: dict, message: str) -> None:
     from flows.train_all import train_all
 
-    state = train_all(**{"data": dataset, "backbones": ["mobilenetv2"], **FAST, **kwargs}, return_state=True)
+    state = train_all(**{"data": dataset, "params": {"backbones": ["mobilenetv2"], **FAST}, **kwargs},
+                      return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=message):
         state.result()
@@ -170,8 +178,8 @@ def test_wrong_credentials_are_named(env: dict[str, str]) -> None:
 def test_gpu_path_fails_when_imagenet_weights_are_missing(dataset: str) -> None:
     from flows.train_backbone import train_backbone
 
-    state = train_backbone(backbone="vgg16", data=dataset, weights="imagenet", on_missing_weights="fail",
-                           return_state=True, **FAST)
+    state = train_backbone(backbone="vgg16", data=dataset, params=_params(weights="imagenet"),
+                           on_missing_weights="fail", return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=r"vgg16_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
         state.result()
@@ -190,9 +198,8 @@ def test_deployment_dispatch_runs_one_flow_run_per_backbone(dataset: str, env: d
                             capture_output=True, text=True, timeout=300, check=False)
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
     backbones = ["mobilenetv2", "efficientnetb0", "resnet50", "vgg16"]
-    state = train_all(data=dataset, backbones=backbones, dispatch="deployments", deployment="train-backbone/gpu",
-                      weights="none", finetune_layers=0, mixed_precision=False, epochs=1, views=0, image_size=32,
-                      return_state=True)
+    state = train_all(data=dataset, params=_params(backbones=backbones, weights="none", epochs=1, views=0),
+                      dispatch="deployments", deployment="train-backbone/gpu", return_state=True)
     assert state.is_completed(), state.message
     out = state.result()
     assert sorted(r["backbone"] for r in out["results"]) == sorted(backbones)
@@ -291,9 +298,9 @@ def test_dispatch_reports_the_backbone_that_never_started(dataset: str, env: dic
     starter = threading.Thread(target=contextvars.copy_context().run,  # the thread talks to the test's server
                                args=(_start_run_of, deployment_id, "mobilenetv2", started), daemon=True)
     starter.start()
-    state = train_all(data=dataset, backbones=["mobilenetv2", "efficientnetb0"], dispatch="deployments",
-                      deployment=f"train-backbone/{pool}", start_timeout_s=45, weights="none", finetune_layers=0,
-                      mixed_precision=False, epochs=1, views=0, image_size=32, promote=False, return_state=True)
+    state = train_all(data=dataset, params=_params(backbones=["mobilenetv2", "efficientnetb0"], weights="none",
+                      epochs=1, views=0), dispatch="deployments", deployment=f"train-backbone/{pool}",
+                      start_timeout_s=45, promote=False, return_state=True)
     starter.join()
     assert started["proc"].wait(timeout=120) == 0
     assert state.is_completed(), state.message

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from scene import cli_models, registry, storage
-from scene import stack as stack_mod
+from scene.ops import stack as stack_mod
 from scene.registry import ModelVersion, RegistryError
+from scene.registry import store as registry_store
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -276,7 +277,7 @@ def test_lease_excludes_writers_on_other_machines(s3: Any, bucket: str, settings
     def work(i: int) -> None:
         client = storage.s3_client(settings)
         for _ in range(2):
-            with registry._lease(client, bucket, "models/champion.json.lock"):
+            with registry_store._lease(client, bucket, "models/champion.json.lock"):
                 with lock:
                     inside[0] += 1
                     peak[0] = max(peak[0], inside[0])
@@ -293,7 +294,7 @@ def test_an_abandoned_lease_expires(s3: Any, bucket: str) -> None:
     stale = {"token": "dead", "holder": "gone:1", "expires": "2000-01-01T00:00:00+00:00"}
     storage.write_bytes(f"s3://{bucket}/models/x.lock", json.dumps(stale).encode(), s3)
     t = time.monotonic()
-    with registry._lease(s3, bucket, "models/x.lock", timeout=5):
+    with registry_store._lease(s3, bucket, "models/x.lock", timeout=5):
         pass
     assert time.monotonic() - t < 5
 
@@ -463,8 +464,8 @@ def test_a_model_that_does_not_load_is_not_promoted(s3: Any, bucket: str, tmp_pa
 def test_conditional_write_path_skips_the_lease(s3: Any, bucket: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """As on a store that honours If-Match (the gateway ignores the headers, the flock still serialises)."""
-    monkeypatch.setitem(registry._CAPABILITY, (s3.meta.endpoint_url, bucket), True)
-    monkeypatch.setattr(registry, "_lease", None)  # would raise if used
+    monkeypatch.setitem(registry_store._CAPABILITY, (s3.meta.endpoint_url, bucket), True)
+    monkeypatch.setattr(registry_store, "_lease", None)  # would raise if used
     a = _registered(s3, bucket, tmp_path, "vgg16", 0.7, 1)
     b = _registered(s3, bucket, tmp_path, "resnet50", 0.7, 2)
     assert registry.promote(s3, bucket, a, None, expected_etag=None)

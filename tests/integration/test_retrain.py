@@ -113,8 +113,8 @@ def test_retrain_gates_a_known_better_challenger(s3: Any, env: dict[str, str], w
     from flows.retrain import retrain
 
     data = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}gate-{uuid.uuid4().hex[:8]}/"
-    common = {"data": data, "backbones": ["mobilenetv2"], "weights": weights, "epochs": 60, "views": 1,
-              "image_size": SIZE}
+    common = {"data": data, "params": {"backbones": ["mobilenetv2"], "weights": weights, "epochs": 60, "views": 1,
+                                       "image_size": SIZE}}
     upload(s3, _draw(tmp_path / "shifted", shift=1), data)
     first = retrain(**common)
     assert first["promoted"] is True and first["decision"]["reason"] == "no champion yet", first

@@ -77,7 +77,7 @@ def champion_a(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFa
     bucket = f"reg-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(Bucket=bucket)
     tmp = tmp_path_factory.mktemp("datasets")
-    params = {**FAST, "weights": _weights(tmp)}
+    params = {"params": {**FAST, "weights": _weights(tmp)}}
     root = _draw(tmp / "a", 8, seed=1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SCENE_ARTIFACT_BUCKET", bucket)
@@ -87,7 +87,8 @@ def champion_a(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFa
         yield {"bucket": bucket, "data": data, "root": root, "version": out["challenger"], "params": params}
 
 
-def test_schedule_retrains_each_champions_dataset_only_when_changed(champion_a: dict[str, Any], s3: Any) -> None:
+def test_schedule_retrains_each_champions_dataset_only_when_changed(champion_a: dict[str, Any], s3: Any,
+                                                                    tmp_path: Path) -> None:
     from flows.retrain import retrain
 
     data, version, params = champion_a["data"], champion_a["version"], champion_a["params"]
@@ -95,14 +96,21 @@ def test_schedule_retrains_each_champions_dataset_only_when_changed(champion_a: 
     unchanged = retrain(only_if_changed=True, **params)  # what the weekly schedule passes: no data
     assert list(unchanged["datasets"]) == [data]
     assert unchanged["datasets"][data]["skipped"] == "data unchanged"
+    assert unchanged["datasets"][data]["objects_read"] == 0  # every row reused from the champion's manifest
 
     upload(s3, _draw(champion_a["root"], 1, seed=2, tag="new"), data)  # one new image per class
+    replaced = _draw(tmp_path / "replaced", 1, seed=4) / CLASS_NAMES[0]
+    key = f"{data}{CLASS_NAMES[0]}/1_00.jpg"  # an image of the champion's data, overwritten under the same key
+    new_bytes = next(replaced.iterdir()).read_bytes()
+    storage.write_bytes(key, new_bytes, s3)
     changed = retrain(only_if_changed=True, **params)
     res = changed["datasets"][data]
     assert "skipped" not in res and res["data"] == data and res["champion"] == version, res
+    assert res["objects_read"] == 7, res  # the 6 new objects and the overwritten one, nothing else
     manifest = pd.read_csv(io.BytesIO(storage.read_bytes(res["prefix"] + "manifest.csv", s3)), keep_default_na=False)
     assert len(manifest) == 6 * 9 and manifest["key"].str.startswith(data).all()
-    assert _validation(s3, res["prefix"])["new_images"] == 6  # compared with A's champion's manifest
+    assert manifest.set_index("key").at[key, "sha256"] == storage.sha256_bytes(new_bytes)  # no stale row
+    assert _validation(s3, res["prefix"])["new_images"] == 7  # compared with A's champion's manifest
     if "decision" in res:  # gated against A's own champion
         assert res["decision"]["champion"] == version, res["decision"]
 

@@ -1,16 +1,13 @@
 """Storage events → the bridge → scene.data.arrived → the retrain deployment trigger, on a real stack.
 
-This module starts its own stack with the event bridge (quiet period 3 s) and deploys prefect.yaml there.
-The `default` work pool is paused, so triggered retrain runs are created (what the trigger does) but not
-executed; the retrain flow itself is tested in test_retrain.py.
+The stack with the event bridge (quiet period 5 s) and prefect.yaml deployed is shared with tests/faults
+(tests/event_stack.py). Its work pools are paused, so triggered retrain runs are created (what the trigger does)
+but not executed; the retrain flow itself is tested in test_retrain.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,80 +16,21 @@ from typing import Any
 
 import pytest
 
-from scene import stack as stack_mod
-from scene import storage
+from scene.ops import stack as stack_mod
+from scene.ops import supervisor
 from scene.synth import make_synthetic
-from tests.integration.conftest import free_port
+from tests.event_stack import QUIET, retrain_runs, settled, stack_environ, wait_runs
 from tests.integration.helpers import upload
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-QUIET = 5.0  # seconds; the gateway delivers a burst as a steady stream ~45 ms apart
 
 
 @pytest.fixture(scope="module")
-def estack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A stack with the event bridge, deployments from prefect.yaml, and the default pool paused."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolUpdate
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    state = tmp_path_factory.mktemp("estack") / "state"
-    info = stack_mod.up(state, s3_port=free_port(), prefect_port=free_port(), pools=("default", "gpu"),
-                        workdir=REPO, events_port=free_port(), quiet_seconds=QUIET)
-    env = dict(line.removeprefix("export ").split("=", 1) for line in stack_mod.env_lines(state))
-    env = {k: v.strip("'\"") for k, v in env.items()}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deploy = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--all"],
-                                cwd=REPO, env={**os.environ, "SCENE_REPO_DIR": str(REPO)}, capture_output=True,
-                                text=True, timeout=300, check=False)
-        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
-        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            with get_client(sync_client=True) as client:
-                for pool in ("default", "gpu"):
-                    client.update_work_pool(pool, WorkPoolUpdate(is_paused=True))
-            from scene.settings import Settings
-
-            yield {"info": info, "state": state, "env": env, "s3": storage.s3_client(Settings.from_env())}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        stack_mod.down(state)
-
-
-def _retrain_runs() -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["default"])))
-        return [r for r in runs if client.read_deployment(r.deployment_id).entrypoint.startswith("flows/retrain.py")]
-
-
-def _wait_runs(n: int, data: str, timeout: float = 90.0) -> list[Any]:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        runs = [r for r in _retrain_runs() if r.parameters.get("data") == data]
-        if len(runs) >= n:
-            return runs
-        time.sleep(0.5)
-    return [r for r in _retrain_runs() if r.parameters.get("data") == data]
-
-
-def _settled(still: float = 5.0, timeout: float = 40.0) -> int:
-    """The number of retrain runs once it stopped changing for ``still`` seconds."""
-    deadline, count, since = time.time() + timeout, len(_retrain_runs()), time.time()
-    while time.time() < deadline and time.time() - since < still:
-        time.sleep(0.5)
-        now = len(_retrain_runs())
-        if now != count:
-            count, since = now, time.time()
-    return count
+def estack(event_stack: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The shared event stack (tests/event_stack.py), with this process pointed at it for the module."""
+    with stack_environ(event_stack["env"]):
+        yield event_stack
 
 
 def _images(tmp: Path, n_per_class: int, seed: int) -> Path:
@@ -104,10 +42,10 @@ def test_a_burst_of_uploads_starts_exactly_one_retrain(estack: dict[str, Any], t
     data = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}burst/"
     started = time.time()
     upload(s3, _images(tmp_path / "burst", 3, 1), data)  # 6 objects, one burst
-    runs = _wait_runs(1, data)
+    runs = wait_runs(1, data)
     latency = (runs[0].created.timestamp() - started) if runs else None
     time.sleep(QUIET + 4)  # nothing more arrives later
-    runs = [r for r in _retrain_runs() if r.parameters.get("data") == data]
+    runs = [r for r in retrain_runs() if r.parameters.get("data") == data]
     assert len(runs) == 1, [r.parameters for r in runs]
     assert int(runs[0].parameters["new_objects"]) == 6
     print(f"upload → retrain flow run created: {latency:.1f} s (quiet period {QUIET} s)")
@@ -115,7 +53,7 @@ def test_a_burst_of_uploads_starts_exactly_one_retrain(estack: dict[str, Any], t
 
 def test_rejected_requests_and_unrelated_prefixes_start_nothing(estack: dict[str, Any], tmp_path: Path) -> None:
     env, s3, cfg = estack["env"], estack["s3"], json.loads((estack["state"] / "stack.json").read_text())
-    before = len(_retrain_runs())
+    before = len(retrain_runs())
     url = f"http://127.0.0.1:{cfg['events_port']}/notify"
     body = json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {
         "bucket": {"name": env["SCENE_DATA_BUCKET"]}, "object": {"key": "datasets/forged/sea/x.jpg", "size": 1}}}]})
@@ -127,7 +65,7 @@ def test_rejected_requests_and_unrelated_prefixes_start_nothing(estack: dict[str
         assert err.value.code in (400, 401)
     upload(s3, _images(tmp_path / "other", 1, 2), f"s3://{env['SCENE_DATA_BUCKET']}/unrelated/")
     time.sleep(QUIET + 4)
-    assert len(_retrain_runs()) == before
+    assert len(retrain_runs()) == before
 
 
 def _token(estack: dict[str, Any]) -> str:
@@ -138,15 +76,15 @@ def test_events_raised_while_the_bridge_is_down_arrive_later(estack: dict[str, A
     env, s3, state = estack["env"], estack["s3"], estack["state"]
     cfg = json.loads((state / "stack.json").read_text())
     data = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}late/"
-    stack_mod._stop(state, stack_mod.EVENTS)
+    supervisor.stop(state, stack_mod.EVENTS)
     upload(s3, _images(tmp_path / "late", 2, 3), data)
     time.sleep(2)
-    assert _retrain_runs() == [] or all(r.parameters.get("data") != data for r in _retrain_runs())
+    assert retrain_runs() == [] or all(r.parameters.get("data") != data for r in retrain_runs())
     stack_mod.up(state, s3_port=cfg["s3_port"], prefect_port=cfg["prefect_port"], pools=("default", "gpu"),
                  workdir=REPO, events_port=cfg["events_port"], quiet_seconds=QUIET)
-    runs = _wait_runs(1, data, timeout=90)
+    runs = wait_runs(1, data, timeout=90)
     time.sleep(QUIET + 2)
-    runs = [r for r in _retrain_runs() if r.parameters.get("data") == data]
+    runs = [r for r in retrain_runs() if r.parameters.get("data") == data]
     assert len(runs) == 1, [r.parameters for r in runs]
 
 
@@ -159,14 +97,14 @@ def test_polling_sensor_starts_retrains_only_for_changes(estack: dict[str, Any],
     prefix = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}"
     with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
         watch(prefix_uri=prefix)  # first run: records the state (and announces what is there)
-        before = _settled()
+        before = settled()
         assert watch(prefix_uri=prefix)["emitted"] == []  # nothing changed: no event, no retrain
-        assert _settled() == before
+        assert settled() == before
         data = prefix + "polled/"
         upload(s3, _images(tmp_path / "polled", 1, 4), data)
         out = watch(prefix_uri=prefix)
     assert out["emitted"], out
-    runs = _wait_runs(1, data)
+    runs = wait_runs(1, data)
     assert len(runs) == 1
 
 

@@ -14,9 +14,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from scene import stack as stack_mod
+from scene.ops import stack as stack_mod
+from scene.ops.stack import StackInfo
 from scene.settings import Settings
-from scene.stack import StackInfo
 from scene.storage import StorageError, read_bytes, s3_client, write_bytes
 
 from .conftest import WEBHOOK_TOKEN, WebhookListener

@@ -1,0 +1,131 @@
+"""Benchmark: objects read by the manifest step of a retrain after +10% images, vs building it from scratch.
+
+A local stack (JuiceFS S3 gateway, ``--keep-etag``) is started in a temporary folder on free ports. N generated
+images are uploaded to a fresh dataset prefix; then, in one process:
+
+1. the first manifest (every object read: nothing to reuse);
+2. +10% new images are uploaded and the manifest is rebuilt *given the first one*, as a retrain does (rows of
+   objects whose ETag and size are unchanged are copied; only the new objects are read);
+3. the same rebuild *without* reusing rows (the previous manifest minus its ``etag`` column: sticky splits
+   only, every object read) — what the retrain did before manifests recorded ETags.
+
+Printed: objects read and wall time of each, and (3)/(2), because this machine is shared and noisy. The two
+rebuilds must give the same manifest (checked). The same is then measured on a local folder (stat tags).
+
+    .venv/bin/python benchmarks/retrain_reads.py [--images 2000] [--new 0.10] [--size 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _images(out: Path, total: int, seed: int, size: int, tag: str) -> list[Path]:
+    """About ``total`` generated images in ``out/<class>/``, file names prefixed with ``tag``."""
+    from scene.metadata import CLASS_NAMES
+    from scene.synth import make_synthetic
+
+    make_synthetic(out, max(1, round(total / len(CLASS_NAMES))), size=size, seed=seed)
+    files = sorted(out.rglob("*.jpg"))
+    for f in files:
+        f.rename(f.with_name(tag + f.name))
+    return sorted(out.rglob("*.jpg"))
+
+
+def _upload(files: list[Path], root: Path, dest: str, s3: Any) -> None:
+    from scene import storage
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: storage.upload_file(p, dest + p.relative_to(root).as_posix(), s3), files))
+
+
+def _round(src: str, s3: Any, previous: Any) -> tuple[Any, float]:
+    from scene.dataset import build_dataset
+
+    t = time.perf_counter()
+    ds = build_dataset(src, s3=s3, previous=previous)
+    return ds, time.perf_counter() - t
+
+
+def _published(manifest: Any) -> Any:
+    """The manifest as the next run reads it back from ``manifest.csv``."""
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(manifest.to_csv(index=False)), keep_default_na=False, dtype={"etag": str})
+
+
+def measure(src: str, add: Any, s3: Any, label: str) -> None:
+    """Build, ``add()`` the new images, rebuild with and without reuse; print reads, times and the ratio."""
+    from scene import storage
+
+    first, t_first = _round(src, s3, None)
+    add()
+    reuse, t_reuse = _round(src, s3, _published(first.manifest))
+    full, t_full = _round(src, s3, _published(first.manifest).drop(columns="etag"))
+    t = time.perf_counter()
+    listed = sum(1 for _ in storage.list_files(src, s3))
+    t_list = time.perf_counter() - t
+    cols = [c for c in full.manifest.columns if c != "etag"]
+    assert reuse.manifest[cols].astype(str).equals(full.manifest[cols].astype(str)), "the two rebuilds differ"
+    new = len(full.manifest) - len(first.manifest)
+    print(f"[{label}] {len(first.manifest)} images, then +{new} new")
+    print(f"  first manifest            objects read {first.objects_read:6d}   {t_first:6.2f} s")
+    print(f"  rebuild, reusing rows     objects read {reuse.objects_read:6d}   {t_reuse:6.2f} s   "
+          f"(rows reused {reuse.rows_reused})")
+    print(f"  rebuild, reading all      objects read {full.objects_read:6d}   {t_full:6.2f} s")
+    print(f"  reads {reuse.objects_read}/{full.objects_read} = {reuse.objects_read / full.objects_read:.3f}, "
+          f"time {t_reuse:.2f}/{t_full:.2f} s = {t_reuse / t_full:.3f}; listing alone ({listed} files) {t_list:.2f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--new", type=float, default=0.10)
+    p.add_argument("--size", type=int, default=150, help="image side in pixels (the Intel photos are 150)")
+    a = p.parse_args()
+
+    from scene import storage
+    from scene.dataset import RACY_SECONDS
+    from scene.ops import stack
+
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        old = _images(tmp / "old", a.images, 1, a.size, "a")
+        new = _images(tmp / "new", round(a.images * a.new), 2, a.size, "b")
+        state = tmp / "state"
+        stack.up(state, s3_port=_port(), prefect_port=_port(), pools=())
+        try:
+            cfg = stack.settings_for(state)
+            s3 = storage.s3_client(cfg)
+            src = f"s3://{cfg.data_bucket}/{cfg.data_prefix}bench-{uuid.uuid4().hex[:8]}/"
+            _upload(old, tmp / "old", src, s3)
+            measure(src, lambda: _upload(new, tmp / "new", src, s3), s3, "S3 gateway")
+        finally:
+            stack.down(state)
+        local = tmp / "local"
+        shutil.copytree(tmp / "old", local)
+        time.sleep(RACY_SECONDS + 0.1)  # files younger than this get no stat tag (see scene.dataset)
+        measure(str(local), lambda: shutil.copytree(tmp / "new", local, dirs_exist_ok=True), None, "local folder")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""CPU per S3 object read: boto3's ``get_object`` vs scene's image reader (:mod:`scene.image_fetch`).
+
+On a 2-core machine every millisecond of Python CPU spent fetching an image is taken from the backbone, so the
+reader's CPU per object, not its wall time, decides how close extraction from ``s3://`` gets to the raw model
+speed. Both readers fetch the same objects from a local JuiceFS gateway (started here) in one process, alternating
+(boto3, scene, boto3, scene) so that load on the machine hits both alike; the ratio is the figure of record.
+
+    .venv/bin/python benchmarks/s3_reads.py [--objects 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+INTEL = REPO.parent / "shared" / "data" / "intel" / "seg_train"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _measure(read, uris: list[str]) -> tuple[float, float]:
+    """(ms CPU per object, ms wall per object), one thread, after a short warm-up."""
+    for uri in uris[:10]:
+        read(uri)
+    cpu, wall = _cpu(), time.perf_counter()
+    for uri in uris:
+        read(uri)
+    return 1000 * (_cpu() - cpu) / len(uris), 1000 * (time.perf_counter() - wall) / len(uris)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--objects", type=int, default=300)
+    a = p.parse_args()
+    from scene import image_fetch
+    from scene.ops import stack
+    from scene.storage import read_bytes, s3_client
+
+    files = sorted(INTEL.rglob("*.jpg"))[: a.objects]
+    if not files:
+        sys.exit(f"{INTEL}: no photos (the benchmark reads real Intel photos)")
+    state = Path(tempfile.mkdtemp(prefix="scene-s3reads-")) / "stack"
+    stack.up(state, s3_port=_free_port(), prefect_port=_free_port(), pools=())
+    try:
+        settings = stack.settings_for(state)
+        s3 = s3_client(settings)
+        uris = []
+        for i, f in enumerate(files):
+            s3.put_object(Bucket=settings.data_bucket, Key=f"bench/{i:05d}.jpg", Body=f.read_bytes())
+            uris.append(f"s3://{settings.data_bucket}/bench/{i:05d}.jpg")
+        fast = image_fetch.reader(s3)
+        assert all(fast(u) == read_bytes(u, s3) for u in uris[:20]), "the readers disagree"
+        rows: dict[str, list[tuple[float, float]]] = {"boto3 get_object": [], "scene image_fetch": []}
+        for _ in range(2):
+            rows["boto3 get_object"].append(_measure(lambda u: read_bytes(u, s3), uris))
+            rows["scene image_fetch"].append(_measure(fast, uris))
+        print(f"{len(uris)} objects ({sum(f.stat().st_size for f in files) / len(files) / 1024:.1f} KiB each), "
+              "one thread:")
+        means = {}
+        for name, runs in rows.items():
+            cpu, wall = (sum(r[i] for r in runs) / len(runs) for i in (0, 1))
+            means[name] = cpu
+            print(f"  {name:18s} {cpu:5.2f} ms CPU/object  {wall:5.2f} ms wall/object")
+        print(f"CPU per object, image_fetch / boto3: {means['scene image_fetch'] / means['boto3 get_object']:.2f}")
+    finally:
+        stack.down(state)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,265 @@
+"""Service recipes of the local stack: how to start and health-check each service, all on 127.0.0.1.
+
+``s3``: ``juicefs gateway`` (the MinIO-based S3 gateway, SQLite metadata, file blobs), optionally with
+MinIO's bucket-notification webhook; ``prefect``: ``prefect server start``; ``worker-<pool>``: a Prefect
+process (or Docker) worker; ``events``: the event bridge ``scene events serve``. Every listening address is
+``HOST`` (loopback): nothing is reachable from another machine unless a person changes these recipes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.parse
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from scene.ops import http
+from scene.ops.supervisor import (
+    _LOG_TAIL_LINES,
+    HOST,
+    StackError,
+    base_env,
+    find_bin,
+    log_file,
+    running,
+    spawn,
+    stop,
+    wait_healthy,
+    write_json,
+)
+from scene.settings import Settings
+from scene.storage import StorageError, explain
+
+WEBHOOK_ARN = "arn:minio:sqs::PRIMARY:webhook"
+S3 = "s3"
+PREFECT = "prefect"
+EVENTS = "events"  # the storage-event bridge (scene events serve)
+
+
+def s3_healthy(port: int) -> bool:
+    return http.status_of("GET", f"http://{HOST}:{port}/minio/health/live", timeout=2)[0] == 200
+
+
+def prefect_healthy(port: int) -> bool:
+    status, body = http.status_of("GET", f"http://{HOST}:{port}/api/health", timeout=3)
+    return status == 200 and body is True
+
+
+def _parse_time(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _worker_record(api: str, pool: str, name: str) -> dict[str, Any] | None:
+    status, body = http.status_of("POST", f"{api}/work_pools/{urllib.parse.quote(pool)}/workers/filter", {})
+    if status != 200 or not isinstance(body, list):
+        return None
+    return next((w for w in body if w.get("name") == name), None)
+
+
+def worker_healthy(api: str, pool: str, name: str, since: float = 0.0) -> bool:
+    record = _worker_record(api, pool, name)
+    return (
+        record is not None
+        and record.get("status") == "ONLINE"
+        and _parse_time(record.get("last_heartbeat_time")) >= since - 1.0
+    )
+
+# ------------------------------------------------------------------------------------------ recipes
+
+
+def start_gateway(state: Path, port: int, creds: dict[str, str], webhook: dict[str, Any] | None,
+                   webhook_token: str | None) -> int:
+    juicefs = find_bin("juicefs")
+    vol = state / "s3"
+    meta = f"sqlite3://{vol / 'meta.db'}"
+    env = {k: v for k, v in base_env().items() if not k.startswith("MINIO_")}
+    if not (vol / "meta.db").exists():
+        vol.mkdir(parents=True, exist_ok=True)
+        argv = [juicefs, "format", "--storage", "file", "--bucket", f"{vol / 'blobs'}/", "--trash-days", "0",
+                "--no-update", meta, "scene"]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            (vol / "meta.db").unlink(missing_ok=True)
+            lines = "\n".join((done.stdout + done.stderr).strip().splitlines()[-_LOG_TAIL_LINES:])
+            raise StackError(f"juicefs format of {vol} failed (exit {done.returncode}):\n{lines}")
+    env["MINIO_ROOT_USER"] = creds["access_key"]
+    env["MINIO_ROOT_PASSWORD"] = creds["secret_key"]
+    if webhook:
+        queue = state / "webhook-queue"
+        queue.mkdir(parents=True, exist_ok=True)
+        env["MINIO_NOTIFY_WEBHOOK_ENABLE_PRIMARY"] = "on"
+        env["MINIO_NOTIFY_WEBHOOK_ENDPOINT_PRIMARY"] = webhook["url"]
+        env["MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_PRIMARY"] = str(queue)
+        if webhook_token:
+            env["MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_PRIMARY"] = webhook_token
+    argv = [juicefs, "gateway", "--multi-buckets", "--keep-etag", "--object-meta", "--no-usage-report",
+            "--backup-meta", "0", "--metrics", f"{HOST}:0", "--log", str(log_file(state, S3)),
+            "--cache-dir", str(vol / "cache"), meta, f"{HOST}:{port}"]
+    return spawn(state, S3, argv, env, cwd=state)
+
+
+def start_prefect(state: Path, port: int) -> int:
+    env = base_env()
+    env["PREFECT_HOME"] = str(state / "prefect")
+    env["PREFECT_API_URL"] = f"http://{HOST}:{port}/api"
+    argv = [find_bin("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    return spawn(state, PREFECT, argv, env, cwd=state)
+
+
+DOCKER_POOL = "docker"  # `--pool docker`: a Docker work pool (prefect-docker worker) running the scene image
+DOCKER_TEMPLATE = Path(__file__).resolve().parents[2] / "deployments" / "docker-cpu.json"
+
+
+def pool_type(pool: str) -> str:
+    return "docker" if pool == DOCKER_POOL else "process"
+
+
+def docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
+    """The docker pool's `work-pool create` arguments: deployments/docker-cpu.json with this stack's S3 settings.
+
+    Checks that Docker answers and prefect-docker is installed. The credentials go into the pool's job
+    template (the stack's Prefect server only listens on 127.0.0.1), never into the image.
+    """
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("prefect_docker") is None:
+        raise StackError("--pool docker needs prefect-docker: pip install -e '.[docker]'")
+    docker = shutil.which("docker")
+    probe = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
+                           timeout=30, check=False) if docker else None
+    if probe is None or probe.returncode != 0:
+        why = "no docker client on PATH" if probe is None else (probe.stderr or probe.stdout).strip()[-300:]
+        raise StackError(f"--pool docker: no Docker daemon answers ({why}); start one (sudo deployments/dockerd.sh)")
+    template = json.loads(DOCKER_TEMPLATE.read_text())
+    props = template["variables"]["properties"]
+    keep = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+            "SCENE_DATA_BUCKET", "SCENE_ARTIFACT_BUCKET", "SCENE_DATA_PREFIX")
+    props["env"]["default"] = {**{k: env[k] for k in keep if k in env}, "PREFECT_HOME": "/tmp/prefect"}
+    props["image"]["default"] = env.get("SCENE_DOCKER_IMAGE", props["image"]["default"])
+    path = state / "docker-pool.json"
+    write_json(path, template, mode=0o600)
+    return ["--base-job-template", str(path)]
+
+
+def ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: Path) -> None:
+    """Create the missing process work pools (the CLI fills in the process worker's job template).
+
+    The docker pool is (re)created on every call, so its template carries the stack's current settings.
+    """
+    missing = []
+    for pool in pools:
+        status, body = http.status_of("GET", f"{api}/work_pools/{urllib.parse.quote(pool)}")
+        if status == 404 or pool == DOCKER_POOL:
+            missing.append(pool)
+        elif status != 200:
+            raise StackError(f"work pool {pool!r}: the Prefect API at {api} answered {status}: {body}")
+    procs = {
+        pool: subprocess.Popen(
+            [find_bin("prefect"), "work-pool", "create", pool, "--type", pool_type(pool), "--overwrite",
+             *(docker_pool_template(state, env) if pool == DOCKER_POOL else [])],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        for pool in missing
+    }
+    for pool, proc in procs.items():
+        out, _ = proc.communicate(timeout=180)
+        if proc.returncode != 0:
+            text = "\n".join(out.decode(errors="replace").strip().splitlines()[-_LOG_TAIL_LINES:])
+            raise StackError(f"creating work pool {pool!r} failed (exit {proc.returncode}):\n{text}")
+
+
+def s3_env(cfg: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:
+    """The variables that point boto3 and :class:`Settings` at this stack."""
+    return {
+        "PREFECT_API_URL": f"http://{HOST}:{cfg['prefect_port']}/api",
+        "AWS_ENDPOINT_URL": f"http://{HOST}:{cfg['s3_port']}",
+        "AWS_ACCESS_KEY_ID": creds["access_key"],
+        "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+        "AWS_DEFAULT_REGION": cfg["region"],
+        "SCENE_DATA_BUCKET": cfg["data_bucket"],
+        "SCENE_ARTIFACT_BUCKET": cfg["artifact_bucket"],
+        "SCENE_DATA_PREFIX": cfg["data_prefix"],
+    }
+
+
+def ensure_buckets(settings: Settings) -> None:
+    from scene.storage import s3_client
+
+    s3 = s3_client(settings)
+    for bucket in dict.fromkeys((settings.data_bucket, settings.artifact_bucket)):
+        try:
+            s3.head_bucket(Bucket=bucket)
+            continue
+        except Exception:  # 404 (missing) or anything else: try to create, which reports clearly
+            pass
+        try:
+            s3.create_bucket(Bucket=bucket)
+        except Exception as err:
+            code = getattr(err, "response", {}).get("Error", {}).get("Code")
+            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise StackError(str(explain(err, f"s3://{bucket}", settings.s3_endpoint_url))) from err
+
+
+
+
+def events_healthy(port: int) -> bool:
+    try:
+        code, _ = http.status_of("GET", f"http://{HOST}:{port}/health", timeout=2.0)
+    except Exception:
+        return False
+    return code == 200
+
+
+def start_events(state: Path, cfg: dict[str, Any], creds: dict[str, str], env: dict[str, str], api: str,
+                  workdir: Path) -> float:
+    """Start (or keep) ``scene events serve`` and wait until it answers its health check."""
+    port = cfg["events_port"]
+    if running(state, EVENTS) and not events_healthy(port):
+        stop(state, EVENTS)
+    pid = running(state, EVENTS)
+    if pid is None:
+        argv = [find_bin("scene"), "events", "serve", "--port", str(port), "--bucket", cfg["data_bucket"],
+                "--prefix", cfg["data_prefix"], "--quiet-seconds", str(cfg["quiet_seconds"])]
+        ev_env = {**env, "PREFECT_API_URL": api, "SCENE_EVENTS_TOKEN": creds["events_token"]}
+        pid = spawn(state, EVENTS, argv, ev_env, cwd=workdir)
+    return wait_healthy(state, EVENTS, pid, lambda: events_healthy(port), 60.0, f"event bridge on port {port}")
+
+
+
+def configure_bucket_notification(
+    s3: Any, bucket: str, prefix: str = "", suffixes: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Send ``s3:ObjectCreated:*`` events under ``prefix`` (ending in one of ``suffixes``) to the webhook.
+
+    Replaces the bucket's whole notification configuration (one rule per suffix, or one prefix-only rule).
+    The gateway must have been started with ``up(webhook_url=...)``. Returns the configuration set.
+    """
+    rules = []
+    for i, suffix in enumerate(suffixes or (None,)):
+        filters = [{"Name": "prefix", "Value": prefix}] if prefix else []
+        if suffix:
+            filters.append({"Name": "suffix", "Value": suffix})
+        rule: dict[str, Any] = {"Id": f"scene-{i}", "QueueArn": WEBHOOK_ARN, "Events": ["s3:ObjectCreated:*"]}
+        if filters:
+            rule["Filter"] = {"Key": {"FilterRules": filters}}
+        rules.append(rule)
+    config = {"QueueConfigurations": rules}
+    try:
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=config)
+    except Exception as err:
+        code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
+        endpoint = getattr(getattr(s3, "meta", None), "endpoint_url", None)
+        if code in ("InvalidArgument", "InvalidARNNotification", "ARNNotFound"):
+            raise StorageError(
+                f"s3://{bucket}/{prefix} (endpoint {endpoint}): the server has no webhook target "
+                f"{WEBHOOK_ARN}; start the stack with a webhook URL ({code}: {err})"
+            ) from err
+        raise explain(err, f"s3://{bucket}/{prefix}", endpoint) from err
+    return config
+
