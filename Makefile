@@ -10,7 +10,7 @@ SCENE := $(BIN)/scene
 STATE ?= .state
 STAMP := $(VENV)/.installed
 
-# make run parameters (see README): the fields of train-all's params (scene/params.py TrainParams) make run sets
+# make run parameters (see README): the fields of train-all's params (scene/train/params.py TrainParams) make run sets
 DATA ?=
 NAME ?=
 # unset ones take TrainParams' defaults (backbones: scene/metadata.py DEFAULT_BACKBONES, views 2, image size 150)
@@ -72,7 +72,7 @@ run: up
 	# retrain trigger does not exist yet, so make run trains once; later uploads do start a retraining
 	$(SCENE) data upload --src "$$src" --name "$$name" --ready --wait-bridge http://127.0.0.1:8787
 	$(MAKE) --no-print-directory deploy STATE=$(STATE)
-	# train-all takes its training settings as one object, params (scene.params.TrainParams): --params '{"data": …, "params": {…}}'
+	# train-all takes its training settings as one object, params (scene.train.params.TrainParams): --params '{"data": …, "params": {…}}'
 	params=$$($(BIN)/python -c 'import json,sys; b,w,e,v,s,p,keys=sys.argv[1:]; t={"weights": w}; t.update({k: f(x) for n, k, f, x in (("BACKBONES", "backbones", str.split, b), ("EPOCHS", "epochs", int, e), ("VIEWS", "views", int, v), ("IMAGE_SIZE", "image_size", int, s)) if n in keys.split()}); t.update({"preset": p} if p else {}); print(json.dumps({"data": "s3://'"$$SCENE_DATA_BUCKET/$$SCENE_DATA_PREFIX$$name"'/", "params": t}))' "$(BACKBONES)" "$(WEIGHTS)" "$(EPOCHS)" "$(VIEWS)" "$(IMAGE_SIZE)" "$(PRESET)" "$(RUN_KEYS)")
 	$(BIN)/prefect deployment run train-all/default --params "$$params" > $(STATE)/last-run.log
 	run_id=$$(grep -oE 'UUID: [0-9a-f-]{36}' $(STATE)/last-run.log | head -1 | cut -d' ' -f2)

@@ -27,17 +27,17 @@ WEIGHTS = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_notop.weig
 
 
 def _setup(cache: str):
-    from scene import train
-    from scene.dataset import build_dataset
+    from scene.data.dataset import build_dataset
+    from scene.train import fit
 
     ds = build_dataset(str(INTEL))
-    cfg = train.TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), views=0, image_size=150)
-    weights = train.weights_for(cfg)
-    return ds, cfg, weights, train.feature_cache(cfg, weights, cache)
+    cfg = fit.TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), views=0, image_size=150)
+    weights = fit.weights_for(cfg)
+    return ds, cfg, weights, fit.feature_cache(cfg, weights, cache)
 
 
 def cmd_extract(a: argparse.Namespace) -> None:
-    from scene import features
+    from scene.train import features
 
     ds, cfg, weights, cache = _setup(a.cache)
     start = time.perf_counter()
@@ -63,10 +63,10 @@ def _load(out: str):
 
 
 def _keras_head(x_tr, y_tr, x_va, y_va, k: int, seed: int = 42):
-    """The project's head (scene.model.build_head) trained as the cached strategy does (early stopping on val)."""
+    """The project's head (scene.model.network.build_head), trained as the cached strategy trains it."""
     import keras
 
-    from scene.model import build_head, compile_model
+    from scene.model.network import build_head, compile_model
 
     keras.utils.set_random_seed(seed)
     head = build_head(x_tr.shape[1], k)
@@ -95,7 +95,7 @@ def cmd_labels(a: argparse.Namespace) -> None:
     from sklearn.metrics import f1_score
 
     from scene.audit.labels import audit_labels
-    from scene.evaluate import mcnemar
+    from scene.evaluation.metrics import mcnemar
 
     x, rows, classes = _load(a.out)
     start = time.perf_counter()

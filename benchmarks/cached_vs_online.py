@@ -35,10 +35,10 @@ def main() -> None:
 
     import keras
 
-    from scene import train as train_mod
-    from scene.dataset import Dataset, build_dataset, fingerprint
-    from scene.experiment import evaluate_all
-    from scene.train import TrainConfig, all_predictions, fit
+    from scene.data.dataset import Dataset, build_dataset, fingerprint
+    from scene.train import fit as train_mod
+    from scene.train.experiment import evaluate_all
+    from scene.train.fit import TrainConfig, all_predictions, fit
 
     full = build_dataset(str(INTEL))
     sub = full.manifest.groupby("label").head(a.per_class).reset_index(drop=True)

@@ -3,10 +3,10 @@
 In one process, on the same real Intel photos (MobileNetV2, the shipped offline ImageNet weights):
 
 1. ``raw``: ``predict_on_batch`` of the very same model on tensors decoded beforehand (the ceiling);
-2. ``extract (files)``: :func:`scene.features.extract` from the JPEG files into an empty cache;
+2. ``extract (files)``: :func:`scene.train.features.extract` from the JPEG files into an empty cache;
 3. ``extract (s3)``: the same from ``s3://`` objects on a local JuiceFS gateway (started here);
-4. ``evaluate``: :func:`scene.train.predict` + metrics of the full model (backbone + head) from the files;
-5. ``predict``: :func:`scene.predict.predict_folder` of the full model, folder in, CSV out;
+4. ``evaluate``: :func:`scene.model.predict.predict` + metrics of the full model (backbone + head) from the files;
+5. ``predict``: :func:`scene.model.predict.predict_folder` of the full model, folder in, CSV out;
 6. ``raw`` again (the machine is shared: the ratios use the mean of both raw runs).
 
 ``--rss`` also runs the extraction in fresh processes on 1× and 4× the images and prints their peak RSS.
@@ -37,7 +37,7 @@ BATCH = 64
 
 
 def _rows(n: int):
-    from scene.dataset import build_dataset
+    from scene.data.dataset import build_dataset
 
     manifest = build_dataset(str(INTEL)).manifest.drop_duplicates("sha256")
     per_class = -(-n // manifest["label"].nunique())
@@ -52,8 +52,8 @@ def _rate(n: int, fn) -> float:
 
 def _upload(rows, tmp: Path):
     """Start a local S3 gateway (no Prefect workers), upload the images; the rows with s3:// keys."""
+    from scene.data.storage import s3_client
     from scene.ops import stack
-    from scene.storage import s3_client
 
     state = tmp / "stack"
     info = stack.up(state, s3_port=_free_port(), prefect_port=_free_port(), pools=())
@@ -86,15 +86,15 @@ def _free_port() -> int:
 def run(n: int, size: int, with_s3: bool, xla: bool = False) -> dict[str, float]:
     import numpy as np
 
-    from scene import features
-    from scene.backbones import feature_extractor
-    from scene.evaluate import evaluate_predictions
+    from scene.evaluation.metrics import evaluate_predictions
     from scene.metadata import CLASS_NAMES
-    from scene.model import assemble, build_head
+    from scene.model.backbones import feature_extractor
+    from scene.model.network import assemble, build_head
+    from scene.model.pipeline import pixel_batches
+    from scene.model.predict import predict, predict_folder
     from scene.ops import stack, supervisor
-    from scene.pipeline import pixel_batches
-    from scene.predict import predict_folder
-    from scene.train import TrainConfig, predict, weights_for
+    from scene.train import features
+    from scene.train.fit import TrainConfig, weights_for
 
     rows = _rows(n)
     weights = weights_for(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
@@ -156,8 +156,8 @@ def report(rates: dict[str, float], n: int) -> None:
 
 def extract_rss(n: int, size: int) -> float:
     """Extract 2 views of ``n`` images into an empty cache; this process's peak RSS in MiB."""
-    from scene import features
-    from scene.train import TrainConfig, weights_for
+    from scene.train import features
+    from scene.train.fit import TrainConfig, weights_for
 
     rows = _rows(n)
     weights = weights_for(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))

@@ -24,8 +24,8 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from scene.model import build_head, compile_model
-    from scene.train import TrainConfig, fit_head
+    from scene.model.network import build_head, compile_model
+    from scene.train.fit import TrainConfig, fit_head
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 6, a.vectors)

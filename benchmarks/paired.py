@@ -14,7 +14,7 @@ import sys
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
-from scene.evaluate import mcnemar
+from scene.evaluation.metrics import mcnemar
 
 
 def main(base_csv: str, new_csv: str) -> None:

@@ -32,9 +32,9 @@ def main() -> None:
 
     import pandas as pd
 
-    from scene.dataset import Dataset, build_dataset, fingerprint
-    from scene.stages import train_one
-    from scene.train import TrainConfig
+    from scene.data.dataset import Dataset, build_dataset, fingerprint
+    from scene.train.fit import TrainConfig
+    from scene.train.stages import train_one
 
     full = build_dataset(str(INTEL))
     rows = full.manifest.groupby("label").head(a.per_class).reset_index(drop=True)

@@ -41,8 +41,8 @@ def _port() -> int:
 
 def _images(out: Path, total: int, seed: int, size: int, tag: str) -> list[Path]:
     """About ``total`` generated images in ``out/<class>/``, file names prefixed with ``tag``."""
+    from scene.data.synth import make_synthetic
     from scene.metadata import CLASS_NAMES
-    from scene.synth import make_synthetic
 
     make_synthetic(out, max(1, round(total / len(CLASS_NAMES))), size=size, seed=seed)
     files = sorted(out.rglob("*.jpg"))
@@ -52,14 +52,14 @@ def _images(out: Path, total: int, seed: int, size: int, tag: str) -> list[Path]
 
 
 def _upload(files: list[Path], root: Path, dest: str, s3: Any) -> None:
-    from scene import storage
+    from scene.data import storage
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda p: storage.upload_file(p, dest + p.relative_to(root).as_posix(), s3), files))
 
 
 def _round(src: str, s3: Any, previous: Any) -> tuple[Any, float]:
-    from scene.dataset import build_dataset
+    from scene.data.dataset import build_dataset
 
     t = time.perf_counter()
     ds = build_dataset(src, s3=s3, previous=previous)
@@ -75,7 +75,7 @@ def _published(manifest: Any) -> Any:
 
 def measure(src: str, add: Any, s3: Any, label: str) -> None:
     """Build, ``add()`` the new images, rebuild with and without reuse; print reads, times and the ratio."""
-    from scene import storage
+    from scene.data import storage
 
     first, t_first = _round(src, s3, None)
     add()
@@ -103,8 +103,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=150, help="image side in pixels (the Intel photos are 150)")
     a = p.parse_args()
 
-    from scene import storage
-    from scene.dataset import RACY_SECONDS
+    from scene.data import storage
+    from scene.data.dataset import RACY_SECONDS
     from scene.ops import stack
 
     with tempfile.TemporaryDirectory() as tmp_dir:
@@ -123,7 +123,7 @@ def main() -> None:
             stack.down(state)
         local = tmp / "local"
         shutil.copytree(tmp / "old", local)
-        time.sleep(RACY_SECONDS + 0.1)  # files younger than this get no stat tag (see scene.dataset)
+        time.sleep(RACY_SECONDS + 0.1)  # files younger than this get no stat tag (see scene.data.dataset)
         measure(str(local), lambda: shutil.copytree(tmp / "new", local, dirs_exist_ok=True), None, "local folder")
 
 

@@ -1,4 +1,4 @@
-"""CPU per S3 object read: boto3's ``get_object`` vs scene's image reader (:mod:`scene.image_fetch`).
+"""CPU per S3 object read: boto3's ``get_object`` vs scene's image reader (:mod:`scene.data.image_fetch`).
 
 On a 2-core machine every millisecond of Python CPU spent fetching an image is taken from the backbone, so the
 reader's CPU per object, not its wall time, decides how close extraction from ``s3://`` gets to the raw model
@@ -48,9 +48,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--objects", type=int, default=300)
     a = p.parse_args()
-    from scene import image_fetch
+    from scene.data import image_fetch
+    from scene.data.storage import read_bytes, s3_client
     from scene.ops import stack
-    from scene.storage import read_bytes, s3_client
 
     files = sorted(INTEL.rglob("*.jpg"))[: a.objects]
     if not files:

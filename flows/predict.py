@@ -10,19 +10,21 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
 
-from scene import data_scope, integrity, registry, storage
+from scene import registry
+from scene.data import scope, storage
 from scene.metadata import CLASS_NAMES
+from scene.registry import integrity
 from tasks import artifacts
 from tasks import audit as audit_tasks
-from tasks.common import s3, settings
+from tasks.common import FLOW_TIMEOUT_S, S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
 
 
-@task(name="resolve model", retries=2, retry_delay_seconds=5)
+@task(name="resolve model", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def resolve_model(model: str | None) -> tuple[str, list[str]]:
     """The local path and classes of the given model (path or s3:// URI to model.keras), or the champion's.
 
     A registered version (the champion, or ``.../<backbone>-<12 hex>/model.keras``) is downloaded only after
-    its files match ``checksums.json`` and the version id (:func:`scene.integrity.fetch_version`).
+    its files match ``checksums.json`` and the version id (:func:`scene.registry.integrity.fetch_version`).
     """
     import json
 
@@ -57,11 +59,11 @@ def _fetch_registered(client: object, version_uri: str) -> Path:
     return integrity.fetch_version(client, version_uri, dest, names=["model.keras"], optional=["config.json"])
 
 
-@task(name="predict images", retries=1)
+@task(name="predict images", timeout_seconds=STEP_TIMEOUT_S, **{**S3_RETRIES, "retries": 1})
 def predict_images(model_path: str, classes: list[str], data: str, out: str) -> tuple[int, int]:
     """Classify every image under ``data``; unreadable images are listed in the CSV with their error."""
-    from scene.model import load
-    from scene.predict import predict_folder
+    from scene.model.network import load
+    from scene.model.predict import predict_folder
     from tasks.common import Progress
 
     return predict_folder(load(model_path), data, out, classes, s3=s3(), progress=Progress())
@@ -77,11 +79,11 @@ def _classified(out: str) -> Any:
     return df[df["error"] == ""][["key"]].reset_index(drop=True)
 
 
-@flow(name="predict", log_prints=True, on_failure=[artifacts.summary_on_failure],
+@flow(name="predict", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, out: str | None = None) -> dict:
     """Classify a prefix of images with the champion (or a given model); write predictions.csv to S3."""
-    data_scope.require_data_uri(data, settings(), prefixes=(settings().data_prefix, data_scope.PREDICT_PREFIX))
+    scope.require_data_uri(data, settings(), prefixes=(settings().data_prefix, scope.PREDICT_PREFIX))
     out = out or f"s3://{settings().artifact_bucket}/predictions/{flow_run.get_id() or 'local'}/predictions.csv"
     facts = {"images under": data, "model": model or "the champion", "predictions": out}
     summary_id = artifacts.start_summary("predict", facts)  # first: listed above the task artifacts

@@ -11,15 +11,15 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from flows.train_all import promote_best, train_and_compare
-from scene import data_scope
+from flows.train_all import promote_best, require_a_model, train_and_compare
+from scene.data import scope
 from scene.metadata import DEFAULT_BACKBONES
-from scene.params import TrainParams
+from scene.train.params import TrainParams
 from tasks import artifacts
 from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import run_prefix, settings
+from tasks.common import FLOW_TIMEOUT_S, run_prefix, settings
 
 
 def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix: str, alpha: float,
@@ -48,13 +48,14 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
     manifest = data_tasks.publish_manifest(ds, report, prefix)
     results, _ = train_and_compare(ds, backbones, params, manifest, prefix, on_missing_weights=on_missing_weights,
                                    slots=slots)
+    require_a_model(results)  # a retrain whose every backbone failed is a failed run, not "no challenger"
     gated = promote_best(ds, results, pointer, alpha)
     return {**gated, "data": data, "champion": champ["version"] if champ else None, "audit": audit, "drift": drift,
             "data_fingerprint": ds.fingerprint, "objects_read": ds.objects_read, "prefix": prefix,
             "results": [r.to_dict() for r in results]}
 
 
-@flow(name="retrain-dataset", flow_run_name="retrain {data}", log_prints=True)
+@flow(name="retrain-dataset", flow_run_name="retrain {data}", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S)
 def retrain_dataset(data: str, test: str | None, params: TrainParams, alpha: float, only_if_changed: bool,
                     on_missing_weights: str, slots: int = 2, audit_labels: bool = False) -> dict:
     """One dataset of a scheduled retraining, as a subflow: its own run id, artifact prefix and work folders."""
@@ -62,7 +63,7 @@ def retrain_dataset(data: str, test: str | None, params: TrainParams, alpha: flo
                             on_missing_weights=on_missing_weights, slots=slots, audit_labels=audit_labels)
 
 
-@flow(name="retrain", log_prints=True, on_failure=[artifacts.summary_on_failure],
+@flow(name="retrain", log_prints=True, timeout_seconds=2 * FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def retrain(
     data: str | None = None,
@@ -81,7 +82,7 @@ def retrain(
     """
     for name, uri in (("data", data), ("test", test)):  # only inside the data bucket and prefix
         if uri is not None:
-            data_scope.require_data_uri(uri, settings(), name=name)
+            scope.require_data_uri(uri, settings(), name=name)
     params = params.resolved()  # a named preset fills every training parameter not set
     summary_id = artifacts.start_summary("retrain", {"data": data or "every champion's dataset", "backbones": ", ".join(
         params.backbones or ["the champion's"]), **params.facts()})  # first: above the task artifacts

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextvars
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 from uuid import UUID
 
@@ -14,38 +12,19 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
 from prefect.states import Cancelled, Cancelling
 
-from flows.train_backbone import train_backbone
-from scene.dataset import Dataset
-from scene.experiment import TrainResult
+from flows.processes import train_in_processes
+from scene.data.dataset import Dataset
 from scene.metadata import CLASS_NAMES, DEMO_DATA_URI
-from scene.params import TrainParams
 from scene.registry import ModelVersion, Pointer, select_challenger
+from scene.train.experiment import TrainResult
+from scene.train.params import TrainParams
 from tasks import artifacts
 from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import run_prefix
+from tasks.common import FLOW_TIMEOUT_S, run_prefix
 
 DOCKER_DEPLOYMENT = "train-backbone/docker"  # dispatch="docker": a container per backbone (stack up --pool docker)
-
-
-def _local(ds: Dataset, backbones: list[str], run_args: dict[str, Any], slots: int) -> list[TrainResult]:
-    """Each backbone as a ``train-backbone`` subflow given the in-memory manifest; at most ``slots`` at once,
-    failures isolated."""
-    log = get_run_logger()
-
-    def train_or_fail(b: str) -> TrainResult:
-        try:
-            return TrainResult(**train_backbone(backbone=b, manifest=ds, **run_args))
-        except Exception as err:  # a failed backbone never stops the others
-            log.error("%s failed: %s: %s", b, type(err).__name__, err)
-            params = run_args["params"]
-            return TrainResult(b, "failed", f"{type(err).__name__}: {err}", strategy=params.strategy,
-                               weights=params.weights)
-
-    with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="backbone") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, train_or_fail, b) for b in backbones]
-        return [f.result() for f in futures]
 
 
 def _dispatch(backbones: list[str], run_args: dict[str, Any], deployment: str, *, start_timeout_s: float,
@@ -121,12 +100,18 @@ def train_and_compare(ds: Dataset, backbones: list[str], params: TrainParams, ma
     run_args = {"params": params, "classes": list(ds.class_names or CLASS_NAMES),
                 "on_missing_weights": on_missing_weights, "run_prefix_uri": prefix}
     if dispatch == "local":
-        results = _local(ds, backbones, run_args, slots)
+        results = train_in_processes(ds, backbones, run_args, slots)  # a process per backbone
     else:
         target = DOCKER_DEPLOYMENT if dispatch == "docker" else deployment  # docker: the scene image's pool
         results = _dispatch(backbones, {**run_args, "manifest_uri": manifest["manifest.csv"]}, target,
                             start_timeout_s=start_timeout_s, dispatch_timeout_s=dispatch_timeout_s)
     return results, artifacts.compare_and_publish(results, prefix, manifest)
+
+
+def require_a_model(results: list[TrainResult]) -> None:
+    """Fail the run when every backbone failed (the comparison table, already published, says why each did)."""
+    if results and all(r.status == "failed" for r in results):
+        raise RuntimeError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in results))
 
 
 def promote_best(ds: Dataset, results: list[TrainResult], pointer: Any, alpha: float) -> dict:
@@ -154,7 +139,7 @@ def promote_best(ds: Dataset, results: list[TrainResult], pointer: Any, alpha: f
             "dataset": challenger.dataset, "decision_uri": challenger.uri + "decision.json"}
 
 
-@flow(name="train-all", log_prints=True, on_failure=[artifacts.summary_on_failure],
+@flow(name="train-all", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def train_all(
     data: str = DEMO_DATA_URI,
@@ -198,8 +183,7 @@ def train_all(
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         log.error("%s failed: %s", r.backbone, r.error)
-    if len(failed) == len(results):
-        raise RuntimeError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in failed))
+    require_a_model(results)
     gated = promote_best(ds, results, pointer, alpha) if promote else {"promoted": False}
     artifacts.finish_training_summary(summary_id, "train-all", {**facts, "images": len(ds.manifest),
                                       "data fingerprint": ds.fingerprint}, results, gated if promote else None, prefix)

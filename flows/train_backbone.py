@@ -1,4 +1,5 @@
-"""Flow: one backbone through every stage of :mod:`scene.stages`, uploaded and registered on the worker that trained it.
+"""Flow: one backbone through every stage of :mod:`scene.train.stages`, uploaded and registered on the worker
+that trained it.
 
 The only flow that sequences the stages; ``train-all`` and ``retrain`` run it once per backbone (as a subflow, or
 as a flow run of a ``train-backbone`` deployment on its own worker).
@@ -10,13 +11,13 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from scene.dataset import Dataset
+from scene.data.dataset import Dataset
 from scene.metadata import CLASS_NAMES
-from scene.params import TrainParams
+from scene.train.params import TrainParams
 from tasks import artifacts, training
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import run_prefix, work_folder
+from tasks.common import FLOW_TIMEOUT_S, run_prefix, work_folder
 
 
 def _dataset(manifest: Dataset | None, manifest_uri: str | None, data: str | None, test: str | None,
@@ -33,7 +34,7 @@ def _dataset(manifest: Dataset | None, manifest_uri: str | None, data: str | Non
     raise ValueError("train-backbone needs manifest_uri (from train-all) or data (a folder or s3:// URI)")
 
 
-@flow(name="train-backbone", log_prints=True, on_failure=[artifacts.summary_on_failure],
+@flow(name="train-backbone", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def train_backbone(
     backbone: str,
@@ -63,7 +64,7 @@ def train_backbone(
     backbone_prefix = f"{prefix.rstrip('/')}/{backbone}/"
     artifacts.upload(result.out_dir, backbone_prefix, label=backbone)
     if evaluation.test is not None:
-        result = result.registered(registry_tasks.register(result, ds, evaluation.test))
+        result = result.registered(registry_tasks.register(result, ds, evaluation.test, source=backbone_prefix))
     artifacts.write_result(result, backbone_prefix)
     artifacts.finish_training_summary(summary_id, "train-backbone", {**facts, "images": len(ds.manifest)}, [result],
                                       {"note": "decided by the run that started this one (train-all or retrain), "

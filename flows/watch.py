@@ -18,9 +18,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from scene import storage
+from scene.data import storage
 from scene.ops import notifications, polling, prefect_events
-from tasks.common import s3, settings
+from tasks.common import S3_RETRIES, S3_TIMEOUT_S, s3, settings
 
 STATE_VERSION = 1
 
@@ -29,7 +29,7 @@ def _state_uri(state_key: str) -> str:
     return f"s3://{settings().artifact_bucket}/{state_key.lstrip('/')}"
 
 
-@task(name="load watch state", retries=2, retry_delay_seconds=5)
+@task(name="load watch state", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def load_state(state_key: str) -> dict[str, str] | None:
     """The ``{key: etag}`` of the previous run, or None when there is none yet."""
     uri = _state_uri(state_key)
@@ -46,7 +46,7 @@ def load_state(state_key: str) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in objects.items()}
 
 
-@task(name="list objects", retries=2, retry_delay_seconds=5)
+@task(name="list objects", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def scan(prefix_uri: str) -> dict[str, str]:
     """``{key: etag}`` of the image objects under the prefix."""
     loc = storage.parse(prefix_uri)
@@ -55,7 +55,7 @@ def scan(prefix_uri: str) -> dict[str, str]:
     return polling.snapshot(s3(), notifications.polling_config(loc.bucket or "", loc.key))
 
 
-@task(name="save watch state", retries=2, retry_delay_seconds=5)
+@task(name="save watch state", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def save_state(state_key: str, prefix_uri: str, objects: dict[str, str]) -> str:
     """Write the state; return its URI."""
     uri = _state_uri(state_key)
@@ -78,7 +78,7 @@ def _emitter() -> Any:
     return lambda ev: prefect_events.emit_prefect_event(api, ev, api_key=key, auth_string=auth)
 
 
-@flow(name="watch", log_prints=True)
+@flow(name="watch", log_prints=True, timeout_seconds=2 * S3_TIMEOUT_S)
 def watch(prefix_uri: str = "s3://scene-data/datasets/", state_key: str = "sensors/watch-state.json") -> dict:
     """Emit ``scene.data.arrived`` per dataset root with new or changed images since the last run."""
     log = get_run_logger()

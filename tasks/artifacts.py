@@ -9,13 +9,14 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from scene import storage, summary, tables
-from scene.experiment import TrainResult, compare
-from scene.report import comparison_table
-from tasks.common import s3, settings
+from scene.data import storage
+from scene.evaluation import summary, tables
+from scene.evaluation.comparison import comparison_table
+from scene.train.experiment import TrainResult, compare
+from tasks.common import S3_RETRIES, S3_TIMEOUT_S, s3, settings
 
 
-@task(name="upload artifacts", task_run_name="upload {label}", retries=3, retry_delay_seconds=[2, 10, 30])
+@task(name="upload artifacts", task_run_name="upload {label}", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def upload(local_dir: str, prefix: str, label: str = "") -> list[dict[str, Any]]:
     """Upload a folder (multipart for large files, sha256 recorded); return ``[{uri, sha256, bytes}]``."""
     uploaded = storage.upload_dir(local_dir, prefix, s3())
@@ -24,7 +25,7 @@ def upload(local_dir: str, prefix: str, label: str = "") -> list[dict[str, Any]]
     return uploaded
 
 
-@task(name="write result", retries=3, retry_delay_seconds=5)
+@task(name="write result", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def write_result(result: TrainResult, prefix: str) -> str:
     """``result.json`` beside a backbone's artifacts: how a dispatching flow collects it."""
     uri = prefix.rstrip("/") + "/result.json"
@@ -32,7 +33,7 @@ def write_result(result: TrainResult, prefix: str) -> str:
     return uri
 
 
-@task(name="read result", retries=3, retry_delay_seconds=5)
+@task(name="read result", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def read_result(prefix: str) -> TrainResult | None:
     """The ``result.json`` a ``train-backbone`` run wrote, or None when it wrote none."""
     uri = prefix.rstrip("/") + "/result.json"
@@ -42,7 +43,7 @@ def read_result(prefix: str) -> TrainResult | None:
     return TrainResult(**json.loads(storage.read_bytes(uri, client)))
 
 
-@task(name="compare backbones")
+@task(name="compare backbones", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def compare_and_publish(results: list[TrainResult], prefix: str, manifest: dict[str, str]) -> str:
     """Comparison table (CSV + markdown, uploaded), a table artifact, and a markdown report with plots and links."""
     client = s3()

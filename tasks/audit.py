@@ -11,15 +11,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from scene import storage, train
 from scene.audit import drift as drift_lib
 from scene.audit.duplicates import DEFAULT_THRESHOLD, audit_duplicates
 from scene.audit.labels import audit_labels
 from scene.audit.source import cached_features, model_outputs
-from scene.backbones import WeightsUnavailable
-from scene.dataset import Dataset
-from scene.experiment import fetch_verified
-from tasks.common import Progress, s3, settings
+from scene.data import storage
+from scene.data.dataset import Dataset
+from scene.model.backbones import WeightsUnavailable
+from scene.train import fit
+from scene.train.experiment import fetch_verified
+from tasks.common import STEP_TIMEOUT_S, Progress, s3, settings
 from tasks.data import DataValidationFailed
 
 DRIFT_EVENT = "scene.data.drift"
@@ -37,8 +38,8 @@ def _thumbs(keys: list[str]) -> dict[str, str]:
     return {k: storage.presigned_url(k, client) for k in keys if storage.parse(k).is_s3}
 
 
-@task(name="audit data", cache_policy=NO_CACHE)
-def audit_data(ds: Dataset, cfg: train.TrainConfig, prefix: str, labels: bool = False,
+@task(name="audit data", cache_policy=NO_CACHE, timeout_seconds=STEP_TIMEOUT_S)
+def audit_data(ds: Dataset, cfg: fit.TrainConfig, prefix: str, labels: bool = False,
                threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Near-duplicate audit always (train/test leakage above the limit stops the run), label audit on request.
 
@@ -47,7 +48,7 @@ def audit_data(ds: Dataset, cfg: train.TrainConfig, prefix: str, labels: bool = 
     log = get_run_logger()
     try:
         cfg_s = settings()
-        weights = train.weights_for(cfg, s3=s3(), mirror=f"s3://{cfg_s.artifact_bucket}/{cfg_s.weights_mirror_prefix}")
+        weights = fit.weights_for(cfg, s3=s3(), mirror=f"s3://{cfg_s.artifact_bucket}/{cfg_s.weights_mirror_prefix}")
     except WeightsUnavailable as err:
         log.warning("data audits skipped: %s (features of an untrained network would find nothing real)", err)
         return {"skipped": str(err)}
@@ -75,7 +76,7 @@ def audit_data(ds: Dataset, cfg: train.TrainConfig, prefix: str, labels: bool = 
     return out
 
 
-def _label_audit(x: Any, ds: Dataset, cfg: train.TrainConfig, prefix: str) -> dict[str, Any]:
+def _label_audit(x: Any, ds: Dataset, cfg: fit.TrainConfig, prefix: str) -> dict[str, Any]:
     audit = audit_labels(x, ds.manifest, ds.class_names, seed=cfg.seed)
     uri = _put_csv(audit.issues, f"{prefix.rstrip('/')}/label_issues.csv")
     create_table_artifact(audit.issues.head(TABLE_ROWS).round(4).to_dict("records"), key="label-issues",
@@ -94,7 +95,7 @@ def _reference_uri(version: str) -> str:
     return f"s3://{settings().artifact_bucket}/drift/{version}/reference.npz"
 
 
-@task(name="drift check", cache_policy=NO_CACHE)
+@task(name="drift check", cache_policy=NO_CACHE, timeout_seconds=STEP_TIMEOUT_S)
 def drift_check(model_path: str | None, champion: dict[str, Any] | None, new_rows: Any, subject: str,
                 max_images: int = 500) -> dict[str, Any] | None:
     """New images vs the champion's training images: features (KS on principal components) and class mix.
@@ -117,7 +118,7 @@ def drift_check(model_path: str | None, champion: dict[str, Any] | None, new_row
 
 def _drift(model_path: str | None, champion: dict[str, Any], new_rows: Any, subject: str,
            max_images: int) -> dict[str, Any]:
-    from scene.model import load
+    from scene.model.network import load
 
     log = get_run_logger()
     client = s3()

@@ -11,9 +11,38 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
+from prefect.task_engine import TaskRunTimeoutError
+from prefect.tasks import exponential_backoff
 
+from scene.data.retries import transient
+from scene.data.storage import s3_client
 from scene.settings import Settings
-from scene.storage import s3_client
+
+# Every task and flow declares a timeout (tests/test_task_policy.py enforces it). Generous: a step that runs past
+# its timeout is stuck (a hung connection, a wedged accelerator), not slow.
+S3_TIMEOUT_S = 30 * 60  # one step that lists, reads or writes objects (a run's artifacts, a manifest)
+STEP_TIMEOUT_S = 12 * 3600  # one compute step on a CPU-only worker: features of ~25k images × views, a head, eval
+FLOW_TIMEOUT_S = 24 * 3600  # a whole train-all / retrain (dispatched backbones wait at most dispatch_timeout_s)
+
+
+def transient_only(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn``: retry only errors a later attempt can get past (S3 unreachable, reset, 5xx, SlowDown).
+
+    Errors that cannot succeed on retry — missing weights, failed validation, a tampered file, bad input, a step
+    that ran past its timeout — fail the task at once instead of repeating it.
+    """
+    try:
+        state.result()
+    except TaskRunTimeoutError:
+        return False
+    except Exception as err:
+        return transient(err)
+    return False
+
+
+# the retry policy of tasks that touch S3: 3 retries after 5, 10, 20 s (±50 %), transient errors only
+S3_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+                              "retry_jitter_factor": 0.5, "retry_condition_fn": transient_only}
 
 
 def settings() -> Settings:

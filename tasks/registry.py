@@ -10,13 +10,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from scene import experiment, registry, storage
-from scene.dataset import Dataset
-from scene.experiment import TrainResult
-from tasks.common import s3, settings
+from scene import registry
+from scene.data import storage
+from scene.data.dataset import Dataset
+from scene.train import experiment
+from scene.train.experiment import TrainResult
+from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
 
 
-@task(name="read champion", retries=3, retry_delay_seconds=5)
+@task(name="read champion", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def read_champion(dataset: str | None = None) -> registry.Pointer:
     """The champion pointer of ``dataset`` and its ETag (without: the newest champion of any dataset).
 
@@ -25,13 +27,13 @@ def read_champion(dataset: str | None = None) -> registry.Pointer:
     return registry.read_champion(s3(), settings().artifact_bucket, dataset=dataset)
 
 
-@task(name="read champions", retries=3, retry_delay_seconds=5)
+@task(name="read champions", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def read_champions() -> dict[str, dict[str, Any]]:
     """``{dataset URI: champion document}`` for every dataset that has a champion."""
     return registry.champions(s3(), settings().artifact_bucket)
 
 
-@task(name="read champion's manifest", retries=3, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="read champion's manifest", cache_policy=NO_CACHE, timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def previous_manifest(champion: dict[str, Any] | None) -> pd.DataFrame | None:
     """The champion's ``manifest.csv`` (its splits stay sticky, new images are counted), or None."""
     if not champion:
@@ -43,36 +45,39 @@ def previous_manifest(champion: dict[str, Any] | None) -> pd.DataFrame | None:
     return pd.read_csv(io.BytesIO(storage.read_bytes(uri, client)), keep_default_na=False, dtype={"etag": str})
 
 
-@task(name="read champion's data fingerprint", retries=3, retry_delay_seconds=5)
+@task(name="read champion's data fingerprint", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def trained_on(champion: dict[str, Any]) -> str | None:
     """The data fingerprint the champion was trained on (from its registry entry)."""
     return registry.get_version(s3(), settings().artifact_bucket, champion["version"]).get("data_fingerprint")
 
 
-@task(name="register model", task_run_name="register {result.backbone}", retries=3, retry_delay_seconds=5,
-      cache_policy=NO_CACHE)
-def register(result: TrainResult, ds: Dataset, test_predictions: pd.DataFrame) -> registry.ModelVersion:
+@task(name="register model", task_run_name="register {result.backbone}", cache_policy=NO_CACHE,
+      timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+def register(result: TrainResult, ds: Dataset, test_predictions: pd.DataFrame,
+             source: str | None = None) -> registry.ModelVersion:
     """Register the folder this worker just trained (its manifest.csv included) as a version of ``ds``'s lineage.
 
     ``test_predictions``: the run's per-image test outcome, in memory (the same rows as its test_predictions.csv).
+    ``source``: the run's S3 folder of this backbone (already uploaded): files with the same sha256 there are
+    copied inside the store (CopyObject) instead of uploaded again.
     """
     version = registry.register(s3(), settings().artifact_bucket, result.out_dir, result.backbone, test_predictions,
-                                dataset=ds.source)
+                                dataset=ds.source, source=source)
     get_run_logger().info("registered %s (dataset %s) at %s", version.version, version.dataset, version.uri)
     return version
 
 
-@task(name="read test predictions", retries=2, retry_delay_seconds=5)
+@task(name="read test predictions", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def test_predictions_of(version: registry.ModelVersion) -> pd.DataFrame:
     """A registered version's per-image test outcome."""
     return pd.read_csv(io.BytesIO(storage.read_bytes(version.uri.rstrip("/") + "/test_predictions.csv", s3())))
 
 
-@task(name="score champion", retries=2, retry_delay_seconds=5)
+@task(name="score champion", timeout_seconds=STEP_TIMEOUT_S, **S3_RETRIES)
 def score_champion(pointer: registry.Pointer, ds: Dataset) -> pd.DataFrame | None:
     """The champion's per-image outcome on the current test split (None without a champion).
 
-    Its files are fetched through :func:`scene.integrity.fetch_version`: only what checksums.json lists,
+    Its files are fetched through :func:`scene.registry.integrity.fetch_version`: only what checksums.json lists,
     each verified, model.keras against the version id.
     """
     if pointer.champion is None:
@@ -82,7 +87,7 @@ def score_champion(pointer: registry.Pointer, ds: Dataset) -> pd.DataFrame | Non
     return scored
 
 
-@task(name="promotion gate")
+@task(name="promotion gate", timeout_seconds=S3_TIMEOUT_S)
 def gate(challenger: registry.ModelVersion, challenger_predictions: pd.DataFrame, champion_predictions: Any,
          pointer: registry.Pointer, alpha: float, class_names: list[str] | None = None,
          margin: float = registry.MARGIN) -> registry.Decision:

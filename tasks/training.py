@@ -1,4 +1,4 @@
-"""One task per stage of :mod:`scene.stages`: prepare, extract, fit, finetune, evaluate, write."""
+"""One task per stage of :mod:`scene.train.stages`: prepare, extract, fit, finetune, evaluate, write."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from scene import stages
-from scene.dataset import Dataset
-from scene.experiment import TrainResult
-from scene.features import ExtractStats
-from scene.train import FitResult, TrainConfig
-from tasks.common import Progress, s3, settings
+from scene.data.dataset import Dataset
+from scene.train import stages
+from scene.train.experiment import TrainResult
+from scene.train.features import ExtractStats
+from scene.train.fit import FitResult, TrainConfig
+from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, Progress, s3, settings
 
 
-@task(name="check weights", task_run_name="check weights {cfg.backbone}", retries=2, retry_delay_seconds=5,
-      cache_policy=NO_CACHE)
+@task(name="check weights", task_run_name="check weights {cfg.backbone}", cache_policy=NO_CACHE,
+      timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def prepare(ds: Dataset, cfg: TrainConfig, out_dir: str, on_missing: stages.OnMissingWeights) -> stages.BackboneRun:
     """Resolve the weights once (the artifact bucket's mirror included) and build the backbone."""
     s = settings()
@@ -28,7 +28,8 @@ def prepare(ds: Dataset, cfg: TrainConfig, out_dir: str, on_missing: stages.OnMi
     return run
 
 
-@task(name="extract features", task_run_name="extract features {run.cfg.backbone}", retries=1, cache_policy=NO_CACHE)
+@task(name="extract features", task_run_name="extract features {run.cfg.backbone}", cache_policy=NO_CACHE,
+      timeout_seconds=STEP_TIMEOUT_S, **{**S3_RETRIES, "retries": 1})  # a retry resumes from the cached shards
 def extract(run: stages.BackboneRun) -> ExtractStats | None:
     """Run the frozen backbone over every image view not yet in the feature cache (cached strategy)."""
     stats = stages.extract(run, s3=s3(), progress=Progress())
@@ -38,7 +39,8 @@ def extract(run: stages.BackboneRun) -> ExtractStats | None:
     return stats
 
 
-@task(name="train head", task_run_name="train head {run.cfg.backbone}", cache_policy=NO_CACHE)
+@task(name="train head", task_run_name="train head {run.cfg.backbone}", cache_policy=NO_CACHE,
+      timeout_seconds=STEP_TIMEOUT_S)
 def fit(run: stages.BackboneRun, extracted: ExtractStats | None) -> FitResult:
     """The frozen phase: head on cached features, or online with the backbone in the loop."""
     fitted = stages.fit(run, extracted, s3=s3(), progress=Progress())
@@ -48,14 +50,16 @@ def fit(run: stages.BackboneRun, extracted: ExtractStats | None) -> FitResult:
     return fitted
 
 
-@task(name="fine-tune", task_run_name="fine-tune {run.cfg.backbone}", cache_policy=NO_CACHE)
+@task(name="fine-tune", task_run_name="fine-tune {run.cfg.backbone}", cache_policy=NO_CACHE,
+      timeout_seconds=STEP_TIMEOUT_S)
 def finetune(run: stages.BackboneRun, fitted: FitResult) -> FitResult:
     """Unfreeze the top layers (BatchNorm stays frozen) and train at a low learning rate."""
     get_run_logger().info("fine-tuning the top %d layers of %s", run.cfg.finetune_layers, run.cfg.backbone)
     return stages.finetune(run, fitted, s3=s3(), progress=Progress())
 
 
-@task(name="evaluate", task_run_name="evaluate {run.cfg.backbone}", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate {run.cfg.backbone}", cache_policy=NO_CACHE,
+      timeout_seconds=STEP_TIMEOUT_S)
 def evaluate(run: stages.BackboneRun, fitted: FitResult) -> stages.Evaluation:
     """Predictions and metrics for train, validation and test."""
     evaluation = stages.evaluate(run, fitted, s3=s3(), progress=Progress())
@@ -66,7 +70,8 @@ def evaluate(run: stages.BackboneRun, fitted: FitResult) -> stages.Evaluation:
     return evaluation
 
 
-@task(name="report", task_run_name="report {run.cfg.backbone}", cache_policy=NO_CACHE)
+@task(name="report", task_run_name="report {run.cfg.backbone}", cache_policy=NO_CACHE,
+      timeout_seconds=S3_TIMEOUT_S)
 def write(run: stages.BackboneRun, fitted: FitResult, evaluation: stages.Evaluation,
           prefix: str | None = None) -> TrainResult:
     """Plots, metrics.json, report.html (with the run's label audit, when it ran) and the model card."""

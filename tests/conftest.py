@@ -21,7 +21,7 @@ MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six classes × 12 generated 48-px images in ``<root>/<class>/``."""
-    from scene.synth import make_synthetic
+    from scene.data.synth import make_synthetic
 
     return make_synthetic(tmp_path_factory.mktemp("synth") / "data", 12, size=48, seed=3)
 
@@ -29,7 +29,7 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def kaggle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Kaggle layout: ``seg_train/seg_train/<class>`` and ``seg_test/seg_test/<class>``."""
-    from scene.synth import make_synthetic
+    from scene.data.synth import make_synthetic
 
     root = tmp_path_factory.mktemp("kaggle") / "archive"
     make_synthetic(root / "seg_train" / "seg_train", 8, size=40, seed=4)

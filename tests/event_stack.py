@@ -47,7 +47,7 @@ def event_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolUpdate
 
-    from scene import storage
+    from scene.data import storage
     from scene.ops import stack as stack_mod
     from scene.settings import Settings
     from tests.integration.conftest import free_port

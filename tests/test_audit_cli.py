@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scene.cli import main
+from scene.cli.main import main
 
 FLAGS = ["--backbone", "mobilenetv2", "--weights", "none", "--image-size", "48"]
 

@@ -62,7 +62,7 @@ def test_report_html_gets_a_label_issues_section_with_thumbnails(tmp_path) -> No
     from PIL import Image
 
     from scene.audit.labels import report_rows
-    from scene.report import write_report_html
+    from scene.evaluation.report import write_report_html
 
     img = tmp_path / "street" / "7.jpg"
     img.parent.mkdir()
@@ -85,7 +85,7 @@ def test_a_runs_label_audit_reaches_each_backbones_report_html(tmp_path) -> None
     """The flow writes ``<run prefix>/label_issues.csv``; every backbone's report step puts it in report.html."""
     from PIL import Image
 
-    from scene.report import write_report_html
+    from scene.evaluation.report import write_report_html
     from tasks.training import _label_issue_rows
 
     x, rows = clusters(per_class=20)

@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scene import storage, train
 from scene.audit.duplicates import DEFAULT_THRESHOLD, audit_duplicates
 from scene.audit.source import cached_features
+from scene.data import storage
+from scene.train import fit
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -27,8 +28,8 @@ def test_known_copies_among_distinct_photos_are_found_at_the_default_threshold(
     rows = pd.DataFrame({"key": [str(intel_dir / n) for n in names], "label": [n.split("/")[0] for n in names],
                          "split": "train"})
     rows["sha256"] = [storage.sha256_bytes(Path(k).read_bytes()) for k in rows["key"]]
-    cfg = train.TrainConfig(backbone="mobilenetv2", weights=str(mobilenet_weights), image_size=150, views=0)
-    x = cached_features(rows, cfg, train.weights_for(cfg), str(tmp_path / "cache"))
+    cfg = fit.TrainConfig(backbone="mobilenetv2", weights=str(mobilenet_weights), image_size=150, views=0)
+    x = cached_features(rows, cfg, fit.weights_for(cfg), str(tmp_path / "cache"))
     audit = audit_duplicates(x, rows, DEFAULT_THRESHOLD)
     found = {frozenset((Path(a).parent.name + "/" + Path(a).name, Path(b).parent.name + "/" + Path(b).name))
              for a, b in zip(audit.pairs["key_a"], audit.pairs["key_b"], strict=True)}

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from scene import backbones
-from scene.backbones import BACKBONES, InputRangeError, Preprocess, WeightsUnavailable, get_spec, preflight
+from scene.model import backbones
+from scene.model.backbones import BACKBONES, InputRangeError, Preprocess, WeightsUnavailable, get_spec, preflight
 
 KERAS_PREPROCESS = {
     "resnet50": keras.applications.resnet50.preprocess_input,
@@ -176,8 +176,8 @@ def test_imagenet_file_with_the_wrong_hash_is_refused(tmp_path: Path) -> None:
 
 def test_feature_namespace_holds_everything_that_changes_a_feature(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from scene import features
-    from scene.pipeline import AugmentConfig
+    from scene.model.pipeline import AugmentConfig
+    from scene.train import features
 
     w = backbones.resolve_weights(get_spec("mobilenetv2"), "none", 64, seed=1)
     base = features.namespace("mobilenetv2", w, 64, AugmentConfig(), 1, "float32")

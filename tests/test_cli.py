@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scene.cli import main
+from scene.cli.main import main
 from scene.metadata import CLASS_NAMES
 
 TRAIN = ["--weights", "none", "--image-size", "48", "--epochs", "2", "--views", "1"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scene.cli import main
-from scene.cli_ops import dataset_name
+from scene.cli.main import main
+from scene.cli.ops import dataset_name
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scene.data_scope import PREDICT_PREFIX, require_data_uri
+from scene.data.scope import PREDICT_PREFIX, require_data_uri
 from scene.settings import Settings
 
 S = Settings(data_bucket="scene-data", data_prefix="datasets/")

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scene.dataset import DatasetError, SplitConfig, assign_splits, build_dataset, unit_hash
+from scene.data.dataset import DatasetError, SplitConfig, assign_splits, build_dataset, unit_hash
+from scene.data.synth import make_synthetic
 from scene.metadata import CLASS_NAMES
-from scene.synth import make_synthetic
 
 
 def test_plain_layout_manifest_columns_and_classes(synth_dir: Path) -> None:
@@ -122,7 +122,7 @@ def test_empty_class_folder_is_reported(tmp_path: Path, synth_dir: Path) -> None
 
 
 def test_missing_or_empty_source(tmp_path: Path) -> None:
-    from scene.storage import StorageError
+    from scene.data.storage import StorageError
 
     with pytest.raises(StorageError, match="not a folder"):
         build_dataset(str(tmp_path / "nope"))
@@ -216,7 +216,7 @@ def test_webp_tiff_accepted_and_sizes_are_upright(tmp_path: Path, synth_dir: Pat
 
 
 def test_generated_data_is_marked_synthetic_through_save_and_load(tmp_path: Path, synth_dir: Path) -> None:
-    from scene.dataset import load_dataset
+    from scene.data.dataset import load_dataset
 
     ds = build_dataset(str(synth_dir))
     assert ds.synthetic and ds.manifest["synthetic"].all()
@@ -240,7 +240,7 @@ def _settled(root: Path) -> Path:
     """Wait until every file under ``root`` is older than RACY_SECONDS (only then does it get a stat tag)."""
     import time
 
-    from scene.dataset import RACY_SECONDS
+    from scene.data.dataset import RACY_SECONDS
 
     newest = max(p.stat().st_ctime for p in root.rglob("*"))
     time.sleep(max(0.0, newest + RACY_SECONDS + 0.05 - time.time()))

@@ -1,4 +1,4 @@
-"""Tests for scene.evaluate: metrics, collapse rule, bootstrap intervals, McNemar, confused pairs."""
+"""Tests for scene.evaluation.metrics: metrics, collapse rule, bootstrap intervals, McNemar, confused pairs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from scene.evaluate import SplitMetrics, evaluate_predictions, is_collapsed, mcnemar, most_confused_pairs
+from scene.evaluation.metrics import SplitMetrics, evaluate_predictions, is_collapsed, mcnemar, most_confused_pairs
 
 NAMES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 K = len(NAMES)
@@ -168,7 +168,7 @@ def test_bootstrap_ci_contains_estimate_and_narrows_with_more_data() -> None:
 def test_bootstrap_is_seeded_and_matches_sklearn_f1() -> None:
     from sklearn.metrics import f1_score
 
-    from scene.evaluate import _bootstrap_stats
+    from scene.evaluation.metrics import _bootstrap_stats
 
     y, probs = _noisy(10, seed=5)
     pred = probs.argmax(1)

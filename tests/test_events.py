@@ -429,7 +429,7 @@ def test_server_survives_garbage(bridge: tuple[BridgeServer, list[dict]]) -> Non
 def _parser() -> Any:
     import argparse
 
-    from scene.cli_events import register
+    from scene.cli.events import register
 
     p = argparse.ArgumentParser(prog="scene")
     register(p.add_subparsers(dest="command", required=True))
@@ -437,7 +437,7 @@ def _parser() -> Any:
 
 
 def test_cli_requires_token_and_api(monkeypatch: pytest.MonkeyPatch) -> None:
-    from scene.cli import CliError
+    from scene.cli.main import CliError
 
     args = _parser().parse_args(["events", "serve", "--port", "0", "--quiet-seconds", "2"])
     assert (args.port, args.quiet_seconds, args.bucket, args.prefix) == (0, 2.0, None, None)

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from scene import image_fetch, storage
+from scene.data import image_fetch, storage
 from scene.settings import Settings
 
 

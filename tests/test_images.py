@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scene import images
+from scene.data import images
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -117,7 +117,7 @@ def test_pipeline_decodes_webp_and_tiff_like_jpeg(tmp_path: Path) -> None:
     """The tf.data pipeline reads every accepted format through images.decode_rgb, upright and padded."""
     import pandas as pd
 
-    from scene.pipeline import image_dataset
+    from scene.model.pipeline import image_dataset
 
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -137,7 +137,7 @@ def test_pipeline_decodes_webp_and_tiff_like_jpeg(tmp_path: Path) -> None:
 def test_generated_images_carry_the_synthetic_mark(tmp_path: Path) -> None:
     from PIL import PngImagePlugin
 
-    from scene.synth import make_synthetic
+    from scene.data.synth import make_synthetic
 
     root = make_synthetic(tmp_path / "d", 1, size=40, classes=("sea",))
     assert images.inspect((root / "sea" / "sea_0000.jpg").read_bytes()).synthetic

@@ -1,6 +1,8 @@
-"""Architecture rules: scene/ never imports Prefect; tasks/ never imports flows, boto3/botocore, tempfile or shutil and
-does no file I/O itself (no open(), no Path read/write/mkdir/unlink, no to_csv/read_csv of a path); the training
-flows (train_all, train_backbone, retrain) import from scene only the pipeline API (PIPELINE_API below).
+"""Architecture rules: scene/ never imports Prefect; no import cycle among scene modules; scene/ is wings (WINGS
+below), each importing only the wings before it, with only shared constants and settings at the top level (so the
+CLI is imported by no other part of scene, nor by flows/ or tasks/); tasks/ never imports flows, boto3/botocore,
+tempfile or shutil and does no file I/O itself (no open(), no Path read/write/mkdir/unlink, no to_csv/read_csv of a
+path); the training flows (train_all, train_backbone, retrain) import from scene only the pipeline API (PIPELINE_API).
 """
 
 from __future__ import annotations
@@ -34,28 +36,42 @@ def test_tasks_do_not_import_flows() -> None:
 
 # what a training flow may use of the library: the typed parameters and constants, the data and result types, the
 # registry's public API, the stages, and the data-scope check of its URI parameters
-PIPELINE_API = {"scene.params", "scene.metadata", "scene.dataset", "scene.experiment", "scene.registry",
-                "scene.stages", "scene.data_scope"}
+PIPELINE_API = {"scene.train.params", "scene.metadata", "scene.data.dataset", "scene.train.experiment",
+                "scene.registry", "scene.train.stages", "scene.data.scope"}
 TRAINING_FLOWS = ("train_all.py", "train_backbone.py", "retrain.py")
 NO_IMPORT_IN_TASKS = {"boto3", "botocore", "tempfile", "shutil", "flows"}
 FILE_METHODS = {"read_text", "write_text", "read_bytes", "write_bytes", "mkdir", "unlink", "touch", "rmdir", "open"}
 
 
-def _scene_modules(path: Path) -> set[str]:
-    """The scene modules a file imports (``from scene import x`` counts as ``scene.x``)."""
+def _is_module(name: str, root: Path = REPO) -> bool:
+    """Whether dotted ``name`` is a module or package file under ``root``."""
+    rel = Path(*name.split("."))
+    return (root / rel).with_suffix(".py").is_file() or (root / rel / "__init__.py").is_file()
+
+
+def _scene_modules(path: Path, root: Path = REPO) -> set[str]:
+    """The scene modules a file imports, at any depth of the file (``from scene.data import storage`` counts as
+    ``scene.data.storage``; ``from scene import x`` as ``scene.x``; relative imports are resolved too)."""
     out = set()
+    package = ".".join(path.relative_to(root).with_suffix("").parts[:-1]) if path.is_relative_to(root) else ""
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module == "scene":
-            out |= {f"scene.{a.name}" for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("scene."):
-            out.add(node.module)
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if base != "scene" and not base.startswith("scene."):
+                continue
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.add(sub if base == "scene" or _is_module(sub, root) else base)
         elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("scene")}
+            out |= {a.name for a in node.names if a.name == "scene" or a.name.startswith("scene.")}
     return out
 
 
 def _file_io(path: Path) -> list[str]:
-    """``line: call`` for every file access a module makes itself (``scene.storage`` calls do not count)."""
+    """``line: call`` for every file access a module makes itself (``scene.data.storage`` calls do not count)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.Call):
@@ -96,8 +112,99 @@ def test_only_train_backbone_sequences_the_stages() -> None:
 
 def test_the_rule_checkers_catch_what_they_forbid(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("import tempfile\nfrom scene import storage, train\nopen('x')\np.write_text('y')\n"
+    bad.write_text("import tempfile\nfrom scene.data import storage\nfrom scene import train\nopen('x')\n"
+                   "p.write_text('y')\n"
                    "df.to_csv('z.csv')\npd.read_csv('z.csv')\nstorage.read_bytes('ok')\n")
     assert _imports(bad) & NO_IMPORT_IN_TASKS == {"tempfile"}
-    assert _scene_modules(bad) - PIPELINE_API == {"scene.storage", "scene.train"}
+    assert _scene_modules(bad) - PIPELINE_API == {"scene.data.storage", "scene.train"}
     assert [x.split(": ")[1] for x in _file_io(bad)] == ["open()", ".write_text()", ".to_csv(path)", "read_csv(path)"]
+
+
+# the wings of scene/, lowest first: a wing imports only the top level and the wings before it
+WINGS = ("data", "model", "evaluation", "registry", "train", "audit", "ops", "cli")
+TOP_LEVEL = {"scene", "scene.settings", "scene.errors", "scene.metadata"}  # what every wing shares
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(root: Path = REPO) -> dict[str, set[str]]:
+    """scene module -> the scene modules it imports (function-level imports included)."""
+    files = {_module_name(p, root): p for p in (root / "scene").rglob("*.py")}
+    return {m: {d for d in _scene_modules(p, root) if d in files and d != m} for m, p in files.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as ``[a, b, ..., a]``, or ``[]`` when there is none (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in sorted(graph):
+        if state.get(start):
+            continue
+        path, stack = [start], [iter(sorted(graph[start]))]
+        state[start] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            elif not state.get(nxt):
+                state[nxt] = 1
+                path.append(nxt)
+                stack.append(iter(sorted(graph.get(nxt, ()))))
+    return []
+
+
+def _wing(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in WINGS else "top"
+
+
+def _wing_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``a -> b`` for every import of a later wing, and every flat module outside the wings and TOP_LEVEL."""
+    rank = {w: i for i, w in enumerate(WINGS)}
+    bad = [f"{m} is neither in a wing nor in TOP_LEVEL" for m in graph if _wing(m) == "top" and m not in TOP_LEVEL]
+    for m, deps in graph.items():
+        for d in deps:
+            if _wing(d) != "top" and (_wing(m) == "top" or rank[_wing(d)] > rank[_wing(m)]):
+                bad.append(f"{m} -> {d}")
+    return sorted(bad)
+
+
+def test_no_import_cycle_among_scene_modules() -> None:
+    cycle = _cycle(_import_graph())
+    assert cycle == [], "import cycle: " + " -> ".join(cycle)
+
+
+def test_each_wing_imports_only_the_wings_before_it() -> None:
+    assert _wing_violations(_import_graph()) == [], f"wing order: {' < '.join(WINGS)}"
+    packages = sorted(p.name for p in (REPO / "scene").iterdir() if (p / "__init__.py").is_file())
+    assert packages == sorted(WINGS)
+
+
+def test_cli_is_imported_by_nobody_but_itself() -> None:
+    users = [str(p.relative_to(REPO)) for d in ("scene", "flows", "tasks") for p in (REPO / d).rglob("*.py")
+             if not p.is_relative_to(REPO / "scene" / "cli")
+             and any(m == "scene.cli" or m.startswith("scene.cli.") for m in _scene_modules(p))]
+    assert users == []
+
+
+def test_the_graph_checkers_catch_cycles_and_wing_breaches(tmp_path: Path) -> None:
+    files = {"scene/__init__.py": "", "scene/settings.py": "", "scene/flat.py": "",
+             "scene/data/__init__.py": "", "scene/data/a.py": "from scene.model import b\n",
+             "scene/model/__init__.py": "", "scene/model/b.py": "def f():\n    from scene.data.a import x\n",
+             "scene/cli/__init__.py": "", "scene/cli/c.py": "from . import d\n",
+             "scene/cli/d.py": "from scene.settings import S\n"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    graph = _import_graph(tmp_path)
+    assert graph["scene.cli.c"] == {"scene.cli.d"} and graph["scene.cli.d"] == {"scene.settings"}
+    assert _cycle(graph) == ["scene.data.a", "scene.model.b", "scene.data.a"]
+    assert _wing_violations(graph) == ["scene.data.a -> scene.model.b",
+                                      "scene.flat is neither in a wing nor in TOP_LEVEL"]
+    (tmp_path / "scene/data/a.py").write_text("")
+    assert _cycle(_import_graph(tmp_path)) == []

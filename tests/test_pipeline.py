@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scene import images, runtime
-from scene.model import build_head
-from scene.pipeline import load_pixels, pixel_batches, predict_batches, resize_pad
+from scene.data import images
+from scene.model import runtime
+from scene.model.network import build_head
+from scene.model.pipeline import load_pixels, pixel_batches, predict_batches, resize_pad
 
 
 def _jpeg(path: Path, w: int, h: int, seed: int) -> Path:
@@ -79,7 +80,7 @@ def test_predict_batches_pad_the_short_last_batch_and_trace_once() -> None:
 
 
 def test_fit_head_learns_from_in_memory_arrays_and_reports_speed() -> None:
-    from scene.train import TrainConfig, fit_head
+    from scene.train.fit import TrainConfig, fit_head
 
     rng = np.random.default_rng(0)
     centers = rng.normal(0, 3, (6, 32))
@@ -104,8 +105,8 @@ def test_thread_plan_by_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_predict_folder_reads_each_image_once_and_lists_bad_ones(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from scene import storage
-    from scene.predict import predict_folder
+    from scene.data import storage
+    from scene.model.predict import predict_folder
 
     for i in range(5):
         _jpeg(tmp_path / f"{i}.jpg", 48, 48, i)
@@ -128,7 +129,8 @@ def test_importing_the_pipeline_sizes_tensorflow_threads_in_a_fresh_process() ->
     import subprocess
     import sys
 
-    code = ("import json, scene.pipeline, tensorflow as tf; from scene import runtime; p = runtime.thread_plan(); "
+    code = ("import json, scene.model.pipeline, tensorflow as tf; from scene.model import runtime; "
+            "p = runtime.thread_plan(); "
             "print(json.dumps([tf.config.threading.get_intra_op_parallelism_threads(), "
             "tf.config.threading.get_inter_op_parallelism_threads(), p.intra_op, p.inter_op]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scene.presets import PRESETS, apply_preset, get_preset
+from scene.train.presets import PRESETS, apply_preset, get_preset
 
 DEFAULTS = {"backbones": ["resnet50"], "views": 2, "epochs": 100, "image_size": 150, "mirror": False}
 
@@ -25,7 +25,7 @@ def test_unknown_preset_lists_the_known_ones() -> None:
 
 
 def test_every_preset_builds_a_valid_config() -> None:
-    from scene.train import TrainConfig
+    from scene.train.fit import TrainConfig
 
     for name, preset in PRESETS.items():
         cfg = {k: v for k, v in preset.items() if k != "backbones"}
@@ -36,7 +36,7 @@ def test_every_preset_builds_a_valid_config() -> None:
 
 def test_train_params_preset_fills_only_the_fields_not_set() -> None:
     """One place applies a preset for the flows and the CLI: what the caller set wins, even when it is a default."""
-    from scene.params import TrainParams
+    from scene.train.params import TrainParams
 
     best = PRESETS["best-cpu"]
     p = TrainParams(preset="best-cpu", epochs=100, image_size=160).resolved()
@@ -49,8 +49,8 @@ def test_train_params_preset_fills_only_the_fields_not_set() -> None:
 
 
 def test_cli_builds_the_same_train_params(tmp_path) -> None:
-    from scene.cli import build_parser, train_params
-    from scene.params import TrainParams
+    from scene.cli.main import build_parser, train_params
+    from scene.train.params import TrainParams
 
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", "best-cpu", "--epochs", "7"])
     assert train_params(args) == TrainParams(preset="best-cpu", epochs=7).resolved()
@@ -59,7 +59,7 @@ def test_cli_builds_the_same_train_params(tmp_path) -> None:
 
 
 def test_cli_rejects_an_unknown_preset(tmp_path, capsys) -> None:
-    from scene.cli import main
+    from scene.cli.main import main
 
     assert main(["train", "--data", str(tmp_path), "--preset", "nope", "--out", str(tmp_path / "o")]) != 0
     assert "--preset: unknown preset 'nope'" in capsys.readouterr().err

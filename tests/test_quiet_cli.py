@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from scene import quiet
-from scene.synth import make_synthetic
+from scene.cli import quiet
+from scene.data.synth import make_synthetic
 
-SCENE = [sys.executable, "-m", "scene.cli"]
+SCENE = [sys.executable, "-m", "scene.cli.main"]
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scene.dataset import Dataset, build_dataset, fingerprint
-from scene.stages import train_one
+from scene.data.dataset import Dataset, build_dataset, fingerprint
+from scene.train.stages import train_one
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
@@ -23,7 +23,7 @@ def subset(intel_dir: Path) -> Dataset:
 
 def test_pretrained_backbone_beats_random_init_by_far(subset: Dataset, mobilenet_weights: Path,
                                                       tmp_path: Path) -> None:
-    from scene.train import TrainConfig
+    from scene.train.fit import TrainConfig
 
     common = {"backbone": "mobilenetv2", "image_size": 96, "views": 1, "epochs": 60}
     pre = train_one(subset, TrainConfig(weights=str(mobilenet_weights), **common), tmp_path / "pre",
@@ -38,7 +38,7 @@ def test_pretrained_backbone_beats_random_init_by_far(subset: Dataset, mobilenet
 def test_cli_train_then_evaluate_on_real_photos(intel_dir: Path, mobilenet_weights: Path, tmp_path: Path) -> None:
     import shutil
 
-    from scene.cli import main
+    from scene.cli.main import main
 
     small = tmp_path / "intel"
     for cls in sorted(p.name for p in intel_dir.iterdir()):

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from scene import cli_models
-from scene.experiment import TrainResult
+from scene.cli import models
 from scene.registry import (
     Decision,
     ModelVersion,
@@ -22,6 +21,7 @@ from scene.registry import (
     pair,
 )
 from scene.registry.rule import GateError, per_class_recall, select_challenger
+from scene.train.experiment import TrainResult
 
 
 def _table(y_true: list[int], y_pred: list[int], prefix: str = "") -> pd.DataFrame:
@@ -247,14 +247,14 @@ def test_dataset_uri_and_champion_key() -> None:
 
 def test_cli_parser_and_table() -> None:
     p = argparse.ArgumentParser()
-    cli_models.register(p.add_subparsers(dest="command", required=True))
+    models.register(p.add_subparsers(dest="command", required=True))
     a = p.parse_args(["models", "promote", "vgg16-0123456789ab", "--force"])
-    assert a.func is cli_models.cmd_promote and a.force and a.version == "vgg16-0123456789ab"
+    assert a.func is models.cmd_promote and a.force and a.version == "vgg16-0123456789ab"
     a = p.parse_args(["models", "list", "--backbone", "vgg16", "--data", "s3://d/x/"])
     assert a.backbone == "vgg16" and a.data == "s3://d/x/"
     a = p.parse_args(["models", "rollback", "--data", "s3://d/x/"])
-    assert a.func is cli_models.cmd_rollback and a.data == "s3://d/x/"
-    text = cli_models.table([["x", 0.5, None]], ["name", "score", "other"])
+    assert a.func is models.cmd_rollback and a.data == "s3://d/x/"
+    text = models.table([["x", 0.5, None]], ["name", "score", "other"])
     assert text.splitlines()[0].split() == ["name", "score", "other"] and "0.5000" in text and "—" in text
-    assert cli_models.champions_text({"s3://d/b/": {"version": "v2"}, "s3://d/a/": {"version": "v1"}}) == (
+    assert models.champions_text({"s3://d/b/": {"version": "v2"}, "s3://d/a/": {"version": "v1"}}) == (
         "champion of s3://d/a/: v1\nchampion of s3://d/b/: v2")

@@ -1,4 +1,4 @@
-"""Tests for scene.plots and scene.report: PNGs, self-contained HTML, model card, comparison table."""
+"""scene.evaluation plots, report, model_card, comparison: PNGs, self-contained HTML, model card, comparison table."""
 
 from __future__ import annotations
 
@@ -12,16 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scene.evaluate import evaluate_predictions
-from scene.plots import plot_confusion, plot_learning_curves, plot_roc
-from scene.report import (
-    comparison_table,
-    markdown_table,
-    thumbnail_data_uri,
-    write_comparison,
-    write_model_card,
-    write_report_html,
-)
+from scene.evaluation.comparison import comparison_table, write_comparison
+from scene.evaluation.metrics import evaluate_predictions
+from scene.evaluation.model_card import write_model_card
+from scene.evaluation.plots import plot_confusion, plot_learning_curves, plot_roc
+from scene.evaluation.report import markdown_table, thumbnail_data_uri, write_report_html
 
 NAMES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 K = len(NAMES)
@@ -274,7 +269,7 @@ def test_write_comparison_without_ok_rows(tmp_path: Path) -> None:
 
 
 def test_best_backbone_is_chosen_on_validation_not_test() -> None:
-    from scene.report import best_row
+    from scene.evaluation.comparison import best_row
 
     df = pd.DataFrame([
         {"backbone": "a", "status": "ok", "val_f1_weighted": 0.90, "test_f1_weighted": 0.80},

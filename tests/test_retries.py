@@ -1,4 +1,4 @@
-"""scene.retries: which errors are retried, how long it waits, and what it says when it gives up (no server; the
+"""scene.data.retries: which errors are retried, how long it waits, and what it says when it gives up (no server; the
 real-gateway outage is tests/faults/test_s3_outage.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from scene import retries, storage
+from scene.data import retries, storage
 from scene.settings import Settings
 
 

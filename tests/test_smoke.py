@@ -1,4 +1,4 @@
-"""The fresh-process load check of an exported model (scene.smoke): real subprocesses, a real saved model."""
+"""The fresh-process load check of an exported model (scene.registry.smoke): real subprocesses, a real saved model."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scene.backbones import Preprocess
-from scene.model import load
-from scene.smoke import check_model, pick
-from scene.train import predict
+from scene.model.backbones import Preprocess
+from scene.model.network import load
+from scene.model.predict import predict
+from scene.registry.smoke import check_model, pick
 
 pytestmark = pytest.mark.slow
 

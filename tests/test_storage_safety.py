@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from scene import storage
-from scene.integrity import IntegrityError, parse_version_uri, verify_file
+from scene.data import storage
+from scene.registry.integrity import IntegrityError, parse_version_uri, verify_file
 
 
 @pytest.mark.parametrize(

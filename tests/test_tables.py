@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from scene import summary, tables
-from scene.report import write_comparison
+from scene.evaluation import summary, tables
+from scene.evaluation.comparison import write_comparison
 
 ROWS = [
     {"backbone": "resnet50", "weights": "imagenet", "strategy": "cached", "status": "ok", "error": "",
@@ -70,7 +70,7 @@ def test_training_summary_names_winner_and_decision() -> None:
 
 
 def test_runs_show_text_reads_the_csv(tmp_path: Path) -> None:
-    from scene.cli_ops import comparison_text
+    from scene.cli.ops import comparison_text
 
     csv_path, md_path = write_comparison(ROWS, tmp_path)
     out = comparison_text(csv_path.read_bytes(), md_path.read_text(encoding="utf-8"))

@@ -10,14 +10,15 @@ import keras
 import numpy as np
 import pytest
 
-from scene import features
-from scene.dataset import build_dataset
-from scene.experiment import RANDOM_INIT_WARNING
-from scene.model import backbone_of, build_head, load, unfreeze_top
-from scene.pipeline import image_dataset
-from scene.stages import train_one
-from scene.synth import make_synthetic
-from scene.train import TrainConfig, fit, precision_policy, predict, predict_cached
+from scene.data.dataset import build_dataset
+from scene.data.synth import make_synthetic
+from scene.model.network import backbone_of, build_head, load, unfreeze_top
+from scene.model.pipeline import image_dataset
+from scene.model.predict import predict
+from scene.train import features
+from scene.train.experiment import RANDOM_INIT_WARNING
+from scene.train.fit import TrainConfig, fit, precision_policy, predict_cached
+from scene.train.stages import train_one
 
 SMALL = {"backbone": "mobilenetv2", "weights": "none", "image_size": 48, "epochs": 3, "views": 1, "patience": 2}
 
@@ -36,7 +37,7 @@ def test_pipeline_feeds_raw_0_255_pixels(ds) -> None:
 def test_resize_keeps_aspect_and_zero_pads(tmp_path: Path) -> None:
     from PIL import Image
 
-    from scene.pipeline import resize_pad
+    from scene.model.pipeline import resize_pad
 
     img = np.asarray(Image.new("RGB", (100, 50), (255, 255, 255)))
     out = np.asarray(resize_pad(img, 40))
@@ -78,8 +79,8 @@ def test_cached_head_predictions_equal_the_full_model(ds, tmp_path: Path) -> Non
 def test_feature_cache_computes_only_new_images(tmp_path: Path) -> None:
     root = make_synthetic(tmp_path / "d", 6, size=40, seed=8)
     cfg = TrainConfig(**SMALL)
-    from scene import backbones
-    from scene.train import extract_features
+    from scene.model import backbones
+    from scene.train.fit import extract_features
 
     w = backbones.resolve_weights(backbones.get_spec("mobilenetv2"), "none", 48)
     first = extract_features(build_dataset(str(root)), cfg, w, str(tmp_path / "cache"))
@@ -116,8 +117,8 @@ def test_online_with_finetuning_keeps_batchnorm_frozen(ds, tmp_path: Path) -> No
 
 
 def test_unfreeze_top_never_trains_batchnorm() -> None:
-    from scene import backbones
-    from scene.model import assemble
+    from scene.model import backbones
+    from scene.model.network import assemble
 
     w = backbones.resolve_weights(backbones.get_spec("mobilenetv2"), "none", 32)
     model = assemble("mobilenetv2", 32, w, build_head(1280, 6))
@@ -185,7 +186,7 @@ def colour_ds(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_saved_model_that_is_not_the_feature_network_fails_the_run(colour_ds, tmp_path: Path) -> None:
-    from scene.train import ModelMismatch, all_predictions
+    from scene.train.fit import ModelMismatch, all_predictions
 
     # VGG: no BatchNorm, random features stay informative; 200 one-batch epochs let the head's BatchNorm
     # statistics settle (after 40 the model predicted one class at inference)
@@ -206,8 +207,8 @@ def test_saved_model_that_is_not_the_feature_network_fails_the_run(colour_ds, tm
 
 def test_random_init_extraction_in_another_process_builds_the_same_network(ds, tmp_path: Path) -> None:
     """Extraction and training run as separate Prefect tasks (maybe processes): seeded builds agree."""
-    from scene import backbones
-    from scene.train import all_predictions, extract_features, fit_frozen
+    from scene.model import backbones
+    from scene.train.fit import all_predictions, extract_features, fit_frozen
 
     cfg = TrainConfig(**SMALL)
     cache = str(tmp_path / "cache")
@@ -237,6 +238,29 @@ def test_mirror_recipe_ships_a_mirror_invariant_model_scored_end_to_end(ds, tmp_
 
 
 def r_weights(cfg: TrainConfig):
-    from scene.train import weights_for
+    from scene.train.fit import weights_for
 
     return weights_for(cfg)
+
+
+def test_refit_ships_a_head_trained_on_train_and_val_and_reports_held_out_val(ds, tmp_path: Path) -> None:
+    """``refit=True``: early stopping on val picks the epochs; a fresh head then trains on train + val for exactly
+    that many epochs with the same learning-rate schedule and ships. Val metrics come from the held-out head."""
+    import pandas as pd
+
+    from scene.train.fit import HELD_OUT
+
+    cfg = TrainConfig(**{**SMALL, "views": 0, "epochs": 5}, refit=True)
+    r = train_one(ds, cfg, tmp_path / "r", cache_root=str(tmp_path / "cache"), bootstrap=20)
+    assert r.status in ("ok", "collapsed"), r.error
+    hist = pd.read_csv(tmp_path / "r" / "history.csv")
+    head, refit = hist[hist["phase"] == "head"], hist[hist["phase"] == "refit"]
+    chosen = int(head["val_loss"].to_numpy().argmin()) + 1
+    assert len(refit) == chosen and refit["val_loss"].isna().all()
+    if "lr" in hist:
+        np.testing.assert_allclose(refit["lr"].to_numpy(), head["lr"].to_numpy()[:chosen], rtol=1e-6)
+    meta = json.loads((tmp_path / "r" / "metrics.json").read_text())["meta"]
+    assert meta["predictions"]["val"] == HELD_OUT and meta["predictions"]["test"] == "saved model"
+    assert meta["saved_model_agreement"] >= 0.995
+    with pytest.raises(ValueError, match="refit"):
+        TrainConfig(**{**SMALL, "strategy": "online"}, refit=True)

@@ -1,4 +1,4 @@
-"""Tests for scene.validation: table-driven cases on small hand-made manifests.
+"""Tests for scene.data.validation: table-driven cases on small hand-made manifests.
 
 The first validate_manifest call in a process imports great_expectations (~4 s); each call after that takes
 ~0.1–0.2 s, so the whole file runs in a few seconds.
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scene.validation import CheckResult, ValidationReport, ValidationThresholds, validate_manifest
+from scene.data.validation import CheckResult, ValidationReport, ValidationThresholds, validate_manifest
 
 CLASSES = ("forest", "glacier", "sea")
 COLUMNS = ["key", "label", "label_index", "split", "sha256", "width", "height", "mode", "format", "bytes",
@@ -281,14 +281,14 @@ def test_check_result_defaults_to_blocking() -> None:
 
 
 def test_importing_the_module_does_not_import_great_expectations_or_prefect() -> None:
-    code = ("import sys, scene.validation; "
+    code = ("import sys, scene.data.validation; "
             "assert 'great_expectations' not in sys.modules and 'prefect' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_rows_reused_from_the_previous_manifest_are_validated_without_reading_images(synth_dir: Path) -> None:
     """A retrain decodes no unchanged image, yet every row meets the suite: a stale row copied on trust fails."""
-    from scene.dataset import build_dataset
+    from scene.data.dataset import build_dataset
     from tests.test_dataset import _settled
 
     first = build_dataset(str(_settled(synth_dir)))

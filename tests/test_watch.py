@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scene import watch
+from scene.ops import watch
 
 
 def test_progress_rate_and_eta_from_a_progress_artifact() -> None:

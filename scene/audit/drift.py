@@ -86,7 +86,7 @@ class DriftResult:
     def markdown(self) -> str:
         import pandas as pd
 
-        from scene.report import markdown_table
+        from scene.evaluation.report import markdown_table
 
         verdict = "**DRIFT**: " + "; ".join(self.reasons) if self.drifted else "no drift"
         mix = pd.DataFrame([{"class": c, **v} for c, v in self.class_mix.items()]).round(3)

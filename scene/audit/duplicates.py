@@ -1,6 +1,6 @@
 """Near-duplicate / leakage audit: image pairs whose feature vectors have cosine similarity ≥ a threshold.
 
-Exact copies share a content hash and therefore a split (:mod:`scene.dataset`); resized, re-encoded or slightly
+Exact copies share a content hash and therefore a split (:mod:`scene.data.dataset`); resized, re-encoded or slightly
 cropped copies do not. Their pooled backbone features stay nearly parallel, so a cosine threshold finds them.
 A pair is ``leak`` when one image is in the test split and the other is not (the test score is inflated),
 ``cross-split`` for train/val pairs, ``label-conflict`` when the two carry different labels in one split, and
@@ -79,7 +79,7 @@ class DuplicateAudit:
         return failures, warnings
 
     def markdown(self, limit: int = 30) -> str:
-        from scene.report import markdown_table
+        from scene.evaluation.report import markdown_table
 
         failures, warnings = self.messages()
         head = [f"Near-duplicates (cosine ≥ {self.threshold:.2f}): {len(self.pairs)} pairs — "

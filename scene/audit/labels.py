@@ -38,7 +38,7 @@ class LabelAudit:
 
     def markdown(self, limit: int = 30) -> str:
         """A summary, the class pairs and the top ``limit`` flagged images (markdown)."""
-        from scene.report import markdown_table
+        from scene.evaluation.report import markdown_table
 
         lines = [f"**{self.flagged}** of {self.audited} images look mislabelled "
                  f"(confident learning on {self.folds}-fold out-of-fold probabilities).", ""]
@@ -50,7 +50,7 @@ class LabelAudit:
 
 
 def report_rows(audit: LabelAudit, s3: Any = None, limit: int = 24) -> list[dict[str, Any]]:
-    """The top ``limit`` flagged images with embedded thumbnails, for :func:`scene.report.label_issues_html`."""
+    """The top ``limit`` flagged images with thumbnails, for :func:`~scene.evaluation.report.label_issues_html`."""
     return issue_rows(audit.issues, s3, limit)
 
 
@@ -60,7 +60,7 @@ def issue_rows_at(uri: str, s3: Any = None, limit: int = 24) -> list[dict[str, A
 
     import pandas as pd
 
-    from scene import storage
+    from scene.data import storage
 
     if not storage.exists(uri, s3):
         return []
@@ -79,7 +79,7 @@ def write_html(path: str, audit: LabelAudit, s3: Any = None, limit: int = 48) ->
     import html
     from pathlib import Path
 
-    from scene.report import _CSS, label_issues_html
+    from scene.evaluation.report import _CSS, label_issues_html
 
     body = label_issues_html(report_rows(audit, s3, limit)) or ["<p>No likely label issues.</p>"]
     Path(path).write_text("\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -158,8 +158,8 @@ def audit_labels(x: np.ndarray, rows: pd.DataFrame, class_names: tuple[str, ...]
 
 def thumbnails(keys: list[str], s3: Any = None, size: int = 96) -> dict[str, str]:
     """``{key: data URI}`` of small JPEG thumbnails (unreadable images are left out)."""
-    from scene import storage
-    from scene.report import thumbnail_data_uri
+    from scene.data import storage
+    from scene.evaluation.report import thumbnail_data_uri
 
     out = {}
     for k in keys:

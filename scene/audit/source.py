@@ -15,13 +15,13 @@ def cached_features(rows: pd.DataFrame, cfg: Any, weights: Any, cache_root: str,
                     progress: Progress | None = None) -> np.ndarray:
     """Plain-view (view 0) features of ``rows`` from the cache, computing only the missing ones.
 
-    ``cfg``: a :class:`scene.train.TrainConfig` (backbone, size, seed, precision); ``weights``: its resolved
-    :class:`scene.backbones.WeightsSource`. The namespace is the one training uses, so training reuses them.
+    ``cfg``: a :class:`scene.train.fit.TrainConfig` (backbone, size, seed, precision); ``weights``: its resolved
+    :class:`scene.model.backbones.WeightsSource`. The namespace is the one training uses, so training reuses them.
     """
-    from scene import features, train
+    from scene.train import features, fit
 
-    cache = train.feature_cache(cfg, weights, cache_root, s3)
-    with train.precision_policy(cfg.mixed_precision):
+    cache = fit.feature_cache(cfg, weights, cache_root, s3)
+    with fit.precision_policy(cfg.mixed_precision):
         features.extract(rows, [0], backbone=cfg.backbone, weights=weights, size=cfg.image_size, cache=cache,
                          augment=cfg.augment, seed=cfg.seed, s3=s3, progress=progress)
     return cache.get([features.entry_key(s, 0) for s in rows["sha256"]])
@@ -32,8 +32,8 @@ def model_outputs(model: Any, rows: pd.DataFrame, *, s3: Any = None, batch_size:
     """(pooled backbone features, class probabilities) of a saved scene model over ``rows`` (plain images)."""
     import keras
 
-    from scene.model import backbone_of
-    from scene.pipeline import image_dataset
+    from scene.model.network import backbone_of
+    from scene.model.pipeline import image_dataset
 
     inp = keras.Input(model.input_shape[1:])
     feats = backbone_of(model)(model.get_layer("preprocess")(inp), training=False)
@@ -54,8 +54,8 @@ def model_outputs(model: Any, rows: pd.DataFrame, *, s3: Any = None, batch_size:
 
 def image_rows(src: str, *, s3: Any = None, limit: int | None = None, seed: int = 0) -> pd.DataFrame:
     """``key, sha256`` of the readable images under ``src`` (any depth); a seeded sample of ``limit`` of them."""
-    from scene import storage
-    from scene.predict import list_images
+    from scene.data import storage
+    from scene.model.predict import list_images
 
     keys, _ = list_images(src, s3)
     if limit is not None and len(keys) > limit:

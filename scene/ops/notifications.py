@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from scene.data.scope import unsafe_key
 from scene.metadata import IMAGE_SUFFIXES
 
 EVENT_NAME = "scene.data.arrived"
@@ -195,15 +196,6 @@ class BridgeConfig:
     def image_suffixes(self) -> tuple[str, ...]:
         """The suffixes that make an object an image (``suffixes`` without the marker name)."""
         return tuple(s for s in self.suffixes if s != self.ready_marker.lower())
-
-
-def unsafe_key(key: str) -> str:
-    """Why a key cannot name data (``.``/``..``/empty segments, control characters), or ``""`` when it can."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-        return "key contains control characters"
-    if any(part in ("", ".", "..") for part in key.split("/")[:-1]) or key.rsplit("/", 1)[-1] in (".", ".."):
-        return "key has a '.', '..' or empty path segment"
-    return ""
 
 
 def matching(cfg: BridgeConfig, events: Iterable[ObjectEvent]) -> list[ObjectEvent]:

@@ -18,7 +18,7 @@ __all__ = ["announce", "changed_roots", "polling_config", "snapshot"]
 
 def snapshot(s3: Any, cfg: BridgeConfig) -> dict[str, str]:
     """``{key: etag}`` of the image objects under ``s3://cfg.bucket/cfg.prefix`` inside dataset folders."""
-    from scene.storage import explain
+    from scene.data.storage import explain
 
     bucket = cfg.bucket
     out: dict[str, str] = {}

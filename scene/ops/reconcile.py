@@ -32,7 +32,8 @@ def trained_keys(s3: Any, artifact_bucket: str) -> dict[str, set[str] | None]:
     """``{dataset URI: keys in the manifest of its newest registered version}`` (None: that manifest is gone)."""
     import pandas as pd
 
-    from scene import registry, storage
+    from scene import registry
+    from scene.data import storage
 
     newest: dict[str, str] = {}
     for entry in registry.list_versions(s3, artifact_bucket):  # oldest first: the last one wins

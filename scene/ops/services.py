@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from scene.data.storage import StorageError, explain
 from scene.ops import http
 from scene.ops.supervisor import (
     _LOG_TAIL_LINES,
@@ -31,7 +32,6 @@ from scene.ops.supervisor import (
     write_json,
 )
 from scene.settings import Settings
-from scene.storage import StorageError, explain
 
 WEBHOOK_ARN = "arn:minio:sqs::PRIMARY:webhook"
 S3 = "s3"
@@ -189,7 +189,7 @@ def s3_env(cfg: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:
 
 
 def ensure_buckets(settings: Settings) -> None:
-    from scene.storage import s3_client
+    from scene.data.storage import s3_client
 
     s3 = s3_client(settings)
     for bucket in dict.fromkeys((settings.data_bucket, settings.artifact_bucket)):

@@ -281,8 +281,8 @@ def up(
         timings.update(waited)
         if events_port is not None:
             timings[EVENTS] = start_events(state, cfg, creds, env, f"http://{HOST}:{prefect_port}/api", workdir_path)
+            from scene.data.storage import s3_client
             from scene.metadata import IMAGE_SUFFIXES
-            from scene.storage import s3_client
 
             configure_bucket_notification(s3_client(_settings(cfg, creds, base)), base.data_bucket, base.data_prefix,
                                           (*IMAGE_SUFFIXES, "_READY"))

@@ -21,7 +21,7 @@ model twice changes nothing. ``registry.json`` and the champion pointers are alw
 compare-and-swap: read the object and its ETag, build the new document, write it only if the ETag is unchanged.
 
 The promotion rule itself is the pure module :mod:`scene.registry.rule`; :func:`gate` applies it, smoke-loads the
-challenger in a fresh process (:mod:`scene.smoke`), moves the pointer and stores the decision.
+challenger in a fresh process (:mod:`scene.registry.smoke`), moves the pointer and stores the decision.
 
 Modules: :mod:`~scene.registry.store` (whole-object reads, compare-and-swap writes, locks and leases),
 :mod:`~scene.registry.versions` (registering and listing versions), :mod:`~scene.registry.champions` (pointers,

@@ -10,8 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from scene import storage
+from scene.data import storage
 from scene.registry.rule import ALPHA, MARGIN, Decision, decide
+from scene.registry.smoke import SmokeResult, check_version
 from scene.registry.store import (
     CHAMPIONS,
     PREFIX,
@@ -24,7 +25,6 @@ from scene.registry.store import (
     _read,
 )
 from scene.registry.versions import ModelVersion, champion_key, dataset_uri, get_version
-from scene.smoke import SmokeResult, check_version
 
 DECISION_FILES = ("decision.json", "decision.md")
 

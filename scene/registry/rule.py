@@ -2,7 +2,7 @@
 
 A challenger replaces the champion *of its dataset* only when every rule holds (:func:`decide`):
 
-1. it is not collapsed (:func:`scene.evaluate.is_collapsed`), not random-init and not trained on generated
+1. it is not collapsed (:func:`scene.evaluation.metrics.is_collapsed`), not random-init and not trained on generated
    (synthetic) data — such models are registered and flagged, and only a manual
    ``scene models promote VERSION --force`` makes one champion;
 2. there is no champion yet, or, on the test images both models were scored on (paired by content hash):
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from scene.evaluate import mcnemar
+from scene.evaluation.metrics import mcnemar
 
 ALPHA = 0.05  # significance level of the one-sided McNemar test
 MARGIN = 0.03  # largest allowed drop of any class's recall
@@ -78,7 +78,7 @@ class Decision:
     margin: float = MARGIN
     per_class: list[dict[str, Any]] = field(default_factory=list)  # see per_class_recall
     dataset: str = ""  # the data lineage both models belong to
-    smoke: dict[str, Any] | None = None  # the fresh-process load check of the exported model (scene.smoke)
+    smoke: dict[str, Any] | None = None  # the fresh-process load check of the exported model (scene.registry.smoke)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,7 +135,7 @@ def outcomes(df: pd.DataFrame, what: str) -> pd.DataFrame:
     missing = [c for c in ("sha256", "y_true", "y_pred") if c not in df.columns]
     if missing:
         raise GateError(f"{what}: missing column {missing[0]!r}; expected {list(PREDICTION_COLUMNS)} "
-                        "(scene.experiment.test_predictions writes them)")
+                        "(scene.train.experiment.test_predictions writes them)")
     out = df.drop_duplicates("sha256")
     try:
         y_true, y_pred = out["y_true"].astype("int64"), out["y_pred"].astype("int64")
@@ -255,7 +255,7 @@ def select_challenger(results: Sequence[Any]) -> Any | None:
     """The usable result (status ``ok``) with the best *validation* weighted F1; ties go to validation
     accuracy, then to the earlier result. Test metrics are never looked at. None when none is usable.
 
-    ``results``: :class:`scene.experiment.TrainResult` objects or their dicts.
+    ``results``: :class:`scene.train.experiment.TrainResult` objects or their dicts.
     """
     def key(r: Any) -> tuple[float, float]:
         val = (_get(r, "metrics") or {}).get("val") or {}

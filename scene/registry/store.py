@@ -23,8 +23,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from scene import storage
-from scene.retries import call as _retry
+from scene.data import storage
+from scene.data.retries import call as _retry
 
 PREFIX = "models/"  # registry root inside the artifact bucket
 REGISTRY = "registry.json"

@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from scene import storage
+from scene.data import storage
+from scene.data.retries import call as _retry
 from scene.registry.rule import PREDICTION_COLUMNS
 from scene.registry.store import (
     CHAMPIONS,
@@ -33,7 +34,6 @@ from scene.registry.store import (
     _put,
     _read,
 )
-from scene.retries import call as _retry
 
 CAS_ATTEMPTS = 8  # registry.json read-modify-write retries before giving up
 CHECKSUMS = "checksums.json"  # sha256 and size of every other object of a version
@@ -109,13 +109,13 @@ def _check_predictions(df: pd.DataFrame, what: str) -> None:
     missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
     if missing:
         raise RegistryError(f"{what}: missing columns {missing}; expected {list(PREDICTION_COLUMNS)} "
-                            "(scene.experiment.test_predictions writes them)")
+                            "(scene.train.experiment.test_predictions writes them)")
 
 
 def _read_json(path: Path, required: bool) -> dict[str, Any]:
     if not path.exists():
         if required:
-            raise RegistryError(f"{path}: missing; register a folder written by scene.experiment.train_one")
+            raise RegistryError(f"{path}: missing; register a folder written by scene.train.experiment.train_one")
         return {}
     try:
         doc = json.loads(path.read_text())

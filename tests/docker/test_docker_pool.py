@@ -16,8 +16,8 @@ from uuid import UUID
 
 import pytest
 
-from scene import storage
-from scene.synth import make_synthetic
+from scene.data import storage
+from scene.data.synth import make_synthetic
 from tests.integration.helpers import upload
 
 pytestmark = pytest.mark.docker
@@ -29,8 +29,8 @@ FAST = {"params": {"backbones": BACKBONES, "weights": "none", "epochs": 1, "view
 
 @pytest.fixture(scope="module")
 def s3(docker_stack: dict[str, str]) -> Any:
+    from scene.data.storage import s3_client
     from scene.settings import Settings
-    from scene.storage import s3_client
 
     return s3_client(Settings.from_env())
 

@@ -177,7 +177,7 @@ def test_a_lost_reply_is_retried_with_the_same_event_id(estack: dict[str, Any]) 
 
 
 def test_reconcile_announces_data_that_no_event_announced(estack: dict[str, Any], tmp_path: Path) -> None:
-    from scene.synth import make_synthetic
+    from scene.data.synth import make_synthetic
 
     env, s3 = estack["env"], estack["s3"]
     bucket = f"quiet-{uuid.uuid4().hex[:8]}"  # no bucket notifications: an upload nobody announced

@@ -25,8 +25,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from scene import registry, storage
-from scene.integrity import IntegrityError, fetch_version
+from scene import registry
+from scene.data import storage
+from scene.registry.integrity import IntegrityError, fetch_version
 from scene.settings import Settings
 
 pytestmark = pytest.mark.faults

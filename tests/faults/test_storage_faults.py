@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scene import features, storage
+from scene.data import storage
 from scene.errors import ModelLoadError
-from scene.model import load
+from scene.model.network import load
+from scene.train import features
 
 pytestmark = pytest.mark.faults
 
@@ -66,7 +67,7 @@ def test_full_disk_under_the_feature_cache_names_the_shard_and_leaves_nothing(fu
 
 
 def test_full_disk_in_the_work_folder_leaves_no_partial_model(full_disk: Path) -> None:
-    from scene.train import _save
+    from scene.train.fit import _save
 
     model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512)])  # ~130 KB of weights
     path = full_disk / "run" / "mobilenetv2" / "model.keras"

@@ -153,7 +153,7 @@ def env(stack: Any) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="session")
 def s3(env: dict[str, str]) -> Any:
+    from scene.data.storage import s3_client
     from scene.settings import Settings
-    from scene.storage import s3_client
 
     return s3_client(Settings.from_env())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scene import storage
+from scene.data import storage
 
 
 def upload(s3: Any, root: Path, dest: str) -> str:

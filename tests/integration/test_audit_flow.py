@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from scene import storage
-from scene.dataset import SplitConfig, build_dataset, unit_hash
-from scene.synth import make_synthetic
+from scene.data import storage
+from scene.data.dataset import SplitConfig, build_dataset, unit_hash
+from scene.data.synth import make_synthetic
 from tests.integration.helpers import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.real]

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
+from scene.data.storage import s3_client
 from scene.ops import bridge, notifications, prefect_events, services, supervisor
 from scene.ops import stack as stack_mod
 from scene.ops.bridge import BridgeServer
 from scene.ops.notifications import BridgeConfig
 from scene.ops.stack import StackInfo
 from scene.settings import Settings
-from scene.storage import s3_client
 
 from .conftest import free_port
 

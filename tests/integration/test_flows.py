@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from scene import storage
-from scene.synth import make_synthetic
+from scene.data import storage
+from scene.data.synth import make_synthetic
 from tests.integration.helpers import upload
 from tests.integration.watching import backbone_lines, run_watched
 
@@ -26,7 +26,7 @@ FAST = {"epochs": 2, "views": 1, "image_size": 32}
 
 
 def _params(**given: Any) -> Any:
-    from scene.params import TrainParams
+    from scene.train.params import TrainParams
 
     return TrainParams(**{**FAST, **given})
 
@@ -110,6 +110,13 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
         assert {"model.keras", "metrics.json", "history.csv", "report.html", "model_card.md",
                 "confusion_matrix.png", "roc.png", "learning_curves.png", "config.json"} <= names
         for u in listed:  # every uploaded object has the recorded checksum
+            assert storage.sha256_bytes(storage.read_bytes(u["uri"], s3)) == u["sha256"], u["uri"]
+        version = next(r["version"] for r in out["results"] if r["backbone"] == b)  # registered from the run's folder
+        registered = json.loads(storage.read_bytes(version["uri"] + "checksums.json", s3))
+        run_files = {u["uri"].rsplit(f"/{b}/", 1)[-1]: u["sha256"] for u in listed}
+        for u in registered:
+            rel = u["uri"].removeprefix(version["uri"])
+            assert rel == "test_predictions.csv" or run_files.get(rel) == u["sha256"], (rel, u["sha256"])
             assert storage.sha256_bytes(storage.read_bytes(u["uri"], s3)) == u["sha256"], u["uri"]
     for name in ("manifest.csv", "validation.json", "comparison.md", "comparison.csv"):
         assert storage.exists(prefix + name, s3), name
@@ -216,7 +223,7 @@ def test_weights_mirror_serves_workers_without_internet(s3: Any, env: dict[str, 
     """`scene weights mirror` copies a Keras-cache file to the bucket; an empty cache then resolves from it."""
     import shutil
 
-    from scene import backbones
+    from scene.model import backbones
 
     src = REPO.parent / "shared" / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
     if not src.is_file():
@@ -237,7 +244,7 @@ def test_weights_mirror_serves_workers_without_internet(s3: Any, env: dict[str, 
 
 def test_data_upload_skips_unchanged_files(env: dict[str, str], s3: Any, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from scene.cli import main
+    from scene.cli.main import main
 
     root = make_synthetic(tmp_path / "u", 2, size=40, seed=5)
     args = ["data", "upload", "--src", str(root), "--name", "upload-test", "--ready"]

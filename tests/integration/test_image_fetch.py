@@ -8,7 +8,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from scene import image_fetch, storage
+from scene.data import image_fetch, storage
 
 pytestmark = pytest.mark.integration
 

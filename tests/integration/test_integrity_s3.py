@@ -13,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scene import integrity, registry, storage
-from scene.integrity import IntegrityError, fetch_version
+from scene import registry
+from scene.data import storage
+from scene.registry import integrity
+from scene.registry.integrity import IntegrityError, fetch_version
 
 pytestmark = pytest.mark.integration
 
@@ -134,8 +136,8 @@ def test_download_prefix_refuses_hostile_keys_before_writing(tmp_path: Path, s3:
 
 
 def test_generated_data_stays_marked_after_an_upload(tmp_path: Path, s3: Any, bucket: str) -> None:
-    from scene.dataset import build_dataset
-    from scene.synth import make_synthetic
+    from scene.data.dataset import build_dataset
+    from scene.data.synth import make_synthetic
 
     root = make_synthetic(tmp_path / "d", 3, size=40, seed=2)
     dest = f"s3://{bucket}/datasets/demo/"

@@ -19,7 +19,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scene import cli_models, registry, storage
+from scene import registry
+from scene.cli import models
+from scene.data import storage
 from scene.ops import stack as stack_mod
 from scene.registry import ModelVersion, RegistryError
 from scene.registry import store as registry_store
@@ -247,7 +249,8 @@ def test_racing_threads_leave_one_champion(s3: Any, bucket: str, tmp_path: Path,
 
 PROMOTER = """
 import json, sys, time
-from scene import registry, storage
+from scene import registry
+from scene.data import storage
 from scene.settings import Settings
 bucket, version, etag, start = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 s3 = storage.s3_client(Settings.from_env())
@@ -345,7 +348,7 @@ def _env(settings: Any) -> dict[str, str]:
 
 def _cli(args: list[str]) -> None:
     p = argparse.ArgumentParser()
-    cli_models.register(p.add_subparsers(dest="command", required=True))
+    models.register(p.add_subparsers(dest="command", required=True))
     a = p.parse_args(args)
     a.func(a)
 

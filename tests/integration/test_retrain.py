@@ -3,7 +3,7 @@
 Runs without ``../shared``: the backbone weights are made here — a seeded random MobileNetV2 whose BatchNorm
 statistics are calibrated on flat colour images, so its features are not degenerate — and passed as a weights
 *file* (kind "file", so not random-init). The images are drawn here too (one hue per class, faint noise), not
-by :mod:`scene.synth`, so they carry no synthetic mark and the gate's synthetic-data rule does not apply.
+by :mod:`scene.data.synth`, so they carry no synthetic mark and the gate's synthetic-data rule does not apply.
 
 1. The dataset is uploaded with every hue in the *next* class's folder. The model learns that shifted mapping,
    scores well on its own (shifted) test split and, the dataset having no champion, is promoted.
@@ -31,7 +31,8 @@ import pytest
 from PIL import Image
 from scipy.stats import binomtest
 
-from scene import registry, storage
+from scene import registry
+from scene.data import storage
 from scene.metadata import CLASS_NAMES
 from tests.integration.helpers import upload
 
@@ -86,8 +87,8 @@ def _csv(s3: Any, uri: str) -> pd.DataFrame:
 
 def _champion_on(s3: Any, version_uri: str, keys: list[str], tmp_path: Path) -> np.ndarray:
     """The champion's classes for ``keys``, from its model.keras run here."""
-    from scene.model import load
-    from scene.train import predict
+    from scene.model.network import load
+    from scene.model.predict import predict
 
     local = storage.download_file(version_uri + "model.keras", tmp_path / "champion.keras", s3)
     model = load(str(local))

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from scene import registry, storage
+from scene import registry
+from scene.data import storage
 from scene.metadata import CLASS_NAMES
 from tests.integration.helpers import upload
 

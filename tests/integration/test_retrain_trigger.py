@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from scene.data.synth import make_synthetic
 from scene.ops import stack as stack_mod
 from scene.ops import supervisor
-from scene.synth import make_synthetic
 from tests.event_stack import QUIET, retrain_runs, settled, stack_environ, wait_runs
 from tests.integration.helpers import upload
 

@@ -14,10 +14,10 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from scene.data.storage import StorageError, read_bytes, s3_client, write_bytes
 from scene.ops import stack as stack_mod
 from scene.ops.stack import StackInfo
 from scene.settings import Settings
-from scene.storage import StorageError, read_bytes, s3_client, write_bytes
 
 from .conftest import WEBHOOK_TOKEN, WebhookListener
 

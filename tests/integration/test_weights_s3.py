@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from scene import backbones, storage
+from scene.data import storage
+from scene.model import backbones
 
 pytestmark = pytest.mark.integration
 

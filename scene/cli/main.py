@@ -1,0 +1,289 @@
+"""The ``scene`` command line: data, training, evaluation, prediction, the local stack and the registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from scene.metadata import DEFAULT_IMAGE_SIZE
+
+_TF_LOG_DEFAULTED = "TF_CPP_MIN_LOG_LEVEL" not in os.environ  # --verbose undoes only our default
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the terminal readable
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+from scene.cli.common import Bars, CliError, load_dataset, s3_for  # noqa: E402  (shared with the sub-command modules)
+from scene.cli.common import settings_from_env as _settings  # noqa: E402
+
+
+def _validate(ds: Any, strict: bool = True) -> Any:
+    from scene.data.validation import validate_manifest
+
+    report = validate_manifest(ds.manifest, ds.rejected, ds.class_names)
+    for problem in ds.rejected.itertuples():
+        print(f"skipped {problem.key}: {problem.problem}", file=sys.stderr)
+    for warning in report.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
+    if not report.success and strict:
+        raise CliError("the data failed validation, nothing was trained:\n  " + "\n  ".join(report.failures()))
+    return report
+
+
+def cmd_data_synth(a: argparse.Namespace) -> None:
+    from scene.data.synth import make_synthetic
+
+    out = make_synthetic(a.out, a.per_class, size=a.size, seed=a.seed, test_per_class=a.test_per_class)
+    print(f"wrote a generated smoke dataset (not scene photos) to {out}")
+
+
+def cmd_validate(a: argparse.Namespace) -> None:
+    bars = Bars()
+    ds = load_dataset(a.data, a.test, a.classes, bars)
+    report = _validate(ds, strict=False)
+    print(report.summary_markdown())
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        ds.manifest.to_csv(Path(a.out) / "manifest.csv", index=False)
+        ds.rejected.to_csv(Path(a.out) / "rejected.csv", index=False)
+        (Path(a.out) / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    if not report.success:
+        raise CliError("validation failed:\n  " + "\n  ".join(report.failures()))
+
+
+def train_params(a: argparse.Namespace) -> Any:
+    """The :class:`~scene.train.params.TrainParams` of ``scene train``: options given, the preset fills the rest."""
+    from pydantic import ValidationError
+
+    from scene.train.params import TrainParams
+
+    given = {k: v for k, v in vars(a).items() if k in TrainParams.model_fields and v is not None}
+    given = {**given, "backbones": a.backbone} if a.backbone else given
+    try:
+        params = TrainParams.model_validate(given).resolved()
+    except ValidationError as err:
+        raise CliError("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from err
+    except ValueError as err:
+        raise CliError(f"--preset: {err}") from err
+    if not params.backbones:
+        raise CliError("--backbone is required (or a --preset that names the backbones)")
+    return params
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from scene.train.experiment import compare
+    from scene.train.stages import train_one
+
+    settings = _settings()
+    params = train_params(a)
+    configs = [params.config(b) for b in params.backbones]
+    bars = Bars()
+    ds = load_dataset(a.data, a.test, a.classes, bars)
+    _validate(ds)
+    # S3 when any location is an s3:// URI, or when an endpoint is configured (the weights mirror lives there)
+    uses_mirror = bool(settings.s3_endpoint_url) and params.weights == "imagenet"
+    s3 = s3_for(a.data, a.test, a.cache, params.weights, "s3://" if uses_mirror else None)
+    mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}" if s3 else None
+    cache = a.cache or settings.feature_cache
+    results = []
+    for cfg in configs:
+        print(f"== {cfg.backbone}: {cfg.strategy}, weights {cfg.weights}", file=sys.stderr)
+        r = train_one(ds, cfg, Path(a.out) / cfg.backbone, cache_root=cache, s3=s3, mirror=mirror, progress=bars)
+        results.append(r)
+        if r.status == "failed":
+            print(f"!! {cfg.backbone} failed: {r.error}", file=sys.stderr)
+    _, md = compare(results, a.out)
+    print(md.read_text())
+    print(f"artifacts in {Path(a.out).resolve()}")
+    if all(r.status == "failed" for r in results):
+        raise CliError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in results))
+
+
+def _model_meta(model_path: str) -> dict[str, Any]:
+    cfg = Path(model_path).with_name("config.json")
+    return json.loads(cfg.read_text()) if cfg.exists() else {}
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from scene.evaluation.plots import plot_confusion, plot_roc
+    from scene.metadata import CLASS_NAMES
+    from scene.model.network import load
+    from scene.model.predict import predict
+    from scene.train.experiment import evaluate_all
+
+    meta = _model_meta(a.model)
+    classes = tuple(meta.get("class_names", CLASS_NAMES))
+    bars = Bars()
+    ds = load_dataset(a.data, None, ",".join(classes), bars)
+    model = load(a.model)
+    size = int(model.input_shape[1])
+    p = predict(model, ds.manifest, size, split="test", s3=s3_for(a.data), progress=bars)
+    m = evaluate_all({"test": p}, classes)["test"]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"test": m.to_dict(), "meta": {
+        "model": a.model, "data": a.data, "data_fingerprint": ds.fingerprint, "class_names": list(classes),
+        "skipped": ds.rejected.to_dict("records")}}, indent=2))
+    plot_confusion(m.confusion, classes, out / "confusion_matrix.png", f"{Path(a.model).parent.name} — {a.data}")
+    plot_roc(p.y_true, p.probs, classes, out / "roc.png")
+    ci = m.ci.get("f1_weighted")
+    print(f"accuracy {m.accuracy:.3f}  F1 (weighted) {m.f1_weighted:.3f}"
+          + (f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci else "") + f"  on {m.n} images; wrote {out / 'metrics.json'}")
+    if m.collapsed:
+        print(f"WARNING: collapsed: {m.collapse_reason}", file=sys.stderr)
+
+
+def _champion_model() -> str:
+    """The champion's model.keras URI from the registry."""
+    from scene import registry
+    from scene.data.storage import s3_client
+
+    settings = _settings()
+    champ = registry.champion(s3_client(settings), settings.artifact_bucket)
+    if champ is None:
+        raise CliError("no champion model in the registry yet; pass --model PATH, or train and promote one")
+    print(f"using the champion {champ['version']}", file=sys.stderr)
+    return champ["model"]  # champion.json's model field: the one place the champion's path comes from
+
+
+def _download_model(uri: str) -> str:
+    """Download model.keras and its config.json from S3 into a temporary folder."""
+    import tempfile
+
+    from scene.data import storage
+    from scene.registry import integrity
+
+    client = storage.s3_client(_settings())
+    folder = Path(tempfile.mkdtemp(prefix="scene-model-"))
+    version = uri.rsplit("/", 1)[0] + "/"
+    if integrity.is_version_uri(version):  # a registered model: verified against checksums.json and its id
+        integrity.fetch_version(client, version, folder / "v", names=["model.keras"], optional=["config.json"])
+        return str(folder / "v" / "model.keras")
+    storage.download_file(uri, folder / "model.keras", client)
+    config = uri.rsplit("/", 1)[0] + "/config.json"
+    if storage.exists(config, client):
+        storage.download_file(config, folder / "config.json", client)
+    return str(folder / "model.keras")
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from scene.metadata import CLASS_NAMES
+    from scene.model.network import load
+    from scene.model.predict import predict_folder
+
+    model_path = a.model or _champion_model()
+    if model_path.startswith("s3://"):
+        model_path = _download_model(model_path)
+    meta = _model_meta(model_path)
+    classes = tuple(meta.get("class_names", CLASS_NAMES))
+    n, bad = predict_folder(load(model_path), a.data, a.out, classes, s3=s3_for(a.data, a.out), progress=Bars())
+    print(f"wrote {n} predictions to {a.out}" + (f"; {bad} unreadable images listed with their error" if bad else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scene", description=__doc__)
+    p.add_argument("--verbose", action="store_true", help="also show TensorFlow/CUDA start-up messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("synth", help="write a generated six-class smoke dataset (not scene photos)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--per-class", type=int, default=30)
+    s.add_argument("--test-per-class", type=int, default=0, help="also write seg_test/ (Kaggle layout)")
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_data_synth)
+    from scene.cli import ops
+
+    ops.register_data(data)
+
+    v = sub.add_parser("validate", help="build the manifest and run the validation suite")
+    v.add_argument("--data", required=True)
+    v.add_argument("--test")
+    v.add_argument("--classes", help="comma-separated class names (default: the Intel classes)")
+    v.add_argument("--out", help="folder for manifest.csv, rejected.csv, validation.json")
+    v.set_defaults(func=cmd_validate)
+
+    t = sub.add_parser("train", help="train one or more backbones and compare them")
+    t.add_argument("--data", required=True, help="folder or s3:// URI of class folders (or the Kaggle archive)")
+    t.add_argument("--test", help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
+    t.add_argument("--backbone", action="append", help="repeat for several (required unless --preset names them)")
+    t.add_argument("--preset", help="a named recipe filling every setting not given: best-cpu")
+    t.add_argument("--mirror", action="store_true", default=None,
+                   help="train also on mirrored images; the saved model averages over image and mirror")
+    t.add_argument("--refit", action="store_true", default=None,
+                   help="cached: after validation chose the epochs, retrain the head on train + val and ship that")
+    # defaults (None here) come from scene.train.params.TrainParams: an option not given is one a --preset may fill
+    t.add_argument("--weights", help="imagenet (default) | none | PATH or s3:// URI to .weights.h5")
+    t.add_argument("--strategy", choices=["cached", "online"], help="default: cached")
+    t.add_argument("--views", type=int, help="augmented views per training image (cached; default 2)")
+    t.add_argument("--epochs", type=int, help="default 100 (early stopping usually ends sooner)")
+    t.add_argument("--image-size", type=int, help=f"default {DEFAULT_IMAGE_SIZE}")
+    t.add_argument("--finetune-layers", type=int, help="default 0 (no fine-tuning)")
+    t.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPUs)")
+    t.add_argument("--cache", help="feature cache folder or s3:// URI (default from settings)")
+    t.add_argument("--classes", help="comma-separated class names (default: the Intel classes)")
+    t.add_argument("--seed", type=int, help="default 42")
+    t.add_argument("--out", required=True)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a saved model on a labelled dataset")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("predict", help="classify images (labelled or not) into a CSV")
+    r.add_argument("--model", help="model.keras path or s3:// URI (default: the registry's champion)")
+    r.add_argument("--data", required=True)
+    r.add_argument("--out", required=True, help="predictions.csv (local or s3://)")
+    r.set_defaults(func=cmd_predict)
+
+    ops.register(sub)
+    from scene.cli import events, models
+
+    models.register(sub)
+    events.register(sub)
+    from scene.cli import audit
+
+    audit.register(sub)
+    return p
+
+
+def _quiet(verbose: bool) -> None:
+    """Filter TensorFlow's start-up noise from stderr (scene.cli.quiet), unless ``--verbose``."""
+    from scene.cli import quiet
+
+    if not verbose:
+        quiet.install()
+        return
+    quiet.uninstall()
+    if _TF_LOG_DEFAULTED:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet(args.verbose)
+    from scene.data.dataset import DatasetError
+    from scene.data.storage import StorageError
+    from scene.errors import InputRangeError, WeightsUnavailable
+    from scene.ops.stack import StackError
+    from scene.registry.integrity import IntegrityError
+
+    try:
+        args.func(args)
+    except (CliError, DatasetError, StorageError, StackError, WeightsUnavailable, InputRangeError, IntegrityError,
+            ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

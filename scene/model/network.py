@@ -1,0 +1,119 @@
+"""The classification head, the full saved model, and the named training phases.
+
+Full model: raw RGB [0, 255] → :class:`~scene.model.backbones.Preprocess` → backbone (``training=False``,
+global average pooling) → head. The head is a small model of its own, so the ``cached`` strategy can
+train it on stored features and then drop it, unchanged, on top of the backbone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+from scene.model.backbones import Preprocess, WeightsSource, get_spec, shared_backbone
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The seed's head, kept: GAP → Dense(ReLU, L2) → BatchNorm → Dropout → softmax."""
+
+    hidden: int = 256  # units of the hidden ReLU layer
+    l2: float = 1e-3  # L2 penalty on the hidden layer's kernel
+    dropout: float = 0.2  # dropout after batch norm
+
+
+def build_head(feature_width: int, num_classes: int, cfg: HeadConfig = HeadConfig()) -> keras.Model:
+    """Pooled features → class probabilities (float32 output, also under mixed precision)."""
+    inp = keras.Input((feature_width,), name="features")
+    x = keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=keras.regularizers.L2(cfg.l2),
+                           name="hidden")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Dropout(cfg.dropout, name="dropout")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
+    return keras.Model(inp, out, name="head")
+
+
+@keras.saving.register_keras_serializable(package="scene")
+class Mirror(keras.layers.Layer):
+    """Horizontal flip of ``(batch, height, width, channels)`` images (deterministic, for test-time averaging)."""
+
+    def call(self, x: Any) -> Any:
+        return keras.ops.flip(x, axis=2)
+
+
+def assemble(backbone_name: str, size: int, weights: WeightsSource, head: keras.Model, seed: int = 0, *,
+             mirror: bool = False) -> keras.Model:
+    """The full model users load: raw pixels in, probabilities out, preprocessing inside.
+
+    The backbone is this process's shared instance (:func:`~scene.model.backbones.shared_backbone`): the very network
+    that computed the cached features the head was trained on. ``mirror``: the model averages its probabilities
+    over the image and its mirror image (test-time augmentation built into what ships; twice the compute).
+    """
+    spec = get_spec(backbone_name)
+    inp = keras.Input((size, size, 3), name="image")
+    backbone = shared_backbone(backbone_name, size, weights, seed)
+    preprocess = Preprocess(spec.preprocess, name="preprocess")
+    # BatchNorm stays in inference mode, also when fine-tuning
+    probs = head(backbone(preprocess(inp), training=False))
+    if mirror:
+        mirrored = head(backbone(preprocess(Mirror(name="mirror")(inp)), training=False))
+        probs = keras.layers.Average(name="mirror_average", dtype="float32")([probs, mirrored])
+    return keras.Model(inp, probs, name=f"scene_{backbone_name}")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The backbone sub-model inside a full model."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    """Phase 1: only the head trains."""
+    backbone_of(model).trainable = False
+
+
+def unfreeze_top(model: keras.Model, n: int) -> int:
+    """Phase 2: the top ``n`` layers of the backbone train, BatchNorm layers never; returns how many train.
+
+    Recompile afterwards — trainability changes take effect only on compile.
+    """
+    backbone = backbone_of(model)
+    if n <= 0:
+        raise ValueError(f"unfreeze_top n={n}; pass a positive number of backbone layers to fine-tune")
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        top = i >= len(backbone.layers) - n
+        layer.trainable = top and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
+
+
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    """Adam and categorical cross-entropy, with accuracy."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def load(path: str) -> keras.Model:
+    """Load a saved scene model (registers the custom preprocessing layer) with ``safe_mode=True``.
+
+    Raises :class:`~scene.errors.ModelLoadError` naming the file for a model that carries Python code (a ``Lambda``
+    layer: loading it could run anything) and for a file that is not a complete ``.keras`` archive.
+    """
+    import zipfile
+    from pathlib import Path
+
+    from scene.errors import ModelLoadError
+
+    try:
+        return keras.models.load_model(path, custom_objects={"Preprocess": Preprocess, "Mirror": Mirror},
+                                       compile=False, safe_mode=True)
+    except ValueError as err:
+        if "safe_mode" in str(err):
+            raise ModelLoadError(f"{path}: refusing to load: it contains a Lambda layer (Python code that would run "
+                                 "on load), which safe_mode forbids; scene models use registered layers only — "
+                                 "rebuild it without Lambda layers") from err
+        if Path(path).is_file() and not zipfile.is_zipfile(path):
+            raise ModelLoadError(f"{path}: not a complete .keras archive ({Path(path).stat().st_size} bytes; "
+                                 "truncated or corrupt); fetch it again or retrain") from err
+        raise
