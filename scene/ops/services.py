@@ -8,6 +8,7 @@ process (or Docker) worker; ``events``: the event bridge ``scene events serve``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import urllib.parse
@@ -172,6 +173,55 @@ def ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: P
         if proc.returncode != 0:
             text = "\n".join(out.decode(errors="replace").strip().splitlines()[-_LOG_TAIL_LINES:])
             raise StackError(f"creating work pool {pool!r} failed (exit {proc.returncode}):\n{text}")
+
+
+ZOMBIE_AUTOMATION = "scene: crash flow runs that stopped heartbeating"
+HEARTBEAT_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the workers' flow runs (Prefect's minimum)
+ZOMBIE_AFTER_S = 90  # no heartbeat (nor end state) for this long: the run's process is gone, mark it Crashed
+
+
+def zombie_automation(within_s: float = ZOMBIE_AFTER_S) -> dict[str, Any]:
+    """Prefect's "Detect zombie flows" automation: a flow run silent for ``within_s`` seconds becomes Crashed.
+
+    A proactive trigger per flow run: after each ``prefect.flow-run.heartbeat`` it expects another heartbeat or
+    an end state within ``within_s``. What marks a run Crashed when its worker (not only its process) died.
+    """
+    ends = [f"prefect.flow-run.{s}" for s in ("Completed", "Failed", "Cancelled", "Crashed")]
+    return {
+        "name": ZOMBIE_AUTOMATION, "enabled": True,
+        "description": f"set up by `scene stack up`: no heartbeat for {within_s:g} s means the flow run's "
+                       "process died with its worker",
+        "trigger": {"type": "event", "posture": "Proactive", "match": {"prefect.resource.id": "prefect.flow-run.*"},
+                    "match_related": {}, "after": ["prefect.flow-run.heartbeat"],
+                    "expect": ["prefect.flow-run.heartbeat", *ends], "for_each": ["prefect.resource.id"],
+                    "threshold": 1, "within": within_s},
+        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                     "message": f"no heartbeat for {within_s:g} s: the flow run's process or its worker died"}],
+    }
+
+
+def ensure_zombie_automation(api: str, within_s: float = ZOMBIE_AFTER_S) -> str:
+    """Create (or update in place) the one zombie-run automation; its id. Idempotent: duplicates are removed."""
+    body = zombie_automation(within_s)
+    body["description"] += f" [config {hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]}]"
+    status, found = http.status_of("POST", f"{api}/automations/filter",
+                                   {"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}})
+    if status != 200 or not isinstance(found, list):
+        raise StackError(f"reading automations from the Prefect API at {api} failed ({status}): {found}")
+    for extra in found[1:]:
+        http.status_of("DELETE", f"{api}/automations/{extra['id']}")
+    if found and found[0].get("description") == body["description"] and found[0].get("enabled"):
+        return str(found[0]["id"])  # unchanged: left alone (an update would reset the runs it is timing)
+    if found:
+        auto_id = found[0]["id"]
+        status, answer = http.status_of("PUT", f"{api}/automations/{auto_id}", body)
+        ok = status == 204
+    else:
+        status, answer = http.status_of("POST", f"{api}/automations/", body)
+        ok, auto_id = status == 201, (answer or {}).get("id") if isinstance(answer, dict) else None
+    if not ok or not auto_id:
+        raise StackError(f"setting up the automation {ZOMBIE_AUTOMATION!r} at {api} failed ({status}): {answer}")
+    return str(auto_id)
 
 
 def s3_env(cfg: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:

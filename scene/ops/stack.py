@@ -19,6 +19,8 @@ server 10-14 s after its first start (it creates its database), about 5 s on lat
 work pool with the CLI takes about 3 s; a worker heartbeats 2-3 s after start. A cold ``up()`` takes
 15-19 s, a restart about 8 s, a repeated ``up()`` on a healthy stack under 0.1 s, ``down()`` about 1 s.
 Each ``up()`` records how long it waited for each service in ``stack.json`` (``last_up_wait_s``).
+Flow runs the workers start heartbeat every 30 s (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); ``up()`` keeps one
+automation that marks a run silent for 90 s Crashed (its worker died with it): no run stays Running forever.
 If a service fails, ``up()`` raises :class:`StackError` with its log tail and leaves the others running
 (``down()`` stops them).
 
@@ -65,11 +67,13 @@ from typing import Any
 
 from scene.ops.services import (
     EVENTS,
+    HEARTBEAT_S,
     PREFECT,
     S3,
     configure_bucket_notification,
     ensure_buckets,
     ensure_pools,
+    ensure_zombie_automation,
     events_healthy,
     pool_type,
     prefect_healthy,
@@ -154,17 +158,12 @@ def _sha(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-
-# ---------------------------------------------------------------------------------------- public API
-
-
 def _events_token(state: Path, creds: dict[str, str]) -> dict[str, str]:
     """The event bridge's bearer token, generated once and kept in the 0600 credentials file."""
     if not creds.get("events_token"):
         creds = {**creds, "events_token": secrets.token_urlsafe(24)}
         write_json(state / "credentials.json", creds, mode=0o600)
     return creds
-
 
 
 def _worker(pool: str) -> str:
@@ -183,7 +182,7 @@ def _plan(state: Path, old: dict[str, Any], base: Settings, ports: dict[str, int
     if running(state, S3) and old.get("webhook") != webhook:
         stop(state, S3)  # webhook settings are read at gateway start
     for service, port in ports.items():
-        if not running(state, service) and not port_free(port):
+        if not running(state, service) and not port_free(port, wait=10.0):  # a just-killed one lets go
             raise StackError(f"port {HOST}:{port} for {service} is taken by another program; pick one")
     kept = [p for p in old.get("pools", []) if running(state, _worker(p))]
     return {"s3_port": ports[S3], "prefect_port": ports[PREFECT], "pools": list(dict.fromkeys([*kept, *pools])),
@@ -211,10 +210,12 @@ def _start_workers(state: Path, cfg: dict[str, Any], creds: dict[str, str], pool
                    extra: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, float]]:
     """Create the pools and start (or keep) one worker each; (the workers' environment, seconds waited)."""
     api = f"http://{HOST}:{cfg['prefect_port']}/api"
-    env = {**base_env(), **s3_env(cfg, creds), "PREFECT_HOME": str(state / "prefect"), "SCENE_STATE_DIR": str(state)}
+    env = {**base_env(), **s3_env(cfg, creds), "PREFECT_HOME": str(state / "prefect"), "SCENE_STATE_DIR": str(state),
+           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}  # flow runs heartbeat: see ensure_zombie_automation
     ensure_pools(api, pools, env, state)
     env.update(extra or {})
-    worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": s3_env(cfg, creds)})
+    worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": s3_env(cfg, creds),
+                       "heartbeat": env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]})
     started: dict[str, tuple[int, float, str]] = {}
     for pool in pools:
         service = _worker(pool)
@@ -277,6 +278,7 @@ def up(
                     events_port, quiet_seconds)
         write_json(state / "stack.json", cfg)
         timings = _start_servers(state, cfg, creds, webhook_token, base, timeout)
+        ensure_zombie_automation(f"http://{HOST}:{prefect_port}/api")  # runs whose worker died end Crashed
         env, waited = _start_workers(state, cfg, creds, pools, extra)
         timings.update(waited)
         if events_port is not None:

@@ -202,14 +202,23 @@ def tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT after a restart is not "taken"
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
+def port_free(port: int, wait: float = 0.0) -> bool:
+    """Whether ``port`` can be bound on ``HOST``, polling for up to ``wait`` seconds.
+
+    A service killed a moment ago still listens until its last thread has exited (its pid already reads as
+    dead): ``wait`` covers that, so a restart right after a crash does not report the port as taken.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT after a restart is not "taken"
+            try:
+                sock.bind((HOST, port))
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+        time.sleep(0.1)
 
 
 def base_env() -> dict[str, str]:

@@ -1,0 +1,172 @@
+"""Process faults on the real stack (issue 10, scenarios 1 and 3): SIGKILL of a flow run's process during feature
+extraction, SIGKILL of the Prefect server; and the heartbeat + zombie-run automation `scene stack up` sets up for a
+worker that dies with its runs.
+
+Here (not in tests/faults/) to share the session stack of tests/integration/conftest.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from scene.data import storage
+from scene.data.synth import make_synthetic
+from scene.ops import http
+from scene.ops import stack as stack_mod
+from scene.ops.services import HEARTBEAT_S, ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION
+from tests.integration.helpers import upload
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+REPO = Path(__file__).resolve().parents[2]
+DEPLOYMENT = "process-faults"
+PARAMS = {"weights": "none", "epochs": 1, "views": 1, "image_size": 48, "backbones": ["mobilenetv2"]}
+
+
+@pytest.fixture(scope="module")
+def dataset(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    root = make_synthetic(tmp_path_factory.mktemp("d") / "kills", 8, size=48, seed=31)
+    return upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}faults-kills/")
+
+
+@pytest.fixture(scope="module")
+def deployment(env: dict[str, str]) -> str:
+    """A train-backbone deployment on the `default` pool (the session stack's process worker runs it)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow_from_name("train-backbone")
+        client.create_deployment(flow_id=flow_id, name=DEPLOYMENT, work_pool_name="default",
+                                 entrypoint="flows/train_backbone.py:train_backbone", pull_steps=[
+                                     {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}])
+    return f"train-backbone/{DEPLOYMENT}"
+
+
+def _start(deployment: str, data: str, cache: Path, prefix: str) -> Any:
+    """A flow run of ``deployment`` with its own feature cache folder and artifact prefix (not waited for)."""
+    from prefect.deployments import run_deployment
+
+    return run_deployment(deployment, timeout=0, parameters={
+        "backbone": "mobilenetv2", "data": data, "params": PARAMS, "run_prefix_uri": prefix},
+        job_variables={"env": {"SCENE_FEATURE_CACHE": str(cache)}})
+
+
+def _wait_final(run_id: Any, timeout: float = 300.0) -> Any:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            time.sleep(0.5)
+    raise AssertionError(f"flow run {run_id} still {run.state} after {timeout:.0f} s")
+
+
+def _process_of(run_id: Any) -> int | None:
+    """The pid of the process executing a flow run (the worker sets PREFECT__FLOW_RUN_ID in its environment)."""
+    needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def _shards(cache: Path) -> list[Path]:
+    return sorted(p for p in cache.rglob("shard-*.npz"))
+
+
+def _result(prefix: str, s3: Any) -> dict[str, Any]:
+    return json.loads(storage.read_bytes(f"{prefix}mobilenetv2/result.json", s3))
+
+
+def test_sigkill_during_extraction_crashes_the_run_and_a_rerun_reuses_every_shard(
+        dataset: str, deployment: str, s3: Any, env: dict[str, str], tmp_path: Path) -> None:
+    """Scenario 1: the killed run ends Crashed; the rerun computes only what no shard holds; same metrics."""
+    runs = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/faults-kills/{uuid.uuid4().hex[:8]}"
+    baseline = _start(deployment, dataset, tmp_path / "cache-a", f"{runs}/baseline/")
+    cache = tmp_path / "cache-b"
+    victim = _start(deployment, dataset, cache, f"{runs}/victim/")
+    deadline, pid = time.monotonic() + 240, None
+    while time.monotonic() < deadline and not _shards(cache):  # the first shard (train, plain view) is written
+        time.sleep(0.01)
+    pid = _process_of(victim.id)
+    assert _shards(cache) and pid is not None, f"no shard written by flow run {victim.id} (pid {pid})"
+    os.kill(pid, signal.SIGKILL)
+    killed = _wait_final(victim.id, timeout=60)
+    assert killed.state.is_crashed(), killed.state
+    kept = sum(len(np.load(p)["keys"]) for p in _shards(cache))
+    rerun = _start(deployment, dataset, cache, f"{runs}/rerun/")
+    for run in (baseline, rerun):
+        assert _wait_final(run.id).state.is_completed(), run.id
+    first, second = _result(f"{runs}/baseline/", s3), _result(f"{runs}/rerun/", s3)
+    requested = first["features_computed"]
+    assert first["features_cached"] == 0 and 0 < kept < requested, (kept, first)
+    assert (second["features_cached"], second["features_computed"]) == (kept, requested - kept), second
+    for split in ("train", "val", "test"):
+        for name in ("accuracy", "f1_weighted", "f1_macro"):
+            assert second["metrics"][split][name] == pytest.approx(first["metrics"][split][name], abs=1e-9), split
+
+
+def _automations(api: str) -> list[dict[str, Any]]:
+    status, found = http.call("POST", f"{api}/automations/filter",
+                              {"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}})
+    assert status == 200, found
+    return found
+
+
+def test_stack_up_sets_up_heartbeats_and_one_zombie_automation(stack: Any, stack_args: dict[str, Any] | None) -> None:
+    """Workers (so their flow runs) heartbeat; one automation marks a run silent for 90 s Crashed, kept by up()."""
+    (auto,) = _automations(stack.prefect_api_url)
+    trigger = auto["trigger"]
+    assert trigger["posture"] == "Proactive" and trigger["after"] == ["prefect.flow-run.heartbeat"], trigger
+    assert trigger["within"] == ZOMBIE_AFTER_S and trigger["for_each"] == ["prefect.resource.id"], trigger
+    assert auto["actions"][0]["state"] == "CRASHED" and auto["enabled"], auto
+    worker = stack.pids["worker-default"]
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    assert f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={HEARTBEAT_S}".encode() in environ
+    if stack_args is not None:
+        stack_mod.up(**stack_args)
+        assert [a["id"] for a in _automations(stack.prefect_api_url)] == [auto["id"]]
+
+
+def test_prefect_server_sigkill_then_up_restarts_only_it_and_keeps_history(
+        stack: Any, stack_args: dict[str, Any] | None, env: dict[str, str]) -> None:
+    """Scenario 3: `scene stack up` after the server died restarts the server alone; earlier runs are still listed."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    if stack_args is None:
+        pytest.skip("reusing a running stack: not killing someone else's Prefect server")
+
+    @flow(name="before-the-crash")
+    def before() -> int:
+        return 1
+
+    state = before(return_state=True)
+    run_id = state.state_details.flow_run_id
+    pids = stack_mod.info(stack.state_dir).pids
+    os.killpg(pids["prefect"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stack_mod.status(stack.state_dir)["services"]["prefect"]["running"]:
+        time.sleep(0.2)
+    assert not stack_mod.status(stack.state_dir)["services"]["prefect"]["running"]
+    info = stack_mod.up(**stack_args)
+    assert info.pids["prefect"] != pids["prefect"]
+    assert {k: v for k, v in info.pids.items() if k != "prefect"} == {k: v for k, v in pids.items() if k != "prefect"}
+    assert stack_mod.status(stack.state_dir)["healthy"]
+    with get_client(sync_client=True) as client:
+        kept = client.read_flow_run(run_id)
+    assert kept.state.is_completed(), kept.state
+    assert len(_automations(stack.prefect_api_url)) == 1
