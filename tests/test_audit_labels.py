@@ -85,8 +85,8 @@ def test_a_runs_label_audit_reaches_each_backbones_report_html(tmp_path) -> None
     """The flow writes ``<run prefix>/label_issues.csv``; every backbone's report step puts it in report.html."""
     from PIL import Image
 
+    from scene.audit.labels import issue_rows_at
     from scene.evaluation.report import write_report_html
-    from tasks.training import _label_issue_rows
 
     x, rows = clusters(per_class=20)
     rows["key"] = [str(tmp_path / f"{i}.jpg") for i in range(len(rows))]
@@ -95,9 +95,9 @@ def test_a_runs_label_audit_reaches_each_backbones_report_html(tmp_path) -> None
     rows.loc[:2, "label_index"] = 5
     rows.loc[:2, "label"] = CLASSES[5]
     audit = audit_labels(x, rows, CLASSES, folds=3, seed=0)
-    assert _label_issue_rows(str(tmp_path)) == []  # no audit in this run: no section
+    assert issue_rows_at(str(tmp_path / "label_issues.csv")) == []  # no audit in this run: no section
     audit.issues.to_csv(tmp_path / "label_issues.csv", index=False)
-    got = _label_issue_rows(str(tmp_path))
+    got = issue_rows_at(str(tmp_path / "label_issues.csv"))
     assert [r["key"] for r in got] == audit.issues["key"].head(24).tolist() and got[0]["thumb"]
     write_report_html(tmp_path / "report.html", title="t", summary={}, metrics={}, plots={}, confusions=[],
                       warnings=[], label_issues=got)

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scene.train.presets import PRESETS, apply_preset, get_preset
-
-DEFAULTS = {"backbones": ["resnet50"], "views": 2, "epochs": 100, "image_size": 150, "mirror": False}
-
-
-def test_preset_fills_defaults_but_not_what_the_user_set() -> None:
-    given = {**DEFAULTS, "epochs": 7}
-    out = apply_preset("best-cpu", given, DEFAULTS)
-    best = PRESETS["best-cpu"]
-    assert out["epochs"] == 7  # set by the user
-    assert (out["backbones"], out["image_size"], out["mirror"], out["views"]) == (
-        best["backbones"], best["image_size"], best["mirror"], best["views"])
-    assert apply_preset(None, given, DEFAULTS) == given
+from scene.train.presets import PRESETS, get_preset
 
 
 def test_unknown_preset_lists_the_known_ones() -> None:

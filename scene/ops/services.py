@@ -177,7 +177,8 @@ def ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: P
 
 ZOMBIE_AUTOMATION = "scene: crash flow runs that stopped heartbeating"
 HEARTBEAT_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the workers' flow runs (Prefect's minimum)
-ZOMBIE_AFTER_S = 90  # no heartbeat (nor end state) for this long: the run's process is gone, mark it Crashed
+ZOMBIE_AFTER_S = 600  # no heartbeat (nor end state) for this long: the run's process is gone, mark it Crashed
+# (Prefect's docs use 90 s; on a loaded 2-core machine a healthy run's heartbeats were once 90 s late: false crashes)
 
 
 def zombie_automation(within_s: float = ZOMBIE_AFTER_S) -> dict[str, Any]:

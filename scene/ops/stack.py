@@ -20,7 +20,7 @@ work pool with the CLI takes about 3 s; a worker heartbeats 2-3 s after start. A
 15-19 s, a restart about 8 s, a repeated ``up()`` on a healthy stack under 0.1 s, ``down()`` about 1 s.
 Each ``up()`` records how long it waited for each service in ``stack.json`` (``last_up_wait_s``).
 Flow runs the workers start heartbeat every 30 s (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); ``up()`` keeps one
-automation that marks a run silent for 90 s Crashed (its worker died with it): no run stays Running forever.
+automation that marks a run silent for 10 min Crashed (its worker died with it): no run stays Running forever.
 If a service fails, ``up()`` raises :class:`StackError` with its log tail and leaves the others running
 (``down()`` stops them).
 

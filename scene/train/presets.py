@@ -26,19 +26,3 @@ def get_preset(name: str) -> dict[str, Any]:
         return dict(PRESETS[name])
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}") from None
-
-
-def apply_preset(name: str | None, values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with the preset's settings in place of every value still equal to its default.
-
-    A setting the user changed from its default wins over the preset.
-    """
-    if not name:
-        return dict(values)
-    out = dict(values)
-    for key, value in get_preset(name).items():
-        if key not in defaults:
-            raise ValueError(f"preset {name!r} sets {key!r}, which is not a parameter here")
-        if out.get(key) == defaults[key]:
-            out[key] = value
-    return out

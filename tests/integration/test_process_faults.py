@@ -127,7 +127,7 @@ def _automations(api: str) -> list[dict[str, Any]]:
 
 
 def test_stack_up_sets_up_heartbeats_and_one_zombie_automation(stack: Any, stack_args: dict[str, Any] | None) -> None:
-    """Workers (so their flow runs) heartbeat; one automation marks a run silent for 90 s Crashed, kept by up()."""
+    """Workers (so their flow runs) heartbeat; one automation marks a silent run Crashed, kept by up()."""
     (auto,) = _automations(stack.prefect_api_url)
     trigger = auto["trigger"]
     assert trigger["posture"] == "Proactive" and trigger["after"] == ["prefect.flow-run.heartbeat"], trigger
