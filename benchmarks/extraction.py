@@ -7,12 +7,14 @@ In one process, on the same real Intel photos (MobileNetV2, the shipped offline 
 3. ``extract (s3)``: the same from ``s3://`` objects on a local JuiceFS gateway (started here);
 4. ``evaluate``: :func:`scene.model.predict.predict` + metrics of the full model (backbone + head) from the files;
 5. ``predict``: :func:`scene.model.predict.predict_folder` of the full model, folder in, CSV out;
-6. ``raw`` again (the machine is shared: the ratios use the mean of both raw runs).
+Each path runs between two raw runs of its model and its ratio uses their mean; ``--rounds`` repeats the whole
+sequence and reports the median ratio with its range (the machine is shared: load hits a path and its ceiling alike).
 
 ``--rss`` also runs the extraction in fresh processes on 1× and 4× the images and prints their peak RSS.
 ``--threads`` compares TensorFlow thread settings (fresh process each) by the extraction/raw ratio.
 
-    .venv/bin/python benchmarks/extraction.py [--images 600] [--size 150] [--rss] [--threads] [--xla] [--no-s3]
+    .venv/bin/python benchmarks/extraction.py [--images 600] [--rounds 3] [--size 150] [--rss] [--threads] [--xla]
+        [--no-s3]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -83,7 +86,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(n: int, size: int, with_s3: bool, xla: bool = False) -> dict[str, float]:
+def _with_readers(n: int, fn: Any) -> Any:
+    """``fn()`` with ``SCENE_S3_READERS=n`` (read by :func:`scene.model.runtime.thread_plan` on each call)."""
+    old = os.environ.get("SCENE_S3_READERS")
+    os.environ["SCENE_S3_READERS"] = str(n)
+    try:
+        return fn()
+    finally:
+        os.environ.pop("SCENE_S3_READERS") if old is None else os.environ.__setitem__("SCENE_S3_READERS", old)
+
+
+def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3_readers: int = 0) -> dict[str, Any]:
+    """``rounds`` rounds; in each, every path runs between two raw runs of its model (its ratio uses their mean),
+    so that load from other work on this shared machine hits a path and its ceiling alike. Returns each name's
+    median img/s (``rates``) and every round's ratio (``ratios``)."""
+    import statistics
+
     import numpy as np
 
     from scene.evaluation.metrics import evaluate_predictions
@@ -115,42 +133,59 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False) -> dict[str, float]
         p = predict(full, rows, size, split="test")
         evaluate_predictions(p.y_true, p.probs, list(CLASS_NAMES))
 
-    raw(extractor), raw(full)  # warm-up: trace both compiled functions once
-    out = {"raw extractor": raw(extractor), "raw full model": raw(full)}
-    out["extract (files)"] = extract(rows)
     tmp = Path(tempfile.mkdtemp(prefix="scene-bench-"))
-    if with_s3:
-        s3_rows, s3, _, state = _upload(rows, tmp)
-        try:
-            gateway = supervisor.running(state, stack.S3)
-            before, wall = _cpu_seconds(gateway), time.perf_counter()
-            out["extract (s3)"] = extract(s3_rows, s3)
-            share = (_cpu_seconds(gateway) - before) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
-            print(f"the S3 gateway itself used {share:.0%} of this machine's CPU during 'extract (s3)'", flush=True)
-        finally:
-            stack.down(state)
-    out["evaluate (files)"] = _rate(len(rows), evaluate)
     folder = tmp / "images"
     folder.mkdir()
     for i, key in enumerate(rows["key"]):
         shutil.copyfile(key, folder / f"{i:05d}.jpg")
-    out["predict (folder → csv)"] = _rate(len(rows), lambda: predict_folder(full, str(folder), str(tmp / "p.csv"),
-                                                                             CLASS_NAMES))
+    paths = {"extract (files)": (extractor, lambda: extract(rows)),
+             "evaluate (files)": (full, lambda: _rate(len(rows), evaluate)),
+             "predict (folder → csv)": (full, lambda: _rate(len(rows), lambda: predict_folder(
+                 full, str(folder), str(tmp / "p.csv"), CLASS_NAMES)))}
+    state = None
+    if with_s3:
+        s3_rows, s3, _, state = _upload(rows, tmp)
+        paths["extract (s3)"] = (extractor, lambda: extract(s3_rows, s3))
+        if s3_readers:  # the same with another number of S3 reader threads (scene.model.runtime)
+            paths[f"extract (s3, {s3_readers} readers)"] = (extractor, lambda: _with_readers(
+                s3_readers, lambda: extract(s3_rows, s3)))
+    raw(extractor), raw(full)  # warm-up: trace both compiled functions once
+    rates: dict[str, list[float]] = {"raw extractor": [], "raw full model": []}
+    ratios: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for _ in range(rounds):
+            for name, (model, path) in paths.items():
+                gateway = supervisor.running(state, stack.S3) if name.startswith("extract (s3") else None
+                before, cpu, wall = raw(model), _cpu_seconds(gateway), time.perf_counter()
+                rate = path()
+                share = (_cpu_seconds(gateway) - cpu) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
+                after = raw(model)
+                rates.setdefault(name, []).append(rate)
+                rates["raw extractor" if model is extractor else "raw full model"] += [before, after]
+                ratios[name].append(rate / ((before + after) / 2))
+                if gateway:
+                    print(f"the S3 gateway itself used {share:.0%} of this machine's CPU during '{name}'")
+    finally:
+        if state is not None:
+            stack.down(state)
     if xla:  # the same network compiled by XLA (jit_compile); the first call compiles, so warm it up
         jit = feature_extractor("mobilenetv2", size, weights, 0)
         jit.jit_compile = True
         jit.predict_on_batch(x[:BATCH])
-        out["raw extractor, XLA"] = raw(jit)
-    out["raw extractor"] = (out["raw extractor"] + raw(extractor)) / 2
-    out["raw full model"] = (out["raw full model"] + raw(full)) / 2
-    return out
+        before, rate, after = raw(extractor), raw(jit), raw(extractor)
+        rates["raw extractor, XLA"], ratios["raw extractor, XLA"] = [rate], [rate / ((before + after) / 2)]
+    return {"rates": {k: statistics.median(v) for k, v in rates.items()}, "ratios": ratios}
 
 
-def report(rates: dict[str, float], n: int) -> None:
-    print(f"\n{n} images, batch {BATCH}, {os.cpu_count()} cores")
-    for name, rate in rates.items():
-        base = rates["raw full model"] if name.startswith(("evaluate", "predict")) else rates["raw extractor"]
-        ratio = f"{rate / base:6.2f} of raw" if not name.startswith("raw") or "XLA" in name else ""
+def report(result: dict[str, Any], n: int) -> None:
+    """Each path's median img/s and its ratio to the raw runs around it: the median over rounds (min–max)."""
+    import statistics
+
+    print(f"\n{n} images, batch {BATCH}, {os.cpu_count()} cores; ratio = img/s ÷ the mean of the raw runs just "
+          "before and after it (median of rounds, min–max)")
+    for name, rate in result["rates"].items():
+        r = result["ratios"].get(name)
+        ratio = f"{statistics.median(r):6.2f} of raw  ({min(r):.2f}–{max(r):.2f}, {len(r)} rounds)" if r else ""
         print(f"  {name:24s} {rate:7.1f} img/s  {ratio}")
 
 
@@ -190,7 +225,7 @@ def thread_sweep(n: int, size: int) -> None:
         env = {**os.environ, "SCENE_TF_INTRA_THREADS": str(intra or ""), "SCENE_TF_INTER_THREADS": str(inter or "")}
         if not intra:  # TensorFlow's own defaults: scene sets nothing
             env["SCENE_TF_THREADS"] = "tf-default"
-        r = _child(["--child-run", "--images", str(n), "--size", str(size)], env)
+        r = _child(["--child-run", "--images", str(n), "--size", str(size)], env)["rates"]
         label = "TF defaults" if not intra else f"intra {intra} inter {inter}"
         print(f"  {label:18s} raw {r['raw extractor']:6.1f} img/s, extract {r['extract (files)']:6.1f} img/s "
               f"({r['extract (files)'] / r['raw extractor']:.2f} of raw)", flush=True)
@@ -201,6 +236,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=600)
     p.add_argument("--size", type=int, default=150)
     p.add_argument("--no-s3", action="store_true", help="skip the s3:// run (no gateway)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of every path between raw runs (median)")
+    p.add_argument("--s3-readers", type=int, default=0, help="also extract from s3 with this many reader threads")
     p.add_argument("--rss", action="store_true", help="peak RSS of extraction on 1x and 4x the images")
     p.add_argument("--threads", action="store_true", help="compare TensorFlow thread settings")
     p.add_argument("--xla", action="store_true", help="also time the backbone compiled with XLA (jit_compile)")
@@ -212,7 +249,7 @@ def main() -> None:
     if a.child_run or a.child_rss:
         print(json.dumps(run(a.images, a.size, False) if a.child_run else extract_rss(a.images, a.size)))
         return
-    report(run(a.images, a.size, not a.no_s3, a.xla), a.images)
+    report(run(a.images, a.size, not a.no_s3, a.xla, a.rounds, a.s3_readers), a.images)
     if a.rss:
         one = _child(["--child-rss", "--images", str(a.images), "--size", str(a.size)])
         four = _child(["--child-rss", "--images", str(4 * a.images), "--size", str(a.size)])

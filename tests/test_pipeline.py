@@ -14,7 +14,7 @@ from PIL import Image
 from scene.data import images
 from scene.model import runtime
 from scene.model.network import build_head
-from scene.model.pipeline import load_pixels, pixel_batches, predict_batches, resize_pad
+from scene.model.pipeline import decode_workers, load_pixels, pixel_batches, predict_batches, resize_pad
 
 
 def _jpeg(path: Path, w: int, h: int, seed: int) -> Path:
@@ -97,10 +97,13 @@ def test_fit_head_learns_from_in_memory_arrays_and_reports_speed() -> None:
 def test_thread_plan_by_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SCENE_TF_INTRA_THREADS", raising=False)
     monkeypatch.delenv("SCENE_TF_INTER_THREADS", raising=False)
-    assert runtime.thread_plan(2) == runtime.ThreadPlan(intra_op=2, inter_op=1, decode=2)
-    assert runtime.thread_plan(16) == runtime.ThreadPlan(intra_op=16, inter_op=2, decode=8)
+    monkeypatch.delenv("SCENE_S3_READERS", raising=False)
+    assert runtime.thread_plan(2) == runtime.ThreadPlan(intra_op=2, inter_op=1, decode=2, s3_readers=16)
+    assert runtime.thread_plan(16) == runtime.ThreadPlan(intra_op=16, inter_op=2, decode=8, s3_readers=16)
     monkeypatch.setenv("SCENE_TF_INTER_THREADS", "3")
-    assert runtime.thread_plan(2).inter_op == 3
+    monkeypatch.setenv("SCENE_S3_READERS", "12")
+    assert (runtime.thread_plan(2).inter_op, runtime.thread_plan(2).s3_readers) == (3, 12)
+    assert decode_workers(["s3://b/k.jpg"]) == 12 and decode_workers(["/tmp/k.jpg"]) == runtime.thread_plan().decode
 
 
 def test_predict_folder_reads_each_image_once_and_lists_bad_ones(tmp_path: Path,

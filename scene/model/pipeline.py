@@ -66,8 +66,9 @@ def augmenter(cfg: AugmentConfig, size: int, seed: int) -> keras.Sequential:
 
 def decode_workers(keys: Sequence[str]) -> int:
     """Threads that read and decode ``keys``: one per core for local files (decoding is CPU-bound and competes
-    with the backbone for the same cores), more for S3 objects (they mostly wait on the network)."""
-    return 16 if keys and storage.parse(keys[0]).is_s3 else runtime.thread_plan().decode
+    with the backbone for the same cores), more for S3 objects (they also wait on the network)."""
+    plan = runtime.thread_plan()
+    return plan.s3_readers if keys and storage.parse(keys[0]).is_s3 else plan.decode
 
 
 def ordered_map(fn: Callable[[str], T], keys: Sequence[str], workers: int, lookahead: int) -> Iterator[T]:
