@@ -131,24 +131,16 @@ def stack(stack_args: dict[str, Any] | None) -> Iterator[StackInfo]:
 @pytest.fixture(scope="session")
 def env(stack: Any) -> Iterator[dict[str, str]]:
     """Point this process (boto3, Prefect client, scene settings) at the test stack."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from scene.ops import stack as stack_mod
+    from tests.event_stack import stack_environ
 
     lines = stack_mod.env_lines(stack.state_dir)
     values = dict(line.removeprefix("export ").split("=", 1) for line in lines)
     values = {k: v.strip("'\"") for k, v in values.items()}
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    os.environ["SCENE_WORK_DIR"] = str(Path(stack.state_dir) / "work")
-    os.environ["SCENE_FEATURE_CACHE"] = str(Path(stack.state_dir) / "features")
-    with temporary_settings(updates={PREFECT_API_URL: values["PREFECT_API_URL"]}):
+    folders = {"SCENE_WORK_DIR": str(Path(stack.state_dir) / "work"),
+               "SCENE_FEATURE_CACHE": str(Path(stack.state_dir) / "features")}
+    with stack_environ({**values, **folders}):
         yield values
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
