@@ -5,12 +5,18 @@ reader's CPU per object, not its wall time, decides how close extraction from ``
 speed. Both readers fetch the same objects from a local JuiceFS gateway (started here) in one process, alternating
 (boto3, scene, boto3, scene) so that load on the machine hits both alike; the ratio is the figure of record.
 
-    .venv/bin/python benchmarks/s3_reads.py [--objects 300]
+    .venv/bin/python benchmarks/s3_reads.py [--objects 300] [--gateway-flags]
+
+``--gateway-flags`` also measures the gateway's own CPU per GET (from ``/proc``) with the flags ``scene stack up``
+starts it with (``scene.ops.services.GATEWAY_CACHE``: metadata caches, no block cache) against JuiceFS' defaults,
+restarting the same gateway on the same volume between runs (defaults, scene, scene, defaults).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import socket
 import sys
@@ -44,9 +50,54 @@ def _measure(read, uris: list[str]) -> tuple[float, float]:
     return 1000 * (_cpu() - cpu) / len(uris), 1000 * (time.perf_counter() - wall) / len(uris)
 
 
+def _gateway_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _gateway_flags(state: Path, uris: list[str], rounds: int = 3) -> None:
+    """Gateway CPU per GET: JuiceFS' defaults vs scene's GATEWAY_CACHE, the gateway restarted for each run."""
+    from scene.data import image_fetch
+    from scene.data.storage import s3_client
+    from scene.ops import services, stack
+    from scene.ops.supervisor import running, stop
+
+    cfg = json.loads((state / "stack.json").read_text())
+    creds = json.loads((state / "credentials.json").read_text())
+    ours, out = services.GATEWAY_CACHE, {"JuiceFS defaults": [], "scene (GATEWAY_CACHE)": []}
+    for name in ("JuiceFS defaults", "scene (GATEWAY_CACHE)", "scene (GATEWAY_CACHE)", "JuiceFS defaults"):
+        stop(state, services.S3)
+        services.GATEWAY_CACHE = ours if name.startswith("scene") else ()
+        try:
+            services.start_gateway(state, cfg["s3_port"], creds, None, None)
+        finally:
+            services.GATEWAY_CACHE = ours
+        fetch = image_fetch.reader(s3_client(stack.settings_for(state)))
+        for _ in range(100):  # until the gateway answers
+            try:
+                fetch(uris[0])
+                break
+            except Exception:
+                time.sleep(0.2)
+        for uri in uris[:20]:
+            fetch(uri)
+        pid = running(state, services.S3)
+        before = _gateway_cpu(pid)
+        for _ in range(rounds):
+            for uri in uris:
+                fetch(uri)
+        out[name].append(1000 * (_gateway_cpu(pid) - before) / (rounds * len(uris)))
+    print("gateway CPU per GET (its own process, from /proc):")
+    for name, runs in out.items():
+        print(f"  {name:22s} {sum(runs) / len(runs):5.2f} ms  (runs: {', '.join(f'{r:.2f}' for r in runs)})")
+    a, b = (sum(v) / len(v) for v in out.values())
+    print(f"gateway CPU per GET, scene / defaults: {b / a:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--objects", type=int, default=300)
+    p.add_argument("--gateway-flags", action="store_true", help="also compare the gateway's CPU per GET by flags")
     a = p.parse_args()
     from scene.data import image_fetch
     from scene.data.storage import read_bytes, s3_client
@@ -78,6 +129,8 @@ def main() -> None:
             means[name] = cpu
             print(f"  {name:18s} {cpu:5.2f} ms CPU/object  {wall:5.2f} ms wall/object")
         print(f"CPU per object, image_fetch / boto3: {means['scene image_fetch'] / means['boto3 get_object']:.2f}")
+        if a.gateway_flags:
+            _gateway_flags(state, uris)
     finally:
         stack.down(state)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from scene import registry
@@ -19,7 +20,7 @@ from tasks import audit as audit_tasks
 from tasks.common import FLOW_TIMEOUT_S, S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
 
 
-@task(name="resolve model", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="resolve model", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def resolve_model(model: str | None) -> tuple[str, list[str]]:
     """The local path and classes of the given model (path or s3:// URI to model.keras), or the champion's.
 
@@ -59,7 +60,7 @@ def _fetch_registered(client: object, version_uri: str) -> Path:
     return integrity.fetch_version(client, version_uri, dest, names=["model.keras"], optional=["config.json"])
 
 
-@task(name="predict images", timeout_seconds=STEP_TIMEOUT_S, **{**S3_RETRIES, "retries": 1})
+@task(cache_policy=NO_CACHE, name="predict images", timeout_seconds=STEP_TIMEOUT_S, **{**S3_RETRIES, "retries": 1})
 def predict_images(model_path: str, classes: list[str], data: str, out: str) -> tuple[int, int]:
     """Classify every image under ``data``; unreadable images are listed in the CSV with their error."""
     from scene.model.network import load

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from scene.data import storage
 from scene.ops import notifications, polling, prefect_events
@@ -29,7 +30,7 @@ def _state_uri(state_key: str) -> str:
     return f"s3://{settings().artifact_bucket}/{state_key.lstrip('/')}"
 
 
-@task(name="load watch state", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="load watch state", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def load_state(state_key: str) -> dict[str, str] | None:
     """The ``{key: etag}`` of the previous run, or None when there is none yet."""
     uri = _state_uri(state_key)
@@ -46,7 +47,7 @@ def load_state(state_key: str) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in objects.items()}
 
 
-@task(name="list objects", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="list objects", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def scan(prefix_uri: str) -> dict[str, str]:
     """``{key: etag}`` of the image objects under the prefix."""
     loc = storage.parse(prefix_uri)
@@ -55,7 +56,7 @@ def scan(prefix_uri: str) -> dict[str, str]:
     return polling.snapshot(s3(), notifications.polling_config(loc.bucket or "", loc.key))
 
 
-@task(name="save watch state", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="save watch state", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def save_state(state_key: str, prefix_uri: str, objects: dict[str, str]) -> str:
     """Write the state; return its URI."""
     uri = _state_uri(state_key)

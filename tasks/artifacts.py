@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from scene.data import storage
 from scene.evaluation import summary, tables
@@ -16,7 +17,8 @@ from scene.train.experiment import TrainResult, compare
 from tasks.common import S3_RETRIES, S3_TIMEOUT_S, s3, settings
 
 
-@task(name="upload artifacts", task_run_name="upload {label}", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="upload artifacts", task_run_name="upload {label}", timeout_seconds=S3_TIMEOUT_S,
+      **S3_RETRIES)
 def upload(local_dir: str, prefix: str, label: str = "") -> list[dict[str, Any]]:
     """Upload a folder (multipart for large files, sha256 recorded); return ``[{uri, sha256, bytes}]``."""
     uploaded = storage.upload_dir(local_dir, prefix, s3())
@@ -25,7 +27,7 @@ def upload(local_dir: str, prefix: str, label: str = "") -> list[dict[str, Any]]
     return uploaded
 
 
-@task(name="write result", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="write result", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def write_result(result: TrainResult, prefix: str) -> str:
     """``result.json`` beside a backbone's artifacts: how a dispatching flow collects it."""
     uri = prefix.rstrip("/") + "/result.json"
@@ -33,7 +35,7 @@ def write_result(result: TrainResult, prefix: str) -> str:
     return uri
 
 
-@task(name="read result", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="read result", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def read_result(prefix: str) -> TrainResult | None:
     """The ``result.json`` a ``train-backbone`` run wrote, or None when it wrote none."""
     uri = prefix.rstrip("/") + "/result.json"
@@ -43,7 +45,7 @@ def read_result(prefix: str) -> TrainResult | None:
     return TrainResult(**json.loads(storage.read_bytes(uri, client)))
 
 
-@task(name="compare backbones", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="compare backbones", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def compare_and_publish(results: list[TrainResult], prefix: str, manifest: dict[str, str]) -> str:
     """Comparison table (CSV + markdown, uploaded), a table artifact, and a markdown report with plots and links."""
     client = s3()

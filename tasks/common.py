@@ -66,6 +66,9 @@ def work_folder(backbone: str) -> Path:
     return Path(settings().work_dir) / str(run_id) / backbone
 
 
+PROGRESS_PAUSE_S = 60  # how long progress stays unsent after the API did not answer
+
+
 class Progress:
     """``progress(stage, done, total)`` → one Prefect progress artifact per stage, plus a log line per 10%."""
 
@@ -74,19 +77,29 @@ class Progress:
         self.ids: dict[str, Any] = {}
         self.last: dict[str, tuple[float, int]] = {}
         self.log = get_run_logger()
+        self.quiet_until = 0.0  # after a failed call, no progress is sent until then (the API may be restarting)
+
+    def _send(self, stage: str, pct: float, description: str) -> None:
+        """Create or update the stage's progress artifact; a failure is logged, never raised (the work goes on)."""
+        try:
+            if stage not in self.ids:
+                key = re.sub(r"[^a-z0-9-]+", "-", stage.lower()).strip("-")
+                self.ids[stage] = create_progress_artifact(pct, key=f"progress-{key}", description=description)
+            else:
+                update_progress_artifact(self.ids[stage], pct, description=description)
+        except Exception as err:  # the client already retried for about a minute: the API server is down
+            self.quiet_until = time.monotonic() + PROGRESS_PAUSE_S
+            self.log.warning("progress of %s not sent to the Prefect API (%s: %s); the work goes on, progress "
+                             "resumes in %d s", stage, type(err).__name__, err, PROGRESS_PAUSE_S)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         pct = 100.0 * done / max(total, 1)
         now = time.monotonic()
         when, decile = self.last.get(stage, (0.0, -1))
-        if stage not in self.ids:
-            key = re.sub(r"[^a-z0-9-]+", "-", stage.lower()).strip("-")
-            self.ids[stage] = create_progress_artifact(pct, key=f"progress-{key}",
-                                                       description=f"{stage}: {done}/{total}")
-        elif now - when >= self.min_interval or done >= total:
-            update_progress_artifact(self.ids[stage], pct, description=f"{stage}: {done}/{total}")
-        else:
+        if stage in self.ids and now - when < self.min_interval and done < total:
             return
+        if now >= self.quiet_until:
+            self._send(stage, pct, f"{stage}: {done}/{total}")
         if int(pct // 10) > decile or done >= total:
             self.log.info("%s: %d/%d (%.0f%%)", stage, done, total, pct)
         self.last[stage] = (now, int(pct // 10))

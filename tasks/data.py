@@ -7,6 +7,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from scene.data import storage
 from scene.data.dataset import Dataset, build_dataset, load_dataset
@@ -18,7 +19,7 @@ class DataValidationFailed(RuntimeError):
     """The validation suite failed; the message lists each failing check."""
 
 
-@task(name="build manifest", timeout_seconds=STEP_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="build manifest", timeout_seconds=STEP_TIMEOUT_S, **S3_RETRIES)
 def build_manifest(data: str, test: str | None = None, classes: list[str] | None = None,
                    previous: Any = None) -> Dataset:
     """List every image under ``data`` (and ``test``); read, hash and check the new or changed ones.
@@ -36,13 +37,13 @@ def build_manifest(data: str, test: str | None = None, classes: list[str] | None
     return ds
 
 
-@task(name="load manifest", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="load manifest", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def load_manifest(manifest_uri: str, classes: list[str]) -> Dataset:
     """A manifest another flow run already built and uploaded."""
     return load_dataset(manifest_uri, s3=s3(), class_names=classes, source=manifest_uri)
 
 
-@task(name="validate data", timeout_seconds=STEP_TIMEOUT_S)
+@task(cache_policy=NO_CACHE, name="validate data", timeout_seconds=STEP_TIMEOUT_S)
 def validate(ds: Dataset, previous: Any = None) -> ValidationReport:
     """Run the suite; publish it as a markdown artifact; stop the run with a readable summary if it fails."""
     log = get_run_logger()
@@ -58,7 +59,7 @@ def validate(ds: Dataset, previous: Any = None) -> ValidationReport:
     return report
 
 
-@task(name="publish manifest", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="publish manifest", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def publish_manifest(ds: Dataset, report: ValidationReport, prefix: str) -> dict[str, str]:
     """Upload ``manifest.csv``, ``rejected.csv`` and ``validation.json`` under ``prefix``."""
     import json

@@ -18,7 +18,7 @@ from scene.train.experiment import TrainResult
 from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
 
 
-@task(name="read champion", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="read champion", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def read_champion(dataset: str | None = None) -> registry.Pointer:
     """The champion pointer of ``dataset`` and its ETag (without: the newest champion of any dataset).
 
@@ -27,7 +27,7 @@ def read_champion(dataset: str | None = None) -> registry.Pointer:
     return registry.read_champion(s3(), settings().artifact_bucket, dataset=dataset)
 
 
-@task(name="read champions", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="read champions", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def read_champions() -> dict[str, dict[str, Any]]:
     """``{dataset URI: champion document}`` for every dataset that has a champion."""
     return registry.champions(s3(), settings().artifact_bucket)
@@ -45,7 +45,7 @@ def previous_manifest(champion: dict[str, Any] | None) -> pd.DataFrame | None:
     return pd.read_csv(io.BytesIO(storage.read_bytes(uri, client)), keep_default_na=False, dtype={"etag": str})
 
 
-@task(name="read champion's data fingerprint", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="read champion's data fingerprint", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def trained_on(champion: dict[str, Any]) -> str | None:
     """The data fingerprint the champion was trained on (from its registry entry)."""
     return registry.get_version(s3(), settings().artifact_bucket, champion["version"]).get("data_fingerprint")
@@ -67,13 +67,13 @@ def register(result: TrainResult, ds: Dataset, test_predictions: pd.DataFrame,
     return version
 
 
-@task(name="read test predictions", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="read test predictions", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def test_predictions_of(version: registry.ModelVersion) -> pd.DataFrame:
     """A registered version's per-image test outcome."""
     return pd.read_csv(io.BytesIO(storage.read_bytes(version.uri.rstrip("/") + "/test_predictions.csv", s3())))
 
 
-@task(name="score champion", timeout_seconds=STEP_TIMEOUT_S, **S3_RETRIES)
+@task(cache_policy=NO_CACHE, name="score champion", timeout_seconds=STEP_TIMEOUT_S, **S3_RETRIES)
 def score_champion(pointer: registry.Pointer, ds: Dataset) -> pd.DataFrame | None:
     """The champion's per-image outcome on the current test split (None without a champion).
 
@@ -87,7 +87,7 @@ def score_champion(pointer: registry.Pointer, ds: Dataset) -> pd.DataFrame | Non
     return scored
 
 
-@task(name="promotion gate", timeout_seconds=S3_TIMEOUT_S)
+@task(cache_policy=NO_CACHE, name="promotion gate", timeout_seconds=S3_TIMEOUT_S)
 def gate(challenger: registry.ModelVersion, challenger_predictions: pd.DataFrame, champion_predictions: Any,
          pointer: registry.Pointer, alpha: float, class_names: list[str] | None = None,
          margin: float = registry.MARGIN) -> registry.Decision:

@@ -37,6 +37,22 @@ def test_every_task_and_flow_declares_a_timeout() -> None:
     assert found >= 25, f"only {found} tasks/flows found: did the folders move?"
 
 
+def test_no_task_uses_prefects_result_cache() -> None:
+    """Values reused across steps or workers are S3 objects with explicit paths (manifest.csv, result.json, models,
+    feature shards), never Prefect cache records that could point at a worker's local disk or outlive their files."""
+    from prefect.cache_policies import NO_CACHE
+
+    found = 0
+    for path in MODULES:
+        for name, kind, _ in _decorated(path):
+            if kind == "task":
+                found += 1
+                obj = getattr(importlib.import_module(f"{path.parent.name}.{path.stem}"), name)
+                assert obj.cache_policy is NO_CACHE and not obj.persist_result, \
+                    f"{path.relative_to(REPO)}: @task {name} must pass cache_policy=NO_CACHE"
+    assert found >= 20, f"only {found} tasks found"
+
+
 def test_tasks_that_retry_back_off_and_retry_only_transient_errors() -> None:
     from prefect import Task
 

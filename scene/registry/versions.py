@@ -55,6 +55,7 @@ class ModelVersion:
     status: str  # "ok" or "collapsed"
     dataset: str = ""  # the data root URI it was trained on, with a trailing slash ("" for old records)
     synthetic_data: bool = False  # ... nor one trained on generated data
+    run: str = ""  # the S3 folder of the run that trained and registered it (runs/<flow run id>/<backbone>/)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,7 +125,8 @@ def _read_json(path: Path, required: bool) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def _version_record(local_dir: Path, backbone: str, version: str, uri: str, dataset: str | None) -> ModelVersion:
+def _version_record(local_dir: Path, backbone: str, version: str, uri: str, dataset: str | None,
+                    run: str | None = None) -> ModelVersion:
     metrics = _read_json(local_dir / "metrics.json", required=True)
     split = metrics.get("test") or metrics.get("val") or {}
     meta = metrics.get("meta", {})
@@ -138,7 +140,8 @@ def _version_record(local_dir: Path, backbone: str, version: str, uri: str, data
                         test_f1_weighted=split.get("f1_weighted"), test_accuracy=split.get("accuracy"),
                         collapsed=collapsed, random_init=bool(meta.get("random_init", False)),
                         status="collapsed" if collapsed else "ok", dataset=dataset_uri(source),
-                        synthetic_data=bool(meta.get("synthetic_data", False)))
+                        synthetic_data=bool(meta.get("synthetic_data", False)),
+                        run=run.rstrip("/") + "/" if run else "")
 
 
 def _copy_if_same(s3: Any, source: str, dest: str, sha256: str) -> bool:
@@ -197,7 +200,8 @@ def register(s3: Any, bucket: str, local_dir: str | Path, backbone: str, test_pr
 
     ``dataset``: the data root it was trained on; default: ``metrics.json``'s ``meta.data_source`` (else
     ``config.json``'s ``data_source``). ``synthetic_data`` and ``random_init`` come from ``metrics.json``'s meta.
-    ``source``: the S3 folder the run already uploaded this folder to; its objects are copied server-side.
+    ``source``: the S3 folder the run already uploaded this folder to; its objects are copied server-side and the
+    record names it (``run``: the run that trained the version; the first one, when runs trained the same bytes).
     Objects first, then ``checksums.json``, then the registry record: a failure part-way (the store down for longer
     than the client's retry budget) leaves an unlisted folder that the next registration of the model rewrites.
     """
@@ -211,7 +215,7 @@ def register(s3: Any, bucket: str, local_dir: str | Path, backbone: str, test_pr
     if known:
         return ModelVersion.from_dict(known)
     uri = f"s3://{bucket}/{prefix}{backbone}/{version}/"
-    record = _version_record(local_dir, backbone, version, uri, dataset)
+    record = _version_record(local_dir, backbone, version, uri, dataset, source)
     _upload(s3, local_dir, uri, test_predictions, source)
     return ModelVersion.from_dict(_add_to_registry(s3, bucket, prefix + REGISTRY, record.to_dict()))
 

@@ -61,6 +61,7 @@ class TrainResult:
             "test_f1_macro": m["test"].get("f1_macro"), "test_auc_ovr_weighted": m["test"].get("auc_ovr_weighted"),
             "val_f1_weighted": m["val"].get("f1_weighted"), "train_f1_weighted": m["train"].get("f1_weighted"),
             "seconds": round(self.seconds, 1),
+            "version": (self.version or {}).get("version", ""),  # the registry version it became ("": none)
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -114,3 +114,28 @@ def test_retrain_fails_when_every_backbone_failed_and_missing_weights_are_not_re
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[c.id for c in children])))
     (check,) = [t for t in tasks if re.fullmatch(r"check weights vgg16", t.name)]
     assert check.state.is_failed() and check.run_count == 1, (check.state, check.run_count)  # not retried
+
+
+def test_a_backbone_that_raises_is_marked_failed_with_its_error_while_the_other_finishes(
+        dataset: str, s3: Any, tmp_path: Path) -> None:
+    """Scenario 8, an ordinary exception: efficientnetb0 is handed MobileNetV2's weights file and raises; the
+    MobileNetV2 run finishes, the run completes, and the table's row names the error."""
+    import keras
+
+    from flows.train_all import train_all
+
+    path = tmp_path / "mobilenetv2-random.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                   pooling="avg").save_weights(path)
+    state = train_all(data=dataset, params=_params(backbones=BACKBONES, weights=str(path)), promote=False,
+                      return_state=True)
+    assert state.is_completed(), state.message
+    res = state.result()
+    by = {r["backbone"]: r for r in res["results"]}
+    assert by["mobilenetv2"]["status"] != "failed" and Path(by["mobilenetv2"]["model_path"]).is_file(), by
+    failed = by["efficientnetb0"]
+    assert failed["status"] == "failed" and "does not fit efficientnetb0" in failed["error"], failed
+    assert res["failed"] == ["efficientnetb0"]
+    table = pd.read_csv(io.BytesIO(storage.read_bytes(res["prefix"] + "comparison.csv", s3)))
+    row = table.set_index("backbone").loc["efficientnetb0"]
+    assert row["status"] == "failed" and "does not fit efficientnetb0" in str(row["error"]), row.to_dict()

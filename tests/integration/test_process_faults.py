@@ -1,6 +1,6 @@
 """Process faults on the real stack (issue 10, scenarios 1 and 3): SIGKILL of a flow run's process during feature
-extraction, SIGKILL of the Prefect server; and the heartbeat + zombie-run automation `scene stack up` sets up for a
-worker that dies with its runs.
+extraction, SIGKILL of the Prefect server (idle, and with a run in flight); and the heartbeat + zombie-run automation
+`scene stack up` sets up for a worker that dies with its runs.
 
 Here (not in tests/faults/) to share the session stack of tests/integration/conftest.py."""
 
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prefect import flow
 
 from scene.data import storage
 from scene.data.synth import make_synthetic
@@ -156,12 +157,7 @@ def test_prefect_server_sigkill_then_up_restarts_only_it_and_keeps_history(
 
     state = before(return_state=True)
     run_id = state.state_details.flow_run_id
-    pids = stack_mod.info(stack.state_dir).pids
-    os.killpg(pids["prefect"], signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and stack_mod.status(stack.state_dir)["services"]["prefect"]["running"]:
-        time.sleep(0.2)
-    assert not stack_mod.status(stack.state_dir)["services"]["prefect"]["running"]
+    pids = _kill_prefect_server(stack)
     info = stack_mod.up(**stack_args)
     assert info.pids["prefect"] != pids["prefect"]
     assert {k: v for k, v in info.pids.items() if k != "prefect"} == {k: v for k, v in pids.items() if k != "prefect"}
@@ -170,3 +166,137 @@ def test_prefect_server_sigkill_then_up_restarts_only_it_and_keeps_history(
         kept = client.read_flow_run(run_id)
     assert kept.state.is_completed(), kept.state
     assert len(_automations(stack.prefect_api_url)) == 1
+
+
+@flow(name="process-faults-ping")
+def ping() -> int:
+    """A flow for the session stack's `default` worker that only proves it still takes runs (no TensorFlow)."""
+    return os.getpid()
+
+
+def _kill_prefect_server(stack: Any) -> dict[str, int]:
+    """SIGKILL the Prefect server's process group and wait until the stack sees it gone; the pids before."""
+    pids = stack_mod.info(stack.state_dir).pids
+    os.killpg(pids["prefect"], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and stack_mod.status(stack.state_dir)["services"]["prefect"]["running"]:
+        time.sleep(0.2)
+    assert not stack_mod.status(stack.state_dir)["services"]["prefect"]["running"]
+    return pids
+
+
+def _task_states(run_id: Any, timeout: float = 30.0) -> set[str]:
+    """The state types of a flow run's task runs, once every one is final (the server records them from events)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline, states = time.monotonic() + timeout, set()
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            states = {r.state.type.value if r.state else "NONE" for r in runs}
+            if runs and all(r.state is not None and r.state.is_final() for r in runs):
+                break
+            time.sleep(0.5)
+    return states
+
+
+def test_prefect_server_sigkill_during_a_run_then_up_the_run_completes_and_the_worker_reconnects(
+        dataset: str, deployment: str, stack: Any, stack_args: dict[str, Any] | None, s3: Any,
+        env: dict[str, str], tmp_path: Path) -> None:
+    """Scenario 3 with a run in flight: the server dies during feature extraction and `up()` brings it back.
+
+    The same flow-run process carries on (Prefect's client retries with backoff while the API is gone) and the run
+    completes with its result.json in S3; the worker takes a new run after the restart (it reconnected).
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    if stack_args is None:
+        pytest.skip("reusing a running stack: not killing someone else's Prefect server")
+    with get_client(sync_client=True) as client:
+        client.create_deployment(flow_id=client.create_flow_from_name("process-faults-ping"), name=DEPLOYMENT,
+                                 work_pool_name="default", entrypoint=f"{Path(__file__).relative_to(REPO)}:ping",
+                                 pull_steps=[{"prefect.deployments.steps.set_working_directory": {
+                                     "directory": str(REPO)}}])
+    prefix = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/faults-restart/{uuid.uuid4().hex[:8]}/"
+    cache = tmp_path / "cache"
+    victim = _start(deployment, dataset, cache, prefix)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not _shards(cache):  # Running, in feature extraction
+        time.sleep(0.01)
+    pid = _process_of(victim.id)
+    assert _shards(cache) and pid is not None, f"no shard written by flow run {victim.id} (pid {pid})"
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(victim.id).state.is_running()
+    pids = {}
+    try:
+        pids = _kill_prefect_server(stack)
+        time.sleep(5)
+    finally:
+        info = stack_mod.up(**stack_args)  # leaves a healthy stack for the next test whatever happened above
+    assert {k: v for k, v in info.pids.items() if k != "prefect"} == {k: v for k, v in pids.items() if k != "prefect"}
+    assert _process_of(victim.id) == pid, "the flow-run process did not outlive the server's restart"
+    after = run_deployment(f"process-faults-ping/{DEPLOYMENT}", timeout=0)
+    run = _wait_final(victim.id, timeout=240)
+    assert run.state.is_completed() and run.run_count == 1, (run.state, run.run_count)
+    result = _result(prefix, s3)
+    assert result["backbone"] == "mobilenetv2" and result["features_computed"] > 0, result
+    assert _task_states(victim.id) == {"COMPLETED"}  # state events sent while the API was gone were resent
+    assert _wait_final(after.id, timeout=120).state.is_completed(), after.id
+    assert stack_mod.status(stack.state_dir)["healthy"]
+
+
+def _api_that_goes_away(version: str) -> Any:
+    """A real HTTP server on a free port that answers only Prefect's version check; ``shutdown()`` closes it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(version).encode()
+            self.send_response(200 if self.path.endswith("/admin/version") else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_progress_while_the_api_is_down_warns_and_the_work_goes_on(env: dict[str, str]) -> None:
+    """Past the client's retries (an outage over ~60 s) a progress update fails: the step logs a warning, stops
+    sending progress for PROGRESS_PAUSE_S and carries on (before, the error failed the extraction task)."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import SyncClientContext
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from tasks.common import PROGRESS_PAUSE_S, Progress
+
+    with get_client(sync_client=True) as client:
+        api = _api_that_goes_away(client.api_version())
+
+    @flow(name="progress-api-down")
+    def work() -> dict[str, float]:
+        progress = Progress(min_interval=0)
+        progress("features x", 1, 4)  # sent to the live server
+        url = f"http://127.0.0.1:{api.server_address[1]}/api"
+        with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_CLIENT_MAX_RETRIES: 0}), \
+                SyncClientContext(httpx_settings={"timeout": 5.0}):  # the client Prefect's artifact calls use now
+            api.shutdown()  # ... and its server is gone: connection refused
+            api.server_close()
+            progress("features x", 2, 4)  # refused: warned, not raised
+            paused = progress.quiet_until - time.monotonic()
+            began = time.monotonic()
+            progress("features x", 3, 4)  # within the pause: not even tried
+            return {"paused": paused, "second_call_s": time.monotonic() - began}
+
+    state = work(return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert PROGRESS_PAUSE_S - 5 < out["paused"] <= PROGRESS_PAUSE_S and out["second_call_s"] < 1.0, out

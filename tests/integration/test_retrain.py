@@ -1,9 +1,10 @@
 """The retrain flow end to end on the real stack, with the promotion gate's outcome known in advance.
 
-Runs without ``../shared``: the backbone weights are made here — a seeded random MobileNetV2 whose BatchNorm
-statistics are calibrated on flat colour images, so its features are not degenerate — and passed as a weights
-*file* (kind "file", so not random-init). The images are drawn here too (one hue per class, faint noise), not
-by :mod:`scene.data.synth`, so they carry no synthetic mark and the gate's synthetic-data rule does not apply.
+Runs without ``../shared``: the backbone weights are made by tests/integration/helpers.py — a seeded random
+MobileNetV2 whose BatchNorm statistics are calibrated on flat colour images, so its features are not degenerate —
+and passed as a weights *file* (kind "file", so not random-init). The images are drawn there too (one hue per
+class, faint noise), not by :mod:`scene.data.synth`, so they carry no synthetic mark and the gate's synthetic-data
+rule does not apply.
 
 1. The dataset is uploaded with every hue in the *next* class's folder. The model learns that shifted mapping,
    scores well on its own (shifted) test split and, the dataset having no champion, is promoted.
@@ -18,7 +19,6 @@ the same images (cross-checked against the champion's own stored predictions).
 
 from __future__ import annotations
 
-import colorsys
 import io
 import json
 import uuid
@@ -28,13 +28,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from scipy.stats import binomtest
 
 from scene import registry
 from scene.data import storage
 from scene.metadata import CLASS_NAMES
-from tests.integration.helpers import upload
+from tests.integration.helpers import calibrated_mobilenetv2, draw_hues, upload
 
 pytestmark = pytest.mark.integration
 SIZE = 64
@@ -43,34 +42,12 @@ PER_CLASS = 16
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A MobileNetV2 notop weights file: seeded random kernels, BatchNorm statistics set from flat colour images."""
-    import keras
-
-    keras.utils.set_random_seed(7)
-    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
-                                           pooling="avg")
-    rng = np.random.default_rng(7)
-    x = np.clip(rng.uniform(0, 255, (64, 1, 1, 3)) + rng.normal(0, 12, (64, SIZE, SIZE, 3)), 0, 255) / 127.5 - 1
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in norms:  # one training-mode pass with momentum 0 sets moving stats to this batch's statistics
-        layer.momentum = 0.0
-    model(x.astype("float32"), training=True)
-    path = tmp_path_factory.mktemp("weights") / "mobilenetv2-calibrated.weights.h5"
-    model.save_weights(path)
-    return str(path)
+    """A calibrated random MobileNetV2 weights file (see :func:`tests.integration.helpers.calibrated_mobilenetv2`)."""
+    return calibrated_mobilenetv2(tmp_path_factory.mktemp("weights"), SIZE)
 
 
-def _draw(out: Path, shift: int, seed: int = 5) -> Path:
-    """``out/<class>/hue<c>_<i>.jpg``: hue c (of 6) is filed under class ``(c + shift) % 6``."""
-    rng = np.random.default_rng(seed)
-    for c in range(len(CLASS_NAMES)):
-        rgb = np.array(colorsys.hsv_to_rgb(c / len(CLASS_NAMES), 0.85, 0.9)) * 255
-        folder = out / CLASS_NAMES[(c + shift) % len(CLASS_NAMES)]
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(PER_CLASS):
-            img = np.clip(rgb + rng.normal(0, 3, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(folder / f"hue{c}_{i:02d}.jpg", quality=95)
-    return out
+def _draw(out: Path, shift: int) -> Path:
+    return draw_hues(out, shift, size=SIZE, per_class=PER_CLASS)
 
 
 def _replace(s3: Any, root: Path, data: str) -> None:

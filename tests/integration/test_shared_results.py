@@ -1,0 +1,58 @@
+"""Issue 10 item 12: what one worker computes and another reuses lives in the artifact bucket, not on a worker's
+disk, and a cached result whose files are gone is a miss (recomputed), never an error or a stale hit.
+
+The values that cross workers are S3 objects with explicit paths: the run's ``manifest.csv``, each backbone's
+``result.json`` (how ``train-all`` collects a dispatched run), the registered model folders, and — for container
+work pools, whose job templates set ``SCENE_FEATURE_CACHE=s3://<artifact bucket>/features/`` — the feature cache.
+No task uses Prefect's result cache (every task is ``NO_CACHE``: tests/test_task_policy.py), so there is no
+Prefect cache record that could outlive its files."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import keras
+import pandas as pd
+import pytest
+
+from scene.data import storage
+from scene.data.synth import make_synthetic
+from scene.train import features
+from tests.integration.helpers import upload
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+
+def _extract(rows: pd.DataFrame, cache: features.FeatureCache, s3: Any) -> features.ExtractStats:
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D()])
+    return features.extract(rows, [0], backbone="mobilenetv2", weights=None, size=32,  # type: ignore[arg-type]
+                            cache=cache, batch_size=2, shard_size=2, s3=s3, model=model)
+
+
+def test_an_s3_feature_cache_serves_another_worker_and_a_deleted_shard_is_a_miss(
+        s3: Any, env: dict[str, str], tmp_path: Path) -> None:
+    root = make_synthetic(tmp_path / "d", 1, size=32, seed=41)
+    data = upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}shared-{uuid.uuid4().hex[:6]}/")
+    files = sorted(root.rglob("*.jpg"))
+    rows = pd.DataFrame({"key": [data + f.relative_to(root).as_posix() for f in files],
+                         "sha256": [storage.sha256_file(f) for f in files]})
+    cache_root = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
+    first = _extract(rows, features.FeatureCache(cache_root, "ns", s3), s3)  # worker A computes and writes shards
+    assert (first.requested, first.computed) == (len(rows), len(rows))
+    shards = [uri for uri, _ in storage.list_files(cache_root, s3) if uri.endswith(".npz")]
+    assert len(shards) == (len(rows) + 1) // 2
+    keys = [features.entry_key(s, 0) for s in rows["sha256"]]
+    expected = features.FeatureCache(cache_root, "ns", s3).get(keys)
+
+    second = _extract(rows, features.FeatureCache(cache_root, "ns", s3), s3)  # worker B: nothing local, all reused
+    assert (second.cached, second.computed) == (len(rows), 0)
+
+    gone = storage.parse(shards[0])
+    s3.delete_object(Bucket=gone.bucket, Key=gone.key)  # a shard's object is removed (lifecycle rule, cleanup)
+    third = _extract(rows, features.FeatureCache(cache_root, "ns", s3), s3)
+    assert (third.cached, third.computed, third.corrupt) == (len(rows) - 2, 2, 0)  # a miss: recomputed
+    assert storage.exists(shards[0], s3)  # and written again
+    pd.testing.assert_frame_equal(pd.DataFrame(features.FeatureCache(cache_root, "ns", s3).get(keys)),
+                                  pd.DataFrame(expected))
