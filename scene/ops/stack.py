@@ -21,6 +21,7 @@ work pool with the CLI takes about 3 s; a worker heartbeats 2-3 s after start. A
 Each ``up()`` records how long it waited for each service in ``stack.json`` (``last_up_wait_s``).
 Flow runs the workers start heartbeat every 30 s (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); ``up()`` keeps one
 automation that marks a run silent for 10 min Crashed (its worker died with it): no run stays Running forever.
+Workers poll for scheduled runs every 2 s (``PREFECT_WORKER_QUERY_SECONDS``; Prefect's default is 10 s).
 If a service fails, ``up()`` raises :class:`StackError` with its log tail and leaves the others running
 (``down()`` stops them).
 
@@ -206,16 +207,22 @@ def _start_servers(state: Path, cfg: dict[str, Any], creds: dict[str, str], webh
     return timings
 
 
+# how often a worker asks for scheduled runs (Prefect's default 10 s): a run created now starts within 2 s; one
+# small API query per pool every 2 s
+WORKER_POLL_S = 2
+
+
 def _start_workers(state: Path, cfg: dict[str, Any], creds: dict[str, str], pools: tuple[str, ...],
                    extra: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, float]]:
     """Create the pools and start (or keep) one worker each; (the workers' environment, seconds waited)."""
     api = f"http://{HOST}:{cfg['prefect_port']}/api"
     env = {**base_env(), **s3_env(cfg, creds), "PREFECT_HOME": str(state / "prefect"), "SCENE_STATE_DIR": str(state),
-           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}  # flow runs heartbeat: see ensure_zombie_automation
+           "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),  # flow runs heartbeat: see ensure_zombie_automation
+           "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_S)}
     ensure_pools(api, pools, env, state)
     env.update(extra or {})
     worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": s3_env(cfg, creds),
-                       "heartbeat": env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]})
+                       "heartbeat": env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"], "poll": WORKER_POLL_S})
     started: dict[str, tuple[int, float, str]] = {}
     for pool in pools:
         service = _worker(pool)

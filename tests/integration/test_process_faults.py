@@ -137,6 +137,7 @@ def test_stack_up_sets_up_heartbeats_and_one_zombie_automation(stack: Any, stack
     worker = stack.pids["worker-default"]
     environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
     assert f"PREFECT_FLOWS_HEARTBEAT_FREQUENCY={HEARTBEAT_S}".encode() in environ
+    assert f"PREFECT_WORKER_QUERY_SECONDS={stack_mod.WORKER_POLL_S}".encode() in environ
     if stack_args is not None:
         stack_mod.up(**stack_args)
         assert [a["id"] for a in _automations(stack.prefect_api_url)] == [auto["id"]]
