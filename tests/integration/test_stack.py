@@ -68,6 +68,22 @@ def test_put_get_round_trip(s3: Any, settings: Settings) -> None:
     assert read_bytes(uri, s3) == b"hello"
 
 
+def test_the_gateway_with_metadata_caches_sees_its_own_writes_at_once(s3: Any, settings: Settings) -> None:
+    """GATEWAY_CACHE keeps 60 s metadata caches: every overwrite, size change and delete is visible at once."""
+    key, bucket = f"consistency/{uuid.uuid4().hex}.bin", settings.artifact_bucket
+    for i in range(25):
+        body = os.urandom(1 + (i * 977) % 5000)  # new content, new length each time
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == body, i
+        assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == len(body), i
+        if i % 5 == 4:
+            s3.delete_object(Bucket=bucket, Key=key)
+            with pytest.raises(s3.exceptions.NoSuchKey):
+                s3.get_object(Bucket=bucket, Key=key)
+            listed = s3.list_objects_v2(Bucket=bucket, Prefix="consistency/").get("Contents", [])
+            assert key not in [o["Key"] for o in listed], i
+
+
 def test_status_reports_healthy_without_leaking_secrets(stack: StackInfo) -> None:
     report = stack_mod.status(stack.state_dir)
     assert report["healthy"], report
