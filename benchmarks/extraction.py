@@ -70,14 +70,6 @@ def _upload(rows, tmp: Path):
     return rows.assign(key=keys), s3, info, state
 
 
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of process ``pid`` so far (0 when unknown)."""
-    if not pid:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _free_port() -> int:
     import socket
 
@@ -156,9 +148,9 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3
         for _ in range(rounds):
             for name, (model, path) in paths.items():
                 gateway = supervisor.running(state, stack.S3) if name.startswith("extract (s3") else None
-                before, cpu, wall = raw(model), _cpu_seconds(gateway), time.perf_counter()
+                before, cpu, wall = raw(model), supervisor.cpu_seconds(gateway), time.perf_counter()
                 rate = path()
-                share = (_cpu_seconds(gateway) - cpu) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
+                share = (supervisor.cpu_seconds(gateway) - cpu) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
                 after = raw(model)
                 rates.setdefault(name, []).append(rate)
                 rates["raw extractor" if model is extractor else "raw full model"] += [before, after]

@@ -15,8 +15,6 @@ restarting the same gateway on the same volume between runs (defaults, scene, sc
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import socket
 import sys
@@ -50,43 +48,29 @@ def _measure(read, uris: list[str]) -> tuple[float, float]:
     return 1000 * (_cpu() - cpu) / len(uris), 1000 * (time.perf_counter() - wall) / len(uris)
 
 
-def _gateway_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _gateway_flags(state: Path, uris: list[str], rounds: int = 3) -> None:
     """Gateway CPU per GET: JuiceFS' defaults vs scene's GATEWAY_CACHE, the gateway restarted for each run."""
     from scene.data import image_fetch
     from scene.data.storage import s3_client
     from scene.ops import services, stack
-    from scene.ops.supervisor import running, stop
+    from scene.ops.supervisor import cpu_seconds, read_json, stop, wait_healthy
 
-    cfg = json.loads((state / "stack.json").read_text())
-    creds = json.loads((state / "credentials.json").read_text())
-    ours, out = services.GATEWAY_CACHE, {"JuiceFS defaults": [], "scene (GATEWAY_CACHE)": []}
+    port = stack.info(state).ports[services.S3]
+    creds = read_json(state / "credentials.json")
+    flags = {"JuiceFS defaults": (), "scene (GATEWAY_CACHE)": services.GATEWAY_CACHE}
+    out: dict[str, list[float]] = {name: [] for name in flags}
     for name in ("JuiceFS defaults", "scene (GATEWAY_CACHE)", "scene (GATEWAY_CACHE)", "JuiceFS defaults"):
         stop(state, services.S3)
-        services.GATEWAY_CACHE = ours if name.startswith("scene") else ()
-        try:
-            services.start_gateway(state, cfg["s3_port"], creds, None, None)
-        finally:
-            services.GATEWAY_CACHE = ours
+        pid = services.start_gateway(state, port, creds, None, None, cache_flags=flags[name])
+        wait_healthy(state, services.S3, pid, lambda: services.s3_healthy(port), 60.0, f"S3 gateway ({name})")
         fetch = image_fetch.reader(s3_client(stack.settings_for(state)))
-        for _ in range(100):  # until the gateway answers
-            try:
-                fetch(uris[0])
-                break
-            except Exception:
-                time.sleep(0.2)
         for uri in uris[:20]:
             fetch(uri)
-        pid = running(state, services.S3)
-        before = _gateway_cpu(pid)
+        before = cpu_seconds(pid)
         for _ in range(rounds):
             for uri in uris:
                 fetch(uri)
-        out[name].append(1000 * (_gateway_cpu(pid) - before) / (rounds * len(uris)))
+        out[name].append(1000 * (cpu_seconds(pid) - before) / (rounds * len(uris)))
     print("gateway CPU per GET (its own process, from /proc):")
     for name, runs in out.items():
         print(f"  {name:22s} {sum(runs) / len(runs):5.2f} ms  (runs: {', '.join(f'{r:.2f}' for r in runs)})")

@@ -126,6 +126,14 @@ def alive(pid: int, argv: list[str] | None = None) -> bool:
     return True
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far, from ``/proc`` (0 when unknown)."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def running(state: Path, service: str) -> int | None:
     """The pid of a running service, or None (removing a stale PID file)."""
     path = pid_file(state, service)
