@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,37 @@ from PIL import Image
 
 from scene.data import storage
 from scene.metadata import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def deploy_on_default_pool(flow_name: str, entrypoint: str, name: str) -> str:
+    """A deployment of ``flow_name`` on the `default` pool whose runs start in this checkout (the session stack's
+    process worker runs them); returns ``"<flow>/<name>"`` for ``run_deployment``."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.create_deployment(flow_id=client.create_flow_from_name(flow_name), name=name, work_pool_name="default",
+                                 entrypoint=entrypoint, pull_steps=[
+                                     {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}])
+    return f"{flow_name}/{name}"
+
+
+def wait_final(run_ids: list[Any], timeout: float) -> dict[Any, Any]:
+    """Each flow run once its state is final (polled every 0.5 s); fails naming the runs still not final."""
+    from prefect.client.orchestration import get_client
+
+    deadline, done, last = time.monotonic() + timeout, {}, {}
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline and len(done) < len(run_ids):
+            for run_id in (r for r in run_ids if r not in done):
+                run = last[run_id] = client.read_flow_run(run_id)
+                if run.state is not None and run.state.is_final():
+                    done[run_id] = run
+            time.sleep(0.5)
+    missing = {r: last[r].state for r in run_ids if r not in done}
+    assert not missing, f"flow runs not final after {timeout:.0f} s: {missing}"
+    return done
 
 
 def upload(s3: Any, root: Path, dest: str) -> str:

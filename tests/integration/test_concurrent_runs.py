@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,9 @@ from scene import registry
 from scene.data import storage
 from scene.registry.integrity import fetch_version
 from scene.train.features import FeatureCache
-from tests.integration.helpers import calibrated_mobilenetv2, draw_hues, upload
+from tests.integration.helpers import calibrated_mobilenetv2, deploy_on_default_pool, draw_hues, upload, wait_final
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-REPO = Path(__file__).resolve().parents[2]
 SIZE, PER_CLASS = 32, 8
 FLOWS = {"train-all": "flows/train_all.py:train_all", "retrain": "flows/retrain.py:retrain"}
 DEPLOYMENT = "concurrent"
@@ -42,30 +40,7 @@ DEPLOYMENT = "concurrent"
 @pytest.fixture(scope="module")
 def deployments(env: dict[str, str]) -> dict[str, str]:
     """train-all and retrain deployments on the `default` pool (the session stack's process worker runs them)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        for name, entrypoint in FLOWS.items():
-            flow_id = client.create_flow_from_name(name)
-            client.create_deployment(flow_id=flow_id, name=DEPLOYMENT, work_pool_name="default", entrypoint=entrypoint,
-                                     pull_steps=[{"prefect.deployments.steps.set_working_directory":
-                                                  {"directory": str(REPO)}}])
-    return {name: f"{name}/{DEPLOYMENT}" for name in FLOWS}
-
-
-def _wait_final(run_ids: list[Any], timeout: float = 600.0) -> dict[Any, Any]:
-    from prefect.client.orchestration import get_client
-
-    deadline, done = time.monotonic() + timeout, {}
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline and len(done) < len(run_ids):
-            for run_id in run_ids:
-                run = client.read_flow_run(run_id)
-                if run.state is not None and run.state.is_final():
-                    done[run_id] = run
-            time.sleep(1.0)
-    assert len(done) == len(run_ids), f"not final after {timeout:.0f} s: {set(run_ids) - set(done)}"
-    return done
+    return {name: deploy_on_default_pool(name, entrypoint, DEPLOYMENT) for name, entrypoint in FLOWS.items()}
 
 
 def _decision_artifact(run_id: Any) -> str:
@@ -105,7 +80,7 @@ def test_two_train_all_runs_and_a_retrain_at_once_never_mix_and_leave_one_champi
         "data": data, "params": params, **({"dispatch": "local"} if name == "train-all" else {})})
         for name in ("train-all", "train-all", "retrain")]
     ids = [run.id for run in started]
-    runs = _wait_final(ids)
+    runs = wait_final(ids, timeout=600.0)
 
     # all three Completed, and the worker ran them at the same time (overlapping Running intervals)
     assert all(runs[i].state.is_completed() for i in ids), {str(i): runs[i].state for i in ids}

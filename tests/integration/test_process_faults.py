@@ -23,10 +23,9 @@ from scene.data.synth import make_synthetic
 from scene.ops import http
 from scene.ops import stack as stack_mod
 from scene.ops.services import HEARTBEAT_S, ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION
-from tests.integration.helpers import upload
+from tests.integration.helpers import REPO, deploy_on_default_pool, upload, wait_final
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-REPO = Path(__file__).resolve().parents[2]
 DEPLOYMENT = "process-faults"
 PARAMS = {"weights": "none", "epochs": 1, "views": 1, "image_size": 48, "backbones": ["mobilenetv2"]}
 
@@ -40,14 +39,7 @@ def dataset(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def deployment(env: dict[str, str]) -> str:
     """A train-backbone deployment on the `default` pool (the session stack's process worker runs it)."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name("train-backbone")
-        client.create_deployment(flow_id=flow_id, name=DEPLOYMENT, work_pool_name="default",
-                                 entrypoint="flows/train_backbone.py:train_backbone", pull_steps=[
-                                     {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}])
-    return f"train-backbone/{DEPLOYMENT}"
+    return deploy_on_default_pool("train-backbone", "flows/train_backbone.py:train_backbone", DEPLOYMENT)
 
 
 def _start(deployment: str, data: str, cache: Path, prefix: str) -> Any:
@@ -60,16 +52,7 @@ def _start(deployment: str, data: str, cache: Path, prefix: str) -> Any:
 
 
 def _wait_final(run_id: Any, timeout: float = 300.0) -> Any:
-    from prefect.client.orchestration import get_client
-
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while time.monotonic() < deadline:
-            run = client.read_flow_run(run_id)
-            if run.state is not None and run.state.is_final():
-                return run
-            time.sleep(0.5)
-    raise AssertionError(f"flow run {run_id} still {run.state} after {timeout:.0f} s")
+    return wait_final([run_id], timeout)[run_id]
 
 
 def _process_of(run_id: Any) -> int | None:
@@ -215,11 +198,8 @@ def test_prefect_server_sigkill_during_a_run_then_up_the_run_completes_and_the_w
 
     if stack_args is None:
         pytest.skip("reusing a running stack: not killing someone else's Prefect server")
-    with get_client(sync_client=True) as client:
-        client.create_deployment(flow_id=client.create_flow_from_name("process-faults-ping"), name=DEPLOYMENT,
-                                 work_pool_name="default", entrypoint=f"{Path(__file__).relative_to(REPO)}:ping",
-                                 pull_steps=[{"prefect.deployments.steps.set_working_directory": {
-                                     "directory": str(REPO)}}])
+    ping_deployment = deploy_on_default_pool("process-faults-ping", f"{Path(__file__).relative_to(REPO)}:ping",
+                                             DEPLOYMENT)
     prefix = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/faults-restart/{uuid.uuid4().hex[:8]}/"
     cache = tmp_path / "cache"
     victim = _start(deployment, dataset, cache, prefix)
@@ -238,7 +218,7 @@ def test_prefect_server_sigkill_during_a_run_then_up_the_run_completes_and_the_w
         info = stack_mod.up(**stack_args)  # leaves a healthy stack for the next test whatever happened above
     assert {k: v for k, v in info.pids.items() if k != "prefect"} == {k: v for k, v in pids.items() if k != "prefect"}
     assert _process_of(victim.id) == pid, "the flow-run process did not outlive the server's restart"
-    after = run_deployment(f"process-faults-ping/{DEPLOYMENT}", timeout=0)
+    after = run_deployment(ping_deployment, timeout=0)
     run = _wait_final(victim.id, timeout=240)
     assert run.state.is_completed() and run.run_count == 1, (run.state, run.run_count)
     result = _result(prefix, s3)
