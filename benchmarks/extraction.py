@@ -100,7 +100,7 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3
     from scene.metadata import CLASS_NAMES
     from scene.model.backbones import feature_extractor
     from scene.model.network import assemble, build_head
-    from scene.model.pipeline import pixel_batches
+    from scene.model.pipeline import pixel_batches, predict_batches
     from scene.model.predict import predict, predict_folder
     from scene.ops import stack, supervisor
     from scene.train import features
@@ -141,7 +141,9 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3
         if s3_readers:  # the same with another number of S3 reader threads (scene.model.runtime)
             paths[f"extract (s3, {s3_readers} readers)"] = (extractor, lambda: _with_readers(
                 s3_readers, lambda: extract(s3_rows, s3)))
-    raw(extractor), raw(full)  # warm-up: trace both compiled functions once
+    raw(extractor), raw(full)  # warm-up: trace both compiled functions once, Keras' and scene's (pipeline.compiled)
+    for model in (extractor, full):
+        list(predict_batches(model, [x[:BATCH]]))
     rates: dict[str, list[float]] = {"raw extractor": [], "raw full model": []}
     ratios: dict[str, list[float]] = {name: [] for name in paths}
     try:

@@ -68,15 +68,31 @@ class _TraceCounter(keras.layers.Layer):
         return x * 2.0
 
 
-def test_predict_batches_pad_the_short_last_batch_and_trace_once() -> None:
+class _RowCounter(keras.layers.Layer):
+    """Counts the rows the compiled model computes (a TensorFlow variable, updated inside the graph)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = self.add_weight(shape=(), initializer="zeros", trainable=False, dtype="float32")
+
+    def call(self, x):
+        self.rows.assign_add(keras.ops.cast(keras.ops.shape(x)[0], "float32"))
+        return x
+
+
+def test_predict_batches_run_a_short_last_batch_unpadded_and_trace_once() -> None:
     inp = keras.Input((4,))
-    model = keras.Model(inp, _TraceCounter()(inp))
+    counter = _RowCounter()
+    model = keras.Model(inp, counter(_TraceCounter()(inp)))
     _TraceCounter.traces = 0  # building the functional model called it once
     x = np.arange(13 * 4, dtype=np.float32).reshape(13, 4)
-    out = list(predict_batches(model, [x[:5], x[5:10], x[10:]], batch_size=5))
+    out = list(predict_batches(model, [x[:5], x[5:10], x[10:]]))
     assert [len(o) for o in out] == [5, 5, 3]
     np.testing.assert_allclose(np.concatenate(out), x * 2.0)
-    assert _TraceCounter.traces == 1  # without padding, the 3-image batch would trace a second time
+    assert _TraceCounter.traces == 1  # the 3-image batch did not trace again (Keras' predict_on_batch would)
+    assert float(counter.rows.numpy()) == 13  # and was not padded: no row computed for nothing
+    list(predict_batches(model, [x[:7]]))  # a new batch size, later, reuses the same trace
+    assert _TraceCounter.traces == 1
 
 
 def test_fit_head_learns_from_in_memory_arrays_and_reports_speed() -> None:

@@ -13,6 +13,7 @@ import functools
 import hashlib
 import itertools
 import json
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -137,16 +138,29 @@ def pixel_batches(keys: Sequence[str], size: int, *, batch_size: int, s3: Any = 
         yield np.stack(batch)
 
 
-def predict_batches(model: keras.Model, batches: Iterable[np.ndarray], batch_size: int,
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled(model: keras.Model) -> Callable[[Any], Any]:
+    """``model(x, training=False)`` as one compiled function whose batch dimension is open: traced once, for every
+    batch size. (Keras' ``predict_on_batch`` traces again for a second batch size, so a short last batch either
+    costs a trace, ~2 s for MobileNetV2, or zero-padding computed for nothing, up to a whole batch.)"""
+    fn = _COMPILED.get(model)
+    if fn is None:
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        spec = tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype)
+        fn = _COMPILED[model] = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+    return fn
+
+
+def predict_batches(model: keras.Model, batches: Iterable[np.ndarray],
                     transform: Callable[[np.ndarray], Any] | None = None) -> Iterator[np.ndarray]:
-    """``model.predict_on_batch`` (a compiled function) over ``batches``. A short last batch is zero-padded to
-    ``batch_size`` so the function is traced once; the padding's outputs are dropped."""
+    """The model's outputs over ``batches`` through :func:`compiled` (never an eager call). Batches of any size,
+    a short last one included, run as they are: nothing is padded and nothing is traced twice."""
+    infer = compiled(model)
     for batch in batches:
-        n = len(batch)
-        if n < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
         x = transform(batch) if transform is not None else batch
-        yield np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+        yield np.asarray(infer(x), dtype=np.float32)
 
 
 def image_dataset(

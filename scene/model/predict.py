@@ -44,7 +44,7 @@ def predict(model: keras.Model, rows: pd.DataFrame, size: int, *, split: str = "
     """Class probabilities of a full model over manifest rows (plain images, no augmentation)."""
     out, done = [], 0
     batches = pixel_batches(rows["key"].tolist(), size, batch_size=batch_size, s3=s3, errors=errors)
-    for probs in predict_batches(model, batches, batch_size):
+    for probs in predict_batches(model, batches):
         out.append(probs.astype(np.float64))
         done += len(probs)
         if progress:

@@ -214,7 +214,7 @@ def extract(
         pos = 0  # images of this view done so far
         keys: list[str] = []
         chunks: list[np.ndarray] = []
-        for feats in predict_batches(model, itertools.chain([first], batches), batch_size, transform):
+        for feats in predict_batches(model, itertools.chain([first], batches), transform):
             keys += [entry_key(s, view) for s in shas[pos : pos + len(feats)]]
             chunks.append(feats)
             pos += len(feats)

@@ -344,7 +344,7 @@ def head_predictions(head: keras.Model, cache: features.FeatureCache, rows: pd.D
     """A head's probabilities on the cached features of ``rows``, averaged over ``views`` as the model does."""
     x, y = features.gather(cache, rows, views)
     chunks = (x[i : i + 1024] for i in range(0, len(x), 1024))  # one compiled function, traced once
-    probs = np.concatenate(list(predict_batches(head, chunks, 1024))).astype(np.float64) if len(x) else np.zeros((0, 0))
+    probs = np.concatenate(list(predict_batches(head, chunks))).astype(np.float64) if len(x) else np.zeros((0, 0))
     if len(x):  # the mean over the views, as the shipped model averages over image and mirror
         probs, y = probs.reshape(len(views), len(rows), -1).mean(0), y[: len(rows)]
     return Predictions(split, rows["key"].tolist(), y, probs, source)
