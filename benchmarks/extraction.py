@@ -4,7 +4,9 @@ In one process, on the same real Intel photos (MobileNetV2, the shipped offline 
 
 1. ``raw``: ``predict_on_batch`` of the very same model on tensors decoded beforehand (the ceiling);
 2. ``extract (files)``: :func:`scene.train.features.extract` from the JPEG files into an empty cache;
-3. ``extract (s3)``: the same from ``s3://`` objects on a local JuiceFS gateway (started here);
+3. ``extract (s3)``: the same from ``s3://`` objects on a local JuiceFS gateway (started here), one GET per image;
+   ``extract (s3 packs)``: the same objects with the image packs the manifest step writes (:mod:`scene.data.packs`,
+   built here the same way), one GET per pack of 256;
 4. ``evaluate``: :func:`scene.model.predict.predict` + metrics of the full model (backbone + head) from the files;
 5. ``predict``: :func:`scene.model.predict.predict_folder` of the full model, folder in, CSV out;
 Each path runs between two raw runs of its model and its ratio uses their mean; ``--rounds`` repeats the whole
@@ -54,7 +56,9 @@ def _rate(n: int, fn) -> float:
 
 
 def _upload(rows, tmp: Path):
-    """Start a local S3 gateway (no Prefect workers), upload the images; the rows with s3:// keys."""
+    """Start a local S3 gateway (no Prefect workers), upload the images; the rows with s3:// keys (and, in
+    column ``pack``, the image pack of each, written as the manifest step writes them)."""
+    from scene.data import packs
     from scene.data.storage import s3_client
     from scene.ops import stack
 
@@ -67,7 +71,11 @@ def _upload(rows, tmp: Path):
         name = f"bench/{i:05d}.jpg"
         s3.put_object(Bucket=settings.data_bucket, Key=name, Body=Path(key).read_bytes())
         keys.append(f"s3://{settings.data_bucket}/{name}")
-    return rows.assign(key=keys), s3, info, state
+    writer = packs.PackWriter(f"s3://{settings.artifact_bucket}/packs", s3)
+    for key, sha in zip(rows["key"], rows["sha256"], strict=True):
+        writer.add(sha, Path(key).read_bytes())
+    where = writer.close()
+    return rows.assign(key=keys, pack=[where[sha] for sha in rows["sha256"]]), s3, info, state
 
 
 def _free_port() -> int:
@@ -136,8 +144,10 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3
                  full, str(folder), str(tmp / "p.csv"), CLASS_NAMES)))}
     state = None
     if with_s3:
-        s3_rows, s3, _, state = _upload(rows, tmp)
+        packed_rows, s3, _, state = _upload(rows, tmp)
+        s3_rows = packed_rows.assign(pack="")
         paths["extract (s3)"] = (extractor, lambda: extract(s3_rows, s3))
+        paths["extract (s3 packs)"] = (extractor, lambda: extract(packed_rows, s3))
         if s3_readers:  # the same with another number of S3 reader threads (scene.model.runtime)
             paths[f"extract (s3, {s3_readers} readers)"] = (extractor, lambda: _with_readers(
                 s3_readers, lambda: extract(s3_rows, s3)))

@@ -9,10 +9,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from scene.data import storage
+from scene.data import packs, storage
 from scene.data.dataset import Dataset, build_dataset, load_dataset
 from scene.data.validation import ValidationReport, validate_manifest
-from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3
+from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
 
 
 class DataValidationFailed(RuntimeError):
@@ -30,10 +30,11 @@ def build_manifest(data: str, test: str | None = None, classes: list[str] | None
     log = get_run_logger()
     log.info("Listing %s%s", data, f" and {test}" if test else "")
     ds = build_dataset(data, test, class_names=classes, s3=s3(), previous=previous,
+                       packer=packs.writer_for(data, settings().artifact_bucket, s3()),
                        progress=lambda d, t: log.info("read %d/%d images", d, t) if d == t or d % 2000 == 0 else None)
     log.info("%d usable images, %d skipped; read %d objects, reused %d rows of the previous manifest (ETag and "
-             "size unchanged); data fingerprint %s", len(ds.manifest), len(ds.rejected), ds.objects_read,
-             ds.rows_reused, ds.fingerprint)
+             "size unchanged); %d image packs written; data fingerprint %s", len(ds.manifest), len(ds.rejected),
+             ds.objects_read, ds.rows_reused, ds.packs_written, ds.fingerprint)
     return ds
 
 

@@ -49,8 +49,11 @@ class Bars:
 
 def load_dataset(data: str, test: str | None, classes: str | None, bars: Bars) -> Any:
     """The dataset at ``data`` (and ``test``), its image reads shown on ``bars``."""
+    from scene.data import packs
     from scene.data.dataset import build_dataset
 
     names = [c.strip() for c in classes.split(",")] if classes else None
-    return build_dataset(data, test, class_names=names, s3=s3_for(data, test),
+    s3 = s3_for(data, test)
+    packer = packs.writer_for(data, settings_from_env().artifact_bucket, s3) if s3 is not None else None
+    return build_dataset(data, test, class_names=names, s3=s3, packer=packer,
                          progress=lambda d, t: bars("reading images", d, t))

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from scene.data import image_fetch, images, storage
+from scene.data import image_fetch, images, packs, storage
 from scene.model import runtime
 
 runtime.configure_threads()  # before the first TensorFlow op of the process
@@ -99,15 +99,17 @@ def _resizer(size: int) -> Callable[[np.ndarray], tf.Tensor]:
                        input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)])
 
 
-def load_pixels(key: str, size: int, s3: Any = None, *, min_side: int = 0) -> np.ndarray:
+def load_pixels(key: str, size: int, s3: Any = None, *, min_side: int = 0,
+                fetch: Callable[[str], bytes] | None = None) -> np.ndarray:
     """One image as the model sees it: decoded, upright RGB, resized and zero-padded to ``size``, float32 0–255.
 
     The only image loader of training, extraction, evaluation and prediction. An image that already has the
     target size is not resampled: :func:`resize_pad` at the same size is the identity (tested), so skipping it
     changes no pixel and saves most of the per-image cost. ``min_side``: refuse smaller images
     (:class:`~scene.data.images.ImageProblem`), as the manifest does, for input that no manifest has checked.
+    ``fetch``: reads the key's bytes (default: :func:`scene.data.image_fetch.reader` of ``s3``).
     """
-    pixels = images.decode_rgb(image_fetch.reader(s3)(key))
+    pixels = images.decode_rgb((fetch or image_fetch.reader(s3))(key))
     if min(pixels.shape[:2]) < min_side:
         h, w = pixels.shape[:2]
         raise images.ImageProblem(f"{w}x{h} is smaller than the {min_side}-pixel minimum side")
@@ -117,18 +119,25 @@ def load_pixels(key: str, size: int, s3: Any = None, *, min_side: int = 0) -> np
 
 
 def pixel_batches(keys: Sequence[str], size: int, *, batch_size: int, s3: Any = None, workers: int | None = None,
-                  errors: dict[str, str] | None = None) -> Iterator[np.ndarray]:
+                  errors: dict[str, str] | None = None,
+                  packed: Mapping[str, tuple[str, str]] | None = None) -> Iterator[np.ndarray]:
     """``(n, size, size, 3)`` float32 batches of ``keys`` in order. Decoding runs ahead on a thread pool while
     the caller computes (the backbone releases the GIL), so reading overlaps with the model.
+
+    ``packed``: ``{key: (pack URI, sha256)}`` of keys whose bytes are also in an image pack
+    (:func:`scene.data.packs.locations` of manifest rows): those are read one GET per pack, checked against
+    their hash, and read from their own object when the pack is missing or damaged.
 
     ``errors``: when given (input no manifest has checked), an unreadable or too small image becomes an all-zero
     image and ``errors[key]`` says why; otherwise the first unreadable image raises.
     """
+    fetch = packs.reader(image_fetch.reader(s3), packed or {})
+
     def load(key: str) -> np.ndarray:
         if errors is None:
-            return load_pixels(key, size, s3)
+            return load_pixels(key, size, s3, fetch=fetch)
         try:
-            return load_pixels(key, size, s3, min_side=images.MIN_SIDE)
+            return load_pixels(key, size, s3, min_side=images.MIN_SIDE, fetch=fetch)
         except (images.ImageProblem, storage.StorageError) as err:
             errors[key] = str(err)
             return np.zeros((size, size, 3), np.float32)

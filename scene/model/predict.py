@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from scene.data import images, storage
+from scene.data import images, packs, storage
 from scene.metadata import IMAGE_SUFFIXES
 from scene.model.pipeline import pixel_batches, predict_batches
 
@@ -43,7 +43,8 @@ def predict(model: keras.Model, rows: pd.DataFrame, size: int, *, split: str = "
             errors: dict[str, str] | None = None) -> Predictions:
     """Class probabilities of a full model over manifest rows (plain images, no augmentation)."""
     out, done = [], 0
-    batches = pixel_batches(rows["key"].tolist(), size, batch_size=batch_size, s3=s3, errors=errors)
+    batches = pixel_batches(rows["key"].tolist(), size, batch_size=batch_size, s3=s3, errors=errors,
+                            packed=packs.locations(rows))
     for probs in predict_batches(model, batches):
         out.append(probs.astype(np.float64))
         done += len(probs)

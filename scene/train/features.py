@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from scene.data import storage
+from scene.data import packs, storage
 from scene.model.backbones import WeightsSource, feature_extractor, preflight
 from scene.model.pipeline import PIPELINE_VERSION, AugmentConfig, augmenter, pixel_batches, predict_batches
 
@@ -206,7 +206,8 @@ def extract(
             continue
         transform = (_augment_fn(augment, size, seed + 1000 * view) if view > 0
                      else _mirror if view == MIRROR_VIEW else None)
-        batches = pixel_batches(part["key"].tolist(), size, batch_size=batch_size, s3=s3)
+        batches = pixel_batches(part["key"].tolist(), size, batch_size=batch_size, s3=s3,
+                                packed=packs.locations(part))
         shas = part["sha256"].tolist()
         first = next(batches, None)
         if first is not None:

@@ -120,6 +120,9 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
             assert storage.sha256_bytes(storage.read_bytes(u["uri"], s3)) == u["sha256"], u["uri"]
     for name in ("manifest.csv", "validation.json", "comparison.md", "comparison.csv"):
         assert storage.exists(prefix + name, s3), name
+    manifest = pd.read_csv(io.BytesIO(storage.read_bytes(prefix + "manifest.csv", s3)), keep_default_na=False)
+    assert (manifest["pack"] != "").all()  # the images read from s3:// were packed while the manifest was built
+    assert all(storage.exists(p, s3) for p in set(manifest["pack"]))
     assert "random init — not a transfer-learning result" in storage.read_bytes(prefix + "comparison.md", s3).decode()
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 

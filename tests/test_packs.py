@@ -1,0 +1,103 @@
+"""Image packs on a local root: content addresses, the reader's checks and fall-backs, the manifest's column."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scene.data import packs, storage
+from scene.data.dataset import build_dataset, load_dataset
+from scene.model.pipeline import pixel_batches
+
+
+def _images(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        data = rng.bytes(int(rng.integers(100, 400)))
+        out.append((storage.sha256_bytes(data), data))
+    return out
+
+
+def test_the_same_images_make_the_same_pack_and_every_image_reads_back(tmp_path: Path) -> None:
+    images = _images(10)
+    a = packs.PackWriter(str(tmp_path / "a"), images=4)
+    b = packs.PackWriter(str(tmp_path / "b"), images=4)
+    for sha, data in images:
+        a.add(sha, data)
+        a.add(sha, data)  # the same image twice (two keys, one content) is packed once
+        b.add(sha, data)
+    where_a, where_b = a.close(), b.close()
+    assert len(set(where_a.values())) == 3  # 4 + 4 + 2
+    names = sorted(Path(u).name for u in set(where_a.values()))
+    assert names == sorted(Path(u).name for u in set(where_b.values()))  # content-addressed names
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()  # and bytes
+    with zipfile.ZipFile(tmp_path / "a" / names[0]) as z:  # a plain, uncompressed zip
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())
+    gets: list[str] = []
+
+    def fetch(uri: str) -> bytes:
+        gets.append(uri)
+        return storage.read_bytes(uri)
+
+    reader = packs.PackReader(fetch)
+    assert all(reader.get(where_a[sha], sha) == data for sha, data in images)
+    assert len(gets) == 3 and reader.fetched == 3 and not reader.bad  # one read per pack
+
+
+def test_a_missing_or_damaged_pack_is_not_used_and_warned_about_once(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    images = _images(6, seed=1)
+    writer = packs.PackWriter(str(tmp_path), images=2)
+    for sha, data in images:
+        writer.add(sha, data)
+    where = writer.close()
+    first, second, third = (where[images[i][0]] for i in (0, 2, 4))
+    Path(first).unlink()  # deleted
+    Path(second).write_bytes(b"not a zip")  # damaged
+    members = packs.decode(Path(third).read_bytes())
+    members[images[4][0]] = b"other bytes"  # a member whose bytes do not match its name
+    Path(third).write_bytes(packs.encode(list(members.items())))
+    reader = packs.PackReader(storage.read_bytes)
+    with caplog.at_level(logging.WARNING, logger="scene.data.packs"):
+        got = [reader.get(where[sha], sha) for sha, _ in images]
+        reader.get(first, images[0][0])
+    assert got[:5] == [None, None, None, None, None] and got[5] == images[5][1]
+    assert set(reader.bad) == {first, second, third}
+    assert "does not match its SHA-256" in reader.bad[third] and len(caplog.records) == 3
+
+
+def test_pixels_read_through_a_reader_with_broken_packs_equal_the_files(synth_dir: Path, tmp_path: Path) -> None:
+    keys = sorted(str(p) for p in synth_dir.rglob("*.jpg"))[:9]
+    writer = packs.PackWriter(str(tmp_path), images=4)
+    for key in keys:
+        data = Path(key).read_bytes()
+        writer.add(storage.sha256_bytes(data), data)
+    where = writer.close()
+    packed = {k: (where[storage.sha256_bytes(Path(k).read_bytes())], storage.sha256_bytes(Path(k).read_bytes()))
+              for k in keys}
+    Path(packed[keys[0]][0]).unlink()  # the first pack is gone: its images come from their files
+    plain = np.concatenate(list(pixel_batches(keys, 48, batch_size=4)))
+    via_packs = np.concatenate(list(pixel_batches(keys, 48, batch_size=4, packed=packed)))
+    assert np.array_equal(plain, via_packs)
+
+
+def test_manifests_carry_the_pack_column_and_older_ones_read_as_unpacked(synth_dir: Path, tmp_path: Path) -> None:
+    ds = build_dataset(str(synth_dir), packer=packs.PackWriter(str(tmp_path / "packs"), images=16))
+    assert (ds.manifest["pack"] != "").all() and ds.packs_written == len(set(ds.manifest["pack"]))
+    assert ds.packs_written == -(-ds.manifest["sha256"].nunique() // 16)
+    m = ds.manifest
+    assert packs.locations(m) == {k: (p, h) for k, p, h in zip(m["key"], m["pack"], m["sha256"], strict=True)}
+    ds.manifest.to_csv(tmp_path / "manifest.csv", index=False)  # as the publish step writes it
+    again = load_dataset(str(tmp_path / "manifest.csv"))
+    assert list(again.manifest["pack"]) == list(ds.manifest["pack"])
+    older = tmp_path / "older.csv"
+    ds.manifest.drop(columns=["pack"]).to_csv(older, index=False)
+    assert packs.locations(load_dataset(str(older)).manifest) == {}
+    unpacked = build_dataset(str(synth_dir))  # no packer (local data by default): no packs
+    assert (unpacked.manifest["pack"] == "").all() and unpacked.packs_written == 0
