@@ -266,12 +266,22 @@ def _read_all(todo: list[_File], s3: Any, workers: int, progress: Progress | Non
               known: dict[str, dict[str, Any]], writer: packs.PackWriter | None = None,
               ) -> tuple[list[dict[str, Any]], list[dict[str, str]], int]:
     """``(rows, rejected, objects read)``: rows of unchanged objects come from ``known``, the rest are read (and
-    their bytes packed by ``writer``, which then fills their ``pack``)."""
+    their bytes packed by ``writer``, which then fills their ``pack``). With a ``writer``, an unchanged object
+    whose row names no pack, or a pack that is gone, is read again so that it is packed."""
     rows: list[dict[str, Any]] = []
     to_read: list[_File] = []
+    present: dict[str, bool] = {}
+
+    def packed(row: dict[str, Any]) -> bool:
+        if writer is None:
+            return True
+        if row["pack"] and row["pack"] not in present:
+            present[row["pack"]] = storage.exists(row["pack"], writer.s3)
+        return bool(row["pack"]) and present[row["pack"]]
+
     for f in todo:
         row = _reuse(f, known.get(f.key))
-        if row is None:
+        if row is None or not packed(row):
             to_read.append(f)
         else:
             rows.append(row)
