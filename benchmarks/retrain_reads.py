@@ -9,8 +9,10 @@ images are uploaded to a fresh dataset prefix; then, in one process:
 3. the same rebuild *without* reusing rows (the previous manifest minus its ``etag`` column: sticky splits
    only, every object read) — what the retrain did before manifests recorded ETags.
 
-Printed: objects read and wall time of each, and (3)/(2), because this machine is shared and noisy. The two
-rebuilds must give the same manifest (checked). The same is then measured on a local folder (stat tags).
+On S3 every build also writes image packs of the objects it reads, as the flow's manifest step does
+(:mod:`scene.data.packs`). Printed: objects read, packs written and wall time of each, and (3)/(2), because this
+machine is shared and noisy. The two rebuilds must give the same manifest apart from ETags and packs (checked). The
+same is then measured on a local folder (stat tags; local folders are not packed).
 
     .venv/bin/python benchmarks/retrain_reads.py [--images 2000] [--new 0.10] [--size 150]
 """
@@ -58,11 +60,12 @@ def _upload(files: list[Path], root: Path, dest: str, s3: Any) -> None:
         list(pool.map(lambda p: storage.upload_file(p, dest + p.relative_to(root).as_posix(), s3), files))
 
 
-def _round(src: str, s3: Any, previous: Any) -> tuple[Any, float]:
+def _round(src: str, s3: Any, previous: Any, artifact_bucket: str) -> tuple[Any, float]:
+    from scene.data import packs
     from scene.data.dataset import build_dataset
 
     t = time.perf_counter()
-    ds = build_dataset(src, s3=s3, previous=previous)
+    ds = build_dataset(src, s3=s3, previous=previous, packer=packs.writer_for(src, artifact_bucket, s3))
     return ds, time.perf_counter() - t
 
 
@@ -70,28 +73,29 @@ def _published(manifest: Any) -> Any:
     """The manifest as the next run reads it back from ``manifest.csv``."""
     import pandas as pd
 
-    return pd.read_csv(io.StringIO(manifest.to_csv(index=False)), keep_default_na=False, dtype={"etag": str})
+    return pd.read_csv(io.StringIO(manifest.to_csv(index=False)), keep_default_na=False,
+                       dtype={"etag": str, "pack": str})
 
 
-def measure(src: str, add: Any, s3: Any, label: str) -> None:
+def measure(src: str, add: Any, s3: Any, label: str, artifact_bucket: str = "") -> None:
     """Build, ``add()`` the new images, rebuild with and without reuse; print reads, times and the ratio."""
     from scene.data import storage
 
-    first, t_first = _round(src, s3, None)
+    first, t_first = _round(src, s3, None, artifact_bucket)
     add()
-    reuse, t_reuse = _round(src, s3, _published(first.manifest))
-    full, t_full = _round(src, s3, _published(first.manifest).drop(columns="etag"))
+    reuse, t_reuse = _round(src, s3, _published(first.manifest), artifact_bucket)
+    full, t_full = _round(src, s3, _published(first.manifest).drop(columns="etag"), artifact_bucket)
     t = time.perf_counter()
     listed = sum(1 for _ in storage.list_files(src, s3))
     t_list = time.perf_counter() - t
-    cols = [c for c in full.manifest.columns if c != "etag"]
+    cols = [c for c in full.manifest.columns if c not in ("etag", "pack")]
     assert reuse.manifest[cols].astype(str).equals(full.manifest[cols].astype(str)), "the two rebuilds differ"
     new = len(full.manifest) - len(first.manifest)
     print(f"[{label}] {len(first.manifest)} images, then +{new} new")
-    print(f"  first manifest            objects read {first.objects_read:6d}   {t_first:6.2f} s")
-    print(f"  rebuild, reusing rows     objects read {reuse.objects_read:6d}   {t_reuse:6.2f} s   "
-          f"(rows reused {reuse.rows_reused})")
-    print(f"  rebuild, reading all      objects read {full.objects_read:6d}   {t_full:6.2f} s")
+    for name, ds, t in (("first manifest", first, t_first), ("rebuild, reusing rows", reuse, t_reuse),
+                        ("rebuild, reading all", full, t_full)):
+        print(f"  {name:25s} objects read {ds.objects_read:6d}   packs written {ds.packs_written:3d}   {t:6.2f} s"
+              + (f"   (rows reused {ds.rows_reused})" if ds is reuse else ""))
     print(f"  reads {reuse.objects_read}/{full.objects_read} = {reuse.objects_read / full.objects_read:.3f}, "
           f"time {t_reuse:.2f}/{t_full:.2f} s = {t_reuse / t_full:.3f}; listing alone ({listed} files) {t_list:.2f} s")
 
@@ -118,7 +122,7 @@ def main() -> None:
             s3 = storage.s3_client(cfg)
             src = f"s3://{cfg.data_bucket}/{cfg.data_prefix}bench-{uuid.uuid4().hex[:8]}/"
             _upload(old, tmp / "old", src, s3)
-            measure(src, lambda: _upload(new, tmp / "new", src, s3), s3, "S3 gateway")
+            measure(src, lambda: _upload(new, tmp / "new", src, s3), s3, "S3 gateway", cfg.artifact_bucket)
         finally:
             stack.down(state)
         local = tmp / "local"

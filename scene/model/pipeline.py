@@ -188,17 +188,20 @@ def image_dataset(
     """Batches of ``(images, one_hot_labels)`` (or images only) for the manifest ``rows``, in order.
 
     With ``shuffle``, the order changes each epoch (seeded); ``augment`` is applied in training mode.
-    Images go through :func:`load_pixels` on a thread pool, as in :func:`pixel_batches`.
+    Images go through :func:`load_pixels` on a thread pool, as in :func:`pixel_batches`; in order, the rows'
+    image packs are read (a shuffled order would fetch each pack again for nearly every image).
     """
     keys = rows["key"].tolist()
     order = np.arange(len(keys))
     pool = workers or decode_workers(keys)
+    fetch = image_fetch.reader(s3) if shuffle else packs.reader(image_fetch.reader(s3), packs.locations(rows))
 
     def gen() -> Iterator[tuple[np.ndarray, int]]:
         idx = np.random.default_rng([seed, gen.epoch]).permutation(order) if shuffle else order
         gen.epoch += 1
-        yield from zip(ordered_map(lambda k: load_pixels(k, size, s3), [keys[i] for i in idx], pool, 2 * batch_size),
-                       rows["label_index"].to_numpy()[idx] if labels else np.zeros(len(idx), int), strict=True)
+        pixels = ordered_map(lambda k: load_pixels(k, size, s3, fetch=fetch), [keys[i] for i in idx], pool,
+                             2 * batch_size)
+        yield from zip(pixels, rows["label_index"].to_numpy()[idx] if labels else np.zeros(len(idx), int), strict=True)
 
     gen.epoch = 0  # type: ignore[attr-defined]
     ds = tf.data.Dataset.from_generator(

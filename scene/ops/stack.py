@@ -62,6 +62,7 @@ import secrets
 import shlex
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,8 @@ def up(
 
 
 def down(state_dir: str | os.PathLike[str] = ".state") -> list[str]:
-    """Stop every service of the stack (workers, then Prefect, then S3); return the ones that ran."""
+    """Stop every service of the stack (the event bridge and workers at once, then Prefect, then S3); return the
+    ones that ran."""
     state = state_path(state_dir)
     if not state.is_dir():
         return []
@@ -311,7 +313,10 @@ def down(state_dir: str | os.PathLike[str] = ".state") -> list[str]:
         known = sorted(p.stem for p in pid_dir.glob("*.pid")) if pid_dir.is_dir() else []
         workers = [s for s in known if s.startswith("worker-")]
         workers += [_worker(p) for p in cfg.get("pools", []) if _worker(p) not in workers]
-        stopped = [s for s in (EVENTS, *workers) if stop(state, s, timeout=10)]
+        first = [EVENTS, *workers]  # each may take its whole SIGTERM grace: in parallel, not one after another
+        with ThreadPoolExecutor(max_workers=len(first)) as pool:
+            ran = list(pool.map(lambda s: stop(state, s, timeout=10), first))
+        stopped = [s for s, r in zip(first, ran, strict=True) if r]
         stopped += [s for s in (PREFECT, S3) if stop(state, s)]
         return stopped
 
