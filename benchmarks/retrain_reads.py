@@ -12,7 +12,8 @@ images are uploaded to a fresh dataset prefix; then, in one process:
 On S3 every build also writes image packs of the objects it reads, as the flow's manifest step does
 (:mod:`scene.data.packs`). Printed: objects read, packs written and wall time of each, and (3)/(2), because this
 machine is shared and noisy. The two rebuilds must give the same manifest apart from ETags and packs (checked). The
-same is then measured on a local folder (stat tags; local folders are not packed).
+same is then measured on a local folder (stat tags; local folders are not packed). On S3, the rebuild that reads
+all is also run without packs: the packs' share of the manifest step.
 
     .venv/bin/python benchmarks/retrain_reads.py [--images 2000] [--new 0.10] [--size 150]
 """
@@ -65,7 +66,8 @@ def _round(src: str, s3: Any, previous: Any, artifact_bucket: str) -> tuple[Any,
     from scene.data.dataset import build_dataset
 
     t = time.perf_counter()
-    ds = build_dataset(src, s3=s3, previous=previous, packer=packs.writer_for(src, artifact_bucket, s3))
+    packer = packs.writer_for(src, artifact_bucket, s3) if artifact_bucket else None
+    ds = build_dataset(src, s3=s3, previous=previous, packer=packer)
     return ds, time.perf_counter() - t
 
 
@@ -85,6 +87,7 @@ def measure(src: str, add: Any, s3: Any, label: str, artifact_bucket: str = "") 
     add()
     reuse, t_reuse = _round(src, s3, _published(first.manifest), artifact_bucket)
     full, t_full = _round(src, s3, _published(first.manifest).drop(columns="etag"), artifact_bucket)
+    bare, t_bare = _round(src, s3, _published(first.manifest).drop(columns="etag"), "")  # the same, packing nothing
     t = time.perf_counter()
     listed = sum(1 for _ in storage.list_files(src, s3))
     t_list = time.perf_counter() - t
@@ -93,7 +96,8 @@ def measure(src: str, add: Any, s3: Any, label: str, artifact_bucket: str = "") 
     new = len(full.manifest) - len(first.manifest)
     print(f"[{label}] {len(first.manifest)} images, then +{new} new")
     for name, ds, t in (("first manifest", first, t_first), ("rebuild, reusing rows", reuse, t_reuse),
-                        ("rebuild, reading all", full, t_full)):
+                        ("rebuild, reading all", full, t_full),
+                        *((("  the same, no packs", bare, t_bare),) if artifact_bucket else ())):
         print(f"  {name:25s} objects read {ds.objects_read:6d}   packs written {ds.packs_written:3d}   {t:6.2f} s"
               + (f"   (rows reused {ds.rows_reused})" if ds is reuse else ""))
     print(f"  reads {reuse.objects_read}/{full.objects_read} = {reuse.objects_read / full.objects_read:.3f}, "
