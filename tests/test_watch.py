@@ -30,3 +30,15 @@ def test_lines_say_final_state_and_test_f1() -> None:
     assert failed.text().split() == ["b0", "✗", "failed", "OOM"]
     assert watch._test_of([{"message": "vgg16 test: accuracy 0.125, weighted F1 0.028 — COLLAPSED: one class"}]) \
         == {"f1": 0.028, "accuracy": 0.125, "collapsed": True}
+
+
+def test_the_header_counts_the_backbones_a_run_will_train_not_those_started() -> None:
+    assert watch.planned_backbones("train-all", {"params": {"backbones": ["vgg16", "resnet50"]}}) == 2
+    assert watch.planned_backbones("train-all", {"data": "s3://d/", "params": {}}) == 4  # the default set
+    assert watch.planned_backbones("train-all", {"params": {"preset": "best-cpu"}}) == 1  # the preset's
+    assert watch.planned_backbones("retrain", {"params": {}}) is None  # the champion's backbone: not in parameters
+    lines = [watch.Line("resnet50", "COMPLETED", "Completed"), watch.Line("vgg16", "RUNNING", "Running")]
+    run = {"name": "brave-fox", "id": "r1", "state_type": "RUNNING", "state_name": "Running", "planned": 4}
+    assert watch.header(run, lines) == "brave-fox (r1): running, 1/4 backbones finished"
+    assert watch.header({**run, "planned": None}, lines) == "brave-fox (r1): running, 1/2 backbones finished"
+    assert watch.header(run, []) == "brave-fox (r1): running, 0/4 backbones finished"

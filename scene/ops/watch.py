@@ -65,6 +65,13 @@ class Api:
     def flow_run(self, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/flow_runs/{run_id}")
 
+    def flow_name(self, flow_id: str) -> str:
+        """The name of a flow (asked once per flow id)."""
+        names: dict[str, str] = self.__dict__.setdefault("_flow_names", {})
+        if flow_id not in names:
+            names[flow_id] = str(self._call("GET", f"/flows/{flow_id}").get("name") or "")
+        return names[flow_id]
+
     def children(self, run_id: str) -> list[dict[str, Any]]:
         """Flow runs started by this run's task runs (subflows and ``run_deployment`` runs alike)."""
         return self._call("POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}},
@@ -190,9 +197,25 @@ def backbone_name(child: Mapping[str, Any]) -> str:
     return str(params.get("backbone") or child.get("name") or child.get("id"))
 
 
+def planned_backbones(flow: str, parameters: Mapping[str, Any]) -> int | None:
+    """How many backbones a ``train-all`` run trains: those its ``params`` (or their preset) name, else the default
+    set. None for other flows: a retrain trains its champion's backbone, which its parameters do not say."""
+    if flow != "train-all":
+        return None
+    from scene.train.params import TrainParams
+
+    try:
+        return len(TrainParams(**(parameters.get("params") or {})).resolved().names())
+    except (TypeError, ValueError):  # parameters this version cannot read: count the backbones seen instead
+        return None
+
+
 def snapshot(api: Api, run_id: str) -> tuple[dict[str, Any], list[Line]]:
-    """The run and one :class:`Line` per backbone child run, from four API calls."""
+    """The run and one :class:`Line` per backbone child run, from four API calls (and the flow's name, once).
+    ``run["planned"]``: how many backbones it will train, when its parameters say (:func:`planned_backbones`)."""
     run = api.flow_run(run_id)
+    if run.get("flow_id"):
+        run["planned"] = planned_backbones(api.flow_name(run["flow_id"]), run.get("parameters") or {})
     children = [c for c in api.children(run_id) if c.get("state_type")]
     ids = [c["id"] for c in children]
     tasks_by: dict[str, list[dict[str, Any]]] = {}
@@ -235,12 +258,14 @@ def comparison(api: Api, run_id: str) -> str:
 
 
 def header(run: Mapping[str, Any], lines: Sequence[Line]) -> str:
-    """``<run name> (<id>): <state>[, at <task>], k/n backbones finished``."""
+    """``<run name> (<id>): <state>[, at <task>], k/n backbones finished``: n is the backbones the run trains when
+    known (``run["planned"]``), else those started so far."""
     done = sum(line.final for line in lines)
     what = f"{run.get('name')} ({run['id']})"
     state = str(run.get("state_name") or run.get("state_type")).lower()
     at = f", at {run['stage']}" if run.get("stage") and run.get("state_type") not in FINAL else ""
-    tail = f", {done}/{len(lines)} backbones finished" if lines else ""
+    total = max(run.get("planned") or 0, len(lines))
+    tail = f", {done}/{total} backbones finished" if total else ""
     return f"{what}: {state}{at}{tail}"
 
 

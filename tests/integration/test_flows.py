@@ -59,6 +59,8 @@ def _assert_watched(watched: subprocess.CompletedProcess, run_id: str, backbones
         lines = backbone_lines(watched.stdout, b)
         assert lines, watched.stdout
         assert re.search(r"(✓ done|⚠ collapsed) +test F1 \d\.\d{3} accuracy \d\.\d{3} in ", lines[-1]), lines
+    counts = re.findall(r", \d+/(\d+) backbones finished", watched.stdout)  # n: the run's backbones from the start
+    assert counts and set(counts) == {str(len(backbones))}, watched.stdout
     stages = {ln.split()[1] for b in backbones for ln in backbone_lines(watched.stdout, b)}
     assert stages & {"manifest", "features", "head", "evaluate", "upload"}, watched.stdout  # seen while running
     table = watched.stdout.split("\n\n", 1)[1]
