@@ -8,6 +8,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 SCENE := $(BIN)/scene
 STATE ?= .state
+# make deploy RECONCILE=0: skip the reconcile after deploying (make run reconciles once train-all is submitted)
+RECONCILE ?= 1
 STAMP := $(VENV)/.installed
 
 # make run parameters (see README): the fields of train-all's params (scene/train/params.py TrainParams) make run sets
@@ -28,7 +30,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test test-docker lint run up deploy down status clean-state benchmark dataset-name
+.PHONY: install test test-docker lint run up deploy reconcile down status clean-state benchmark dataset-name
 
 # the dataset make run uploads and trains: NAME, else the DATA folder's name (sanitised), else demo
 DATASET_NAME = $(SCENE) data name $(if $(DATA),--src '$(DATA)') $(if $(NAME),--name '$(NAME)')
@@ -60,7 +62,12 @@ deploy: up
 	eval "$$($(SCENE) stack env --state $(STATE))"
 	SCENE_REPO_DIR=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all > $(STATE)/deploy.log 2>&1 || { cat $(STATE)/deploy.log; exit 1; }
 	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu, retrain/default, watch/default, predict/default"
-	$(SCENE) events reconcile > $(STATE)/reconcile.log 2>&1 || { cat $(STATE)/reconcile.log; exit 1; }  # events lost while deploying
+	if [ "$(RECONCILE)" != 0 ]; then $(MAKE) --no-print-directory reconcile STATE=$(STATE); fi
+
+# announce data no model was trained on (events lost while deploying), unless a retrain or train-all for it waits or runs
+reconcile: up
+	eval "$$($(SCENE) stack env --state $(STATE))"
+	$(SCENE) events reconcile > $(STATE)/reconcile.log 2>&1 || { cat $(STATE)/reconcile.log; exit 1; }
 
 run: up
 	eval "$$($(SCENE) stack env --state $(STATE))"
@@ -71,11 +78,13 @@ run: up
 	# upload before deploying: unchanged files are skipped; new ones are announced at once (_READY) while the
 	# retrain trigger does not exist yet, so make run trains once; later uploads do start a retraining
 	$(SCENE) data upload --src "$$src" --name "$$name" --ready --wait-bridge http://127.0.0.1:8787
-	$(MAKE) --no-print-directory deploy STATE=$(STATE)
+	$(MAKE) --no-print-directory deploy STATE=$(STATE) RECONCILE=0  # reconciled below, once train-all is submitted
 	# train-all takes its training settings as one object, params (scene.train.params.TrainParams): --params '{"data": …, "params": {…}}'
 	params=$$($(BIN)/python -c 'import json,sys; b,w,e,v,s,p,keys=sys.argv[1:]; t={"weights": w}; t.update({k: f(x) for n, k, f, x in (("BACKBONES", "backbones", str.split, b), ("EPOCHS", "epochs", int, e), ("VIEWS", "views", int, v), ("IMAGE_SIZE", "image_size", int, s)) if n in keys.split()}); t.update({"preset": p} if p else {}); print(json.dumps({"data": "s3://'"$$SCENE_DATA_BUCKET/$$SCENE_DATA_PREFIX$$name"'/", "params": t}))' "$(BACKBONES)" "$(WEIGHTS)" "$(EPOCHS)" "$(VIEWS)" "$(IMAGE_SIZE)" "$(PRESET)" "$(RUN_KEYS)")
 	$(BIN)/prefect deployment run train-all/default --params "$$params" > $(STATE)/last-run.log
 	run_id=$$(grep -oE 'UUID: [0-9a-f-]{36}' $(STATE)/last-run.log | head -1 | cut -d' ' -f2)
+	# now that train-all waits for this data, the reconcile leaves it alone (else a retrain would train it twice)
+	$(MAKE) --no-print-directory reconcile STATE=$(STATE)
 	echo "train-all run $$run_id; Prefect UI: http://127.0.0.1:4200/runs/flow-run/$$run_id"
 	# one live line per backbone, then the comparison table; exits non-zero when the run did not complete
 	status=0; $(SCENE) runs watch "$$run_id" | tee -a $(STATE)/last-run.log || status=$$?

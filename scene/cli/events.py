@@ -33,7 +33,8 @@ def _auth() -> dict[str, str | None]:
 def _reconcile_once(cfg: Any, api: str, busy: set[str] | None = None) -> dict[str, Any]:
     """One reconcile pass against the configured data bucket (S3 settings from the environment).
 
-    ``busy``: data URIs to leave alone besides those with a waiting or running retrain (the bridge's pending ones).
+    ``busy``: data URIs to leave alone besides those a waiting or running retrain or train-all trains on (the
+    bridge's pending ones).
     """
     from scene.data import storage
     from scene.ops import prefect_events, reconcile
@@ -41,7 +42,7 @@ def _reconcile_once(cfg: Any, api: str, busy: set[str] | None = None) -> dict[st
     settings = settings_from_env()
     s3 = storage.s3_client(settings)
     auth = _auth()
-    active = reconcile.active_retrains(api, **auth) | (busy or set())
+    active = reconcile.active_trainings(api, **auth) | (busy or set())
     return reconcile.reconcile(s3, cfg, settings.artifact_bucket,
                                lambda ev: prefect_events.emit_prefect_event(api, ev, **auth), active=active)
 

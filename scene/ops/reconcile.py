@@ -5,7 +5,8 @@ Events are lost when they are emitted while the retrain deployment does not exis
 keys of each dataset root under the data prefix and compares them with the ``manifest.csv`` of the newest
 registered model version trained on that root (promoted or not, so a challenger that lost the gate is not
 retrained again and again). A root with keys outside that manifest, or with no version at all, gets a
-``scene.data.arrived`` event (reason ``reconcile``) unless a retrain run for it is already waiting or running.
+``scene.data.arrived`` event (reason ``reconcile``) unless a retrain or train-all run for it is already waiting or
+running (that run trains on it).
 
 It runs at bridge start and every ``every`` seconds after (daily by default) in ``scene events serve``, and
 as ``scene events reconcile`` after ``prefect deploy`` (``make deploy``). Limitation: an image replaced in
@@ -74,9 +75,10 @@ def untrained(s3: Any, cfg: BridgeConfig, artifact_bucket: str) -> dict[str, lis
     return out
 
 
-def active_retrains(api_url: str, flow_name: str = "retrain", **auth: Any) -> set[str]:
-    """The ``data`` of every retrain flow run that is waiting or running (its run will read the data anyway)."""
-    body = {"flows": {"name": {"any_": [flow_name]}}, "flow_runs": {"state": {"type": {"any_": ACTIVE}}},
+def active_trainings(api_url: str, flows: tuple[str, ...] = ("retrain", "train-all"), **auth: Any) -> set[str]:
+    """The ``data`` of every retrain or train-all flow run that is waiting or running: its run trains on the data
+    anyway (``make run`` submits train-all for the data it just uploaded, then reconciles)."""
+    body = {"flows": {"name": {"any_": list(flows)}}, "flow_runs": {"state": {"type": {"any_": ACTIVE}}},
             "limit": 200}
     status, runs = prefect_request(api_url, "/flow_runs/filter", body, **auth)
     if status != 200 or not isinstance(runs, list):
@@ -86,9 +88,9 @@ def active_retrains(api_url: str, flow_name: str = "retrain", **auth: Any) -> se
 
 def reconcile(s3: Any, cfg: BridgeConfig, artifact_bucket: str, emit: Callable[[dict], Any],
               active: set[str] | None = None) -> dict[str, Any]:
-    """Emit ``scene.data.arrived`` for each root with untrained images and no active retrain; what was done.
+    """Emit ``scene.data.arrived`` for each root with untrained images and no active training; what was done.
 
-    ``active``: data URIs with a retrain waiting or running (:func:`active_retrains`); they are skipped.
+    ``active``: data URIs with a retrain or train-all waiting or running (:func:`active_trainings`); skipped.
     ``emit`` raises when an event is not delivered; the error is collected and the other roots still go.
     """
     done: dict[str, Any] = {"announced": [], "skipped": [], "failed": {}}

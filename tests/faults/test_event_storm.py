@@ -5,7 +5,7 @@
 - a lost reply (a real proxy forwards the POST to Prefect, then drops the connection): the retry carries the
   same event id, so one event and one run;
 - data that arrived without any event (a bucket without notifications, as when the deployment did not exist):
-  ``scene events reconcile`` announces it afterwards, once.
+  ``scene events reconcile`` announces it afterwards, once; and leaves alone data a train-all run waits to train.
 
 The storm is posted to the bridge's webhook directly, in the gateway's (MinIO) format, one POST per object
 over keep-alive connections, as the gateway sends them: 1,000 real uploads take minutes on this machine.
@@ -195,3 +195,30 @@ def test_reconcile_announces_data_that_no_event_announced(estack: dict[str, Any]
     assert again.returncode == 0 and json.loads(again.stdout)["skipped"] == [data]  # its run is still waiting
     settled(still=3.0)
     assert len(wait_runs(1, data, timeout=1)) == 1
+
+
+def test_reconcile_leaves_data_alone_while_a_train_all_run_for_it_waits(estack: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    """``make run`` uploads, deploys, submits train-all, then reconciles: the data it is about to train on must not
+    get a retrain too (the pools are paused here, so the train-all run stays Scheduled)."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from scene.data.synth import make_synthetic
+
+    env, s3 = estack["env"], estack["s3"]
+    bucket = f"quiet-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    data = f"s3://{bucket}/{env['SCENE_DATA_PREFIX']}about-to-train/"
+    upload(s3, make_synthetic(tmp_path / "d", 1, size=32, seed=8, classes=("sea", "forest")), data)
+    waiting = run_deployment("train-all/default", parameters={"data": data}, timeout=0)
+    try:
+        cli = [str(Path(sys.executable).with_name("scene")), "events", "reconcile", "--bucket", bucket]
+        done = subprocess.run(cli, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout) == {"announced": [], "skipped": [data], "failed": {}}
+        settled(still=3.0)
+        assert wait_runs(1, data, timeout=1) == []  # no retrain for it
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(waiting.id)
