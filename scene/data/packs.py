@@ -113,7 +113,8 @@ class PackWriter:
 class PackReader:
     """Image bytes by ``(pack URI, sha256)``: one GET per pack, shared by the threads that ask for it at once,
     the last ``keep`` packs held in memory. ``get`` returns None when the pack is missing, damaged or does not hold
-    the image with that hash (the caller reads the image's own object); each bad pack is warned about once."""
+    the image with that hash (the caller reads the image's own object); each bad pack is warned about once per
+    reader."""
 
     def __init__(self, fetch: Callable[[str], bytes], keep: int = 4) -> None:
         self._fetch = fetch
