@@ -73,7 +73,6 @@ class PackWriter:
     images: int = PACK_IMAGES
     max_bytes: int = PACK_BYTES
     written: dict[str, str] = field(default_factory=dict)
-    failed: int = 0
     _members: list[tuple[str, bytes]] = field(default_factory=list)
     _size: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -103,8 +102,6 @@ class PackWriter:
         except storage.StorageError as err:
             log.warning("image pack %s not written (%s); its %d images will be read one object each", uri, err,
                         len(members))
-            with self._lock:
-                self.failed += 1
             return
         with self._lock:
             self.written.update((sha, uri) for sha, _ in members)

@@ -194,7 +194,7 @@ def image_dataset(
     keys = rows["key"].tolist()
     order = np.arange(len(keys))
     pool = workers or decode_workers(keys)
-    fetch = image_fetch.reader(s3) if shuffle else packs.reader(image_fetch.reader(s3), packs.locations(rows))
+    fetch = packs.reader(image_fetch.reader(s3), {} if shuffle else packs.locations(rows))
 
     def gen() -> Iterator[tuple[np.ndarray, int]]:
         idx = np.random.default_rng([seed, gen.epoch]).permutation(order) if shuffle else order

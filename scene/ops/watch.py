@@ -50,6 +50,7 @@ class Api:
             "PREFECT_API_KEY") else {}
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._flow_names: dict[str, str] = {}
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
@@ -67,10 +68,9 @@ class Api:
 
     def flow_name(self, flow_id: str) -> str:
         """The name of a flow (asked once per flow id)."""
-        names: dict[str, str] = self.__dict__.setdefault("_flow_names", {})
-        if flow_id not in names:
-            names[flow_id] = str(self._call("GET", f"/flows/{flow_id}").get("name") or "")
-        return names[flow_id]
+        if flow_id not in self._flow_names:
+            self._flow_names[flow_id] = str(self._call("GET", f"/flows/{flow_id}").get("name") or "")
+        return self._flow_names[flow_id]
 
     def children(self, run_id: str) -> list[dict[str, Any]]:
         """Flow runs started by this run's task runs (subflows and ``run_deployment`` runs alike)."""
