@@ -13,12 +13,20 @@ A challenger replaces the champion *of its dataset* only when every rule holds (
    b. per-class non-inferiority: for every class among the paired images, the challenger's recall is at
       least the champion's minus ``margin`` (default 0.03), even when the overall test says better.
 
-The test split is used once, by this test: the challenger is chosen among backbones on *validation*
-metrics (:func:`select_challenger`), never on test.
+The test split is used by this test only: the challenger is chosen among backbones on *validation*
+metrics (:func:`select_challenger`), never on test. It is used *repeatedly*, though: splits are sticky, so every
+retrain of a dataset is gated on (mostly) the same test images. The level is therefore spent over the gates
+(:func:`spent_alpha`): gate k of a dataset's test split tests at ``alpha * 6 / (pi**2 * k**2)``, and since
+``sum 6/(pi**2 k**2) = 1`` the chance that *any* no-better challenger is ever promoted on that split stays below
+``alpha`` (``docs/gate.md``). The gate counter lives in the registry (:func:`scene.registry.champions.gate`).
+
+A champion and a challenger whose class lists differ (names or order) are never compared: the champion's output
+indices would be read in the challenger's label order. Such a gate refuses, naming both lists.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -37,6 +45,29 @@ MANUAL_HINT = "only `scene models promote VERSION --force` makes such a model ch
 
 class GateError(ValueError):
     """Prediction tables the gate cannot use; the message names the table and what is wrong."""
+
+
+def spent_alpha(alpha: float, gate_number: int | None) -> float:
+    """The level of gate ``gate_number`` (1, 2, ...) of one test split: ``alpha * 6 / (pi**2 * k**2)``.
+
+    The levels of all gates of a split sum to ``alpha`` (Basel series), so by the union bound the chance that a
+    no-better challenger is promoted at *any* of them is at most ``alpha``. None: a single, unaccounted test
+    (level ``alpha``).
+    """
+    if gate_number is None:
+        return alpha
+    if gate_number < 1:
+        raise ValueError(f"gate_number={gate_number}: pass the count of gates on this test split, 1 or more")
+    return alpha * 6 / (math.pi**2 * gate_number**2)
+
+
+def class_mismatch(challenger_classes: Sequence[str] | None, champion_classes: Sequence[str] | None) -> str:
+    """Why two models' outputs cannot be compared ("" when they can, or when a list is unknown)."""
+    if challenger_classes is None or champion_classes is None or list(challenger_classes) == list(champion_classes):
+        return ""
+    return (f"the champion's classes {list(champion_classes)} differ from the challenger's "
+            f"{list(challenger_classes)} (names or order): its outputs cannot be scored on this test split; "
+            "retrain with the champion's classes, or promote by hand with `scene models promote VERSION`")
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,6 +110,8 @@ class Decision:
     per_class: list[dict[str, Any]] = field(default_factory=list)  # see per_class_recall
     dataset: str = ""  # the data lineage both models belong to
     smoke: dict[str, Any] | None = None  # the fresh-process load check of the exported model (scene.registry.smoke)
+    gate_number: int | None = None  # k: gates this dataset's test split has served, this one included
+    alpha_level: float | None = None  # the level this test used: spent_alpha(alpha, gate_number)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,8 +134,10 @@ class Decision:
             lines += [f"Dataset: `{self.dataset}`", ""]
         lines += ["| | challenger | champion |", "| --- | --- | --- |", *(f"| {a} | {b} | {c} |" for a, b, c in rows)]
         if self.p_value is not None:
+            level = (f"level {self.alpha_level:.4g}: gate {self.gate_number} of this test split, alpha {self.alpha} "
+                     "spent over all its gates" if self.gate_number else f"alpha {self.alpha}")
             lines += ["", f"Exact McNemar test, one-sided (challenger better), on {self.n_paired} paired test "
-                          f"images: p = {self.p_value:.4g} (alpha {self.alpha})."]
+                          f"images: p = {self.p_value:.4g} ({level})."]
         elif self.champion is None:
             lines += ["", f"No champion to compare with; {self.n_paired} test images scored."]
         if self.per_class:
@@ -146,12 +181,17 @@ def outcomes(df: pd.DataFrame, what: str) -> pd.DataFrame:
     return pd.DataFrame({"sha256": out["sha256"].astype(str), "y_true": y_true, "y_pred": y_pred})
 
 
-def pair(challenger_df: pd.DataFrame, champion_df: pd.DataFrame) -> Paired:
+def pair(challenger_df: pd.DataFrame, champion_df: pd.DataFrame, *, challenger_classes: Sequence[str] | None = None,
+         champion_classes: Sequence[str] | None = None) -> Paired:
     """Both models' predictions on the images both were scored on (inner join on sha256).
 
     Images only one table has are ignored; a duplicated image counts once. Raises when the two tables give
-    the same image different labels (score the champion on the current test split).
+    the same image different labels (score the champion on the current test split), or when both class lists are
+    given and differ (the indices mean different classes).
     """
+    mismatch = class_mismatch(challenger_classes, champion_classes)
+    if mismatch:
+        raise GateError(mismatch)
     a = outcomes(challenger_df, "challenger predictions")
     b = outcomes(champion_df, "champion predictions")
     joined = a.merge(b, on="sha256", suffixes=("_a", "_b")).sort_values("sha256")
@@ -214,20 +254,29 @@ def _evidence(challenger_df: pd.DataFrame, champion_df: pd.DataFrame | None, mar
 def decide(challenger_predictions: pd.DataFrame, champion_predictions: pd.DataFrame | None, *,
            challenger_collapsed: bool, random_init: bool = False, synthetic_data: bool = False,
            alpha: float = ALPHA, margin: float = MARGIN, challenger: str | None = None,
-           champion: str | None = None, class_names: Sequence[str] | None = None, dataset: str = "") -> Decision:
+           champion: str | None = None, class_names: Sequence[str] | None = None, dataset: str = "",
+           champion_classes: Sequence[str] | None = None, gate_number: int | None = None) -> Decision:
     """The promotion rule (module docstring) on two prediction tables (``PREDICTION_COLUMNS``).
 
     ``champion_predictions`` is None when the dataset has no champion yet. The evidence is measured even
-    when a flag refuses the challenger, so the decision always shows it.
+    when a flag refuses the challenger, so the decision always shows it. ``class_names`` (the challenger's) and
+    ``champion_classes``: when both are given and differ, the gate refuses without comparing. ``gate_number``:
+    how many gates this test split has served, this one included; the test then runs at
+    :func:`spent_alpha` ``(alpha, gate_number)`` (None: at ``alpha``).
     """
     _check_levels(alpha, margin)
-    stats = {"challenger": challenger, "champion": champion, "alpha": alpha, "margin": margin, "dataset": dataset,
-             **_evidence(challenger_predictions, champion_predictions, margin, class_names)}
+    level = spent_alpha(alpha, gate_number)
+    stats: dict[str, Any] = {"challenger": challenger, "champion": champion, "alpha": alpha, "margin": margin,
+                             "dataset": dataset, "gate_number": gate_number, "alpha_level": level}
+    mismatch = class_mismatch(class_names, champion_classes) if champion_predictions is not None else ""
+    if mismatch:
+        return Decision(False, mismatch, **stats)
+    stats.update(_evidence(challenger_predictions, champion_predictions, margin, class_names))
     refused = _flags(challenger_collapsed, random_init, synthetic_data)
     if refused:
         return Decision(False, refused, **stats)
     if champion_predictions is None:
-        return Decision(True, "no champion yet", **stats)
+        return Decision(True, "no champion yet", **{**stats, "alpha_level": None, "gate_number": None})
     b, c, p = stats["b"], stats["c"], stats["p_value"]
     if stats["n_paired"] == 0:
         return Decision(False, "no test image was scored by both models; evaluate the champion on the current "
@@ -235,16 +284,24 @@ def decide(challenger_predictions: pd.DataFrame, champion_predictions: pd.DataFr
     if b <= c:
         return Decision(False, f"challenger is not better on the paired images (only it right {b}, "
                                f"only the champion right {c})", **stats)
-    if p >= alpha:
-        return Decision(False, f"challenger is better but not significantly (one-sided p={p:.4g} >= {alpha})",
+    if p >= level:
+        return Decision(False, f"challenger is better but not significantly (one-sided p={p:.4g} >= {_level(stats)})",
                         **stats)
     worse = [r for r in stats["per_class"] if not r["ok"]]
     if worse:
         drops = ", ".join(f"{r['class']} {r['champion_recall']:.2f} → {r['challenger_recall']:.2f}" for r in worse)
         return Decision(False, f"challenger is significantly better (p={p:.4g}) but class recall drops by more "
                                f"than {margin}: {drops}", **stats)
-    return Decision(True, f"challenger is significantly better (one-sided p={p:.4g} < {alpha}) and no class "
-                          f"recall drops by more than {margin}", **stats)
+    return Decision(True, f"challenger is significantly better (one-sided p={p:.4g} < {_level(stats)}) and no "
+                          f"class recall drops by more than {margin}", **stats)
+
+
+def _level(stats: dict[str, Any]) -> str:
+    """The test's level as a decision's reason states it."""
+    if stats["gate_number"] is None:
+        return f"{stats['alpha']}"
+    return (f"{stats['alpha_level']:.4g}, the level of gate {stats['gate_number']} of this test split with alpha "
+            f"{stats['alpha']} spent over its gates")
 
 
 def _get(result: Any, name: str) -> Any:
