@@ -95,11 +95,21 @@ def _templates() -> Any:
 
 
 def _configure(cls: Any, template: dict[str, Any], values: dict[str, Any]) -> Any:
-    """The worker's job configuration for a flow run with ``values`` (what the worker builds, minus the API)."""
+    """The worker's job configuration for a flow run with ``values`` (what the worker builds, minus the API).
+
+    As ``BaseJobConfiguration.from_template_and_values``: the template's own ``env`` dict, then the pool's ``env``
+    default, then the run's ``env`` are merged (prefect 3.9); every other variable replaces its default.
+    """
+    import copy
+
     from prefect.utilities.templating import apply_values
 
     defaults = {k: p["default"] for k, p in template["variables"]["properties"].items() if "default" in p}
-    return cls(**apply_values(template["job_configuration"], {**defaults, **values}))
+    base = copy.deepcopy(template["job_configuration"])
+    variables = {**defaults, **values}
+    if isinstance(base.get("env"), dict):
+        base["env"] = {**base["env"], **(defaults.get("env") or {}), **(values.get("env") or {})}
+    return cls(**apply_values(base, variables))
 
 
 @pytest.mark.parametrize("name", ["docker-cpu.json", "docker-gpu.json", "kubernetes-cpu.json", "kubernetes-gpu.json"])
@@ -137,18 +147,75 @@ def test_docker_gpu_template_differs_from_the_cpu_one_only_by_the_device_request
     from prefect_docker.worker import DockerWorkerJobConfiguration
 
     cpu, gpu = (json.loads((REPO / "deployments" / f"docker-{k}.json").read_text()) for k in ("cpu", "gpu"))
-    gpu_conf = _configure(DockerWorkerJobConfiguration, gpu, {"gpus": 2})
+    gpu_conf = _configure(DockerWorkerJobConfiguration, gpu, {})
     (request,) = gpu_conf.container_create_kwargs["device_requests"]
     host = docker.types.HostConfig(version="1.41", device_requests=[request])  # what docker-py sends the daemon
-    assert host["DeviceRequests"][0]["Count"] == 2 and host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+    assert host["DeviceRequests"][0]["DeviceIDs"] == ["0"] and host["DeviceRequests"][0]["Capabilities"] == [["gpu"]]
+    assert not host["DeviceRequests"][0].get("Count")  # a count gives every container GPUs 0..N-1
     cpu_conf = _configure(DockerWorkerJobConfiguration, cpu, {})
     assert not cpu_conf.container_create_kwargs and cpu_conf.network_mode == gpu_conf.network_mode == "host"
+    assert gpu_conf.env == {**cpu_conf.env, "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
     for t in (cpu, gpu):  # apart from the GPU parts and the default image, the two are one template
         t["job_configuration"].pop("container_create_kwargs")
-        t["variables"]["properties"].pop("gpus", None)
-        t["variables"]["properties"].pop("container_create_kwargs")
-        t["variables"]["properties"].pop("image")
+        for var in ("gpu_devices", "container_create_kwargs", "image", "env"):
+            t["variables"]["properties"].pop(var, None)
     assert cpu == gpu
+
+
+@pytest.mark.parametrize("name", ["docker-cpu.json", "docker-gpu.json", "kubernetes-cpu.json", "kubernetes-gpu.json"])
+def test_every_template_follows_the_buckets_and_gpu_ones_let_memory_grow(name: str) -> None:
+    """SCENE_FEATURE_CACHE is in the artifact bucket the pool names, and survives a deployment's own env."""
+    _templates()
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    cls = DockerWorkerJobConfiguration if name.startswith("docker") else KubernetesWorkerJobConfiguration
+    template = json.loads((REPO / "deployments" / name).read_text())
+    conf = _configure(cls, template, {"artifact_bucket": "arts", "data_bucket": "imgs", "env": {"EXTRA": "1"}})
+    assert conf.env["SCENE_FEATURE_CACHE"] == "s3://arts/features/" and conf.env["SCENE_ARTIFACT_BUCKET"] == "arts"
+    assert conf.env["SCENE_DATA_BUCKET"] == "imgs" and conf.env["EXTRA"] == "1"
+    assert conf.env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "30"
+    assert (conf.env.get("TF_FORCE_GPU_ALLOW_GROWTH") == "true") == ("gpu" in name)
+    assert "scene-artifacts" not in json.dumps(template["job_configuration"])  # no bucket hardcoded in the job
+
+
+# ---------------------------------------------------------------------------- GPU pinning (issue 20)
+
+
+def test_device_job_variables_pin_a_run_to_its_gpu_on_each_pool_type() -> None:
+    from scene.ops.gpus import device_job_variables
+
+    assert device_job_variables("process", ["1"]) == {
+        "env": {"CUDA_VISIBLE_DEVICES": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}}
+    assert device_job_variables("process", ["0", "2"])["env"]["CUDA_VISIBLE_DEVICES"] == "0,2"
+    assert device_job_variables("docker", ["1"]) == {"gpu_devices": ["1"]}
+    assert device_job_variables("kubernetes", ["1"]) == {}  # the device plugin allocates
+    assert device_job_variables("docker", []) == {}
+    with pytest.raises(ValueError, match=r"pool type 'ecs'.*process, docker, kubernetes"):
+        device_job_variables("ecs", ["0"])
+    with pytest.raises(ValueError, match="not device ids"):
+        device_job_variables("docker", ["0,1"])
+
+
+def test_docker_device_ids_render_into_the_containers_device_request() -> None:
+    """What the dispatcher passes reaches docker-py's create kwargs as DeviceIDs, the pool's env kept."""
+    _templates()
+    import docker.types
+    from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    from scene.ops.gpus import device_job_variables
+
+    gpu = json.loads((REPO / "deployments" / "docker-gpu.json").read_text())
+    conf = _configure(DockerWorkerJobConfiguration, gpu, device_job_variables("docker", ["1"]))
+    (request,) = conf.container_create_kwargs["device_requests"]
+    host = docker.types.HostConfig(version="1.41", device_requests=[request])
+    assert host["DeviceRequests"] == [{"Driver": "nvidia", "Count": 0, "DeviceIDs": ["1"], "Capabilities": [["gpu"]],
+                                       "Options": {}}]
+    assert conf.env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" and conf.env["SCENE_FEATURE_CACHE"]
+    process = ProcessWorker.get_default_base_job_template()
+    pconf = _configure(ProcessJobConfiguration, process, device_job_variables("process", ["1"]))
+    assert pconf.env["CUDA_VISIBLE_DEVICES"] == "1"
 
 
 def test_enter_image_names_a_missing_code_directory_and_enters_a_real_one(tmp_path: Path,
