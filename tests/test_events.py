@@ -26,7 +26,14 @@ from scene.ops.notifications import (
     polling_config,
 )
 from scene.ops.polling import changed_roots
-from scene.ops.prefect_events import EmitError, bridge_stats, dataset_event, emit_prefect_event
+from scene.ops.prefect_events import (
+    EmitError,
+    bridge_stats,
+    content_fingerprint,
+    dataset_event,
+    emit_prefect_event,
+    root_objects,
+)
 
 TOKEN = "s3cret-token"
 
@@ -537,3 +544,105 @@ def test_server_ignores_path_traversal_keys(bridge: tuple[BridgeServer, list[dic
     assert post(server, minio_body("datasets/../x/1.jpg"))[1] == {"accepted": 0, "ignored": 1}  # URL-encoded
     time.sleep(0.6)
     assert out == [] and health(server)["objects"] == 0
+
+
+# ----------------------------------------------------------------- one change, one event; durable delivery
+
+
+def test_a_resend_of_the_same_keys_is_one_event_with_the_same_id() -> None:
+    """A gateway resend (lost reply) that lands while the batch is being emitted forms a batch of its own, merged
+    into the failed one: it adds no count and keeps the id; a resend after delivery is not sent again (old code:
+    the merge added the counts and cleared the id, so the retry was a second event: two retrains)."""
+    clock, sent, fail = FakeClock(), [], [True]
+    burst = [ev("datasets/a/1.jpg"), ev("datasets/a/2.jpg")]
+
+    def emit(event: dict) -> None:
+        sent.append(event)
+        if fail[0]:
+            b.add(burst)  # the same notifications again, while this POST is in flight
+            raise EmitError("reply lost")
+
+    b = Batcher(BridgeConfig(token=TOKEN, quiet_seconds=1), emit, clock=clock)
+    b.add(burst)
+    clock.advance(2)
+    assert b.tick() == 0 and len(sent) == 1 and b.pending == 1  # delivered, but the reply was lost
+    fail[0] = False
+    clock.advance(5)
+    assert b.tick() == 1
+    assert [e["id"] for e in sent] == [sent[0]["id"]] * 2  # the retry is the same event
+    assert sent[-1]["payload"]["count"] == 2 and sent[-1]["payload"]["change"] == sent[0]["id"]
+    b.add(burst)  # once more, after delivery: the same change, not sent again
+    clock.advance(2)
+    assert b.tick() == 0 and b.duplicates == 1 and b.pending == 0
+    assert len(sent) == 2
+
+
+def test_every_announcer_gives_one_state_the_same_id() -> None:
+    """The bridge (fingerprint of the root's listing), the polling sensor and the reconcile name one state of a
+    root with one id; another state gets another id."""
+    from scene.ops.polling import announce, root_change_id
+
+    listing = {"datasets/a/x/1.jpg": "e1", "datasets/a/x/2.jpg": "e2", "datasets/b/x/1.jpg": "e3"}
+    cfg = BridgeConfig(token=TOKEN, quiet_seconds=1)
+    clock, out = FakeClock(), []
+    b = Batcher(cfg, out.append, clock=clock,
+                fingerprint=lambda bucket, root: content_fingerprint(root_objects(listing, root)))
+    b.add([ev("datasets/a/x/2.jpg")])
+    clock.advance(2)
+    b.tick()
+    polled: list[dict] = []
+    announce(polling_config("scene-data", "datasets/"), {"datasets/a/x/1.jpg": "e1"}, listing, polled.append)
+    assert out[0]["id"] == polled[0]["id"] == root_change_id(cfg, "datasets/a/", listing)
+    assert root_change_id(cfg, "datasets/a/", {**listing, "datasets/a/x/3.jpg": "e4"}) != out[0]["id"]
+    assert root_change_id(cfg, "datasets/a/", {**listing, "datasets/a/x/2.jpg": "e5"}) != out[0]["id"]
+
+
+def test_bridge_persists_before_answering_and_replays_after_a_kill(tmp_path: Path) -> None:
+    """Objects accepted with a 200 survive a bridge that dies before emitting: the next bridge on the same store
+    replays and emits them once; delivered rows are dropped."""
+    from scene.ops.event_store import EventStore
+
+    db = tmp_path / "events.sqlite"
+    cfg = BridgeConfig(token=TOKEN, quiet_seconds=60)
+    out: list[dict] = []
+    first = serve(cfg, port=0, emit=out.append, tick_seconds=0.05, store=str(db))
+    try:
+        assert post(first, aws_body("datasets/a/x/1.jpg", "datasets/a/x/2.jpg"))[0] == 200
+    finally:
+        first.stop()  # no flush: as if killed (the batch was only pending)
+    assert out == [] and EventStore(db).counts() == {"objects": 2, "unconfirmed": 0}
+    second = serve(BridgeConfig(token=TOKEN, quiet_seconds=0.2), port=0, emit=out.append, tick_seconds=0.05,
+                   store=str(db))
+    try:
+        deadline = time.monotonic() + 10
+        while not out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(out) == 1 and out[0]["payload"]["count"] == 2
+        assert second.store is not None and second.store.counts() == {"objects": 0, "unconfirmed": 0}
+    finally:
+        second.stop()
+
+
+def test_a_delivered_event_without_a_run_is_sent_again_under_a_new_id_naming_the_same_change(tmp_path: Path
+                                                                                          ) -> None:
+    """The server remembers processed ids, so a resend (no run appeared: restart, prefect deploy) needs a new
+    id; the change it names stays, and a confirmed change is forgotten."""
+    runs: set[str] = set()
+    out: list[dict] = []
+    server = serve(BridgeConfig(token=TOKEN, quiet_seconds=0.1), port=0, emit=out.append, tick_seconds=0.05,
+                   store=str(tmp_path / "e.sqlite"), confirm=lambda changes: runs & set(changes),
+                   confirm_after=3600)
+    try:
+        post(server, aws_body("datasets/a/x/1.jpg"))
+        deadline = time.monotonic() + 10
+        while not out and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (first,) = out
+        assert server.confirm_pass() == {"confirmed": 0, "resent": 0, "given_up": 0}  # not due yet
+        assert server.confirm_pass(now=time.time() + 3601) == {"confirmed": 0, "resent": 1, "given_up": 0}
+        again = out[-1]
+        assert again["id"] != first["id"] and again["payload"]["change"] == first["id"] == first["payload"]["change"]
+        runs.add(first["id"])  # the trigger created a run with change_id = the change
+        assert server.confirm_pass()["confirmed"] == 1 and server.store.counts()["unconfirmed"] == 0
+    finally:
+        server.stop()

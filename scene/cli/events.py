@@ -14,6 +14,7 @@ from typing import Any
 from scene.cli.common import CliError, settings_from_env
 
 TOKEN_ENV = "SCENE_EVENTS_TOKEN"
+STORE_ENV = "SCENE_EVENTS_STORE"  # the bridge's SQLite queue (scene stack up passes <state>/events.sqlite)
 log = logging.getLogger("scene.events")
 
 
@@ -78,8 +79,23 @@ def _config(a: argparse.Namespace, token: str, api: str) -> Any:
         prefect_api_url=api, prefect_api_key=_auth()["api_key"], prefect_auth_string=_auth()["auth_string"])
 
 
+def _lister(cfg: Any) -> Any:
+    """``fingerprint(bucket, root)`` for the batcher: the content fingerprint of the root's listing now (the
+    reconcile and the polling sensor fingerprint the same listing, so one state has one event id)."""
+    from scene.data import storage
+    from scene.ops import polling, prefect_events
+
+    s3 = storage.s3_client(settings_from_env())
+
+    def fingerprint(bucket: str, root: str) -> str:
+        return prefect_events.content_fingerprint(polling.snapshot(s3, cfg, under=root))
+
+    return fingerprint
+
+
 def cmd_events_serve(a: argparse.Namespace) -> None:
     """Serve ``POST /notify`` until SIGINT/SIGTERM; pending batches are emitted on the way out."""
+    from scene.ops import prefect_events
     from scene.ops.bridge import serve
 
     token = os.environ.get(TOKEN_ENV, "").strip()
@@ -90,22 +106,29 @@ def cmd_events_serve(a: argparse.Namespace) -> None:
     cfg = _config(a, token, api)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = serve(cfg, host=a.host, port=a.port)
-    print(f"event bridge: POST {server.notify_url} (Bearer token from {TOKEN_ENV}), health {server.url}/health "
-          f"(counters only with the token), events to {api}", file=sys.stderr, flush=True)
+    store = a.store or os.environ.get(STORE_ENV) or None
+    if store is None:
+        log.warning("no --store (or %s): accepted notifications are held in memory only, and a bridge killed "
+                    "with a batch pending loses it until the next reconcile", STORE_ENV)
+    auth = _auth()
+    server = serve(cfg, host=a.host, port=a.port, store=store, fingerprint=_lister(cfg),
+                   confirm=(lambda changes: prefect_events.runs_for_changes(api, changes, **auth))
+                   if store and a.confirm_after > 0 else None, confirm_after=max(a.confirm_after, 1.0))
     stop = threading.Event()
-    if a.reconcile_every >= 0:
-        threading.Thread(target=_reconcile_loop, args=(server, api, a.reconcile_every, a.reconcile_delay, stop),
-                         daemon=True,
-                         name="scene-events-reconcile").start()
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: stopping, emitting pending batches", signum)
         stop.set()
         server.stop(flush=True)
 
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, _stop)  # before announcing the address: a client may stop us right away
     signal.signal(signal.SIGINT, _stop)
+    print(f"event bridge: POST {server.notify_url} (Bearer token from {TOKEN_ENV}), health {server.url}/health "
+          f"(counters only with the token), events to {api}", file=sys.stderr, flush=True)
+    if a.reconcile_every >= 0:
+        threading.Thread(target=_reconcile_loop, args=(server, api, a.reconcile_every, a.reconcile_delay, stop),
+                         daemon=True,
+                         name="scene-events-reconcile").start()
     server.wait()
 
 
@@ -142,9 +165,15 @@ def register(sub: Any) -> None:
                    help="emit at the latest this long after a dataset folder's first new object (default 600)")
     s.add_argument("--key-sample", type=int, default=KEY_SAMPLE,
                    help=f"keys kept (and listed in the event) per pending dataset folder (default {KEY_SAMPLE})")
-    s.add_argument("--reconcile-every", type=float, default=86400.0,
-                   help="reconcile at start and then every this many seconds (default daily; 0: at start only; "
+    s.add_argument("--reconcile-every", type=float, default=3600.0,
+                   help="reconcile at start and then every this many seconds (default hourly; 0: at start only; "
                         "-1: never)")
+    s.add_argument("--store", default=None,
+                   help=f"SQLite file that holds accepted notifications until their event is delivered, replayed "
+                        f"at start (default: env {STORE_ENV}; none: in memory only)")
+    s.add_argument("--confirm-after", type=float, default=120.0,
+                   help="with --store: re-send a delivered event when no retrain run for its change appeared "
+                        "this many seconds later (default 120; 0: never check)")
     s.add_argument("--reconcile-delay", type=float, default=60.0,
                    help="seconds after start before the first reconcile (default 60: queued notifications first)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request too")

@@ -3,6 +3,8 @@
 A snapshot is ``{key: etag}`` of the image objects under the data prefix; two snapshots give the dataset roots
 with new or changed images. :func:`announce` emits one event per such root and returns the state to save:
 a root whose event was not confirmed delivered keeps its old entries, so the next poll announces it again.
+Each event's id is :func:`scene.ops.prefect_events.change_id` of the root's listing, the id the bridge and the
+reconcile give the same state of that root.
 """
 
 from __future__ import annotations
@@ -11,28 +13,35 @@ from collections.abc import Callable
 from typing import Any
 
 from scene.ops.notifications import BridgeConfig, ObjectEvent, polling_config
-from scene.ops.prefect_events import dataset_event
+from scene.ops.prefect_events import change_id, content_fingerprint, dataset_event, root_objects
 
-__all__ = ["announce", "changed_roots", "polling_config", "snapshot"]
+__all__ = ["announce", "changed_roots", "polling_config", "root_change_id", "snapshot"]
 
 
-def snapshot(s3: Any, cfg: BridgeConfig) -> dict[str, str]:
-    """``{key: etag}`` of the image objects under ``s3://cfg.bucket/cfg.prefix`` inside dataset folders."""
+def snapshot(s3: Any, cfg: BridgeConfig, under: str | None = None) -> dict[str, str]:
+    """``{key: etag}`` of the image objects under ``s3://cfg.bucket/cfg.prefix`` inside dataset folders
+    (``under``: only below this key prefix, e.g. one dataset root)."""
     from scene.data.storage import explain
 
     bucket = cfg.bucket
     out: dict[str, str] = {}
+    prefix = under if under is not None else cfg.prefix
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=cfg.prefix):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 ev = ObjectEvent(bucket, obj["Key"], int(obj.get("Size", 0)), str(obj.get("ETag", "")).strip('"'),
                                  "ObjectCreated:Put")
                 if cfg.reason_to_ignore(ev) is None and not cfg.is_marker(ev.key):
                     out[ev.key] = ev.etag
     except Exception as err:
-        raise explain(err, f"s3://{bucket}/{cfg.prefix}", getattr(getattr(s3, "meta", None), "endpoint_url", None)) \
+        raise explain(err, f"s3://{bucket}/{prefix}", getattr(getattr(s3, "meta", None), "endpoint_url", None)) \
             from err
     return out
+
+
+def root_change_id(cfg: BridgeConfig, root: str, listing: dict[str, str]) -> str:
+    """The change id of a root's state in ``listing`` (a :func:`snapshot`, of the root or of the whole prefix)."""
+    return change_id(f"s3://{cfg.bucket}/{root}", content_fingerprint(root_objects(listing, root)))
 
 
 def changed_roots(cfg: BridgeConfig, old: dict[str, str], new: dict[str, str]) -> dict[str, list[str]]:
@@ -57,7 +66,7 @@ def announce(cfg: BridgeConfig, old: dict[str, str], new: dict[str, str], emit: 
     announced: list[str] = []
     failed: dict[str, str] = {}
     for root, keys in changed_roots(cfg, old, new).items():
-        event = dataset_event(cfg, cfg.bucket, root, keys, reason=reason)
+        event = dataset_event(cfg, cfg.bucket, root, keys, reason=reason, event_id=root_change_id(cfg, root, new))
         try:
             emit(event)
         except Exception as err:  # keep going: other roots may still be announced

@@ -4,15 +4,21 @@
 answers 204). An OSS server without auth needs no header; ``PREFECT_SERVER_API_AUTH_STRING`` servers need
 ``Authorization: Basic base64(auth_string)``, Prefect Cloud ``Authorization: Bearer <api key>``. Automations
 (deployment triggers) see an event as soon as it is accepted and skip an event id they have already seen, so
-re-sending the same event (same ``id``) after a lost reply starts nothing twice. ``POST {api}/events/filter``
+re-sending the same event (same ``id``) after a lost reply starts nothing twice -- but only while the server
+process lives (Prefect 3.9 keeps the "seen" ids in memory: ``server/events/ordering/memory.py``, a TTLCache of 10000
+ids for 30 min; the event table dedupes by id with ``ON CONFLICT DO NOTHING``, the triggers do not read it). So every
+announcement of one change carries the same :func:`change_id` (uuid5 of the dataset and a fingerprint of its
+listing), the trigger passes it to the run as ``change_id``, and ``retrain`` ends early as a duplicate when an
+earlier run of that change exists (``flows/retrain.py``). ``POST {api}/events/filter``
 shows it once the server's event persister has flushed it (every 5 s by default; 2.5-5 s on the local stack).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,30 +32,59 @@ class EmitError(RuntimeError):
     """An event could not be delivered to the Prefect API; the message says where and why."""
 
 
+CHANGE_NAMESPACE = uuid.UUID("6f1d3c9e-2b7a-5c41-9e0f-5ce9e0da7a11")  # fixed: ids must agree across versions
+
+
+def content_fingerprint(objects: Mapping[str, str]) -> str:
+    """A fingerprint of ``{key: etag}`` (the image objects of one dataset root): sha256 of the sorted pairs."""
+    h = hashlib.sha256()
+    for key in sorted(objects):
+        h.update(f"{key}\t{objects[key]}\n".encode())
+    return h.hexdigest()
+
+
+def change_id(data_uri: str, fingerprint: str) -> str:
+    """The deterministic event id of one change: uuid5 of the dataset URI and its content fingerprint.
+
+    The bridge, a resend, the reconcile and the polling sensor all announce a root's state with this id, so the
+    same state announced twice is one change (dropped by the server or ended by ``retrain`` as a duplicate).
+    """
+    return str(uuid.uuid5(CHANGE_NAMESPACE, f"{data_uri}|{fingerprint}"))
+
+
+def root_objects(listing: Mapping[str, str], root: str) -> dict[str, str]:
+    """The ``{key: etag}`` entries of a listing under one dataset root."""
+    return {k: v for k, v in listing.items() if k.startswith(root)}
+
+
 def now_iso() -> str:
     """The current UTC time as Prefect writes it."""
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def dataset_event(cfg: BridgeConfig, bucket: str, root: str, keys: Iterable[str], reason: str = "", *,
-                  count: int | None = None, event_id: str | None = None) -> dict:
+                  count: int | None = None, event_id: str | None = None, change: str | None = None) -> dict:
     """The ``scene.data.arrived`` Prefect event (JSON-able dict) for new objects under one dataset root.
 
     ``keys``: (a sample of) the new keys; ``count``: how many there were (default: the distinct keys given).
-    ``event_id``: reuse an id (a retried batch keeps its id, so the server can drop the duplicate).
+    ``event_id``: reuse an id (a retried batch keeps its id, so the server can drop the duplicate); it is also
+    the payload's ``change`` (the trigger passes it to the run as ``change_id``); ``change``: set it apart from
+    the id (a re-sent event gets a fresh id but names the same change).
     """
     keys = list(dict.fromkeys(keys))
+    event_id = event_id or str(uuid.uuid4())
     payload: dict[str, Any] = {
         "bucket": bucket,
         "prefix": root,
         "data": f"s3://{bucket}/{root}",
         "keys": keys[:MAX_KEYS],
         "count": len(keys) if count is None else count,
+        "change": change or event_id,
     }
     if reason:
         payload["reason"] = reason
     return {
-        "id": event_id or str(uuid.uuid4()),
+        "id": event_id,
         "occurred": now_iso(),
         "event": cfg.event_name,
         "resource": {"prefect.resource.id": f"scene.dataset.{bucket}/{root}", "scene.bucket": bucket,
@@ -57,6 +92,28 @@ def dataset_event(cfg: BridgeConfig, bucket: str, root: str, keys: Iterable[str]
         "related": [],
         "payload": payload,
     }
+
+
+def resend_of(event: dict, attempt: int) -> dict:
+    """The same announcement under a fresh, deterministic id (``change`` kept): the server remembers every id it
+    processed (matching or not), so an event that found no trigger (``prefect deploy`` recreating it) or was lost
+    in a restart must be sent under another id to reach the trigger; ``retrain`` dedupes by ``change``."""
+    change = (event.get("payload") or {}).get("change") or event["id"]
+    new_id = str(uuid.uuid5(CHANGE_NAMESPACE, f"{change}|resend {attempt}"))
+    return {**event, "id": new_id, "occurred": now_iso(), "payload": {**event.get("payload", {}), "change": change}}
+
+
+def runs_for_changes(api_url: str, changes: Iterable[str], flow: str = "retrain", limit: int = 200,
+                     **auth: Any) -> set[str]:
+    """The change ids among ``changes`` that a ``flow`` run (any state) was created for (newest ``limit``)."""
+    wanted = set(changes)
+    if not wanted:
+        return set()
+    body = {"flows": {"name": {"any_": [flow]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": limit}
+    status, runs = prefect_request(api_url, "/flow_runs/filter", body, **auth)
+    if status != 200 or not isinstance(runs, list):
+        raise EmitError(f"Prefect API {api_url.rstrip('/')}/flow_runs/filter answered {status}: {str(runs)[:300]}")
+    return {str((r.get("parameters") or {}).get("change_id")) for r in runs} & wanted
 
 
 def auth_headers(api_key: str | None, auth_string: str | None) -> dict[str, str]:

@@ -120,18 +120,46 @@ def start_prefect(state: Path, port: int) -> int:
 
 
 DOCKER_POOL = "docker"  # `--pool docker`: a Docker work pool (prefect-docker worker) running the scene image
+GPU_POOL = "gpu"  # `--pool gpu`: a process pool whose concurrency limit is the number of GPUs (`--gpus N`)
 DOCKER_TEMPLATE = Path(__file__).resolve().parents[2] / "deployments" / "docker-cpu.json"
+# The S3 credentials reach containers through these Prefect Secret blocks, never as literals in a job template
+# (which the API, the UI and `docker inspect` of the template show): the worker resolves the references per run.
+SECRET_BLOCKS = {"AWS_ACCESS_KEY_ID": "scene-s3-access-key-id", "AWS_SECRET_ACCESS_KEY": "scene-s3-secret-access-key"}
+
+
+def secret_reference(block: str) -> str:
+    """The job-template reference to a Prefect Secret block, resolved by the worker for each flow run."""
+    return "{{ prefect.blocks.secret." + block + " }}"
 
 
 def pool_type(pool: str) -> str:
     return "docker" if pool == DOCKER_POOL else "process"
 
 
-def docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
-    """The docker pool's `work-pool create` arguments: deployments/docker-cpu.json with this stack's S3 settings.
+def docker_pool_job_template(env: Mapping[str, str]) -> dict[str, Any]:
+    """deployments/docker-cpu.json with this stack's settings merged into its defaults (no Docker needed).
 
-    Checks that Docker answers and prefect-docker is installed. The credentials go into the pool's job
-    template (the stack's Prefect server only listens on 127.0.0.1), never into the image.
+    The template's own ``env`` default (heartbeat) and its job ``env`` (buckets, ``SCENE_FEATURE_CACHE`` in the
+    artifact bucket) are kept; the stack adds its endpoint, region and data prefix, sets the bucket variables, and
+    the credentials as ``{{ prefect.blocks.secret.<name> }}`` references (see :func:`ensure_secret_blocks`).
+    """
+    template = json.loads(DOCKER_TEMPLATE.read_text())
+    props = template["variables"]["properties"]
+    keep = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "SCENE_DATA_PREFIX")
+    secrets = {var: secret_reference(block) for var, block in SECRET_BLOCKS.items() if env.get(var)}
+    props["env"]["default"] = {**props["env"]["default"], **{k: env[k] for k in keep if k in env}, **secrets,
+                               "PREFECT_HOME": "/tmp/prefect"}
+    for var, key in (("data_bucket", "SCENE_DATA_BUCKET"), ("artifact_bucket", "SCENE_ARTIFACT_BUCKET")):
+        if env.get(key):
+            props[var]["default"] = env[key]
+    props["image"]["default"] = env.get("SCENE_DOCKER_IMAGE", props["image"]["default"])
+    return template
+
+
+def docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
+    """The docker pool's `work-pool create` arguments: :func:`docker_pool_job_template` written to the state folder.
+
+    Checks that Docker answers and prefect-docker is installed.
     """
     import importlib.util
     import shutil
@@ -144,22 +172,41 @@ def docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
     if probe is None or probe.returncode != 0:
         why = "no docker client on PATH" if probe is None else (probe.stderr or probe.stdout).strip()[-300:]
         raise StackError(f"--pool docker: no Docker daemon answers ({why}); start one (sudo deployments/dockerd.sh)")
-    template = json.loads(DOCKER_TEMPLATE.read_text())
-    props = template["variables"]["properties"]
-    keep = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-            "SCENE_DATA_BUCKET", "SCENE_ARTIFACT_BUCKET", "SCENE_DATA_PREFIX")
-    props["env"]["default"] = {**{k: env[k] for k in keep if k in env}, "PREFECT_HOME": "/tmp/prefect"}
-    props["image"]["default"] = env.get("SCENE_DOCKER_IMAGE", props["image"]["default"])
     path = state / "docker-pool.json"
-    write_json(path, template, mode=0o600)
+    write_json(path, docker_pool_job_template(env), mode=0o600)
     return ["--base-job-template", str(path)]
 
 
-def ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: Path) -> None:
+def ensure_secret_blocks(api: str, env: Mapping[str, str]) -> list[str]:
+    """Save the S3 credentials in ``env`` as Prefect Secret blocks (:data:`SECRET_BLOCKS`) at ``api``; their names."""
+    from prefect.blocks.system import Secret
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    saved = []
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        for var, block in SECRET_BLOCKS.items():
+            if env.get(var):
+                Secret(value=env[var]).save(block, overwrite=True)
+                saved.append(block)
+    return saved
+
+
+def set_pool_concurrency(api: str, pool: str, limit: int | None) -> None:
+    """Set a work pool's concurrency limit (None: unlimited) through the Prefect API."""
+    status, body = http.status_of("PATCH", f"{api}/work_pools/{urllib.parse.quote(pool)}", {"concurrency_limit": limit})
+    if status != 204:
+        raise StackError(f"setting the concurrency limit of work pool {pool!r} at {api} failed ({status}): {body}")
+
+
+def ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: Path, gpus: int = 1) -> None:
     """Create the missing process work pools (the CLI fills in the process worker's job template).
 
-    The docker pool is (re)created on every call, so its template carries the stack's current settings.
+    The docker pool is (re)created on every call, so its template carries the stack's current settings, and the
+    credentials it references are saved as Secret blocks first. The ``gpu`` pool runs at most ``gpus`` flow runs
+    at once (one per GPU; the dispatcher pins each to its device).
     """
+    if gpus < 1:
+        raise StackError(f"--gpus {gpus}: the gpu pool needs at least one GPU (pass --gpus N or SCENE_GPUS=N, N >= 1)")
     missing = []
     for pool in pools:
         status, body = http.status_of("GET", f"{api}/work_pools/{urllib.parse.quote(pool)}")
@@ -167,10 +214,13 @@ def ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: P
             missing.append(pool)
         elif status != 200:
             raise StackError(f"work pool {pool!r}: the Prefect API at {api} answered {status}: {body}")
+    if DOCKER_POOL in missing:
+        args = docker_pool_template(state, env)  # checks Docker before anything is saved
+        ensure_secret_blocks(api, env)
     procs = {
         pool: subprocess.Popen(
             [find_bin("prefect"), "work-pool", "create", pool, "--type", pool_type(pool), "--overwrite",
-             *(docker_pool_template(state, env) if pool == DOCKER_POOL else [])],
+             *(args if pool == DOCKER_POOL else [])],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         for pool in missing
@@ -180,6 +230,8 @@ def ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: P
         if proc.returncode != 0:
             text = "\n".join(out.decode(errors="replace").strip().splitlines()[-_LOG_TAIL_LINES:])
             raise StackError(f"creating work pool {pool!r} failed (exit {proc.returncode}):\n{text}")
+    if GPU_POOL in pools:
+        set_pool_concurrency(api, GPU_POOL, gpus)
 
 
 ZOMBIE_AUTOMATION = "scene: crash flow runs that stopped heartbeating"
@@ -283,7 +335,8 @@ def start_events(state: Path, cfg: dict[str, Any], creds: dict[str, str], env: d
     pid = running(state, EVENTS)
     if pid is None:
         argv = [find_bin("scene"), "events", "serve", "--port", str(port), "--bucket", cfg["data_bucket"],
-                "--prefix", cfg["data_prefix"], "--quiet-seconds", str(cfg["quiet_seconds"])]
+                "--prefix", cfg["data_prefix"], "--quiet-seconds", str(cfg["quiet_seconds"]),
+                "--store", str(state / "events.sqlite")]  # notifications survive a bridge kill (replayed)
         ev_env = {**env, "PREFECT_API_URL": api, "SCENE_EVENTS_TOKEN": creds["events_token"]}
         pid = spawn(state, EVENTS, argv, ev_env, cwd=workdir)
     return wait_healthy(state, EVENTS, pid, lambda: events_healthy(port), 60.0, f"event bridge on port {port}")
