@@ -11,6 +11,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
+from flows import retrain_runs
 from flows.train_all import promote_best, require_a_model, train_and_compare
 from scene.data import scope
 from scene.metadata import DEFAULT_BACKBONES
@@ -63,6 +64,19 @@ def retrain_dataset(data: str, test: str | None, params: TrainParams, alpha: flo
                             on_missing_weights=on_missing_weights, slots=slots, audit_labels=audit_labels)
 
 
+def _one_dataset(data: str, test: str | None, params: TrainParams, change_id: str | None, opts: dict) -> dict:
+    """Retrain one dataset in its slot, unless this run ends early (duplicate or superseded, checked at start and
+    once the slot is held)."""
+    early = retrain_runs.ends_early(data, change_id)
+    if early is not None:
+        return early
+    with retrain_runs.dataset_slot(data):
+        early = retrain_runs.ends_early(data, change_id)
+        if early is not None:
+            return early
+        return _retrain_dataset(data, test, params, prefix=run_prefix(), **opts)
+
+
 @flow(name="retrain", log_prints=True, timeout_seconds=2 * FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
 def retrain(
@@ -75,10 +89,14 @@ def retrain(
     new_objects: int = 0,
     slots: int = 2,
     audit_labels: bool = False,
+    change_id: str | None = None,
 ) -> dict:
     """Retrain ``data`` against its own champion; without ``data``, retrain every champion's dataset.
 
     ``params.backbones`` unset: each dataset's champion's backbone (a dataset without a champion: the defaults).
+    ``change_id``: the announced change (the event trigger passes it): a run whose change an earlier run already
+    handles ends as a duplicate, one with a newer run waiting for the same data ends as superseded (both
+    Completed, see :mod:`scene.ops.coalesce`); the others train one at a time per dataset (its slot).
     """
     for name, uri in (("data", data), ("test", test)):  # only inside the data bucket and prefix
         if uri is not None:
@@ -93,7 +111,7 @@ def retrain(
     if data is not None:
         if new_objects:
             log.info("retraining after %d new objects under %s", new_objects, data)
-        result = _retrain_dataset(data, test, params, prefix=run_prefix(), **opts)
+        result = _one_dataset(data, test, params, change_id, opts)
         artifacts.finish_retrain_summary(summary_id, {data: result})
         return result
     if test is not None:
@@ -104,6 +122,9 @@ def retrain(
         log.warning("no dataset has a champion yet, so there is nothing to retrain: run train-all, or pass data=")
         return {"skipped": "no champion", "datasets": {}}
     log.info("retraining the datasets of %d champions: %s", len(champs), ", ".join(sorted(champs)))
+    started = retrain_runs.fan_out(champs)  # from the deployment: one retrain run per dataset, then return
+    if started is not None:
+        return started
     out: dict[str, dict] = {}
     failed: dict[str, str] = {}
     for uri, champ in sorted(champs.items()):  # one subflow per dataset; a failed one does not stop the others

@@ -115,6 +115,9 @@ def start_prefect(state: Path, port: int) -> int:
     env = base_env()
     env["PREFECT_HOME"] = str(state / "prefect")
     env["PREFECT_API_URL"] = f"http://{HOST}:{port}/api"
+    # concurrency-slot leases on disk (PREFECT_HOME/concurrency_leases): in memory, a server restart forgets the
+    # lease of a running retrain while its slot stays taken, and that dataset never retrains again
+    env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] = "prefect.server.concurrency.lease_storage.filesystem"
     argv = [find_bin("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
     return spawn(state, PREFECT, argv, env, cwd=state)
 
