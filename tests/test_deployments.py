@@ -240,3 +240,87 @@ def test_stack_docker_pool_says_how_to_get_docker_when_absent(tmp_path: Path, mo
         services.docker_pool_template(tmp_path, {})
     assert not (tmp_path / "docker-pool.json").exists()
     assert services.pool_type("docker") == "docker" and services.pool_type("gpu") == "process"
+
+
+# ---------------------------------------------------------------------------- built container deployments (issue 20)
+
+CONTAINER_POOLS = ("docker", "kubernetes")
+
+
+def _prefect_files() -> list[Path]:
+    """Every prefect deployment file in the repository (prefect.yaml and deployments/prefect-*.yaml)."""
+    files = [REPO / "prefect.yaml", *sorted((REPO / "deployments").glob("prefect*.yaml"))]
+    assert len(files) >= 3, files
+    return files
+
+
+@pytest.mark.parametrize("path", _prefect_files(), ids=lambda p: p.name)
+def test_container_deployments_run_the_built_image_never_the_deploying_checkout(path: Path) -> None:
+    """A deployment on a docker/kubernetes pool (as the file declares it, definitions.work_pools) uses the image its
+    build step made from the commit, enters it with flows.container.enter_image, and never set_working_directory."""
+    doc = yaml.safe_load(path.read_text())
+    pools = doc.get("definitions", {}).get("work_pools")
+    assert isinstance(pools, dict), f"{path.name}: declare the type of each pool under definitions.work_pools"
+    build = {s.get("id"): (name, s) for step in doc.get("build") or [] for name, s in step.items()}
+    for d in doc["deployments"]:
+        where = f"{path.name}: {d['entrypoint']} ({d['name']}) on pool {d['work_pool']['name']!r}"
+        kind = pools.get(d["work_pool"]["name"])
+        assert kind in ("process", *CONTAINER_POOLS), f"{where}: its pool type is not declared"
+        pull = json.dumps(d.get("pull", doc.get("pull")))
+        if kind == "process":
+            assert "set_working_directory" in pull, where  # a process worker runs the deploying checkout
+            continue
+        assert "set_working_directory" not in pull and "flows.container.enter_image" in pull, where
+        image = d["work_pool"].get("job_variables", {}).get("image", "")
+        assert image == "{{ build-image.image }}", f"{where}: job_variables.image must be the built image"
+        step, args = build["build-image"]
+        assert step == "prefect_docker.deployments.steps.build_docker_image" and args["dockerfile"] == (
+            "deployments/Dockerfile")
+        assert args["tag"] == d["version"] == "{{ commit.stdout }}", f"{where}: tag and version are the commit"
+        assert build["commit"][1]["script"] == "git rev-parse --short=12 HEAD"
+
+
+def test_the_gpu_container_file_pushes_what_it_builds_and_replaces_train_backbone_gpu(deployments: dict) -> None:
+    """deployments/prefect-gpu.yaml: the same deployment name train-all/gpu dispatches to, the image pushed."""
+    doc = yaml.safe_load((REPO / "deployments" / "prefect-gpu.yaml").read_text())
+    (trainer,) = doc["deployments"]
+    assert (trainer["name"], trainer["entrypoint"]) == ("gpu", deployments[("train-backbone", "gpu")]["entrypoint"])
+    assert trainer["parameters"] == deployments[("train-backbone", "gpu")]["parameters"]
+    (push,) = doc["push"]
+    assert push["prefect_docker.deployments.steps.push_docker_image"]["tag"] == "{{ build-image.tag }}"
+    assert doc["definitions"]["work_pools"]["gpu"] in CONTAINER_POOLS
+
+
+def test_build_steps_name_the_image_after_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefect runs the shell steps; the build step and the deployment get the commit and the base image."""
+    import asyncio
+    import subprocess
+
+    from prefect.deployments.steps.utility import run_shell_script
+    from prefect.utilities.templating import apply_values
+
+    def run_step(step: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:  # as `prefect deploy` runs it
+        ((name, args),) = step.items()
+        assert name == "prefect.deployments.steps.run_shell_script"
+        args = {k: v for k, v in apply_values(args, outputs).items() if k not in ("id", "requires")}
+        return asyncio.run(run_shell_script(**args))
+
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=REPO,
+                            check=True).stdout.strip()
+    doc = yaml.safe_load((REPO / "deployments" / "prefect-gpu.yaml").read_text())
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("SCENE_REGISTRY", "registry.example/team")
+    monkeypatch.delenv("SCENE_BASE_IMAGE", raising=False)
+    outputs: dict[str, Any] = {}
+    for step in doc["build"][:3]:
+        ((_, args),) = step.items()
+        outputs[args["id"]] = run_step(step, outputs)
+    build = apply_values(doc["build"][3]["prefect_docker.deployments.steps.build_docker_image"], outputs)
+    assert build["image_name"] == "registry.example/team/scene-gpu" and build["tag"] == commit
+    assert build["buildargs"] == {"BASE_IMAGE": "python:3.11-slim", "GPU": "1"}
+    image = f"{build['image_name']}:{build['tag']}"
+    deployment = apply_values(doc["deployments"][0], {**outputs, "build-image": {"image": image}})
+    assert deployment["version"] == commit and deployment["work_pool"]["job_variables"]["image"] == image
+    monkeypatch.delenv("SCENE_REGISTRY")
+    with pytest.raises(RuntimeError, match="SCENE_REGISTRY"):
+        run_step(doc["build"][0], {})

@@ -45,7 +45,7 @@ def cmd_stack(a: argparse.Namespace) -> None:
     if a.action == "up":
         info = stack.up(a.state, s3_port=a.s3_port, prefect_port=a.prefect_port, pools=tuple(a.pool or ["default"]),
                         workdir=a.workdir or Path.cwd(), events_port=None if a.no_events else a.events_port,
-                        quiet_seconds=a.quiet_seconds)
+                        quiet_seconds=a.quiet_seconds, gpus=a.gpus)
         print(f"stack up: Prefect UI {info.prefect_api_url.removesuffix('/api')}, S3 {info.s3_endpoint}, "
               f"state in {info.state_dir}", file=sys.stderr)
     elif a.action == "down":
@@ -193,6 +193,8 @@ def register(sub: Any) -> None:
     s.add_argument("--pool", action="append", help="work pools to create with a worker (default: default); "
                    "'docker' makes a Docker pool running the scene image (needs Docker and pip install -e '.[docker]')")
     s.add_argument("--workdir", help="where workers run flows (default: the current folder)")
+    s.add_argument("--gpus", type=int, help="GPUs the 'gpu' pool serves: its concurrency limit, one run per GPU "
+                   "(default: SCENE_GPUS, else 1)")
     s.add_argument("--events-port", type=int, default=8787, help="port of the storage-event bridge")
     s.add_argument("--quiet-seconds", type=float, default=30.0,
                    help="a burst of uploads becomes one retraining after this long without new objects")

@@ -168,6 +168,14 @@ def _events_token(state: Path, creds: dict[str, str]) -> dict[str, str]:
     return creds
 
 
+def gpu_count(gpus: int | None = None) -> int:
+    """The number of GPUs the ``gpu`` pool serves: ``gpus``, else ``SCENE_GPUS``, else 1."""
+    text = str(gpus) if gpus is not None else os.environ.get("SCENE_GPUS") or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise StackError(f"SCENE_GPUS/--gpus {text!r}: pass the number of GPUs the gpu pool serves (1 or more)")
+    return int(text)
+
+
 def _worker(pool: str) -> str:
     return f"worker-{pool}"
 
@@ -220,7 +228,7 @@ def _start_workers(state: Path, cfg: dict[str, Any], creds: dict[str, str], pool
     env = {**base_env(), **s3_env(cfg, creds), "PREFECT_HOME": str(state / "prefect"), "SCENE_STATE_DIR": str(state),
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),  # flow runs heartbeat: see ensure_zombie_automation
            "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_S)}
-    ensure_pools(api, pools, env, state)
+    ensure_pools(api, pools, env, state, gpus=cfg.get("gpus", 1))
     env.update(extra or {})
     worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": s3_env(cfg, creds),
                        "heartbeat": env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"], "poll": WORKER_POLL_S})
@@ -258,6 +266,7 @@ def up(
     timeout: float = 180.0,
     events_port: int | None = None,
     quiet_seconds: float = 30.0,
+    gpus: int | None = None,
 ) -> StackInfo:
     """Start the stack (or reuse the running parts) and wait until every service is healthy.
 
@@ -267,7 +276,8 @@ def up(
     the workers. ``settings``: bucket names and data prefix (default ``Settings()``). ``timeout``: seconds
     to wait for the Prefect server. ``events_port``: also run the event bridge (``scene events serve``) there,
     wire the gateway's webhook to it (token generated once, kept with the credentials) and subscribe the data
-    prefix; ``quiet_seconds``: its quiet period. Raises :class:`StackError` with the failing service's log tail.
+    prefix; ``quiet_seconds``: its quiet period. ``gpus``: the ``gpu`` pool's concurrency limit, one run per GPU
+    (default: ``SCENE_GPUS``, else 1). Raises :class:`StackError` with the failing service's log tail.
     """
     state = state_path(state_dir)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -284,6 +294,7 @@ def up(
         workdir_path = Path(workdir).resolve() if workdir is not None else Path.cwd()
         cfg = _plan(state, old, base, {S3: s3_port, PREFECT: prefect_port}, pools, workdir_path, webhook,
                     events_port, quiet_seconds)
+        cfg["gpus"] = gpu_count(gpus)
         write_json(state / "stack.json", cfg)
         timings = _start_servers(state, cfg, creds, webhook_token, base, timeout)
         ensure_zombie_automation(f"http://{HOST}:{prefect_port}/api")  # runs whose worker died end Crashed
