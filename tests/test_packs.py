@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from scene.data import packs, storage
@@ -98,6 +101,57 @@ def test_manifests_carry_the_pack_column_and_older_ones_read_as_unpacked(synth_d
     assert list(again.manifest["pack"]) == list(ds.manifest["pack"])
     older = tmp_path / "older.csv"
     ds.manifest.drop(columns=["pack"]).to_csv(older, index=False)
-    assert packs.locations(load_dataset(str(older)).manifest) == {}
+    old = load_dataset(str(older)).manifest  # no packs, but every row's hash is still checked on reading
+    assert packs.locations(old) == {k: ("", h) for k, h in zip(old["key"], old["sha256"], strict=True)}
     unpacked = build_dataset(str(synth_dir))  # no packer (local data by default): no packs
     assert (unpacked.manifest["pack"] == "").all() and unpacked.packs_written == 0
+
+
+def _changed_after_manifest(synth_dir: Path, tmp_path: Path) -> tuple[Any, str, str]:
+    """A local dataset whose first test image is overwritten (by another valid JPEG) after its manifest was built;
+    returns the dataset, that key and the sha256 its manifest row records."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_dir, root)
+    ds = build_dataset(str(root))
+    row = ds.manifest.sort_values("key").iloc[0]
+    other = ds.manifest[ds.manifest["label"] != row["label"]].iloc[0]
+    Path(row["key"]).write_bytes(Path(other["key"]).read_bytes())  # a valid image, other content
+    return ds, str(row["key"]), str(row["sha256"])
+
+
+def test_every_read_of_a_manifest_image_is_checked_against_its_sha256(synth_dir: Path, tmp_path: Path) -> None:
+    from scene.model.pipeline import image_dataset
+
+    ds, key, sha = _changed_after_manifest(synth_dir, tmp_path)
+    rows = ds.manifest.sort_values("key")
+    with pytest.raises(packs.ContentMismatch, match=f"{key}: .* but the manifest records {sha}"):
+        list(pixel_batches(rows["key"].tolist(), 48, batch_size=4, packed=packs.locations(rows)))  # local files
+    for shuffle in (False, True):  # in order and the online path's shuffled order (no packs) alike
+        with pytest.raises(Exception, match=f"the manifest records {sha}"):
+            list(image_dataset(rows, 48, num_classes=len(ds.class_names), batch_size=4, shuffle=shuffle))
+    unchecked = rows[rows["key"] != key]
+    assert len(list(pixel_batches(unchecked["key"].tolist(), 48, batch_size=4, packed=packs.locations(unchecked))))
+
+    writer = packs.PackWriter(str(tmp_path / "packs"), images=4)  # a damaged pack falls back to the object: checked
+    writer.add(sha, b"not the image")  # a member whose bytes do not match: the reader falls back to the file
+    where = packs.locations(rows.assign(pack=rows["sha256"].map(writer.close()).fillna("")))
+    with pytest.raises(packs.ContentMismatch, match=key):
+        packs.reader(storage.read_bytes, where)(key)
+
+
+def test_a_changed_image_fails_extraction_and_its_vector_is_never_cached(synth_dir: Path, tmp_path: Path) -> None:
+    import keras
+
+    from scene.train import features
+
+    ds, key, sha = _changed_after_manifest(synth_dir, tmp_path)
+    rows = ds.manifest.sort_values("key")
+    rows = pd.concat([rows[rows["key"] != key].head(3), rows[rows["key"] == key]])  # 3 good images, then the bad
+    model = keras.Sequential([keras.Input((48, 48, 3)), keras.layers.GlobalAveragePooling2D()])
+    cache = features.FeatureCache(str(tmp_path / "cache"), "ns")
+    with pytest.raises(packs.ContentMismatch, match=key):
+        features.extract(rows, [0], backbone="mobilenetv2", weights=None, size=48, cache=cache,  # type: ignore[arg-type]
+                         batch_size=1, shard_size=1, model=model)
+    again = features.FeatureCache(str(tmp_path / "cache"), "ns")  # what is on disk
+    good = [features.entry_key(s, 0) for s in rows["sha256"][:3]]
+    assert again.missing(good) == [] and again.missing([features.entry_key(sha, 0)]) == [f"{sha}:0"]

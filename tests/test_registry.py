@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -20,7 +21,7 @@ from scene.registry import (
     decide,
     pair,
 )
-from scene.registry.rule import GateError, per_class_recall, select_challenger
+from scene.registry.rule import GateError, per_class_recall, select_challenger, spent_alpha
 from scene.train.experiment import TrainResult
 
 
@@ -258,3 +259,31 @@ def test_cli_parser_and_table() -> None:
     assert text.splitlines()[0].split() == ["name", "score", "other"] and "0.5000" in text and "—" in text
     assert models.champions_text({"s3://d/b/": {"version": "v2"}, "s3://d/a/": {"version": "v1"}}) == (
         "champion of s3://d/a/: v1\nchampion of s3://d/b/: v2")
+
+
+def test_different_class_lists_are_refused_naming_both() -> None:
+    mine, theirs = _frames(50, 30, 5, 15)
+    ours, other = ["forest", "sea"], ["sea", "forest"]  # same names, other order: index 0 means another class
+    d = decide(mine, theirs, challenger_collapsed=False, class_names=ours, champion_classes=other)
+    assert d.promote is False and str(ours) in d.reason and str(other) in d.reason and d.n_paired == 0
+    assert decide(mine, theirs, challenger_collapsed=False, class_names=ours, champion_classes=ours).promote is True
+    assert decide(mine, theirs, challenger_collapsed=False, class_names=ours).promote is True  # unknown: no check
+    assert decide(mine, None, challenger_collapsed=False, class_names=ours, champion_classes=other).promote is True
+    with pytest.raises(GateError, match=r"\['sea', 'forest'\] differ"):
+        pair(mine, theirs, challenger_classes=ours, champion_classes=other)
+
+
+def test_the_level_is_spent_over_the_gates_of_a_test_split() -> None:
+    levels = [spent_alpha(0.05, k) for k in range(1, 10_001)]
+    assert levels[0] == pytest.approx(0.05 * 6 / math.pi**2) and sum(levels) < 0.05
+    assert spent_alpha(0.05, None) == 0.05
+    with pytest.raises(ValueError, match="gate_number=0"):
+        spent_alpha(0.05, 0)
+    mine, theirs = _frames(50, 14, 5, 31)  # one-sided p=0.03178
+    first = decide(mine, theirs, challenger_collapsed=False)
+    assert first.promote is True and first.gate_number is None and first.alpha_level == 0.05
+    second = decide(mine, theirs, challenger_collapsed=False, gate_number=1)  # level 0.0304
+    assert second.promote is False and "gate 1 of this test split" in second.reason
+    assert (second.gate_number, second.alpha_level) == (1, pytest.approx(0.0304, abs=1e-4))
+    assert "gate 1 of this test split" in second.markdown()
+    assert Decision.from_dict(second.to_dict()) == second

@@ -11,6 +11,11 @@ and the manifest's ``pack`` column says where each image's bytes are. Readers in
 A pack is a cache, never the data of record: its name is a hash of the images it holds (two runs writing the same
 images write the same object), every image read from it is checked against the manifest's SHA-256, and a pack that
 is missing, unreadable or does not match falls back to the image's own object with a warning.
+
+The image's own object (or local file) is checked too: :func:`reader` verifies *every* read of a key whose
+manifest row records a SHA-256 — pack member, fallback read, local folder, shuffled (unpacked) order alike — and a
+mismatch raises :class:`ContentMismatch` naming the key and both hashes. The image then fails loudly: no feature is
+computed from those bytes, so none is cached under the manifest's hash, and no score is given to it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,21 @@ log = logging.getLogger(__name__)
 PACK_IMAGES = 256  # images per pack: one GET instead of 256
 PACK_BYTES = 16 << 20  # a pack is closed early when it reaches this size
 _EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same images give the same bytes
+
+
+class ContentMismatch(storage.StorageError):
+    """An image's bytes do not hash to the SHA-256 its manifest row records: it changed after the manifest was built."""
+
+
+def verify(key: str, data: bytes, sha: str) -> bytes:
+    """``data`` when it hashes to ``sha``; else raise :class:`ContentMismatch` naming ``key`` and both hashes."""
+    actual = storage.sha256_bytes(data)
+    if actual != sha:
+        raise ContentMismatch(
+            f"{key}: its {len(data)} bytes have sha256 {actual}, but the manifest records {sha}: the image changed "
+            "after the manifest was built, so it is neither scored nor cached; re-run the flow (its manifest step "
+            "reads the image again) or restore the original bytes")
+    return data
 
 
 def writer_for(data: str, artifact_bucket: str, s3: object) -> PackWriter | None:
@@ -159,26 +179,33 @@ class PackReader:
         log.warning("image pack %s not used (%s); reading its images one object each", uri, why)
 
 
-def locations(rows: object) -> dict[str, tuple[str, str]]:
-    """``{key: (pack URI, sha256)}`` of the manifest rows that have a pack (a DataFrame with ``pack``)."""
+def locations(rows: object, *, use_packs: bool = True) -> dict[str, tuple[str, str]]:
+    """``{key: (pack URI or "", sha256)}`` of the manifest rows that record a SHA-256 (a DataFrame with ``sha256``;
+    the pack from its ``pack`` column). ``use_packs=False``: every pack ``""`` (the hashes are still checked)."""
     import pandas as pd
 
-    if not isinstance(rows, pd.DataFrame) or "pack" not in rows.columns or rows.empty:
+    if not isinstance(rows, pd.DataFrame) or "sha256" not in rows.columns or rows.empty:
         return {}
-    packed = rows[rows["pack"].astype(str).str.strip() != ""]
-    return dict(zip(packed["key"], zip(packed["pack"], packed["sha256"], strict=True), strict=True))
+    known = rows[rows["sha256"].astype(str).str.strip() != ""]
+    where = (known["pack"].astype(str).str.strip() if use_packs and "pack" in known.columns
+             else pd.Series("", index=known.index))
+    return dict(zip(known["key"], zip(where, known["sha256"].astype(str), strict=True), strict=True))
 
 
 def reader(fetch: Callable[[str], bytes], where: Mapping[str, tuple[str, str]]) -> Callable[[str], bytes]:
-    """``fetch`` (key → bytes) that reads keys listed in ``where`` from their packs first."""
+    """``fetch`` (key → bytes) that reads keys listed in ``where`` from their pack first (when they have one) and
+    checks every read of a listed key against its SHA-256 (:func:`verify`); unlisted keys are read as they are."""
     if not where:
         return fetch
     packs = PackReader(fetch)
 
     def read(key: str) -> bytes:
         found = where.get(key)
-        data = packs.get(*found) if found else None
-        return data if data is not None else fetch(key)
+        if found is None:
+            return fetch(key)
+        pack, sha = found
+        data = packs.get(pack, sha) if pack else None  # a pack member is already checked against sha
+        return data if data is not None else verify(key, fetch(key), sha)
 
     read.packs = packs  # type: ignore[attr-defined]  # its counters, for logs and tests
     return read

@@ -124,9 +124,9 @@ def pixel_batches(keys: Sequence[str], size: int, *, batch_size: int, s3: Any = 
     """``(n, size, size, 3)`` float32 batches of ``keys`` in order. Decoding runs ahead on a thread pool while
     the caller computes (the backbone releases the GIL), so reading overlaps with the model.
 
-    ``packed``: ``{key: (pack URI, sha256)}`` of keys whose bytes are also in an image pack
-    (:func:`scene.data.packs.locations` of manifest rows): those are read one GET per pack, checked against
-    their hash, and read from their own object when the pack is missing or damaged.
+    ``packed``: ``{key: (pack URI or "", sha256)}`` (:func:`scene.data.packs.locations` of manifest rows): keys with
+    a pack are read one GET per pack, and from their own object when the pack is missing or damaged; every read of a
+    listed key is checked against its hash (:class:`scene.data.packs.ContentMismatch` when it differs).
 
     ``errors``: when given (input no manifest has checked), an unreadable or too small image becomes an all-zero
     image and ``errors[key]`` says why; otherwise the first unreadable image raises.
@@ -189,12 +189,13 @@ def image_dataset(
 
     With ``shuffle``, the order changes each epoch (seeded); ``augment`` is applied in training mode.
     Images go through :func:`load_pixels` on a thread pool, as in :func:`pixel_batches`; in order, the rows'
-    image packs are read (a shuffled order would fetch each pack again for nearly every image).
+    image packs are read (a shuffled order would fetch each pack again for nearly every image); in any order, every
+    image whose row records a SHA-256 is checked against it (:func:`scene.data.packs.reader`).
     """
     keys = rows["key"].tolist()
     order = np.arange(len(keys))
     pool = workers or decode_workers(keys)
-    fetch = packs.reader(image_fetch.reader(s3), {} if shuffle else packs.locations(rows))
+    fetch = packs.reader(image_fetch.reader(s3), packs.locations(rows, use_packs=not shuffle))  # hashes checked
 
     def gen() -> Iterator[tuple[np.ndarray, int]]:
         idx = np.random.default_rng([seed, gen.epoch]).permutation(order) if shuffle else order
