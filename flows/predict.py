@@ -21,8 +21,9 @@ from tasks.common import FLOW_TIMEOUT_S, S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_
 
 
 @task(cache_policy=NO_CACHE, name="resolve model", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
-def resolve_model(model: str | None) -> tuple[str, list[str]]:
-    """The local path and classes of the given model (path or s3:// URI to model.keras), or the champion's.
+def resolve_model(model: str | None, dataset: str | None = None) -> tuple[str, list[str]]:
+    """The local path and classes of the given model (path or s3:// URI to model.keras), or else of ``dataset``'s
+    champion (without ``dataset``: the champion of the only dataset that has one; several is an error).
 
     A registered version (the champion, or ``.../<backbone>-<12 hex>/model.keras``) is downloaded only after
     its files match ``checksums.json`` and the version id (:func:`scene.registry.integrity.fetch_version`).
@@ -31,9 +32,11 @@ def resolve_model(model: str | None) -> tuple[str, list[str]]:
 
     client, cfg = s3(), settings()
     if model is None:
-        champ = registry.champion(client, cfg.artifact_bucket)
-        if champ is None:
-            raise RuntimeError("no champion model yet: train and promote one (retrain flow), or pass model=")
+        try:
+            champ = registry.serving_champion(client, cfg.artifact_bucket, dataset)
+        except registry.RegistryError as err:
+            raise RuntimeError(f"{err}; or pass model=") from err
+        get_run_logger().info("the champion of %s: %s", champ["data"], champ["version"])
         model = champ["model"]  # champion.json's model field: the one place the champion's path comes from
     log = get_run_logger()
     folder = model.rsplit("/", 1)[0]
@@ -82,19 +85,24 @@ def _classified(out: str) -> Any:
 
 @flow(name="predict", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
-def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, out: str | None = None) -> dict:
-    """Classify a prefix of images with the champion (or a given model); write predictions.csv to S3."""
+def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, out: str | None = None,
+            dataset: str | None = None) -> dict:
+    """Classify a prefix of images with a dataset's champion (or a given model); write predictions.csv to S3."""
     scope.require_data_uri(data, settings(), prefixes=(settings().data_prefix, scope.PREDICT_PREFIX))
     out = out or f"s3://{settings().artifact_bucket}/predictions/{flow_run.get_id() or 'local'}/predictions.csv"
-    facts = {"images under": data, "model": model or "the champion", "predictions": out}
+    if model is not None and dataset is not None:
+        raise ValueError(f"pass model= or dataset= (whose champion predicts), not both; got model={model!r}, "
+                         f"dataset={dataset!r}")
+    facts = {"images under": data, "model": model or f"the champion of {dataset or 'the only dataset'}",
+             "predictions": out}
     summary_id = artifacts.start_summary("predict", facts)  # first: listed above the task artifacts
-    model_path, classes = resolve_model(model)
+    model_path, classes = resolve_model(model, dataset)
     n, bad = predict_images(model_path, classes, data, out)
     create_link_artifact(storage.presigned_url(out, s3()), link_text="predictions.csv", key="predictions",
                          description=f"expires after {storage.MAX_LINK_SECONDS // 3600} hour; {out}")
     get_run_logger().info("%d images classified, %d unreadable listed; %s", n, bad, out)
-    drift = audit_tasks.drift_check(model_path, registry.champion(s3(), settings().artifact_bucket) if model is None
-                                    else None, _classified(out), f"predict batch {data}")
+    drift = audit_tasks.drift_check(model_path, registry.serving_champion(s3(), settings().artifact_bucket,
+                                    dataset) if model is None else None, _classified(out), f"predict batch {data}")
     artifacts.finish_prediction_summary(summary_id, {**facts, "model file": model_path, "classified": n,
                                                      "unreadable (listed in the CSV)": bad}, out)
     return {"predictions": out, "images": n, "unreadable": bad, "drift": drift}

@@ -24,7 +24,6 @@ from prefect.runtime import flow_run as this_run
 from prefect.states import Crashed
 
 from flows.train_backbone import train_backbone
-from scene.data.dataset import Dataset
 from scene.train.experiment import TrainResult
 from tasks import artifacts
 
@@ -63,13 +62,16 @@ def _mark_crashed(run: FlowRun, message: str) -> None:
             client.set_task_run_state(run.parent_task_run_id, Crashed(message=message), force=True)
 
 
-def train_in_process(backbone: str, ds: Dataset, run_args: dict[str, Any]) -> TrainResult:
-    """Train one backbone in a child process and wait; a failure of any kind becomes a ``failed`` row."""
+def train_in_process(backbone: str, run_args: dict[str, Any]) -> TrainResult:
+    """Train one backbone in a child process and wait; a failure of any kind becomes a ``failed`` row.
+
+    The child gets the published manifest by URI (``run_args["manifest_uri"]``), as a dispatched run does: nothing
+    large travels in its parameters."""
     log = get_run_logger()
     params = run_args["params"]
     tag = f"scene-process-{uuid.uuid4().hex[:12]}"
     with tags(f"backbone:{backbone}", tag):  # serialized into the child's context: its subflow run carries them
-        proc = run_flow_in_subprocess(_CHILD_FLOW, parameters={"backbone": backbone, "manifest": ds, **run_args},
+        proc = run_flow_in_subprocess(_CHILD_FLOW, parameters={"backbone": backbone, **run_args},
                                       env=CHILD_ENV)
     log.info("%s: training in process %d", backbone, proc.pid)
     proc.join()
@@ -91,8 +93,8 @@ def train_in_process(backbone: str, ds: Dataset, run_args: dict[str, Any]) -> Tr
     return TrainResult(backbone, "failed", error, strategy=params.strategy, weights=params.weights)
 
 
-def train_in_processes(ds: Dataset, backbones: list[str], run_args: dict[str, Any], slots: int) -> list[TrainResult]:
+def train_in_processes(backbones: list[str], run_args: dict[str, Any], slots: int) -> list[TrainResult]:
     """Every backbone in its own process, at most ``slots`` at once; results in the order of ``backbones``."""
     with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="backbone") as pool:
-        futures = [pool.submit(contextvars.copy_context().run, train_in_process, b, ds, run_args) for b in backbones]
+        futures = [pool.submit(contextvars.copy_context().run, train_in_process, b, run_args) for b in backbones]
         return [f.result() for f in futures]

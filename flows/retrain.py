@@ -7,7 +7,7 @@ retrains the dataset of every champion (with ``only_if_changed``, only those who
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
@@ -25,7 +25,7 @@ from tasks.common import FLOW_TIMEOUT_S, run_prefix, settings
 
 def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix: str, alpha: float,
                      only_if_changed: bool, on_missing_weights: str, slots: int = 2,
-                     audit_labels: bool = False) -> dict:
+                     audit_labels: bool = False, dispatch: dict[str, Any] | None = None) -> dict:
     """What changed in ``data`` since its champion; then the same per-backbone runs as train-all, in parallel, and
     the best gated against that dataset's champion (named in the result)."""
     log = get_run_logger()
@@ -48,7 +48,7 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
     drift = audit_tasks.drift_check(None, champ, new_rows, f"{len(new_rows)} new images of {data}")
     manifest = data_tasks.publish_manifest(ds, report, prefix)
     results, _ = train_and_compare(ds, backbones, params, manifest, prefix, on_missing_weights=on_missing_weights,
-                                   slots=slots)
+                                   slots=slots, **(dispatch or {}))
     require_a_model(results)  # a retrain whose every backbone failed is a failed run, not "no challenger"
     gated = promote_best(ds, results, pointer, alpha)
     return {**gated, "data": data, "champion": champ["version"] if champ else None, "audit": audit, "drift": drift,
@@ -58,10 +58,12 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
 
 @flow(name="retrain-dataset", flow_run_name="retrain {data}", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S)
 def retrain_dataset(data: str, test: str | None, params: TrainParams, alpha: float, only_if_changed: bool,
-                    on_missing_weights: str, slots: int = 2, audit_labels: bool = False) -> dict:
+                    on_missing_weights: str, slots: int = 2, audit_labels: bool = False,
+                    dispatch: dict[str, Any] | None = None) -> dict:
     """One dataset of a scheduled retraining, as a subflow: its own run id, artifact prefix and work folders."""
     return _retrain_dataset(data, test, params, prefix=run_prefix(), alpha=alpha, only_if_changed=only_if_changed,
-                            on_missing_weights=on_missing_weights, slots=slots, audit_labels=audit_labels)
+                            on_missing_weights=on_missing_weights, slots=slots, audit_labels=audit_labels,
+                            dispatch=dispatch)
 
 
 def _one_dataset(data: str, test: str | None, params: TrainParams, change_id: str | None, opts: dict) -> dict:
@@ -89,11 +91,18 @@ def retrain(
     new_objects: int = 0,
     slots: int = 2,
     audit_labels: bool = False,
+    dispatch: Literal["local", "deployments", "docker"] = "local",
+    deployment: str = "train-backbone/gpu",
+    devices: list[str] | None = None,
+    start_timeout_s: float = 1800.0,
+    dispatch_timeout_s: float = 6 * 3600.0,
     change_id: str | None = None,
 ) -> dict:
     """Retrain ``data`` against its own champion; without ``data``, retrain every champion's dataset.
 
     ``params.backbones`` unset: each dataset's champion's backbone (a dataset without a champion: the defaults).
+    ``dispatch``/``deployment``/``devices``/timeouts: where the backbones train, as for train-all (local processes,
+    or one flow run per backbone on the deployment's work pool, e.g. a GPU pool).
     ``change_id``: the announced change (the event trigger passes it): a run whose change an earlier run already
     handles ends as a duplicate, one with a newer run waiting for the same data ends as superseded (both
     Completed, see :mod:`scene.ops.coalesce`); the others train one at a time per dataset (its slot).
@@ -107,7 +116,9 @@ def retrain(
     log = get_run_logger()
     params.check()
     opts = {"alpha": alpha, "only_if_changed": only_if_changed, "on_missing_weights": on_missing_weights,
-            "slots": slots, "audit_labels": audit_labels}
+            "slots": slots, "audit_labels": audit_labels,
+            "dispatch": {"dispatch": dispatch, "deployment": deployment, "devices": devices,
+                         "start_timeout_s": start_timeout_s, "dispatch_timeout_s": dispatch_timeout_s}}
     if data is not None:
         if new_objects:
             log.info("retraining after %d new objects under %s", new_objects, data)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
@@ -10,11 +12,13 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run as this_run
 from prefect.states import Cancelled, Cancelling
 
 from flows.processes import train_in_processes
 from scene.data.dataset import Dataset
-from scene.metadata import CLASS_NAMES, DEMO_DATA_URI
+from scene.metadata import DEMO_DATA_URI
+from scene.ops import gpus
 from scene.registry import ModelVersion, Pointer, select_challenger
 from scene.train.experiment import TrainResult
 from scene.train.params import TrainParams
@@ -28,56 +32,122 @@ DOCKER_DEPLOYMENT = "train-backbone/docker"  # dispatch="docker": a container pe
 
 
 def _dispatch(backbones: list[str], run_args: dict[str, Any], deployment: str, *, start_timeout_s: float,
-              dispatch_timeout_s: float, poll: float = 3.0) -> list[TrainResult]:
-    """One ``train-backbone`` flow run per backbone on the deployment's work pool; wait (bounded); collect."""
+              dispatch_timeout_s: float, devices: list[str] | None = None, poll: float = 3.0) -> list[TrainResult]:
+    """One ``train-backbone`` flow run per backbone on the deployment's work pool; wait (bounded); collect.
+
+    ``devices``: the accelerators of the pool's host (e.g. ``["0", "1"]``): at most one run per device at a time,
+    each pinned to its device through job variables (:func:`scene.ops.gpus.device_job_variables`); the other
+    backbones are dispatched as devices free up. Without ``devices`` every run is created at once and the pool's
+    concurrency limit (or Kubernetes' device plugin) decides what runs.
+    """
     log = get_run_logger()
     params = {**run_args, "params": run_args["params"].model_dump()}
-    runs = {b: run_deployment(deployment, parameters={"backbone": b, **params}, timeout=0,
-                              flow_run_name=f"{b}", tags=["scene", b]).id for b in backbones}
-    log.info("created %d %s flow runs: %s", len(runs), deployment, ", ".join(f"{b}={r}" for b, r in runs.items()))
-    outcome = _await_runs(runs, start_timeout_s, dispatch_timeout_s, poll)
+    pool_type = _pool_of(deployment).type if devices else ""
+    parent = this_run.get_id()
+
+    def submit(backbone: str, device: str | None) -> UUID:
+        pinned = gpus.device_job_variables(pool_type, [device]) if device is not None else None
+        run = run_deployment(deployment, parameters={"backbone": backbone, **params}, timeout=0,
+                             flow_run_name=backbone, tags=["scene", backbone], job_variables=pinned,
+                             idempotency_key=f"{parent}:{backbone}" if parent else None)
+        log.info("created %s flow run %s for %s%s", deployment, run.id, backbone,
+                 f" on device {device}" if device is not None else "")
+        return run.id
+
+    outcome = _await_runs(backbones, submit, devices, start_timeout_s, dispatch_timeout_s, poll)
     results = []
     for b in backbones:
-        state = outcome[b]
+        run_id, state = outcome[b]
         res = artifacts.read_result(f"{params['run_prefix_uri'].rstrip('/')}/{b}/") if state.is_completed() else None
         if res is None:
-            res = TrainResult(b, "failed", f"flow run {runs[b]} {state.name}: {state.message or state.name}",
+            res = TrainResult(b, "failed", f"flow run {run_id} {state.name}: {state.message or state.name}",
                               strategy=params["params"]["strategy"],
                               weights=params["params"]["weights"])
         results.append(res)
     return results
 
 
-def _await_runs(runs: dict[str, UUID], start_timeout_s: float, dispatch_timeout_s: float,
-                poll: float) -> dict[str, State]:
-    """The final state of every run; a run still Scheduled/Pending after ``start_timeout_s`` is cancelled.
+def _pool_of(deployment: str) -> Any:
+    """The work pool a deployment's runs go to (its name and type)."""
+    with get_client(sync_client=True) as client:
+        return client.read_work_pool(client.read_deployment_by_name(deployment).work_pool_name)
 
-    The start clock restarts whenever a sibling run finishes (a run may wait for the slot it frees); a run not
-    final after ``dispatch_timeout_s`` is cancelled too. Each given-up run's state carries the reason.
+
+@dataclass
+class _Watched:
+    """One dispatched run as the dispatcher follows it: its device and when its state last changed."""
+
+    run_id: UUID
+    device: str | None
+    since: float  # monotonic time of the last state change seen (the run's own start clock)
+    seen: tuple[Any, ...] = ()
+
+
+def _await_runs(backbones: list[str], submit: Callable[[str, str | None], UUID], devices: list[str] | None,
+                start_timeout_s: float, dispatch_timeout_s: float, poll: float) -> dict[str, tuple[UUID, State]]:
+    """Dispatch (at most one run per device when ``devices`` are given) and follow every run to a final state.
+
+    Each run has its own start clock, restarted on each of its state changes (so a run that waits in line, or one a
+    preempted pod sends back to Scheduled, is followed, not cancelled). A run still Scheduled/Pending after
+    ``start_timeout_s`` since its last change is cancelled only when no worker polls its work pool (the pool is not
+    READY): waiting for a busy pool is not a failure. A run not final after ``dispatch_timeout_s`` is cancelled too.
+    Each given-up run's state carries the reason.
     """
     log = get_run_logger()
-    began = since = time.monotonic()
-    out: dict[str, State] = {}
+    began = time.monotonic()
+    waiting, free = list(backbones), list(devices) if devices else None
+    active: dict[str, _Watched] = {}
+    out: dict[str, tuple[UUID, State]] = {}
     with get_client(sync_client=True) as client:
-        while len(out) < len(runs):
-            now = time.monotonic()
-            for b, run_id in runs.items():
-                state = None if b in out else client.read_flow_run(run_id).state
+        while waiting or active:
+            while waiting and (free is None or free):
+                device = free.pop(0) if free else None
+                b = waiting.pop(0)
+                active[b] = _Watched(submit(b, device), device, time.monotonic())
+            pools: dict[str, Any] = {}
+            for b, w in list(active.items()):
+                run = client.read_flow_run(w.run_id)
+                state, now = run.state, time.monotonic()
                 if state is None:
                     continue
+                if (state.type, state.name, state.timestamp) != w.seen:
+                    if w.seen:
+                        log.info("%s: %s", b, state.name)
+                    w.seen, w.since = (state.type, state.name, state.timestamp), now
                 if state.is_final():
-                    out[b], since = state, time.monotonic()
-                    log.info("%s finished: %s", b, state.name)
-                elif state.type in (StateType.SCHEDULED, StateType.PENDING) and now - since > start_timeout_s:
-                    out[b] = _give_up(client, run_id, state, f"never started: still {state.name} after "
-                                      f"{now - since:.0f} s (start_timeout_s={start_timeout_s:g}); is a worker "
-                                      "polling the deployment's work pool?")
+                    final = state
+                elif state.type in (StateType.SCHEDULED, StateType.PENDING) and now - w.since > start_timeout_s:
+                    name = run.work_pool_name or ""
+                    if name not in pools:
+                        pools[name] = _pool_status(client, name)
+                    if pools[name] == "READY":
+                        continue  # a worker polls the pool: the run waits for a slot (or its infrastructure)
+                    final = _give_up(client, w.run_id, state, f"never started: still {state.name} after "
+                                     f"{now - w.since:.0f} s (start_timeout_s={start_timeout_s:g}); no worker polls "
+                                     f"its work pool {name!r} (status {pools[name]}): start one with `prefect "
+                                     f"worker start --pool {name}`")
                 elif now - began > dispatch_timeout_s:
-                    out[b] = _give_up(client, run_id, state, f"not finished after {now - began:.0f} s "
-                                      f"(dispatch_timeout_s={dispatch_timeout_s:g}), was {state.name}")
-            if len(out) < len(runs):
+                    final = _give_up(client, w.run_id, state, f"not finished after {now - began:.0f} s "
+                                     f"(dispatch_timeout_s={dispatch_timeout_s:g}), was {state.name}")
+                else:
+                    continue
+                log.info("%s finished: %s", b, final.name)
+                out[b] = (w.run_id, final)
+                del active[b]
+                if free is not None and w.device is not None:
+                    free.append(w.device)
+            if waiting or active:
                 time.sleep(poll)
     return out
+
+
+def _pool_status(client: Any, name: str) -> str:
+    """A work pool's status (READY when a worker polls it), or why it cannot be read."""
+    try:
+        pool = client.read_work_pool(name)
+    except Exception as err:  # a deleted pool: nobody will start the run
+        return f"unreadable: {err}"
+    return "PAUSED" if pool.is_paused else str(getattr(pool.status, "value", pool.status))
 
 
 def _give_up(client: Any, run_id: UUID, state: State, reason: str) -> State:
@@ -94,17 +164,21 @@ def _give_up(client: Any, run_id: UUID, state: State, reason: str) -> State:
 
 def train_and_compare(ds: Dataset, backbones: list[str], params: TrainParams, manifest: dict[str, str], prefix: str,
                       *, on_missing_weights: str, dispatch: str = "local", deployment: str = "train-backbone/gpu",
-                      slots: int = 2, start_timeout_s: float = 1800.0,
+                      devices: list[str] | None = None, slots: int = 2, start_timeout_s: float = 1800.0,
                       dispatch_timeout_s: float = 6 * 3600.0) -> tuple[list[TrainResult], str]:
-    """Every backbone as a ``train-backbone`` run (in parallel), then the comparison table; returns both."""
-    run_args = {"params": params, "classes": list(ds.class_names or CLASS_NAMES),
-                "on_missing_weights": on_missing_weights, "run_prefix_uri": prefix}
+    """Every backbone as a ``train-backbone`` run (in parallel), then the comparison table; returns both.
+
+    Every child, local or dispatched, gets the published manifest by URI (its ``dataset.json`` names the data
+    root, test root and classes), so each version registers under the data root and is gated against its champion.
+    """
+    run_args = {"params": params, "on_missing_weights": on_missing_weights, "run_prefix_uri": prefix,
+                "manifest_uri": manifest["manifest.csv"]}
     if dispatch == "local":
-        results = train_in_processes(ds, backbones, run_args, slots)  # a process per backbone
+        results = train_in_processes(backbones, run_args, slots)  # a process per backbone
     else:
         target = DOCKER_DEPLOYMENT if dispatch == "docker" else deployment  # docker: the scene image's pool
-        results = _dispatch(backbones, {**run_args, "manifest_uri": manifest["manifest.csv"]}, target,
-                            start_timeout_s=start_timeout_s, dispatch_timeout_s=dispatch_timeout_s)
+        results = _dispatch(backbones, run_args, target, start_timeout_s=start_timeout_s,
+                            dispatch_timeout_s=dispatch_timeout_s, devices=devices)
     return results, artifacts.compare_and_publish(results, prefix, manifest)
 
 
@@ -155,6 +229,7 @@ def train_all(
     audit_labels: bool = False,
     start_timeout_s: float = 1800.0,
     dispatch_timeout_s: float = 6 * 3600.0,
+    devices: list[str] | None = None,
 ) -> dict:
     """Validate the data, train every backbone in parallel, compare them and upload every artifact."""
     params = params.resolved()  # a named preset fills every training parameter not set
@@ -163,6 +238,10 @@ def train_all(
     summary_id = artifacts.start_summary("train-all", facts)  # first: the UI lists it above the task artifacts
     log = get_run_logger()
     params.check()
+    if devices is not None and (not devices or len(set(devices)) != len(devices) or not all(
+            isinstance(d, str) and d.strip() for d in devices)):
+        raise ValueError(f"devices={devices!r} is invalid; pass distinct device ids as strings, e.g. [\"0\", \"1\"] "
+                         "(one dispatched run per device at a time), or leave it unset")
     for name, value in (("slots", slots), ("start_timeout_s", start_timeout_s),
                         ("dispatch_timeout_s", dispatch_timeout_s)):
         if not value > 0:
@@ -178,8 +257,8 @@ def train_all(
              dispatch, prefix)
     results, comparison = train_and_compare(ds, backbones, params, manifest, prefix,
                                             on_missing_weights=on_missing_weights, dispatch=dispatch,
-                                            deployment=deployment, slots=slots, start_timeout_s=start_timeout_s,
-                                            dispatch_timeout_s=dispatch_timeout_s)
+                                            deployment=deployment, devices=devices, slots=slots,
+                                            start_timeout_s=start_timeout_s, dispatch_timeout_s=dispatch_timeout_s)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         log.error("%s failed: %s", r.backbone, r.error)

@@ -12,7 +12,6 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from scene.data.dataset import Dataset
-from scene.metadata import CLASS_NAMES
 from scene.train.params import TrainParams
 from tasks import artifacts, training
 from tasks import data as data_tasks
@@ -20,13 +19,15 @@ from tasks import registry as registry_tasks
 from tasks.common import FLOW_TIMEOUT_S, run_prefix, work_folder
 
 
-def _dataset(manifest: Dataset | None, manifest_uri: str | None, data: str | None, test: str | None,
-             classes: list[str] | None) -> Dataset:
-    """The data to train on: the caller's manifest, a published one, or one built (and validated) from ``data``."""
-    if manifest is not None:
-        return manifest
+def _dataset(manifest_uri: str | None, data: str | None, test: str | None, classes: list[str] | None) -> Dataset:
+    """The data to train on: a published manifest (with the data root it names), or one built and validated from
+    ``data``."""
     if manifest_uri:
-        return data_tasks.load_manifest(manifest_uri, classes or list(CLASS_NAMES))
+        if data or test or classes:
+            raise ValueError("train-backbone: pass manifest_uri alone (its dataset.json names the data root, test "
+                             f"root and classes) or data/test/classes without it; got manifest_uri={manifest_uri!r} "
+                             f"and data={data!r}, test={test!r}, classes={classes!r}")
+        return data_tasks.load_manifest(manifest_uri)
     if data:
         ds = data_tasks.build_manifest(data, test, classes)
         data_tasks.validate(ds)
@@ -45,14 +46,13 @@ def train_backbone(
     classes: list[str] | None = None,
     on_missing_weights: Literal["random-init", "fail"] = "fail",
     run_prefix_uri: str | None = None,
-    manifest: Dataset | None = None,
 ) -> dict:
-    """Train one backbone on a manifest (in memory, published, or built from ``data``); upload and register it."""
+    """Train one backbone on a published manifest, or on one built from ``data``; upload and register it."""
     params = params.resolved()
-    facts = {"backbone": backbone, "data": manifest_uri or data or "the parent run's manifest", **params.facts()}
+    facts = {"backbone": backbone, "data": manifest_uri or data, **params.facts()}
     summary_id = artifacts.start_summary("train-backbone", facts)  # first: listed above the task artifacts
     cfg = params.config(backbone)
-    ds = _dataset(manifest, manifest_uri, data, test, classes)
+    ds = _dataset(manifest_uri, data, test, classes)
     prefix = run_prefix_uri or run_prefix()
     get_run_logger().info("training %s on %d images; artifacts to %s", backbone, len(ds.manifest), prefix)
     run = training.prepare(ds, cfg, str(work_folder(backbone)), on_missing_weights)

@@ -14,6 +14,8 @@ from scene.data.dataset import Dataset, build_dataset, load_dataset
 from scene.data.validation import ValidationReport, validate_manifest
 from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
 
+DATASET_FILE = "dataset.json"  # beside a published manifest.csv: the roots and classes it was built from
+
 
 class DataValidationFailed(RuntimeError):
     """The validation suite failed; the message lists each failing check."""
@@ -39,9 +41,27 @@ def build_manifest(data: str, test: str | None = None, classes: list[str] | None
 
 
 @task(cache_policy=NO_CACHE, name="load manifest", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
-def load_manifest(manifest_uri: str, classes: list[str]) -> Dataset:
-    """A manifest another flow run already built and uploaded."""
-    return load_dataset(manifest_uri, s3=s3(), class_names=classes, source=manifest_uri)
+def load_manifest(manifest_uri: str) -> Dataset:
+    """A manifest another flow run built and published, with the data root, test root and classes it was built
+    from (its ``dataset.json``): a version trained on it registers under that data root, never under the run."""
+    import json
+
+    client = s3()
+    about_uri = manifest_uri.rsplit("/", 1)[0] + "/" + DATASET_FILE
+    if not storage.exists(about_uri, client):
+        raise FileNotFoundError(f"{about_uri}: missing; a published manifest names its data root there (publish it "
+                                "with tasks.data.publish_manifest, as train-all does)")
+    try:
+        about = json.loads(storage.read_bytes(about_uri, client))
+        data, test, classes = about["data"], about.get("test"), about["class_names"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{about_uri}: not a dataset description ({err!r}); expected JSON with 'data', 'test' and "
+                         "'class_names'; publish the manifest again with tasks.data.publish_manifest") from err
+    ds = load_dataset(manifest_uri, s3=client, class_names=classes, source=data, test_source=test)
+    if about.get("fingerprint") and about["fingerprint"] != ds.fingerprint:
+        raise ValueError(f"{manifest_uri}: its fingerprint {ds.fingerprint} is not the {about['fingerprint']} that "
+                         f"{about_uri} records; the manifest was changed after it was published")
+    return ds
 
 
 @task(cache_policy=NO_CACHE, name="validate data", timeout_seconds=STEP_TIMEOUT_S)
@@ -62,12 +82,16 @@ def validate(ds: Dataset, previous: Any = None) -> ValidationReport:
 
 @task(cache_policy=NO_CACHE, name="publish manifest", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
 def publish_manifest(ds: Dataset, report: ValidationReport, prefix: str) -> dict[str, str]:
-    """Upload ``manifest.csv``, ``rejected.csv`` and ``validation.json`` under ``prefix``."""
+    """Upload ``manifest.csv``, ``rejected.csv``, ``validation.json`` and ``dataset.json`` (the data root, test root,
+    classes and fingerprint the manifest was built from) under ``prefix``."""
     import json
 
     client = s3()
     out = {}
+    about = {"data": ds.source, "test": ds.test_source, "class_names": list(ds.class_names),
+             "fingerprint": ds.fingerprint}
     for name, body in (("manifest.csv", ds.manifest.to_csv(index=False)),
+                       (DATASET_FILE, json.dumps(about, indent=2)),
                        ("rejected.csv", ds.rejected.to_csv(index=False)),
                        ("validation.json", json.dumps(report.to_dict(), indent=2, default=str))):
         uri = prefix.rstrip("/") + "/" + name

@@ -62,7 +62,7 @@ def register(result: TrainResult, ds: Dataset, test_predictions: pd.DataFrame,
     copied inside the store (CopyObject) instead of uploaded again.
     """
     version = registry.register(s3(), settings().artifact_bucket, result.out_dir, result.backbone, test_predictions,
-                                dataset=ds.source, source=source)
+                                dataset=ds.source, source=source, test=ds.test_source)
     get_run_logger().info("registered %s (dataset %s) at %s", version.version, version.dataset, version.uri)
     return version
 

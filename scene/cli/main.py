@@ -138,16 +138,17 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         print(f"WARNING: collapsed: {m.collapse_reason}", file=sys.stderr)
 
 
-def _champion_model() -> str:
-    """The champion's model.keras URI from the registry."""
+def _champion_model(dataset: str | None) -> str:
+    """The model.keras URI of ``dataset``'s champion (without: of the only dataset that has one)."""
     from scene import registry
     from scene.data.storage import s3_client
 
     settings = _settings()
-    champ = registry.champion(s3_client(settings), settings.artifact_bucket)
-    if champ is None:
-        raise CliError("no champion model in the registry yet; pass --model PATH, or train and promote one")
-    print(f"using the champion {champ['version']}", file=sys.stderr)
+    try:
+        champ = registry.serving_champion(s3_client(settings), settings.artifact_bucket, dataset)
+    except registry.RegistryError as err:
+        raise CliError(f"{err}; or pass --model PATH") from err
+    print(f"using the champion {champ['version']} of {champ['data']}", file=sys.stderr)
     return champ["model"]  # champion.json's model field: the one place the champion's path comes from
 
 
@@ -176,7 +177,9 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from scene.model.network import load
     from scene.model.predict import predict_folder
 
-    model_path = a.model or _champion_model()
+    if a.model and a.dataset:
+        raise CliError("pass --model or --dataset (whose champion predicts), not both")
+    model_path = a.model or _champion_model(a.dataset)
     if model_path.startswith("s3://"):
         model_path = _download_model(model_path)
     meta = _model_meta(model_path)
@@ -239,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="classify images (labelled or not) into a CSV")
-    r.add_argument("--model", help="model.keras path or s3:// URI (default: the registry's champion)")
+    r.add_argument("--model", help="model.keras path or s3:// URI (default: a dataset's champion, see --dataset)")
+    r.add_argument("--dataset", help="the data root whose champion predicts (default: the only dataset with a "
+                   "champion; with several, name one)")
     r.add_argument("--data", required=True)
     r.add_argument("--out", required=True, help="predictions.csv (local or s3://)")
     r.set_defaults(func=cmd_predict)

@@ -345,8 +345,10 @@ def build_dataset(
 
 
 def load_dataset(manifest_csv: str, rejected_csv: str | None = None, *, s3: Any = None,
-                 class_names: Sequence[str] | None = None, source: str = "") -> Dataset:
-    """Read a manifest written by :func:`save_dataset` back."""
+                 class_names: Sequence[str] | None = None, source: str = "",
+                 test_source: str | None = None) -> Dataset:
+    """Read a manifest written by :func:`save_dataset` back (``source``, ``test_source``: the roots it was built
+    from)."""
     import io
 
     manifest = pd.read_csv(io.BytesIO(storage.read_bytes(manifest_csv, s3)), keep_default_na=False,
@@ -364,4 +366,5 @@ def load_dataset(manifest_csv: str, rejected_csv: str | None = None, *, s3: Any 
                 if rejected_csv else pd.DataFrame(columns=REJECTED_COLUMNS))
     classes = tuple(class_names) if class_names else resolve_classes(sorted(set(manifest["label"])), None)
     return Dataset(manifest=manifest, rejected=rejected, class_names=classes, source=source,
-                   test_source=None, fingerprint=fingerprint(manifest), synthetic=bool(manifest["synthetic"].any()))
+                   test_source=test_source, fingerprint=fingerprint(manifest),
+                   synthetic=bool(manifest["synthetic"].any()))

@@ -13,12 +13,15 @@ Layout (``prefix`` defaults to ``models/``)::
 The dataset is a registry dimension: every version records the data root it was trained on (``dataset``, an
 URI with a trailing slash, e.g. ``s3://scene-data/datasets/demo/``), and each dataset lineage has its own
 champion pointer, named ``<readable part of the URI>-<10 hex of sha256(URI)>`` (:func:`champion_key`). A
-challenger is gated only against the champion of its own dataset. :func:`champion` without a dataset means
-the most recently promoted champion of any dataset (what ``scene predict`` uses by default).
+challenger is gated only against the champion of its own dataset. :func:`serving_champion` is the champion
+predictions use: a named dataset's, or the only dataset's (an error lists the datasets when there are several).
 
 Versions are content-addressed (``<backbone>-<first 12 hex of sha256(model.keras)>``), so registering the same
 model twice changes nothing. ``registry.json`` and the champion pointers are always written as one whole object by a
 compare-and-swap: read the object and its ETag, build the new document, write it only if the ETag is unchanged.
+
+Beside each pointer, ``<prefix>gates/<slug>.json`` counts the gates the dataset's test split has served; the
+gate's level is spent over them (:func:`scene.registry.rule.spent_alpha`, ``docs/gate.md``).
 
 The promotion rule itself is the pure module :mod:`scene.registry.rule`; :func:`gate` applies it, smoke-loads the
 challenger in a fresh process (:mod:`scene.registry.smoke`), moves the pointer and stores the decision.
@@ -49,16 +52,21 @@ the champion returns True without writing, so a retried promotion is harmless.
 
 from scene.registry.champions import (
     DECISION_FILES,
+    GATES,
     Pointer,
     champion,
     champions,
     gate,
+    gates_served,
     promote,
     promote_version,
     read_champion,
     read_decision,
+    reserve_gate,
     rollback,
+    serving_champion,
     show,
+    version_classes,
     write_decision,
 )
 from scene.registry.rule import (
@@ -68,10 +76,12 @@ from scene.registry.rule import (
     Decision,
     GateError,
     Paired,
+    class_mismatch,
     decide,
     pair,
     per_class_recall,
     select_challenger,
+    spent_alpha,
 )
 from scene.registry.store import (
     CHAMPIONS,
@@ -92,9 +102,10 @@ from scene.registry.versions import (
 )
 
 __all__ = [
-    "ALPHA", "CHAMPIONS", "DECISION_FILES", "MARGIN", "PREDICTION_COLUMNS", "PREFIX", "REGISTRY", "ConflictError",
-    "Decision", "GateError", "ModelVersion", "Paired", "Pointer", "RegistryError", "champion", "champion_key",
-    "champions", "conditional_writes", "dataset_uri", "decide", "gate", "get_version", "list_versions", "pair",
-    "per_class_recall", "promote", "promote_version", "read_champion", "read_decision", "register", "rollback",
-    "select_challenger", "show", "version_id", "write_decision",
+    "ALPHA", "CHAMPIONS", "DECISION_FILES", "GATES", "MARGIN", "PREDICTION_COLUMNS", "PREFIX", "REGISTRY",
+    "ConflictError", "Decision", "GateError", "ModelVersion", "Paired", "Pointer", "RegistryError", "champion",
+    "champion_key", "champions", "class_mismatch", "conditional_writes", "dataset_uri", "decide", "gate",
+    "gates_served", "get_version", "list_versions", "pair", "per_class_recall", "promote", "promote_version",
+    "read_champion", "read_decision", "register", "reserve_gate", "rollback", "select_challenger", "serving_champion",
+    "show", "spent_alpha", "version_classes", "version_id", "write_decision",
 ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from scene.data import storage
-from scene.registry.rule import ALPHA, MARGIN, Decision, decide
+from scene.registry.rule import ALPHA, MARGIN, Decision, class_mismatch, decide
 from scene.registry.smoke import SmokeResult, check_version
 from scene.registry.store import (
     CHAMPIONS,
@@ -27,6 +29,8 @@ from scene.registry.store import (
 from scene.registry.versions import ModelVersion, champion_key, dataset_uri, get_version
 
 DECISION_FILES = ("decision.json", "decision.md")
+GATES = "gates/"  # one counter per dataset under <prefix>gates/: how many gates its test split has served
+GATE_CAS_ATTEMPTS = 8
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,26 @@ def champion(s3: Any, bucket: str, *, dataset: str | None = None, prefix: str = 
     ``promoted_at``, ``decision``, ``history``.
     """
     return read_champion(s3, bucket, dataset=dataset, prefix=prefix).champion
+
+
+def serving_champion(s3: Any, bucket: str, dataset: str | None = None, *, prefix: str = PREFIX) -> dict[str, Any]:
+    """The champion that predictions use: ``dataset``'s, or, without one, the champion of the only dataset that has
+    one. Never "the newest of any": with several datasets the caller must name one (the error lists them)."""
+    if dataset is not None:
+        doc = champion(s3, bucket, dataset=dataset, prefix=prefix)
+        if doc is None:
+            known = sorted(champions(s3, bucket, prefix=prefix))
+            raise RegistryError(f"dataset {dataset_uri(dataset)} has no champion yet; train and promote one, or name "
+                                f"a dataset that has one: {', '.join(known) or '(none yet)'}")
+        return doc
+    docs = champions(s3, bucket, prefix=prefix)
+    if not docs:
+        raise RegistryError("no champion model in the registry yet: train and promote one (train-all or retrain), "
+                            "or pass a model file")
+    if len(docs) > 1:
+        raise RegistryError(f"{len(docs)} datasets have a champion; name the one whose champion should predict "
+                            f"(dataset=… / --dataset): {', '.join(sorted(docs))}")
+    return next(iter(docs.values()))
 
 
 def champions(s3: Any, bucket: str, *, prefix: str = PREFIX) -> dict[str, dict[str, Any]]:
@@ -142,7 +166,7 @@ def _champion_doc(v: ModelVersion, decision: dict[str, Any] | None, previous: di
                   history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     if history is None:
         history = [_history_entry(previous), *previous.get("history", [])] if previous else []
-    return {"data": v.dataset, "backbone": v.backbone, "version": v.version, "uri": v.uri,
+    return {"data": v.dataset, "test": v.test, "backbone": v.backbone, "version": v.version, "uri": v.uri,
             "model": v.uri + "model.keras", "promoted_at": _now(), "decision": decision, "history": history,
             "write_id": uuid.uuid4().hex}
 
@@ -184,6 +208,52 @@ def _check_observed(v: ModelVersion, observed: Pointer, champion_predictions: pd
         raise ValueError(f"champion_predictions must be None exactly when there is no champion; observed {state}")
 
 
+def gates_key(dataset: str, prefix: str = PREFIX) -> str:
+    """The key of a dataset's gate counter: ``<prefix>gates/<the champion pointer's file name>``."""
+    return f"{_prefix(prefix)}{GATES}{champion_key(dataset, prefix).rsplit('/', 1)[1]}"
+
+
+def gates_served(s3: Any, bucket: str, dataset: str, *, prefix: str = PREFIX) -> int:
+    """How many gates this dataset's test split has served so far (0 when none)."""
+    doc, _ = _read(s3, bucket, gates_key(dataset, prefix))
+    return int(doc.get("gates", 0)) if isinstance(doc, dict) else 0
+
+
+def reserve_gate(s3: Any, bucket: str, dataset: str, challenger: str, *, prefix: str = PREFIX) -> int:
+    """Count one more gate on ``dataset``'s test split (compare-and-swap) and return its number k (1, 2, ...).
+
+    Called before the test runs, so a gate that dies afterwards still counts (the level it could have spent is
+    gone either way); concurrent gates get distinct numbers.
+    """
+    key = gates_key(dataset, prefix)
+    for _ in range(GATE_CAS_ATTEMPTS):
+        with _guard(s3, bucket, key) as conditional:
+            doc, etag = _read(s3, bucket, key)
+            if doc is not None and not isinstance(doc, dict):
+                raise RegistryError(f"s3://{bucket}/{key}: expected a JSON object with 'gates'; restore or delete it "
+                                    "(deleting restarts the level spending at gate 1)")
+            k = int((doc or {}).get("gates", 0)) + 1
+            new = {"dataset": dataset_uri(dataset), "gates": k, "last": {"challenger": challenger, "at": _now()}}
+            if _put(s3, bucket, key, new, etag, conditional=conditional):
+                return k
+        time.sleep(random.random() * 0.5)
+    raise ConflictError(f"s3://{bucket}/{key}: changed by other gates {GATE_CAS_ATTEMPTS} times in a row; re-run "
+                        "the gate")
+
+
+def version_classes(s3: Any, version: dict[str, Any] | ModelVersion) -> list[str] | None:
+    """The class list a registered version was trained with (its ``config.json``), or None when it records none."""
+    uri = _as_version(version).uri if isinstance(version, ModelVersion) else str(version["uri"])
+    config = uri.rstrip("/") + "/config.json"
+    if not storage.exists(config, s3):
+        return None
+    try:
+        names = json.loads(storage.read_bytes(config, s3)).get("class_names")
+    except (ValueError, AttributeError) as err:
+        raise RegistryError(f"{config}: not a JSON object ({err}); the version is damaged, re-register it") from err
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def _smoke(s3: Any, v: ModelVersion, predictions: pd.DataFrame, d: Decision) -> Decision:
     """The decision after the fresh-process load check of the challenger's exported model."""
     result: SmokeResult = check_version(s3, v.uri, predictions)
@@ -205,6 +275,11 @@ def gate(s3: Any, bucket: str, challenger: ModelVersion | dict[str, Any], challe
     smoke-loaded in a fresh process (``smoke=False`` skips that, for registry tests with placeholder files).
     The decision is stored as ``decision.json`` / ``decision.md`` in the challenger's folder. If the pointer
     changed since ``observed``, nothing is promoted and the decision says so (re-run the gate).
+
+    ``class_names``: the challenger's classes; the champion's come from its ``config.json``, and a gate whose
+    lists differ refuses, naming both. Every gate that runs the test against a champion first counts itself in the
+    dataset's gate counter (:func:`reserve_gate`), and tests at the level spent on that gate number
+    (:func:`scene.registry.rule.spent_alpha`).
     """
     v = _as_version(challenger)
     _check_observed(v, observed, champion_predictions)
@@ -212,10 +287,13 @@ def gate(s3: Any, bucket: str, challenger: ModelVersion | dict[str, Any], challe
     if current and current.get("version") == v.version:
         return Decision(False, "challenger already is the champion", v.version, v.version, alpha=alpha,
                         margin=margin, dataset=v.dataset)
+    champion_classes = version_classes(s3, current) if current else None
+    tested = current is not None and not v.flags and not class_mismatch(class_names, champion_classes)
+    number = reserve_gate(s3, bucket, v.dataset, v.version, prefix=prefix) if tested else None
     d = decide(challenger_predictions, champion_predictions, challenger_collapsed=v.collapsed,
                random_init=v.random_init, synthetic_data=v.synthetic_data, alpha=alpha, margin=margin,
                challenger=v.version, champion=current.get("version") if current else None, class_names=class_names,
-               dataset=v.dataset)
+               dataset=v.dataset, champion_classes=champion_classes, gate_number=number)
     if d.promote and smoke:
         d = _smoke(s3, v, challenger_predictions, d)
     if d.promote and not promote(s3, bucket, v, d, expected_etag=observed.etag, prefix=prefix):

@@ -56,6 +56,7 @@ class ModelVersion:
     dataset: str = ""  # the data root URI it was trained on, with a trailing slash ("" for old records)
     synthetic_data: bool = False  # ... nor one trained on generated data
     run: str = ""  # the S3 folder of the run that trained and registered it (runs/<flow run id>/<backbone>/)
+    test: str = ""  # the separate test root it was tested on ("": the test split was drawn from the data root)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,7 +127,7 @@ def _read_json(path: Path, required: bool) -> dict[str, Any]:
 
 
 def _version_record(local_dir: Path, backbone: str, version: str, uri: str, dataset: str | None,
-                    run: str | None = None) -> ModelVersion:
+                    run: str | None = None, test: str | None = None) -> ModelVersion:
     metrics = _read_json(local_dir / "metrics.json", required=True)
     split = metrics.get("test") or metrics.get("val") or {}
     meta = metrics.get("meta", {})
@@ -135,13 +136,14 @@ def _version_record(local_dir: Path, backbone: str, version: str, uri: str, data
         raise RegistryError(f"{local_dir}: no dataset recorded (metrics.json meta 'data_source' and config.json "
                             "'data_source' are absent); pass dataset=<data root URI> to register()")
     collapsed = bool(split.get("collapsed", False))
+    test = test if test is not None else meta.get("test_source")
     return ModelVersion(backbone=backbone, version=version, uri=uri, created=_now(),
                         data_fingerprint=str(meta.get("data_fingerprint", "")),
                         test_f1_weighted=split.get("f1_weighted"), test_accuracy=split.get("accuracy"),
                         collapsed=collapsed, random_init=bool(meta.get("random_init", False)),
                         status="collapsed" if collapsed else "ok", dataset=dataset_uri(source),
                         synthetic_data=bool(meta.get("synthetic_data", False)),
-                        run=run.rstrip("/") + "/" if run else "")
+                        run=run.rstrip("/") + "/" if run else "", test=dataset_uri(test) if test else "")
 
 
 def _copy_if_same(s3: Any, source: str, dest: str, sha256: str) -> bool:
@@ -195,11 +197,13 @@ def _upload(s3: Any, local_dir: Path, uri: str, test_predictions: pd.DataFrame, 
 
 
 def register(s3: Any, bucket: str, local_dir: str | Path, backbone: str, test_predictions: pd.DataFrame, *,
-             dataset: str | None = None, prefix: str = PREFIX, source: str | None = None) -> ModelVersion:
+             dataset: str | None = None, prefix: str = PREFIX, source: str | None = None,
+             test: str | None = None) -> ModelVersion:
     """Write a trained backbone folder as a new version and list it in ``registry.json``; a no-op if known.
 
     ``dataset``: the data root it was trained on; default: ``metrics.json``'s ``meta.data_source`` (else
-    ``config.json``'s ``data_source``). ``synthetic_data`` and ``random_init`` come from ``metrics.json``'s meta.
+    ``config.json``'s ``data_source``). ``test``: its separate test root (default: ``meta.test_source``; none: the
+    test split came from the data root). ``synthetic_data`` and ``random_init`` come from ``metrics.json``'s meta.
     ``source``: the S3 folder the run already uploaded this folder to; its objects are copied server-side and the
     record names it (``run``: the run that trained the version; the first one, when runs trained the same bytes).
     Objects first, then ``checksums.json``, then the registry record: a failure part-way (the store down for longer
@@ -215,7 +219,7 @@ def register(s3: Any, bucket: str, local_dir: str | Path, backbone: str, test_pr
     if known:
         return ModelVersion.from_dict(known)
     uri = f"s3://{bucket}/{prefix}{backbone}/{version}/"
-    record = _version_record(local_dir, backbone, version, uri, dataset, source)
+    record = _version_record(local_dir, backbone, version, uri, dataset, source, test)
     _upload(s3, local_dir, uri, test_predictions, source)
     return ModelVersion.from_dict(_add_to_registry(s3, bucket, prefix + REGISTRY, record.to_dict()))
 

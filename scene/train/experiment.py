@@ -131,7 +131,8 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
     doc = write_config(out_dir / "config.json", cfg, ds, fit_result,
                        {"summary": summary, "seconds": fit_result.seconds})
     meta = {"backbone": cfg.backbone, "class_names": list(ds.class_names), "data_fingerprint": ds.fingerprint,
-            "data_source": ds.source, "synthetic_data": bool(getattr(ds, "synthetic", False)),
+            "data_source": ds.source, "test_source": ds.test_source,
+            "synthetic_data": bool(getattr(ds, "synthetic", False)),
             "random_init": fit_result.weights.random_init, "weights": fit_result.weights.origin,
             "weights_sha256_16": fit_result.weights.fingerprint,
             "predictions": {s: p.source for s, p in preds.items()},
@@ -211,6 +212,7 @@ def write_config(path: Path, cfg: TrainConfig, ds: Dataset, fit_result: FitResul
         "class_names": list(ds.class_names),
         "data_fingerprint": ds.fingerprint,
         "data_source": ds.source,
+        "test_source": ds.test_source,
         "weights": asdict(fit_result.weights),
         "random_init": fit_result.weights.random_init,
         **fields,

@@ -16,14 +16,15 @@ from scene.metadata import CLASS_NAMES
 REPO = Path(__file__).resolve().parents[2]
 
 
-def deploy_on_default_pool(flow_name: str, entrypoint: str, name: str) -> str:
-    """A deployment of ``flow_name`` on the `default` pool whose runs start in this checkout (the session stack's
-    process worker runs them); returns ``"<flow>/<name>"`` for ``run_deployment``."""
+def deploy_on_default_pool(flow_name: str, entrypoint: str, name: str, *, pool: str = "default",
+                           job_variables: dict[str, Any] | None = None) -> str:
+    """A deployment of ``flow_name`` on ``pool`` (default: the `default` pool) whose runs start in this checkout (the
+    session stack's process workers run them); returns ``"<flow>/<name>"`` for ``run_deployment``."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
-        client.create_deployment(flow_id=client.create_flow_from_name(flow_name), name=name, work_pool_name="default",
-                                 entrypoint=entrypoint, pull_steps=[
+        client.create_deployment(flow_id=client.create_flow_from_name(flow_name), name=name, work_pool_name=pool,
+                                 entrypoint=entrypoint, job_variables=job_variables or {}, pull_steps=[
                                      {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}])
     return f"{flow_name}/{name}"
 

@@ -134,6 +134,21 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
     kinds = {a.key: a.type for a in arts}
     assert kinds.get("backbone-comparison") == "table" and kinds.get("training-report") == "markdown", kinds
     assert kinds.get("data-validation") == "markdown", kinds
+    # local children get the published manifest by URI, as dispatched ones do: no manifest object in parameters
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+    trained = [c for c in children if c.parameters.get("backbone")]
+    assert sorted(c.parameters["backbone"] for c in trained) == ["efficientnetb0", "mobilenetv2"], children
+    for child in trained:
+        assert child.parameters["manifest_uri"] == prefix + "manifest.csv" and "manifest" not in child.parameters
+        assert len(json.dumps(child.parameters, default=str)) < 2000, child.parameters
+    about = json.loads(storage.read_bytes(prefix + "dataset.json", s3))
+    assert (about["data"], about["test"], about["fingerprint"]) == (dataset, None, out["data_fingerprint"])
+    for r in out["results"]:  # each version registers under the data root the manifest names
+        assert r["version"]["dataset"] == dataset.rstrip("/") + "/", r["version"]
     # a rerun on unchanged data computes no feature again, and writes into a work folder of its own
     again = train_all(data=dataset, params=_params(backbones=["mobilenetv2"]), return_state=True)
     assert again.is_completed()

@@ -415,6 +415,13 @@ def test_champions_are_per_dataset(s3: Any, bucket: str, tmp_path: Path) -> None
         assert registry.read_champion(s3, bucket, dataset=data.rstrip("/")).champion["version"] == v.version
         assert storage.exists(f"s3://{bucket}/{registry.champion_key(data)}", s3)
     assert registry.champion(s3, bucket)["version"] == weak_other.version  # newest of any dataset
+    # predictions never use "the newest of any": a named dataset's champion, or an error that lists the datasets
+    assert registry.serving_champion(s3, bucket, DATA)["version"] == demo.version
+    with pytest.raises(registry.RegistryError, match="2 datasets have a champion") as err:
+        registry.serving_champion(s3, bucket)
+    assert DATA in str(err.value) and other_data in str(err.value)
+    with pytest.raises(registry.RegistryError, match="has no champion yet"):
+        registry.serving_champion(s3, bucket, "s3://scene-data/datasets/none/")
     assert registry.read_champion(s3, bucket, dataset="s3://scene-data/datasets/none/").champion is None
 
     challenger = _registered(s3, bucket, tmp_path, "resnet101", 0.6, 3, data=other_data)
