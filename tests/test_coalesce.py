@@ -57,3 +57,26 @@ def test_slot_names_are_valid_and_distinct() -> None:
     a, b = slot_name(D), slot_name("s3://scene-data/datasets/a b/")
     assert a.startswith("retrain:scene-data-datasets-a-") and a != b
     assert not any(c in a + b for c in "/%&<>")
+
+
+def test_reconcile_backs_off_on_data_whose_runs_fail_and_retries_new_data_at_once() -> None:
+    from scene.ops.reconcile import BACKOFF_BASE, _judge
+
+    now = 1_000_000.0
+    rec, wait = _judge(None, "C1", None, now)
+    assert wait is None and rec["attempts"] == 0
+    rec["announced_at"] = now  # announced; its run failed validation
+    failed = ("FAILED", "DatasetError: class 'sea' has 1 image", "run-1")
+    rec, wait = _judge(rec, "C1", failed, now + 60)
+    assert rec["attempts"] == 1 and wait is not None and "class 'sea' has 1 image" in wait
+    rec, wait = _judge(rec, "C1", failed, now + 120)  # the same run's outcome counts once
+    assert rec["attempts"] == 1 and wait is not None
+    rec, wait = _judge(rec, "C1", failed, now + BACKOFF_BASE + 1)  # the wait is over: try again
+    assert wait is None
+    rec["announced_at"] = now + BACKOFF_BASE + 1
+    rec, wait = _judge(rec, "C1", ("FAILED", "same", "run-2"), now + BACKOFF_BASE + 60)
+    assert rec["attempts"] == 2 and rec["next_at"] == now + BACKOFF_BASE + 1 + 2 * BACKOFF_BASE and wait
+    rec, wait = _judge(rec, "C1", ("CRASHED", "worker died", "run-3"), now + BACKOFF_BASE + 90)
+    assert rec["attempts"] == 2 and wait  # a crash is transient: no more back-off, but the wait stands
+    new, wait = _judge(rec, "C2", None, now + BACKOFF_BASE + 100)  # the data changed: announce now
+    assert wait is None and new["attempts"] == 0

@@ -45,7 +45,8 @@ def _reconcile_once(cfg: Any, api: str, busy: set[str] | None = None) -> dict[st
     auth = _auth()
     active = reconcile.active_trainings(api, **auth) | (busy or set())
     return reconcile.reconcile(s3, cfg, settings.artifact_bucket,
-                               lambda ev: prefect_events.emit_prefect_event(api, ev, **auth), active=active)
+                               lambda ev: prefect_events.emit_prefect_event(api, ev, **auth), active=active,
+                               outcomes=reconcile.run_outcomes(api, **auth))
 
 
 def _reconcile_loop(server: Any, api: str, every: float, delay: float, stop: threading.Event) -> None:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -67,6 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scene.ops import orphans
 from scene.ops.services import (
     EVENTS,
     HEARTBEAT_S,
@@ -107,6 +109,7 @@ from scene.settings import Settings
 __all__ = ["EVENTS", "HOST", "PREFECT", "S3", "StackError", "StackInfo", "configure_bucket_notification", "down",
            "env_lines", "info", "settings_for", "status", "up"]
 _GATEWAY_TIMEOUT = 60.0
+log = logging.getLogger("scene.stack")
 _WORKER_TIMEOUT = 90.0
 
 
@@ -298,6 +301,7 @@ def up(
         write_json(state / "stack.json", cfg)
         timings = _start_servers(state, cfg, creds, webhook_token, base, timeout)
         ensure_zombie_automation(f"http://{HOST}:{prefect_port}/api")  # runs whose worker died end Crashed
+        _crash_orphans(f"http://{HOST}:{prefect_port}/api", cfg)  # runs left Running by a stop: their slot frees
         env, waited = _start_workers(state, cfg, creds, pools, extra)
         timings.update(waited)
         if events_port is not None:
@@ -310,6 +314,26 @@ def up(
         cfg["last_up_wait_s"] = {k: round(v, 2) for k, v in timings.items()}  # seconds each was waited for
         write_json(state / "stack.json", cfg)
         return _info(state, cfg)
+
+
+def _owned_runs(api: str, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live flow runs the stack's process workers run (read before they stop; none when the API fails)."""
+    try:
+        return orphans.owned_runs(api, list(cfg.get("pools", [])))
+    except Exception as err:
+        log.warning("could not list the runs of the stack's workers before stopping them: %s", err)
+        return []
+
+
+def _crash_orphans(api: str, cfg: dict[str, Any]) -> None:
+    """Crash the runs of the stack's pools left Running or Pending whose process is gone (logged, never raises)."""
+    try:
+        crashed = orphans.crash_orphans(api, list(cfg.get("pools", [])))
+    except Exception as err:
+        log.warning("could not look for runs left running by an earlier stop: %s", err)
+        return
+    if crashed:
+        log.warning("marked %d runs Crashed whose process is gone: %s", len(crashed), ", ".join(crashed))
 
 
 def down(state_dir: str | os.PathLike[str] = ".state") -> list[str]:
@@ -325,9 +349,14 @@ def down(state_dir: str | os.PathLike[str] = ".state") -> list[str]:
         workers = [s for s in known if s.startswith("worker-")]
         workers += [_worker(p) for p in cfg.get("pools", []) if _worker(p) not in workers]
         first = [EVENTS, *workers]  # each may take its whole SIGTERM grace: in parallel, not one after another
+        api = f"http://{HOST}:{cfg.get('prefect_port')}/api"
+        owned = _owned_runs(api, cfg) if running(state, PREFECT) else []
         with ThreadPoolExecutor(max_workers=len(first)) as pool:
             ran = list(pool.map(lambda s: stop(state, s, timeout=10), first))
         stopped = [s for s, r in zip(first, ran, strict=True) if r]
+        if owned:  # before Prefect stops: their runs end Crashed with the reason, not Running forever
+            with contextlib.suppress(Exception):
+                orphans.end_owned_runs(api, owned)
         stopped += [s for s in (PREFECT, S3) if stop(state, s)]
         return stopped
 

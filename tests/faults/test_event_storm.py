@@ -216,7 +216,7 @@ def test_reconcile_leaves_data_alone_while_a_train_all_run_for_it_waits(estack: 
         cli = [str(Path(sys.executable).with_name("scene")), "events", "reconcile", "--bucket", bucket]
         done = subprocess.run(cli, cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
-        assert json.loads(done.stdout) == {"announced": [], "skipped": [data], "failed": {}}
+        assert json.loads(done.stdout) == {"announced": [], "skipped": [data], "backoff": {}, "failed": {}}
         settled(still=3.0)
         assert wait_runs(1, data, timeout=1) == []  # no retrain for it
     finally:
