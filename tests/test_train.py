@@ -264,3 +264,15 @@ def test_refit_ships_a_head_trained_on_train_and_val_and_reports_held_out_val(ds
     assert meta["saved_model_agreement"] >= 0.995
     with pytest.raises(ValueError, match="refit"):
         TrainConfig(**{**SMALL, "strategy": "online"}, refit=True)
+
+
+def test_refit_with_augmented_views_and_mirror_trains(ds, tmp_path: Path) -> None:
+    """The refit head trains on train + val with the training views, so val images get them extracted too (they
+    used to have only the plain view and the mirror: KeyError '<sha>:1')."""
+    cfg = TrainConfig(**{**SMALL, "views": 1, "epochs": 3}, mirror=True, refit=True)
+    r = train_one(ds, cfg, tmp_path / "r", cache_root=str(tmp_path / "cache"), bootstrap=20)
+    assert r.status != "failed" and r.error == "", r.error
+    cache = features.FeatureCache(str(tmp_path / "cache"), features.namespace(
+        "mobilenetv2", r_weights(cfg), 48, cfg.augment, cfg.seed, "float32"))
+    val = ds.split("val")["sha256"]
+    assert not cache.missing([features.entry_key(s, v) for s in val for v in (0, 1, features.MIRROR_VIEW)])

@@ -161,11 +161,15 @@ def eval_views(cfg: TrainConfig) -> list[int]:
 
 def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSource, cache_root: str, *,
                      s3: Any = None, progress: Progress | None = None) -> features.ExtractStats:
-    """Cached strategy, step 1: stored features for train (all views) and val/test (plain view)."""
+    """Cached strategy, step 1: stored features for train (all views) and val/test (plain view, and its mirror).
+
+    With ``refit``, val images get the training views too: the refit head trains on train + val alike."""
     cache = feature_cache(cfg, weights, cache_root, s3)
     model = None
     stats = []
-    parts = ((ds.split("train"), train_views(cfg)), (ds.manifest[ds.manifest["split"] != "train"], eval_views(cfg)))
+    split = ds.manifest["split"]
+    like_train = split.isin(["train", "val"]) if cfg.refit else split == "train"
+    parts = ((ds.manifest[like_train], train_views(cfg)), (ds.manifest[~like_train], eval_views(cfg)))
     with precision_policy(cfg.mixed_precision):
         for rows, views in parts:
             missing = cache.missing([features.entry_key(s, v) for s in rows["sha256"] for v in views])
