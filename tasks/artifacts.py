@@ -54,7 +54,8 @@ def compare_and_publish(results: list[TrainResult], prefix: str, manifest: dict[
         storage.upload_file(p, prefix.rstrip("/") + "/" + p.name, client)
     rows = comparison_table([r.comparison_row() for r in results]).to_dict("records")
     create_table_artifact(tables.display_rows(rows), key="backbone-comparison",
-                          description="Backbones compared on the test split (best first; F1 weighted)")
+                          description="Backbones compared (the challenger is the best on validation F1; "
+                                      "test is the gate's, shown for reading)")
     hours = storage.MAX_LINK_SECONDS // 3600
     comparison_md = storage.read_bytes(str(md_path)).decode()
     md = [comparison_md, "", "## Plots", "",

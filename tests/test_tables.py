@@ -62,11 +62,19 @@ def test_training_summary_names_winner_and_decision() -> None:
     md = summary.training("train-all", {"data": "s3://d/x/"}, ROWS, {
         "promoted": False, "challenger": "resnet50-abc", "decision": {"reason": "not significantly better"}},
         {"comparison.md": "https://h/c.md", "artifacts": "s3://a/runs/1/"})
-    assert "**Best on test: resnet50** — test F1 (weighted) 0.912, accuracy 0.467 (imagenet weights)" in md
+    assert ("**Best on validation: resnet50** — validation F1 (weighted) 0.800; on test F1 (weighted) 0.912, "
+            "accuracy 0.467 (imagenet weights)") in md
     assert "Promotion: resnet50-abc **not promoted** — not significantly better." in md
     assert "completed, 1 of 3 backbones ✗ failed" in md
     assert "- [comparison.md](https://h/c.md)" in md and "- artifacts: `s3://a/runs/1/`" in md
     assert summary.promotion_line(None).startswith("Promotion: not attempted")
+
+
+def test_training_summary_headlines_the_validation_choice_not_the_test_best() -> None:
+    better_on_val = {**ROWS[0], "backbone": "mobilenetv2", "test_f1_weighted": 0.85, "test_accuracy": 0.84,
+                     "val_f1_weighted": 0.9}
+    md = summary.training("train-all", {}, [*ROWS, better_on_val], None, {})
+    assert "**Best on validation: mobilenetv2**" in md and "Best on test" not in md
 
 
 def test_runs_show_text_reads_the_csv(tmp_path: Path) -> None:

@@ -32,9 +32,10 @@ def failed(title: str, message: str) -> str:
 
 
 def _winner(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The ok row with the highest test F1, or None."""
-    ok = [r for r in rows if r.get("status") == "ok" and tables.fmt_metric(r.get("test_f1_weighted"))]
-    return max(ok, key=lambda r: float(r["test_f1_weighted"])) if ok else None
+    """The ok row with the highest *validation* F1 (the earlier on a tie), as the gate's challenger is chosen; None
+    when none has one. Test metrics never choose: the test split is the gate's, used once."""
+    ok = [r for r in rows if r.get("status") == "ok" and tables.fmt_metric(r.get("val_f1_weighted"))]
+    return max(ok, key=lambda r: float(r["val_f1_weighted"])) if ok else None
 
 
 def promotion_line(promotion: Mapping[str, Any] | None) -> str:
@@ -55,13 +56,14 @@ def promotion_line(promotion: Mapping[str, Any] | None) -> str:
 
 def training(title: str, facts: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
              promotion: Mapping[str, Any] | None, links: Mapping[str, str]) -> str:
-    """The outcome of a training run: verdict, winner, promotion decision, the table, links."""
+    """The outcome of a training run: verdict, the backbone best on validation, promotion decision, table, links."""
     win = _winner(rows)
     failed_n = sum(r.get("status") == "failed" for r in rows)
     state = "✓ completed" if failed_n == 0 else f"completed, {failed_n} of {len(rows)} backbones ✗ failed"
     lines = [f"# {title}", "", f"**Status: {state}**", ""]
     if win is not None:
-        lines.append(f"**Best on test: {win['backbone']}** — test F1 (weighted) "
+        lines.append(f"**Best on validation: {win['backbone']}** — validation F1 (weighted) "
+                     f"{tables.fmt_metric(win.get('val_f1_weighted'))}; on test F1 (weighted) "
                      f"{tables.fmt_metric(win.get('test_f1_weighted'))}, accuracy "
                      f"{tables.fmt_metric(win.get('test_accuracy'))} ({tables.weights_label(win.get('weights'))} "
                      "weights)")
