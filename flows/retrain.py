@@ -31,6 +31,8 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
     log = get_run_logger()
     pointer = registry_tasks.read_champion(data)  # this dataset's champion only
     champ = pointer.champion
+    params = registry_tasks.champion_recipe(champ, params)  # its recipe; fields given explicitly win
+    test = test if test is not None else (champ or {}).get("test") or None  # and its test root
     backbones = params.names([champ["backbone"]] if champ else DEFAULT_BACKBONES)
     params.check(backbones)
     previous = registry_tasks.previous_manifest(champ)

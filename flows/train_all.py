@@ -247,9 +247,10 @@ def train_all(
         if not value > 0:
             raise ValueError(f"{name}={value} is invalid; pass a positive number (slots: concurrent trainings, "
                              "timeouts: seconds to wait for dispatched runs)")
-    pointer = registry_tasks.read_champion(data) if promote else None  # this dataset's champion, read once
-    ds = data_tasks.build_manifest(data, test, classes)
-    report = data_tasks.validate(ds)
+    pointer = registry_tasks.read_champion(data)  # this dataset's champion, read once
+    previous = registry_tasks.previous_manifest(pointer.champion)  # its splits stay sticky; a moved image stops the run
+    ds = data_tasks.build_manifest(data, test, classes, previous=previous)
+    report = data_tasks.validate(ds, previous)
     prefix = run_prefix()
     audit = audit_tasks.audit_data(ds, params.config(backbones[0]), prefix, labels=audit_labels)
     manifest = data_tasks.publish_manifest(ds, report, prefix)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pandas as pd
@@ -13,8 +14,9 @@ from prefect.cache_policies import NO_CACHE
 from scene import registry
 from scene.data import storage
 from scene.data.dataset import Dataset
-from scene.train import experiment
+from scene.train import experiment, recipe
 from scene.train.experiment import TrainResult
+from scene.train.params import TrainParams
 from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
 
 
@@ -43,6 +45,23 @@ def previous_manifest(champion: dict[str, Any] | None) -> pd.DataFrame | None:
     if not storage.exists(uri, client):
         return None
     return pd.read_csv(io.BytesIO(storage.read_bytes(uri, client)), keep_default_na=False, dtype={"etag": str})
+
+
+@task(cache_policy=NO_CACHE, name="read champion's recipe", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
+def champion_recipe(champion: dict[str, Any] | None, params: TrainParams) -> TrainParams:
+    """``params`` with every field they do not set taken from the champion's ``config.json`` (its resolved training
+    config; :func:`scene.train.recipe.with_recipe`); without a champion or config.json, ``params`` resolved."""
+    doc, uri = None, None
+    if champion:
+        uri = champion["uri"].rstrip("/") + "/config.json"
+        client = s3()
+        doc = json.loads(storage.read_bytes(uri, client)) if storage.exists(uri, client) else None
+    chosen = recipe.with_recipe(params, doc, uri or "config.json")
+    if doc is not None:
+        get_run_logger().info("training the recipe of champion %s (fields set explicitly win: %s): %s",
+                              champion["version"], sorted(params.model_fields_set) or "none",  # type: ignore[index]
+                              chosen.facts())
+    return chosen
 
 
 @task(cache_policy=NO_CACHE, name="read champion's data fingerprint", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
