@@ -159,6 +159,17 @@ def test_no_image_moves_split_given_the_previous_manifest_3_image_classes(tmp_pa
     assert again.manifest.set_index("key")["split"].equals(now)
 
 
+def test_a_3_photo_class_whose_hashes_say_test_twice_still_gets_a_validation_image() -> None:
+    cfg = SplitConfig()
+    shas = (f"{i:064x}" for i in range(10_000))
+    low = [s for s in shas if unit_hash(s, cfg.seed) < cfg.test_fraction][:2]  # test by hash
+    high = next(s for s in (f"{i:064x}" for i in range(10_000)) if unit_hash(s, cfg.seed) > 0.5)  # train by hash
+    df = pd.DataFrame({"sha256": [*low, high], "label": ["sea"] * 3, "origin": ["pool"] * 3})
+    split = assign_splits(df, False, cfg)
+    assert sorted(split) == ["test", "train", "val"]  # was test, test, train: no validation image
+    assert split[2] == "train"  # the validation image came from the test split, which keeps one
+
+
 def test_per_class_picks_are_made_among_new_images_only() -> None:
     cfg = SplitConfig()
     old_sha = [f"{i:064x}" for i in range(3)]

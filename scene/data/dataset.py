@@ -188,7 +188,9 @@ def assign_splits(df: pd.DataFrame, has_test_folder: bool, cfg: SplitConfig,
     """Split per row: the previous manifest's split when the image was in it, else from its hash.
 
     Every class with ≥2 training images gets ≥1 validation (and hold-out test) image; when a class
-    lacks one, the pick is made among images that are new to this manifest only, so no image moves.
+    lacks one, the pick is made among images that are new to this manifest only, so no image moves. A class
+    whose hashes put most of its few images into the hold-out test split gets its validation image from there
+    (keeping ≥1 test image): a 3-photo class with 2 test photos by hash got no validation image before.
     """
     u = df["sha256"].map(lambda s: unit_hash(s, cfg.seed))
     split = pd.Series("train", index=df.index, dtype=object)
@@ -204,14 +206,19 @@ def assign_splits(df: pd.DataFrame, has_test_folder: bool, cfg: SplitConfig,
     known = df["sha256"].isin(before.keys())
     split[known] = df.loc[known, "sha256"].map(before)
     for needed in ("val",) if has_test_folder else ("val", "test"):
+        donors = ("train", "test") if needed == "val" and not has_test_folder else ("train",)
         for _, idx in df[pool].groupby("label").groups.items():
             labels = split[idx]
-            candidates = u[idx][(labels == "train") & ~known[idx]]
-            if (labels == needed).any() or (labels == "train").sum() < 2 or candidates.empty:
+            if (labels == needed).any():
                 continue
-            # the lowest hash among this class's new training images
-            pick = candidates.sort_values().index[0]
-            split[df["sha256"] == df.at[pick, "sha256"]] = needed
+            for donor in donors:  # a donor split keeps at least one image of the class
+                candidates = u[idx][(labels == donor) & ~known[idx]]
+                if (labels == donor).sum() < 2 or candidates.empty:
+                    continue
+                # the lowest hash among this class's new images of the donor split
+                pick = candidates.sort_values().index[0]
+                split[df["sha256"] == df.at[pick, "sha256"]] = needed
+                break
     return split
 
 
