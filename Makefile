@@ -50,10 +50,12 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -rs --durations=25
 
-# the Docker tests (tests/docker, skipped by make test): starts dockerd when absent (root), builds the image
+# the Docker tests (tests/docker, skipped by make test): installs Docker and debootstrap when missing (root on
+# Debian/Ubuntu; otherwise says what to install) and starts dockerd (deployments/docker-host.sh), builds the image
 # (deployments/Dockerfile, cached between runs) and runs train-all with backbones dispatched into containers
 test-docker: install
-	$(BIN)/python -m pytest -q -rs -m docker tests/docker
+	deployments/docker-host.sh
+	$(BIN)/python -m pytest -q -rs --durations=10 -m docker tests/docker
 
 up: install
 	$(SCENE) stack up --state $(STATE) --pool default --pool gpu --workdir $(CURDIR)

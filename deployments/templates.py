@@ -2,9 +2,12 @@
 
     .venv/bin/pip install -e '.[docker,kubernetes]' && .venv/bin/python deployments/templates.py
 
-Each template is the worker's default with scene's values: the image, host networking (Docker) and, for GPU
-pools, the device request (Docker) or ``nvidia.com/gpu`` limit, node selector and tolerations (Kubernetes) as
-variables. The CPU and GPU templates of one worker differ only in those GPU parts and the default image.
+Each template is the worker's default with scene's values: the image, the buckets (``data_bucket``,
+``artifact_bucket``: the feature cache follows the artifact bucket), the flow-run heartbeat, host networking (Docker)
+and, for GPU pools, ``TF_FORCE_GPU_ALLOW_GROWTH`` and the device request by id (Docker, ``gpu_devices``) or the
+``nvidia.com/gpu`` limit, node selector and tolerations (Kubernetes) as variables; Kubernetes adds requests, a
+memory-backed ``/dev/shm``, a finished-Job TTL and a deadline. The CPU and GPU templates of one worker differ only in
+the GPU parts, the default image (and, on Kubernetes, the sizes).
 tests/test_deployments.py checks the files equal this output and pass the workers' own validation.
 """
 
