@@ -69,16 +69,10 @@ def retrain_dataset(data: str, test: str | None, params: TrainParams, alpha: flo
 
 
 def _one_dataset(data: str, test: str | None, params: TrainParams, change_id: str | None, opts: dict) -> dict:
-    """Retrain one dataset in its slot, unless this run ends early (duplicate or superseded, checked at start and
-    once the slot is held)."""
-    early = retrain_runs.ends_early(data, change_id)
-    if early is not None:
-        return early
-    with retrain_runs.dataset_slot(data):
-        early = retrain_runs.ends_early(data, change_id)
-        if early is not None:
-            return early
-        return _retrain_dataset(data, test, params, prefix=run_prefix(), **opts)
+    """Retrain one dataset in its slot, unless this run ends early (duplicate or superseded, checked at start, while
+    waiting for the slot and once it is held)."""
+    return retrain_runs.in_slot(data, change_id,
+                                lambda: _retrain_dataset(data, test, params, prefix=run_prefix(), **opts))
 
 
 @flow(name="retrain", log_prints=True, timeout_seconds=2 * FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],

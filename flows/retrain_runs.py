@@ -3,11 +3,12 @@
 The verdicts themselves are in :mod:`scene.ops.coalesce` (no Prefect there); this module reads the runs from the
 Prefect API and takes the slots.
 
-* :func:`ends_early`: ``retrain`` calls it at start and again once it holds its dataset's slot.
-* :func:`dataset_slot`: a global concurrency limit of 1 per dataset (``retrain:<slug>``), created on first use
-  (Prefect 3.9 no longer creates missing limits), so two datasets train at once while one dataset trains one run
-  at a time; the waiting runs of a dataset collapse to the newest (superseded). Slots are leases (300 s,
-  renewed): a run whose process died frees its slot within minutes even if its state stays Running.
+* :func:`ends_early`: ``retrain`` calls it at start, while it waits for its dataset's slot, and once it holds it.
+* :func:`in_slot` (and :func:`dataset_slot`): a global concurrency limit of 1 per dataset (``retrain:<slug>``),
+  created on first use (Prefect 3.9 no longer creates missing limits), so two datasets train at once while one
+  dataset trains one run at a time; a waiting run re-checks every ``SLOT_POLL_S`` seconds, so the waiting runs of
+  a dataset collapse to the newest (superseded). Slots are leases (300 s, renewed): a run whose process died
+  frees its slot within minutes even if its state stays Running.
 * :func:`fan_out`: the weekly run (no ``data``) started from the deployment creates one ``retrain`` run per
   champion's dataset and returns, instead of training them one after another inside one run.
 """
@@ -15,7 +16,8 @@ Prefect API and takes the slots.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect import get_run_logger
@@ -33,6 +35,7 @@ from scene.ops.coalesce import RunInfo, slot_name, verdict
 
 FLOW = "retrain"
 LOOK_BACK = 200  # newest retrain runs read for the verdict
+SLOT_POLL_S = 15.0  # a run waiting for its dataset's slot checks this often whether a newer run superseded it
 
 
 def _info(run: FlowRun) -> RunInfo:
@@ -61,8 +64,8 @@ def ends_early(data: str, change_id: str | None) -> dict[str, Any] | None:
         with get_client(sync_client=True) as client:
             me = _info(client.read_flow_run(run_id))
         runs.append(me)
-    if change_id and me.change_id != change_id:
-        me = RunInfo(me.id, me.name, me.created, me.state_type, data, change_id)
+    me = RunInfo(me.id, me.name, me.created, me.state_type, data, change_id or None)  # as this run was called
+    runs = [me if r.id == me.id else r for r in runs]
     found = verdict(me, runs)
     if found is None:
         return None
@@ -85,6 +88,33 @@ def dataset_slot(data: str) -> Iterator[str]:
     get_run_logger().info("waiting for %s's training slot %s", data, name)
     with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
         yield name
+
+
+def in_slot(data: str, change_id: str | None, train: Callable[[], dict]) -> dict:
+    """``train()`` in ``data``'s slot, unless this run ends early: checked at start, every ``SLOT_POLL_S`` while it
+    waits for the slot (so a dataset has at most one waiting run, the newest), and once it holds the slot."""
+    early = ends_early(data, change_id)
+    if early is not None:
+        return early
+    name = slot_name(data)
+    ensure_slot(name)
+    log = get_run_logger()
+    log.info("waiting for %s's training slot %s", data, name)
+    poll = float(os.environ.get("SCENE_SLOT_POLL_S") or SLOT_POLL_S)
+    while True:
+        held = False
+        try:
+            with concurrency(name, occupy=1, timeout_seconds=poll, strict=True,
+                             raise_on_lease_renewal_failure=False):
+                held = True
+                early = ends_early(data, change_id)
+                return early if early is not None else train()
+        except TimeoutError:
+            if held:  # raised by the training itself, not by the wait
+                raise
+        early = ends_early(data, change_id)  # still waiting: a newer run may have come
+        if early is not None:
+            return early
 
 
 def fan_out(champs: dict[str, dict]) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = 5.0  # the bridge's quiet period; the gateway delivers a burst as a steady stream ~45 ms apart
+EXTRA = {"SCENE_EVENTS_CONFIRM_AFTER": "15"}  # the bridge re-sends an event whose run did not appear after 15 s
 
 
 @contextlib.contextmanager
@@ -54,7 +55,7 @@ def event_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
     state = tmp_path_factory.mktemp("estack") / "state"
     info = stack_mod.up(state, s3_port=free_port(), prefect_port=free_port(), pools=("default", "gpu"),
-                        workdir=REPO, events_port=free_port(), quiet_seconds=QUIET)
+                        workdir=REPO, events_port=free_port(), quiet_seconds=QUIET, extra=EXTRA)
     try:
         env = dict(line.removeprefix("export ").split("=", 1) for line in stack_mod.env_lines(state))
         env = {k: v.strip("'\"") for k, v in env.items()}

@@ -14,6 +14,7 @@ from typing import Any
 from scene.cli.common import CliError, settings_from_env
 
 TOKEN_ENV = "SCENE_EVENTS_TOKEN"
+CONFIRM_ENV = "SCENE_EVENTS_CONFIRM_AFTER"
 STORE_ENV = "SCENE_EVENTS_STORE"  # the bridge's SQLite queue (scene stack up passes <state>/events.sqlite)
 log = logging.getLogger("scene.events")
 
@@ -172,9 +173,9 @@ def register(sub: Any) -> None:
     s.add_argument("--store", default=None,
                    help=f"SQLite file that holds accepted notifications until their event is delivered, replayed "
                         f"at start (default: env {STORE_ENV}; none: in memory only)")
-    s.add_argument("--confirm-after", type=float, default=120.0,
+    s.add_argument("--confirm-after", type=float, default=float(os.environ.get(CONFIRM_ENV) or 120.0),
                    help="with --store: re-send a delivered event when no retrain run for its change appeared "
-                        "this many seconds later (default 120; 0: never check)")
+                        f"this many seconds later (default: env {CONFIRM_ENV}, else 120; 0: never check)")
     s.add_argument("--reconcile-delay", type=float, default=60.0,
                    help="seconds after start before the first reconcile (default 60: queued notifications first)")
     s.add_argument("-v", "--verbose", action="store_true", help="log every HTTP request too")

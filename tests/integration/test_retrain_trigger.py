@@ -19,7 +19,7 @@ import pytest
 from scene.data.synth import make_synthetic
 from scene.ops import stack as stack_mod
 from scene.ops import supervisor
-from tests.event_stack import QUIET, retrain_runs, settled, stack_environ, wait_runs
+from tests.event_stack import EXTRA, QUIET, retrain_runs, settled, stack_environ, wait_runs
 from tests.integration.helpers import upload
 
 pytestmark = pytest.mark.integration
@@ -81,7 +81,7 @@ def test_events_raised_while_the_bridge_is_down_arrive_later(estack: dict[str, A
     time.sleep(2)
     assert retrain_runs() == [] or all(r.parameters.get("data") != data for r in retrain_runs())
     stack_mod.up(state, s3_port=cfg["s3_port"], prefect_port=cfg["prefect_port"], pools=("default", "gpu"),
-                 workdir=REPO, events_port=cfg["events_port"], quiet_seconds=QUIET)
+                 workdir=REPO, events_port=cfg["events_port"], quiet_seconds=QUIET, extra=EXTRA)
     runs = wait_runs(1, data, timeout=90)
     time.sleep(QUIET + 2)
     runs = [r for r in retrain_runs() if r.parameters.get("data") == data]
