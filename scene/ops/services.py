@@ -111,10 +111,16 @@ def start_gateway(state: Path, port: int, creds: dict[str, str], webhook: dict[s
     return spawn(state, S3, argv, env, cwd=state)
 
 
-def start_prefect(state: Path, port: int) -> int:
+def start_prefect(state: Path, port: int, auth_string: str | None = None) -> int:
+    """Start ``prefect server start``; with ``auth_string`` every API request but ``GET /api/health`` needs it."""
     env = base_env()
+    env.pop("PREFECT_SERVER_API_AUTH_STRING", None)  # the stack's own string or none, never the caller's
+    env.pop("PREFECT_API_AUTH_STRING", None)
     env["PREFECT_HOME"] = str(state / "prefect")
     env["PREFECT_API_URL"] = f"http://{HOST}:{port}/api"
+    if auth_string:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth_string
+        env["PREFECT_API_AUTH_STRING"] = auth_string  # the server's own client calls (UI settings, runner)
     # concurrency-slot leases on disk (PREFECT_HOME/concurrency_leases): in memory, a server restart forgets the
     # lease of a running retrain while its slot stays taken, and that dataset never retrains again
     env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"] = "prefect.server.concurrency.lease_storage.filesystem"
@@ -186,7 +192,10 @@ def ensure_secret_blocks(api: str, env: Mapping[str, str]) -> list[str]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     saved = []
-    with temporary_settings(updates={PREFECT_API_URL: api}):
+    from prefect.settings import PREFECT_API_AUTH_STRING
+
+    auth = {PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]} if env.get("PREFECT_API_AUTH_STRING") else {}
+    with temporary_settings(updates={PREFECT_API_URL: api, **auth}):
         for var, block in SECRET_BLOCKS.items():
             if env.get(var):
                 Secret(value=env[var]).save(block, overwrite=True)

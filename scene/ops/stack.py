@@ -3,7 +3,8 @@
 ``up()`` starts (or reuses) three kinds of detached background processes, each in its own process group,
 with every piece of state under one folder (default ``.state/``)::
 
-    .state/credentials.json   S3 access/secret key, generated once, mode 0600 (never printed or logged)
+    .state/credentials.json   S3 access/secret key and the Prefect API auth string, generated once, mode 0600
+                              (never printed or logged; `scene stack env` exports them for clients)
     .state/stack.json         ports, pools, buckets, workdir: what down/status/env need to know
     .state/s3/                JuiceFS volume: meta.db (SQLite metadata), blobs/ (object data), cache/
     .state/webhook-queue/     undelivered bucket notifications (replayed when the receiver comes back)
@@ -19,6 +20,9 @@ server 10-14 s after its first start (it creates its database), about 5 s on lat
 work pool with the CLI takes about 3 s; a worker heartbeats 2-3 s after start. A cold ``up()`` takes
 15-19 s, a restart about 8 s, a repeated ``up()`` on a healthy stack under 0.1 s, ``down()`` about 1 s.
 Each ``up()`` records how long it waited for each service in ``stack.json`` (``last_up_wait_s``).
+The Prefect server requires authentication (``PREFECT_SERVER_API_AUTH_STRING``, generated at the first ``up()``
+and kept): workers, the bridge and the stack's own API calls send it (``PREFECT_API_AUTH_STRING``); a request
+without it gets 401 (only ``GET /api/health`` is open). A server started without it is restarted with it.
 Flow runs the workers start heartbeat every 30 s (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); ``up()`` keeps one
 automation that marks a run silent for 10 min Crashed (its worker died with it): no run stays Running forever.
 Workers poll for scheduled runs every 2 s (``PREFECT_WORKER_QUERY_SECONDS``; Prefect's default is 10 s).
@@ -68,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scene.ops import orphans
+from scene.ops import http, orphans
 from scene.ops.services import (
     EVENTS,
     HEARTBEAT_S,
@@ -163,6 +167,29 @@ def _sha(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
+def _prefect_auth(state: Path, creds: dict[str, str]) -> dict[str, str]:
+    """The Prefect server's auth string (``scene:<random>``), generated once and kept in the 0600 credentials file."""
+    if not creds.get("prefect_auth_string"):
+        creds = {**creds, "prefect_auth_string": "scene:" + secrets.token_urlsafe(24)}
+        write_json(state / "credentials.json", creds, mode=0o600)
+    return creds
+
+
+def _client_env(cfg: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:
+    """:func:`s3_env` plus ``PREFECT_API_AUTH_STRING``: what every client of this stack needs."""
+    env = s3_env(cfg, creds)
+    if creds.get("prefect_auth_string"):
+        env["PREFECT_API_AUTH_STRING"] = creds["prefect_auth_string"]
+    return env
+
+
+def _api(cfg: dict[str, Any], creds: dict[str, str]) -> str:
+    """The stack's Prefect API URL, with its auth string registered for this process's requests to it."""
+    api = f"http://{HOST}:{cfg['prefect_port']}/api"
+    http.register_auth(api, auth_string=creds.get("prefect_auth_string"))
+    return api
+
+
 def _events_token(state: Path, creds: dict[str, str]) -> dict[str, str]:
     """The event bridge's bearer token, generated once and kept in the 0600 credentials file."""
     if not creds.get("events_token"):
@@ -210,13 +237,28 @@ def _start_servers(state: Path, cfg: dict[str, Any], creds: dict[str, str], webh
     webhook = cfg["webhook"]
     s3_port, prefect_port = cfg["s3_port"], cfg["prefect_port"]
     pid_s3 = running(state, S3) or start_gateway(state, s3_port, creds, webhook, webhook_token)
-    pid_pf = running(state, PREFECT) or start_prefect(state, prefect_port)
+    if running(state, PREFECT) and cfg.get("prefect_auth") != (old_auth := _started_auth(state)):
+        log.warning("restarting the Prefect server to require its auth string (started with %s)",
+                    "another one" if old_auth else "none")
+        stop(state, PREFECT)
+        stop(state, EVENTS)  # the bridge's environment lacks the new string: restarted by up()
+    pid_pf = running(state, PREFECT) or start_prefect(state, prefect_port, creds.get("prefect_auth_string"))
+    _started_auth(state, cfg.get("prefect_auth"))
     timings = {S3: wait_healthy(state, S3, pid_s3, lambda: s3_healthy(s3_port), _GATEWAY_TIMEOUT,
                                 f"S3 gateway on port {s3_port}")}
     ensure_buckets(_settings(cfg, creds, base))
     timings[PREFECT] = wait_healthy(state, PREFECT, pid_pf, lambda: prefect_healthy(prefect_port), timeout,
                                     f"Prefect server on port {prefect_port}")
     return timings
+
+
+def _started_auth(state: Path, value: str | None = None) -> str | None:
+    """The hash of the auth string the running Prefect server was started with (``value``: record it)."""
+    path = state / "prefect-auth.json"
+    if value is not None:
+        write_json(path, {"sha": value})
+        return value
+    return read_json(path).get("sha")
 
 
 # how often a worker asks for scheduled runs (Prefect's default 10 s): a run created now starts within 2 s; one
@@ -227,13 +269,14 @@ WORKER_POLL_S = 2
 def _start_workers(state: Path, cfg: dict[str, Any], creds: dict[str, str], pools: tuple[str, ...],
                    extra: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, float]]:
     """Create the pools and start (or keep) one worker each; (the workers' environment, seconds waited)."""
-    api = f"http://{HOST}:{cfg['prefect_port']}/api"
-    env = {**base_env(), **s3_env(cfg, creds), "PREFECT_HOME": str(state / "prefect"), "SCENE_STATE_DIR": str(state),
+    api = _api(cfg, creds)
+    env = {**base_env(), **_client_env(cfg, creds), "PREFECT_HOME": str(state / "prefect"),
+           "SCENE_STATE_DIR": str(state),
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),  # flow runs heartbeat: see ensure_zombie_automation
            "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_S)}
     ensure_pools(api, pools, env, state, gpus=cfg.get("gpus", 1))
     env.update(extra or {})
-    worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": s3_env(cfg, creds),
+    worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": _client_env(cfg, creds),
                        "heartbeat": env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"], "poll": WORKER_POLL_S})
     started: dict[str, tuple[int, float, str]] = {}
     for pool in pools:
@@ -288,7 +331,7 @@ def up(
     pools = tuple(dict.fromkeys(pools))
     with locked(state):
         old = read_json(state / "stack.json")
-        creds = _credentials(state, create=True)
+        creds = _prefect_auth(state, _credentials(state, create=True))
         if events_port is not None:
             creds = _events_token(state, creds)
             webhook_url, webhook_token = f"http://{HOST}:{events_port}/notify", creds["events_token"]
@@ -298,10 +341,11 @@ def up(
         cfg = _plan(state, old, base, {S3: s3_port, PREFECT: prefect_port}, pools, workdir_path, webhook,
                     events_port, quiet_seconds)
         cfg["gpus"] = gpu_count(gpus)
+        cfg["prefect_auth"] = _sha(creds["prefect_auth_string"])  # which auth string the server must require
         write_json(state / "stack.json", cfg)
         timings = _start_servers(state, cfg, creds, webhook_token, base, timeout)
-        ensure_zombie_automation(f"http://{HOST}:{prefect_port}/api")  # runs whose worker died end Crashed
-        _crash_orphans(f"http://{HOST}:{prefect_port}/api", cfg)  # runs left Running by a stop: their slot frees
+        ensure_zombie_automation(_api(cfg, creds))  # runs whose worker died end Crashed
+        _crash_orphans(_api(cfg, creds), cfg)  # runs left Running by a stop: their slot frees
         env, waited = _start_workers(state, cfg, creds, pools, extra)
         timings.update(waited)
         if events_port is not None:
@@ -350,6 +394,8 @@ def down(state_dir: str | os.PathLike[str] = ".state") -> list[str]:
         workers += [_worker(p) for p in cfg.get("pools", []) if _worker(p) not in workers]
         first = [EVENTS, *workers]  # each may take its whole SIGTERM grace: in parallel, not one after another
         api = f"http://{HOST}:{cfg.get('prefect_port')}/api"
+        with contextlib.suppress(StackError):
+            api = _api(cfg, _credentials(state)) if cfg else api
         owned = _owned_runs(api, cfg) if running(state, PREFECT) else []
         with ThreadPoolExecutor(max_workers=len(first)) as pool:
             ran = list(pool.map(lambda s: stop(state, s, timeout=10), first))
@@ -368,9 +414,12 @@ def status(state_dir: str | os.PathLike[str] = ".state") -> dict[str, Any]:
     result: dict[str, Any] = {"state_dir": str(state), "exists": bool(cfg), "services": {}}
     if not cfg:
         return result
-    with contextlib.suppress(StackError):
-        result["access_key"] = _mask(_credentials(state)["access_key"])
     api = f"http://{HOST}:{cfg['prefect_port']}/api"
+    with contextlib.suppress(StackError):
+        creds = _credentials(state)
+        result["access_key"] = _mask(creds["access_key"])
+        result["prefect_auth"] = "required" if creds.get("prefect_auth_string") else "none"
+        api = _api(cfg, creds)
     services: dict[str, Any] = result["services"]
     pid = running(state, S3)
     services[S3] = {"running": pid is not None, "pid": pid, "url": f"http://{HOST}:{cfg['s3_port']}",
@@ -407,7 +456,7 @@ def env_lines(state_dir: str | os.PathLike[str] = ".state") -> list[str]:
     state = state_path(state_dir)
     cfg = _config(state)
     creds = _credentials(state)
-    env = s3_env(cfg, creds)
+    env = _client_env(cfg, creds)  # incl. PREFECT_API_AUTH_STRING: every Prefect client sends it
     if creds.get("events_token"):
         env["SCENE_EVENTS_TOKEN"] = creds["events_token"]  # for `scene data upload --wait-bridge`
     return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]

@@ -46,8 +46,8 @@ class Api:
         if not url:
             raise WatchError('PREFECT_API_URL is not set: run eval "$(scene stack env)" (the local stack) or export '
                              "the URL of your Prefect server's API, e.g. http://127.0.0.1:4200/api")
-        self.headers = {"Authorization": f"Bearer {os.environ['PREFECT_API_KEY']}"} if os.environ.get(
-            "PREFECT_API_KEY") else {}
+        # an auth-string server (the local stack: PREFECT_API_AUTH_STRING from `scene stack env`) or Prefect Cloud
+        self.headers = http.auth_headers(os.environ.get("PREFECT_API_KEY"), os.environ.get("PREFECT_API_AUTH_STRING"))
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._flow_names: dict[str, str] = {}
@@ -59,6 +59,9 @@ class Api:
             raise WatchError(f"{self.url}{path}: {err} — is the Prefect server up (scene stack status)?") from err
         if status == 404:
             raise WatchError(f"{self.url}{path}: not found (404) — check the run id")
+        if status == 401:
+            raise WatchError(f"{self.url}{path}: unauthorized (401) — set PREFECT_API_AUTH_STRING (the local stack: "
+                             'eval "$(scene stack env)") or PREFECT_API_KEY (Prefect Cloud)')
         if status >= 400:
             raise WatchError(f"{self.url}{path}: HTTP {status}: {str(answer)[:300]}")
         return answer
