@@ -90,6 +90,7 @@ def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, o
     """Classify a prefix of images with a dataset's champion (or a given model); write predictions.csv to S3."""
     scope.require_data_uri(data, settings(), prefixes=(settings().data_prefix, scope.PREDICT_PREFIX))
     out = out or f"s3://{settings().artifact_bucket}/predictions/{flow_run.get_id() or 'local'}/predictions.csv"
+    scope.require_predictions_uri(out, settings())  # only under predictions/: never the registry nor a run folder
     if model is not None and dataset is not None:
         raise ValueError(f"pass model= or dataset= (whose champion predicts), not both; got model={model!r}, "
                          f"dataset={dataset!r}")

@@ -16,6 +16,7 @@ from prefect.runtime import flow_run as this_run
 from prefect.states import Cancelled, Cancelling
 
 from flows.processes import train_in_processes
+from scene.data import scope
 from scene.data.dataset import Dataset
 from scene.metadata import DEMO_DATA_URI
 from scene.ops import gpus
@@ -26,7 +27,7 @@ from tasks import artifacts
 from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import FLOW_TIMEOUT_S, run_prefix
+from tasks.common import FLOW_TIMEOUT_S, run_prefix, settings
 
 DOCKER_DEPLOYMENT = "train-backbone/docker"  # dispatch="docker": a container per backbone (stack up --pool docker)
 
@@ -232,6 +233,7 @@ def train_all(
     devices: list[str] | None = None,
 ) -> dict:
     """Validate the data, train every backbone in parallel, compare them and upload every artifact."""
+    scope.require_data_uris(settings(), data=data, test=test)  # only inside the data bucket and prefix
     params = params.resolved()  # a named preset fills every training parameter not set
     backbones = params.names()
     facts = {"data": data, "backbones": ", ".join(backbones), **params.facts(), "dispatch": dispatch}

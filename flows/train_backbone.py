@@ -10,13 +10,15 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
+from scene.data import scope
 from scene.data.dataset import Dataset
 from scene.train.params import TrainParams
 from tasks import artifacts, training
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import FLOW_TIMEOUT_S, run_prefix, work_folder
+from tasks.common import FLOW_TIMEOUT_S, run_prefix, settings, work_folder
 
 
 def _dataset(manifest_uri: str | None, data: str | None, test: str | None, classes: list[str] | None) -> Dataset:
@@ -48,6 +50,8 @@ def train_backbone(
     run_prefix_uri: str | None = None,
 ) -> dict:
     """Train one backbone on a published manifest, or on one built from ``data``; upload and register it."""
+    if run_prefix_uri:  # only the folder of the run that started this one (train-all, retrain) or this run's own
+        scope.require_run_prefix(run_prefix_uri, settings(), (flow_run.get_parent_flow_run_id(), flow_run.get_id()))
     params = params.resolved()
     facts = {"backbone": backbone, "data": manifest_uri or data, **params.facts()}
     summary_id = artifacts.start_summary("train-backbone", facts)  # first: listed above the task artifacts

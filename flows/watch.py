@@ -19,7 +19,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from scene.data import storage
+from scene.data import scope, storage
 from scene.ops import notifications, polling, prefect_events
 from tasks.common import S3_RETRIES, S3_TIMEOUT_S, s3, settings
 
@@ -82,6 +82,7 @@ def _emitter() -> Any:
 @flow(name="watch", log_prints=True, timeout_seconds=2 * S3_TIMEOUT_S)
 def watch(prefix_uri: str = "s3://scene-data/datasets/", state_key: str = "sensors/watch-state.json") -> dict:
     """Emit ``scene.data.arrived`` per dataset root with new or changed images since the last run."""
+    scope.require_state_key(state_key)  # only under sensors/, never another sensor's file
     log = get_run_logger()
     loc = storage.parse(prefix_uri)
     if not loc.is_s3:
