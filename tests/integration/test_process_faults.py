@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,13 @@ def deployment(env: dict[str, str]) -> str:
     return deploy_on_default_pool("train-backbone", "flows/train_backbone.py:train_backbone", DEPLOYMENT)
 
 
-def _start(deployment: str, data: str, cache: Path, prefix: str) -> Any:
-    """A flow run of ``deployment`` with its own feature cache folder and artifact prefix (not waited for)."""
+def _start(deployment: str, data: str, cache: Path) -> Any:
+    """A flow run of ``deployment`` with its own feature cache folder (not waited for); its artifacts go to its own
+    folder runs/<run id>/ (a run started from outside a flow may choose no other)."""
     from prefect.deployments import run_deployment
 
     return run_deployment(deployment, timeout=0, parameters={
-        "backbone": "mobilenetv2", "data": data, "params": PARAMS, "run_prefix_uri": prefix},
+        "backbone": "mobilenetv2", "data": data, "params": PARAMS},
         job_variables={"env": {"SCENE_FEATURE_CACHE": str(cache)}})
 
 
@@ -71,17 +71,17 @@ def _shards(cache: Path) -> list[Path]:
     return sorted(p for p in cache.rglob("shard-*.npz"))
 
 
-def _result(prefix: str, s3: Any) -> dict[str, Any]:
+def _result(run_id: Any, s3: Any) -> dict[str, Any]:
+    prefix = f"s3://{os.environ['SCENE_ARTIFACT_BUCKET']}/runs/{run_id}/"
     return json.loads(storage.read_bytes(f"{prefix}mobilenetv2/result.json", s3))
 
 
 def test_sigkill_during_extraction_crashes_the_run_and_a_rerun_reuses_every_shard(
         dataset: str, deployment: str, s3: Any, env: dict[str, str], tmp_path: Path) -> None:
     """Scenario 1: the killed run ends Crashed; the rerun computes only what no shard holds; same metrics."""
-    runs = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/faults-kills/{uuid.uuid4().hex[:8]}"
-    baseline = _start(deployment, dataset, tmp_path / "cache-a", f"{runs}/baseline/")
+    baseline = _start(deployment, dataset, tmp_path / "cache-a")
     cache = tmp_path / "cache-b"
-    victim = _start(deployment, dataset, cache, f"{runs}/victim/")
+    victim = _start(deployment, dataset, cache)
     deadline, pid = time.monotonic() + 240, None
     while time.monotonic() < deadline and not _shards(cache):  # the first shard (train, plain view) is written
         time.sleep(0.01)
@@ -91,10 +91,10 @@ def test_sigkill_during_extraction_crashes_the_run_and_a_rerun_reuses_every_shar
     killed = _wait_final(victim.id, timeout=60)
     assert killed.state.is_crashed(), killed.state
     kept = sum(len(np.load(p)["keys"]) for p in _shards(cache))
-    rerun = _start(deployment, dataset, cache, f"{runs}/rerun/")
+    rerun = _start(deployment, dataset, cache)
     for run in (baseline, rerun):
         assert _wait_final(run.id).state.is_completed(), run.id
-    first, second = _result(f"{runs}/baseline/", s3), _result(f"{runs}/rerun/", s3)
+    first, second = _result(baseline.id, s3), _result(rerun.id, s3)
     requested = first["features_computed"]
     assert first["features_cached"] == 0 and 0 < kept < requested, (kept, first)
     assert (second["features_cached"], second["features_computed"]) == (kept, requested - kept), second
@@ -200,9 +200,8 @@ def test_prefect_server_sigkill_during_a_run_then_up_the_run_completes_and_the_w
         pytest.skip("reusing a running stack: not killing someone else's Prefect server")
     ping_deployment = deploy_on_default_pool("process-faults-ping", f"{Path(__file__).relative_to(REPO)}:ping",
                                              DEPLOYMENT)
-    prefix = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/faults-restart/{uuid.uuid4().hex[:8]}/"
     cache = tmp_path / "cache"
-    victim = _start(deployment, dataset, cache, prefix)
+    victim = _start(deployment, dataset, cache)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not _shards(cache):  # Running, in feature extraction
         time.sleep(0.01)
@@ -221,7 +220,7 @@ def test_prefect_server_sigkill_during_a_run_then_up_the_run_completes_and_the_w
     after = run_deployment(ping_deployment, timeout=0)
     run = _wait_final(victim.id, timeout=240)
     assert run.state.is_completed() and run.run_count == 1, (run.state, run.run_count)
-    result = _result(prefix, s3)
+    result = _result(victim.id, s3)
     assert result["backbone"] == "mobilenetv2" and result["features_computed"] > 0, result
     assert _task_states(victim.id) == {"COMPLETED"}  # state events sent while the API was gone were resent
     assert _wait_final(after.id, timeout=120).state.is_completed(), after.id
