@@ -49,7 +49,10 @@ def _csv(s3: Any, uri: str) -> pd.DataFrame:
 
 
 def test_dispatched_versions_register_under_the_data_root_and_are_gated(s3: Any, env: dict[str, str],
-                                                                         tmp_path: Path, capsys: Any) -> None:
+                                                                         tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
     from flows.train_all import train_all
 
     bucket = env["SCENE_ARTIFACT_BUCKET"]
@@ -60,12 +63,16 @@ def test_dispatched_versions_register_under_the_data_root_and_are_gated(s3: Any,
     upload(s3, draw_hues(tmp_path / "hues", 0, size=SIZE, per_class=12), data)
 
     runs = []
-    for epochs in (30, 45):  # the same data twice, two recipes (so two versions)
+    for epochs, devices in ((30, None), (45, ["0"])):  # the same data twice, two recipes (so two versions)
         state = train_all(data=data, params=_params(weights, epochs), dispatch="deployments", deployment=deployment,
-                          return_state=True)
+                          devices=devices, return_state=True)
         assert state.is_completed(), state.message
         runs.append(state.result())
     first, second = runs
+    with get_client(sync_client=True) as client:  # the second run's child was pinned to its device
+        (child,) = [r for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=
+                    FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id]))) if r.deployment_id]
+    assert child.job_variables == {"env": {"CUDA_VISIBLE_DEVICES": "0", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}}
     assert first["failed"] == [] and second["failed"] == [], [r["error"] for r in first["results"] + second["results"]]
 
     v1 = registry.ModelVersion.from_dict(registry.get_version(s3, bucket, first["promotion"]["challenger"]))
@@ -96,14 +103,24 @@ def test_dispatched_versions_register_under_the_data_root_and_are_gated(s3: Any,
     assert set(registry.champions(s3, bucket)) >= {data}
     assert not [d for d in registry.champions(s3, bucket) if "/runs/" in d]  # no made-up dataset has a champion
 
-    from scene.cli.main import main
-
-    capsys.readouterr()
-    assert main(["models", "list", "--data", data]) in (0, None)
-    listed = capsys.readouterr().out
+    shown = subprocess.run([str(Path(sys.executable).with_name("scene")), "models", "list", "--data", data],
+                           env=dict(os.environ), capture_output=True, text=True, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr
+    listed = shown.stdout
     assert v1.version in listed and v2.version in listed, listed
     marked = [line for line in listed.splitlines() if line.lstrip().startswith("*")]
     assert len(marked) == 1 and champion["version"] in marked[0], listed
+
+    # predictions use this dataset's champion when it is named; unnamed, only when it is the one dataset
+    from flows.predict import resolve_model
+
+    resolve = resolve_model.with_options(retries=0)
+    path, classes = resolve(None, data)
+    assert Path(path).read_bytes() == storage.read_bytes(champion["model"], s3) and len(classes) == 6
+    if len(registry.champions(s3, bucket)) > 1:
+        with pytest.raises(RuntimeError, match="datasets have a champion") as err:
+            resolve(None, None)
+        assert data in str(err.value)
 
 
 def _slot_pool(env: dict[str, str]) -> tuple[str, subprocess.Popen]:
