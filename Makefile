@@ -66,7 +66,8 @@ deploy: up
 	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu, retrain/default, watch/default, predict/default"
 	if [ "$(RECONCILE)" != 0 ]; then $(MAKE) --no-print-directory reconcile STATE=$(STATE); fi
 
-# announce data no model was trained on (events lost while deploying), unless a retrain or train-all for it waits or runs
+# announce data no gated model was trained on (events lost while deploying), unless a retrain or train-all for it
+# waits or runs; data whose retrains failed is backed off (reason in the report). The bridge also reconciles hourly.
 reconcile: up
 	eval "$$($(SCENE) stack env --state $(STATE))"
 	$(SCENE) events reconcile > $(STATE)/reconcile.log 2>&1 || { cat $(STATE)/reconcile.log; exit 1; }
