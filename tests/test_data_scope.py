@@ -1,10 +1,17 @@
-"""The data a retrain/predict flow may read: only inside the configured data bucket and prefix."""
+"""The data a flow may read (only inside the data bucket and prefix) and where its parameters may make it write."""
 
 from __future__ import annotations
 
 import pytest
 
-from scene.data.scope import PREDICT_PREFIX, require_data_uri
+from scene.data.scope import (
+    PREDICT_PREFIX,
+    require_data_uri,
+    require_data_uris,
+    require_predictions_uri,
+    require_run_prefix,
+    require_state_key,
+)
 from scene.settings import Settings
 
 S = Settings(data_bucket="scene-data", data_prefix="datasets/")
@@ -49,3 +56,95 @@ def test_flows_check_their_data_first() -> None:
         src = inspect.getsource(fn)
         assert src.index("require_data_uri") < min(i for i in (src.find("read_"), src.find("resolve_model("),
                                                                src.find("_retrain_dataset(")) if i > 0)
+
+
+# ------------------------------------------------------------------- where location parameters may write
+
+A = Settings(data_bucket="scene-data", data_prefix="datasets/", artifact_bucket="scene-artifacts")
+PARENT, OWN = "1a2b3c4d-0000-4000-8000-000000000001", "1a2b3c4d-0000-4000-8000-000000000002"
+
+
+def test_predictions_only_under_predictions() -> None:
+    ok = "s3://scene-artifacts/predictions/batch-7/predictions.csv"
+    assert require_predictions_uri(ok, A) == ok
+
+
+@pytest.mark.parametrize(("uri", "words"), [
+    ("s3://scene-artifacts/models/champions/scene-data-datasets-x.json", "written only by the registry code"),
+    ("s3://scene-artifacts/models/registry.json", "written only by the registry code"),
+    ("s3://scene-artifacts/runs/abc/result.json", "outside where this flow may write"),
+    ("s3://scene-artifacts/predictions/../models/registry.json", "'..'"),
+    ("s3://scene-data/predictions/x.csv", "not the artifact bucket"),
+    ("/tmp/predictions.csv", "only to the artifact bucket"),
+    ("s3://scene-artifacts/predictions/", "not a folder"),
+    ("s3://scene-artifacts/predictions/x/", "not a folder"),
+])
+def test_predict_out_elsewhere_is_refused(uri: str, words: str) -> None:
+    with pytest.raises(ValueError, match="s3://scene-artifacts/predictions/") as err:
+        require_predictions_uri(uri, A)
+    assert words in str(err.value) and "out=" in str(err.value) and uri in str(err.value)
+
+
+@pytest.mark.parametrize("uri", [f"s3://scene-artifacts/runs/{PARENT}/", f"s3://scene-artifacts/runs/{OWN}/x/"])
+def test_run_prefix_in_the_parent_or_own_run_folder(uri: str) -> None:
+    assert require_run_prefix(uri, A, (PARENT, OWN)) == uri
+
+
+@pytest.mark.parametrize(("uri", "words"), [
+    (f"s3://scene-artifacts/runs/{OWN}/", "outside where this flow may write"),  # own id unknown: no parent given
+    ("s3://scene-artifacts/runs/another-run/", "outside where this flow may write"),
+    ("s3://scene-artifacts/runs/", "outside where this flow may write"),
+    ("s3://scene-artifacts/models/", "written only by the registry code"),
+    (f"s3://scene-artifacts/runs/{PARENT}/../other/", "'..'"),
+    (f"s3://scene-data/runs/{PARENT}/", "not the artifact bucket"),
+])
+def test_run_prefix_elsewhere_is_refused(uri: str, words: str) -> None:
+    with pytest.raises(ValueError, match=f"s3://scene-artifacts/runs/{PARENT}/") as err:
+        require_run_prefix(uri, A, (PARENT, None))
+    assert words in str(err.value) and "run_prefix_uri=" in str(err.value)
+
+
+def test_run_prefix_outside_any_run_is_refused() -> None:
+    with pytest.raises(ValueError, match="leave run_prefix_uri unset"):
+        require_run_prefix(f"s3://scene-artifacts/runs/{PARENT}/", A, (None, None))
+
+
+@pytest.mark.parametrize("key", ["sensors/watch-state.json", "sensors/test-1234.json", "sensors/watch/a.json"])
+def test_state_key_under_sensors(key: str) -> None:
+    assert require_state_key(key) == key
+
+
+@pytest.mark.parametrize(("key", "words"), [
+    ("models/champions/x.json", "lives under sensors/"),
+    ("models/registry.json", "lives under sensors/"),
+    ("runs/abc/result.json", "lives under sensors/"),
+    ("sensors/reconcile-attempts.json", "belongs to another sensor"),
+    ("sensors/../models/registry.json", "'..'"),
+    ("/sensors/x.json", "not a key"),
+    ("s3://scene-artifacts/sensors/x.json", "not a key"),
+    ("sensors/state.csv", "ends in .json"),
+])
+def test_state_key_elsewhere_is_refused(key: str, words: str) -> None:
+    with pytest.raises(ValueError, match=r"sensors/watch-state\.json") as err:
+        require_state_key(key)
+    assert words in str(err.value) and key in str(err.value)
+
+
+def test_train_all_data_and_test_are_scoped() -> None:
+    require_data_uris(A, data="s3://scene-data/datasets/x/", test=None)
+    with pytest.raises(ValueError, match="test='s3://scene-artifacts/models/'"):
+        require_data_uris(A, data="s3://scene-data/datasets/x/", test="s3://scene-artifacts/models/")
+
+
+def test_every_writing_flow_checks_its_locations_first() -> None:
+    """Each flow calls its scope check before its first task (nothing is written before the check)."""
+    import inspect
+
+    from flows import predict, train_all, train_backbone, watch
+
+    for fn, check, first in ((predict.predict.fn, "require_predictions_uri", "resolve_model("),
+                             (train_backbone.train_backbone.fn, "require_run_prefix", "start_summary("),
+                             (watch.watch.fn, "require_state_key", "load_state("),
+                             (train_all.train_all.fn, "require_data_uris", "start_summary(")):
+        src = inspect.getsource(fn)
+        assert 0 < src.index(check) < src.index(first), fn.__name__

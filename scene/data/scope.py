@@ -77,7 +77,7 @@ def require_artifact_uri(uri: str, settings: Any, *, name: str, prefixes: Sequen
     if key.startswith(REGISTRY_PREFIX):
         raise ValueError(f"{name}={text!r}: the registry ({REGISTRY_PREFIX}) is written only by the registry code, "
                          f"never through a parameter; use a location under {allowed}{hint}")
-    if not any(key.startswith(p.rstrip("/") + "/") and key != p.rstrip("/") + "/" for p in prefixes):
+    if not any(key.startswith(p.rstrip("/") + "/") for p in prefixes):
         raise ValueError(f"{name}={text!r}: outside where this flow may write; use a location under {allowed}{hint}")
     return text
 
@@ -110,9 +110,9 @@ def require_state_key(key: str, *, name: str = "state_key") -> str:
     """watch's ``state_key``: a ``.json`` key of the artifact bucket under ``sensors/``, not another sensor's."""
     text = str(key)
     allowed = f"{SENSORS_PREFIX}<name>.json, e.g. {SENSORS_PREFIX}watch-state.json"
-    why = unsafe_key(text)
-    if why or text.startswith("/") or "://" in text:
-        raise ValueError(f"{name}={text!r}: {why or 'not a key'}; pass a key of the artifact bucket like {allowed}")
+    why = "not a key (no s3://, no leading /)" if text.startswith("/") or "://" in text else unsafe_key(text)
+    if why:
+        raise ValueError(f"{name}={text!r}: {why}; pass a key of the artifact bucket like {allowed}")
     if not text.startswith(SENSORS_PREFIX) or not text.endswith(".json") or text == SENSORS_PREFIX + ".json":
         raise ValueError(f"{name}={text!r}: the watch state lives under {SENSORS_PREFIX} and ends in .json; "
                          f"pass {allowed}")
