@@ -136,7 +136,8 @@ def finish_retrain_summary(artifact_id: Any, outcomes: dict[str, dict[str, Any]]
     for data, out in outcomes.items():
         parts += [f"## {data}", ""]
         if out.get("skipped"):
-            parts += [f"Skipped: {out['skipped']} (champion {out.get('champion')}).", ""]
+            why = out.get("reason") or f"champion {out.get('champion')}"  # duplicate/superseded runs say why
+            parts += [f"Skipped: {out['skipped']} ({why}).", ""]
             continue
         rows = comparison_table([TrainResult(**r).comparison_row() for r in out.get("results", [])])
         parts += [summary.promotion_line(out), "", tables.markdown(tables.display_rows(rows.to_dict("records"))),
