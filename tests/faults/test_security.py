@@ -1,4 +1,6 @@
-"""Security probes on the shared event stack: loopback-only listeners; no secret in logs, artifacts or status."""
+"""Security probes on the shared event stack: loopback-only listeners; the Prefect API needs its auth string;
+out-of-scope location parameters are refused before anything is written; no secret in work pools, flow-run
+parameters, artifacts, logs, objects or status."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -68,16 +71,132 @@ def test_every_service_listens_on_loopback_only(event_stack: dict[str, Any]) -> 
 def test_no_secret_in_logs_artifacts_or_status(event_stack: dict[str, Any]) -> None:
     state, env = event_stack["state"], event_stack["env"]
     creds = json.loads((state / "credentials.json").read_text())
-    secrets = [creds["secret_key"], creds["events_token"]]
+    secrets = [creds["secret_key"], creds["events_token"], creds["prefect_auth_string"]]
     status = subprocess.run([str(Path(sys.executable).with_name("scene")), "stack", "status", "--state", str(state)],
                             capture_output=True, text=True, timeout=60)
     texts = {"scene stack status": status.stdout + status.stderr}
     texts.update({str(p): p.read_text(errors="replace") for p in (state / "logs").glob("*.log")})
-    code, artifacts = http.call("POST", env["PREFECT_API_URL"] + "/artifacts/filter", {"limit": 200})
+    code, artifacts = http.call("POST", env["PREFECT_API_URL"] + "/artifacts/filter", {"limit": 200},
+                                headers=_auth(env))
     assert code == 200
     texts["Prefect artifacts"] = json.dumps(artifacts)
-    code, logs = http.call("POST", env["PREFECT_API_URL"] + "/logs/filter", {"limit": 200})
+    code, logs = http.call("POST", env["PREFECT_API_URL"] + "/logs/filter", {"limit": 200}, headers=_auth(env))
     texts["Prefect run logs"] = json.dumps(logs)
     assert len(texts) >= 5, list(texts)
+    leaks = [where for where, text in texts.items() for s in secrets if s in text]
+    assert leaks == []
+
+
+# --------------------------------------------------------------------------------- authenticated Prefect API
+
+
+def _auth(env: dict[str, str]) -> dict[str, str]:
+    return http.auth_headers(auth_string=env["PREFECT_API_AUTH_STRING"])
+
+
+def test_the_prefect_api_refuses_unauthenticated_calls(event_stack: dict[str, Any]) -> None:
+    """Without the auth string (or with a wrong one) every API call is 401; only the health probe is open."""
+    api = event_stack["env"]["PREFECT_API_URL"]
+    wrong = http.auth_headers(auth_string="scene:not-the-string")
+    for path, body in (("/flow_runs/filter", {}), ("/work_pools/filter", {}), ("/deployments/filter", {})):
+        assert http.call("POST", api + path, body, headers={"Authorization": ""})[0] == 401, path
+        assert http.call("POST", api + path, body, headers=wrong)[0] == 401, path
+        assert http.call("POST", api + path, body, headers=_auth(event_stack["env"]))[0] == 200, path
+    assert http.call("GET", api + "/health", headers={"Authorization": ""}) == (200, True)
+    creds = json.loads((event_stack["state"] / "credentials.json").read_text())
+    assert (event_stack["state"] / "credentials.json").stat().st_mode & 0o077 == 0
+    assert creds["prefect_auth_string"] == event_stack["env"]["PREFECT_API_AUTH_STRING"]
+
+
+# ------------------------------------------------------------------------ scoped location parameters
+
+
+def _listing(s3: Any, bucket: str) -> dict[str, str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def _refused(state: Any) -> str:
+    assert state.is_failed(), state
+    with pytest.raises(ValueError) as err:
+        state.result()
+    return str(err.value)
+
+
+def test_out_of_scope_parameters_are_refused_before_anything_is_written(event_stack: dict[str, Any]) -> None:
+    """Each location parameter aimed at the registry or another run fails the flow run and writes nothing."""
+    from flows.predict import predict
+    from flows.train_all import train_all
+    from flows.train_backbone import train_backbone
+    from flows.watch import watch
+    from tests.event_stack import stack_environ
+
+    env, s3 = event_stack["env"], event_stack["s3"]
+    art, data = env["SCENE_ARTIFACT_BUCKET"], f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}"
+    before = {b: _listing(s3, b) for b in (art, env["SCENE_DATA_BUCKET"])}
+    with stack_environ(env):
+        refusals = {
+            "predict out": _refused(predict(data=data, out=f"s3://{art}/models/champions/x.json", return_state=True)),
+            "predict out (run)": _refused(predict(data=data, out=f"s3://{art}/runs/x/predictions.csv",
+                                                  return_state=True)),
+            "watch state_key": _refused(watch(prefix_uri=data, state_key="models/registry.json", return_state=True)),
+            "train-backbone run_prefix_uri": _refused(train_backbone(
+                backbone="mobilenetv2", data=data + "x/", run_prefix_uri=f"s3://{art}/runs/another-run/",
+                return_state=True)),
+            "train-all data": _refused(train_all(data=f"s3://{art}/models/", return_state=True)),
+            "train-all test": _refused(train_all(data=data + "x/", test=f"s3://{art}/runs/", return_state=True)),
+        }
+    for what, message in refusals.items():
+        assert "use a location under" in message or "pass sensors/" in message, (what, message)
+    assert {b: _listing(s3, b) for b in before} == before
+
+
+# ----------------------------------------------------------------------------------- no secret anywhere
+
+
+def _small_flows(event_stack: dict[str, Any]) -> None:
+    """Flow runs that log, write an artifact, a flow-run parameter set and an S3 object (none needs a worker)."""
+    from flows.train_backbone import train_backbone
+    from flows.watch import watch
+    from tests.event_stack import stack_environ
+
+    env = event_stack["env"]
+    empty = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}security-empty-{uuid.uuid4().hex[:8]}/"
+    with stack_environ(env):
+        assert watch(prefix_uri=empty, state_key=f"sensors/security-{uuid.uuid4().hex[:8]}.json",
+                     return_state=True).is_completed()  # writes its state object
+        assert train_backbone(backbone="mobilenetv2", data=empty, return_state=True).is_failed()  # summary artifact
+
+
+def _objects(s3: Any, bucket: str) -> dict[str, bytes]:
+    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in _listing(s3, bucket)}
+
+
+def test_no_secret_in_pools_runs_artifacts_logs_or_objects(event_stack: dict[str, Any]) -> None:
+    """After flows ran: the S3 secret key, the bridge token and the API auth string appear in no work-pool
+    template, deployment, flow-run parameter, artifact, log, S3 object or service log."""
+    _small_flows(event_stack)
+    state, env, s3 = event_stack["state"], event_stack["env"], event_stack["s3"]
+    creds = json.loads((state / "credentials.json").read_text())
+    secrets = [creds["secret_key"], creds["events_token"], creds["prefect_auth_string"]]
+    api, auth = env["PREFECT_API_URL"], _auth(env)
+    found: dict[str, list[Any]] = {}
+    for what, path, body in (("work pools", "/work_pools/filter", {}), ("deployments", "/deployments/filter", {}),
+                             ("flow runs", "/flow_runs/filter", {"limit": 200}),
+                             ("artifacts", "/artifacts/filter", {"limit": 200}),
+                             ("logs", "/logs/filter", {"limit": 200}),
+                             ("blocks", "/block_documents/filter", {"include_secrets": False})):
+        code, answer = http.call("POST", api + path, body, headers=auth)
+        assert code == 200 and isinstance(answer, list), (what, code, answer)
+        found[what] = answer
+    assert all(found[k] for k in ("work pools", "deployments", "flow runs", "artifacts", "logs")), \
+        {k: len(v) for k, v in found.items()}
+    assert any(r.get("parameters") for r in found["flow runs"])
+    objects = {f"s3://{b}/{k}": v for b in (env["SCENE_ARTIFACT_BUCKET"], env["SCENE_DATA_BUCKET"])
+               for k, v in _objects(s3, b).items()}
+    assert any(k.split("/", 3)[3].startswith("sensors/security-") for k in objects), list(objects)
+    texts = {what: json.dumps(items) for what, items in found.items()}
+    texts.update({f"service log {p.name}": p.read_text(errors="replace") for p in (state / "logs").glob("*.log")})
+    texts.update({uri: body.decode(errors="replace") for uri, body in objects.items()})
     leaks = [where for where, text in texts.items() for s in secrets if s in text]
     assert leaks == []
