@@ -186,21 +186,39 @@ def docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
     return ["--base-job-template", str(path)]
 
 
+def _api(method: str, url: str, body: Any = None) -> Any:
+    status, answer = http.status_of(method, url, body)
+    if status not in (200, 201, 204):
+        raise StackError(f"{method} {url}: the Prefect API answered {status}: {answer}")
+    return answer
+
+
 def ensure_secret_blocks(api: str, env: Mapping[str, str]) -> list[str]:
-    """Save the S3 credentials in ``env`` as Prefect Secret blocks (:data:`SECRET_BLOCKS`) at ``api``; their names."""
-    from prefect.blocks.system import Secret
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """Save the S3 credentials in ``env`` as Prefect Secret blocks (:data:`SECRET_BLOCKS`) at ``api``; their names.
 
-    saved = []
-    from prefect.settings import PREFECT_API_AUTH_STRING
-
-    auth = {PREFECT_API_AUTH_STRING: env["PREFECT_API_AUTH_STRING"]} if env.get("PREFECT_API_AUTH_STRING") else {}
-    with temporary_settings(updates={PREFECT_API_URL: api, **auth}):
-        for var, block in SECRET_BLOCKS.items():
-            if env.get(var):
-                Secret(value=env[var]).save(block, overwrite=True)
-                saved.append(block)
-    return saved
+    Through the REST API (scene/ never imports Prefect): the server's registered ``secret`` block type and its
+    newest schema; an existing block's value is replaced.
+    """
+    wanted = {block: env[var] for var, block in SECRET_BLOCKS.items() if env.get(var)}
+    if not wanted:
+        return []
+    block_type = _api("GET", f"{api}/block_types/slug/secret")
+    schemas = _api("POST", f"{api}/block_schemas/filter",
+                   {"block_schemas": {"block_type_id": {"any_": [block_type["id"]]}}, "limit": 1})
+    if not schemas:
+        raise StackError(f"the Prefect API at {api} has no schema for the 'secret' block type")
+    for name, value in wanted.items():
+        status, found = http.status_of("GET", f"{api}/block_types/slug/secret/block_documents/name/{name}")
+        if status == 200:
+            _api("PATCH", f"{api}/block_documents/{found['id']}",
+                 {"data": {"value": value}, "merge_existing_data": False, "block_schema_id": schemas[0]["id"]})
+        elif status == 404:
+            _api("POST", f"{api}/block_documents/", {"name": name, "data": {"value": value},
+                                                     "block_type_id": block_type["id"],
+                                                     "block_schema_id": schemas[0]["id"]})
+        else:
+            raise StackError(f"reading the Secret block {name!r} at {api} failed ({status}): {found}")
+    return list(wanted)
 
 
 def set_pool_concurrency(api: str, pool: str, limit: int | None) -> None:

@@ -1,4 +1,4 @@
-"""make test-docker: train-all sends each backbone into its own container of the scene image (issue 13).
+"""make test-docker: train-all sends each backbone into its own container of the scene image (issues 13, 20).
 
 A real stack (S3 gateway + Prefect server) with a `docker` work pool and its prefect-docker worker; the image
 built from deployments/Dockerfile; containers on the host network reach the stack on 127.0.0.1.
@@ -7,18 +7,24 @@ built from deployments/Dockerfile; containers on the host network reach the stac
 from __future__ import annotations
 
 import contextvars
+import io
 import json
 import subprocess
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
+import numpy as np
+import pandas as pd
 import pytest
+from scipy.stats import binomtest
 
+from scene import registry
 from scene.data import storage
 from scene.data.synth import make_synthetic
-from tests.integration.helpers import upload
+from tests.integration.helpers import calibrated_mobilenetv2, draw_hues, upload
 
 pytestmark = pytest.mark.docker
 BACKBONES = ["mobilenetv2", "efficientnetb0"]
@@ -79,6 +85,25 @@ def _container_of(run: Any) -> str:
     """The container id the docker worker recorded for the run (infrastructure_pid = <docker url>:<id>)."""
     assert run.infrastructure_pid, f"flow run {run.id} has no infrastructure pid: no container was started"
     return run.infrastructure_pid.rsplit(":", 1)[1]
+
+
+def test_docker_pool_and_deployment_carry_no_secret_and_the_built_image(docker_stack: dict[str, str]) -> None:
+    """The stack's docker pool (read back from the API): feature cache kept, no credential; train-backbone/docker
+    runs scene-cpu:<commit>, the image its build step made, and its version is that commit."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("docker")
+        deployment = client.read_deployment_by_name("train-backbone/docker")
+    stored = json.dumps(pool.model_dump(mode="json"))
+    assert docker_stack["AWS_SECRET_ACCESS_KEY"] not in stored and "prefect.blocks.secret." in stored
+    assert "SCENE_FEATURE_CACHE" in stored
+    commit = deployment.version  # the commit checked out at deploy time (others may have committed since)
+    assert subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], check=False).returncode == 0, commit
+    assert len(commit) == 12 and deployment.job_variables["image"] == f"scene-cpu:{commit}"
+    assert deployment.pull_steps == [{"flows.container.enter_image": {"directory": "/opt/scene"}}]
+    inspect = subprocess.run(["docker", "image", "inspect", f"scene-cpu:{commit}"], capture_output=True, text=True)
+    assert inspect.returncode == 0, inspect.stderr
 
 
 def test_train_all_runs_each_backbone_in_its_own_container(dataset: str, s3: Any, timings: dict) -> None:
@@ -151,3 +176,68 @@ def test_a_killed_container_crashes_its_run_and_leaves_the_rest_of_the_table(dat
     assert _children(parent[0])["efficientnetb0"].state.is_crashed()
     table = storage.read_bytes(out["prefix"] + "comparison.csv", s3).decode()
     assert "mobilenetv2" in table and "efficientnetb0" in table
+
+
+def test_dispatched_container_versions_register_under_the_data_root_and_are_gated(
+        s3: Any, docker_stack: dict[str, str], tmp_path: Any, capsys: Any, timings: dict) -> None:
+    """As tests/integration/test_dispatch.py on the process pool, with dispatch=docker: calibrated MobileNetV2 weights
+    (an s3:// file the containers read), the same data twice with two recipes. The first version is promoted "no
+    champion yet" for the data root; the second is gated against it (decision.json's paired counts recomputed here);
+    `scene models list --data ROOT` shows both."""
+    from flows.train_all import train_all
+
+    bucket, size = docker_stack["SCENE_ARTIFACT_BUCKET"], 32
+    local = calibrated_mobilenetv2(tmp_path, size)
+    weights = f"s3://{bucket}/test-weights/{uuid.uuid4().hex[:8]}/mobilenetv2-calibrated.weights.h5"
+    storage.upload_file(local, weights, s3)
+    data = f"s3://{docker_stack['SCENE_DATA_BUCKET']}/{docker_stack['SCENE_DATA_PREFIX']}dock-{uuid.uuid4().hex[:8]}/"
+    upload(s3, draw_hues(tmp_path / "hues", 0, size=size, per_class=12), data)
+    runs = []
+    for epochs in (30, 45):  # the same data twice, two recipes (so two versions)
+        params = {"backbones": ["mobilenetv2"], "weights": weights, "epochs": epochs, "views": 0, "image_size": size,
+                  "finetune_layers": 0, "mixed_precision": False}
+        began = time.monotonic()
+        state = train_all(data=data, params=params, dispatch="docker", start_timeout_s=600.0,
+                          dispatch_timeout_s=1200.0, return_state=True)
+        timings[f"train-all gated ({epochs} epochs, 1 container)"] = time.monotonic() - began
+        assert state.is_completed(), state.message
+        out = state.result()
+        assert out["failed"] == [], [r["error"] for r in out["results"]]
+        (child,) = _children(state.state_details.flow_run_id).values()
+        assert child.work_pool_name == "docker" and any("running in container" in m for m in _logs(child.id))
+        runs.append(out)
+    first, second = runs
+
+    v1 = registry.ModelVersion.from_dict(registry.get_version(s3, bucket, first["promotion"]["challenger"]))
+    v2 = registry.ModelVersion.from_dict(registry.get_version(s3, bucket, second["promotion"]["challenger"]))
+    assert v1.version != v2.version
+    for v in (v1, v2):  # registered under the data root, never under the run's manifest
+        assert (v.dataset, v.random_init) == (data, False), v
+        assert "manifest.csv" not in v.dataset
+        config = json.loads(storage.read_bytes(v.uri + "config.json", s3))
+        assert config["data_source"] == data
+    assert first["promotion"]["promoted"] is True and first["promotion"]["decision"]["reason"] == "no champion yet"
+    assert first["promotion"]["dataset"] == data
+
+    stored = json.loads(storage.read_bytes(v2.uri + "decision.json", s3))
+    assert stored["champion"] == v1.version and stored["dataset"] == data
+    mine, theirs = (pd.read_csv(io.BytesIO(storage.read_bytes(v.uri + "test_predictions.csv", s3))) for v in (v2, v1))
+    paired = mine.merge(theirs, on="sha256", suffixes=("", "_champion"))
+    assert len(paired) == len(mine) == len(theirs) > 0  # same data, same test split
+    new_ok, old_ok = paired["correct"].to_numpy(bool), paired["correct_champion"].to_numpy(bool)
+    b, c = int(np.sum(new_ok & ~old_ok)), int(np.sum(~new_ok & old_ok))
+    assert (stored["b"], stored["c"], stored["n_paired"]) == (b, c, len(paired))
+    p = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
+    assert stored["p_value"] == pytest.approx(p)
+    champion = registry.champion(s3, bucket, dataset=data)
+    assert champion["version"] == (v2.version if stored["promote"] else v1.version)
+    assert not [d for d in registry.champions(s3, bucket) if "/runs/" in d]  # no made-up dataset has a champion
+
+    from scene.cli.main import main
+
+    capsys.readouterr()
+    assert main(["models", "list", "--data", data]) in (0, None)
+    listed = capsys.readouterr().out
+    assert v1.version in listed and v2.version in listed, listed
+    marked = [line for line in listed.splitlines() if line.lstrip().startswith("*")]
+    assert len(marked) == 1 and champion["version"] in marked[0], listed

@@ -96,6 +96,8 @@ def test_docker_pool_keeps_the_feature_cache_and_reads_credentials_from_secret_b
     from scene.ops import services
 
     secret = env["AWS_SECRET_ACCESS_KEY"]
+    stale = {"AWS_ACCESS_KEY_ID": "old-id", "AWS_SECRET_ACCESS_KEY": "old-key"}  # a stack up before: replaced
+    services.ensure_secret_blocks(env["PREFECT_API_URL"], {**env, **stale})
     assert services.ensure_secret_blocks(env["PREFECT_API_URL"], env) == list(services.SECRET_BLOCKS.values())
     template = services.docker_pool_job_template({**env, "SCENE_DOCKER_IMAGE": "scene-cpu:test"})
     docker = yaml.safe_load((REPO / "deployments" / "prefect-docker.yaml").read_text())
