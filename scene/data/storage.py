@@ -390,9 +390,20 @@ MAX_LINK_SECONDS = 3600  # presigned links shown in the Prefect UI expire within
 
 
 def presigned_url(uri: str, s3: Any, expires: int = MAX_LINK_SECONDS) -> str:
-    """A time-limited HTTP link to an S3 object (for the Prefect UI); at most :data:`MAX_LINK_SECONDS`."""
+    """A time-limited HTTP link to an S3 object (for the Prefect UI); at most :data:`MAX_LINK_SECONDS`.
+
+    Signed with the read-only links identity when ``SCENE_LINK_ACCESS_KEY_ID``/``SCENE_LINK_SECRET_ACCESS_KEY``
+    are set (the local stack gives them to its workers), so a leaked link can read one object and write nothing.
+    """
     if not 1 <= expires <= MAX_LINK_SECONDS:
         raise ValueError(f"presigned_url(expires={expires}): links may last 1..{MAX_LINK_SECONDS} seconds; "
                          "share the s3:// URI for longer-lived references")
     loc = parse(uri)
+    key_id, secret = os.environ.get("SCENE_LINK_ACCESS_KEY_ID"), os.environ.get("SCENE_LINK_SECRET_ACCESS_KEY")
+    if key_id and secret:
+        import boto3.session
+
+        s3 = boto3.session.Session().client(  # signing is local: no request is sent
+            "s3", endpoint_url=s3.meta.endpoint_url, region_name=s3.meta.region_name, aws_access_key_id=key_id,
+            aws_secret_access_key=secret, config=s3.meta.config)
     return s3.generate_presigned_url("get_object", Params={"Bucket": loc.bucket, "Key": loc.key}, ExpiresIn=expires)

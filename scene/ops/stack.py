@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scene.ops import http, orphans
+from scene.ops import http, iam, orphans
 from scene.ops.services import (
     EVENTS,
     HEARTBEAT_S,
@@ -175,6 +175,51 @@ def _prefect_auth(state: Path, creds: dict[str, str]) -> dict[str, str]:
     return creds
 
 
+def _identities(state: Path, creds: dict[str, Any]) -> dict[str, Any]:
+    """One S3 identity per workload role (:data:`scene.ops.iam.ROLES`), generated once into the credentials file."""
+    ids = dict(creds.get("identities") or {})
+    missing = [role for role in iam.ROLES if not ids.get(role)]
+    for role in missing:
+        access = "scene" + secrets.token_hex(6)  # 17 chars (MinIO: 3..20), never the root key
+        ids[role] = {"access_key": access, "secret_key": secrets.token_urlsafe(30)}
+    if missing:
+        creds = {**creds, "identities": ids}
+        write_json(state / "credentials.json", creds, mode=0o600)
+    return creds
+
+
+def _role_env(creds: dict[str, Any], role: str) -> dict[str, str]:
+    """The AWS key variables of one workload's identity (the root pair when the stack has none)."""
+    keys = (creds.get("identities") or {}).get(role) or creds
+    return {"AWS_ACCESS_KEY_ID": keys["access_key"], "AWS_SECRET_ACCESS_KEY": keys["secret_key"]}
+
+
+def _workers_env(cfg: dict[str, Any], creds: dict[str, Any]) -> dict[str, str]:
+    """What the workers (and the flow runs they start) get: the workers' identity, and the read-only links
+    identity that signs presigned URLs (``SCENE_LINK_*``, read by :func:`scene.data.storage.presigned_url`)."""
+    env = {**_client_env(cfg, creds), **_role_env(creds, "scene-workers")}
+    links = _role_env(creds, "scene-links")
+    env["SCENE_LINK_ACCESS_KEY_ID"], env["SCENE_LINK_SECRET_ACCESS_KEY"] = (links["AWS_ACCESS_KEY_ID"],
+                                                                          links["AWS_SECRET_ACCESS_KEY"])
+    return env
+
+
+def _ensure_iam(state: Path, cfg: dict[str, Any], creds: dict[str, Any], gateway_started: bool) -> None:
+    """Create the workload identities and their policies on the gateway (when it just started or they changed)."""
+    docs = iam.policies(cfg["data_bucket"], cfg["artifact_bucket"], cfg["data_prefix"])
+    ids = {role: creds["identities"][role] for role in iam.ROLES}
+    digest = _sha({"docs": docs, "ids": {r: k["access_key"] for r, k in ids.items()}})
+    path = state / "iam.json"
+    if not gateway_started and read_json(path).get("sha") == digest:
+        return
+    try:
+        iam.ensure_identities(f"http://{HOST}:{cfg['s3_port']}", creds["access_key"], creds["secret_key"],
+                              cfg["region"], ids, docs)
+    except (iam.IamError, OSError) as err:
+        raise StackError(f"creating the workload S3 identities on the gateway failed: {err}") from err
+    write_json(path, {"sha": digest})
+
+
 def _client_env(cfg: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:
     """:func:`s3_env` plus ``PREFECT_API_AUTH_STRING``: what every client of this stack needs."""
     env = s3_env(cfg, creds)
@@ -236,6 +281,7 @@ def _start_servers(state: Path, cfg: dict[str, Any], creds: dict[str, str], webh
     """Start (or keep) the S3 gateway and the Prefect server; create the buckets; seconds waited for each."""
     webhook = cfg["webhook"]
     s3_port, prefect_port = cfg["s3_port"], cfg["prefect_port"]
+    gateway_started = not running(state, S3)
     pid_s3 = running(state, S3) or start_gateway(state, s3_port, creds, webhook, webhook_token)
     if running(state, PREFECT) and cfg.get("prefect_auth") != (old_auth := _started_auth(state)):
         log.warning("restarting the Prefect server to require its auth string (started with %s)",
@@ -247,6 +293,7 @@ def _start_servers(state: Path, cfg: dict[str, Any], creds: dict[str, str], webh
     timings = {S3: wait_healthy(state, S3, pid_s3, lambda: s3_healthy(s3_port), _GATEWAY_TIMEOUT,
                                 f"S3 gateway on port {s3_port}")}
     ensure_buckets(_settings(cfg, creds, base))
+    _ensure_iam(state, cfg, creds, gateway_started)  # one identity per workload, least privilege
     timings[PREFECT] = wait_healthy(state, PREFECT, pid_pf, lambda: prefect_healthy(prefect_port), timeout,
                                     f"Prefect server on port {prefect_port}")
     return timings
@@ -270,13 +317,13 @@ def _start_workers(state: Path, cfg: dict[str, Any], creds: dict[str, str], pool
                    extra: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, float]]:
     """Create the pools and start (or keep) one worker each; (the workers' environment, seconds waited)."""
     api = _api(cfg, creds)
-    env = {**base_env(), **_client_env(cfg, creds), "PREFECT_HOME": str(state / "prefect"),
+    env = {**base_env(), **_workers_env(cfg, creds), "PREFECT_HOME": str(state / "prefect"),
            "SCENE_STATE_DIR": str(state),
            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),  # flow runs heartbeat: see ensure_zombie_automation
            "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_POLL_S)}
     ensure_pools(api, pools, env, state, gpus=cfg.get("gpus", 1))
     env.update(extra or {})
-    worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": _client_env(cfg, creds),
+    worker_sha = _sha({"workdir": cfg["workdir"], "env": dict(extra or {}), "cfg": _workers_env(cfg, creds),
                        "heartbeat": env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"], "poll": WORKER_POLL_S})
     started: dict[str, tuple[int, float, str]] = {}
     for pool in pools:
@@ -331,7 +378,7 @@ def up(
     pools = tuple(dict.fromkeys(pools))
     with locked(state):
         old = read_json(state / "stack.json")
-        creds = _prefect_auth(state, _credentials(state, create=True))
+        creds = _identities(state, _prefect_auth(state, _credentials(state, create=True)))
         if events_port is not None:
             creds = _events_token(state, creds)
             webhook_url, webhook_token = f"http://{HOST}:{events_port}/notify", creds["events_token"]
@@ -349,7 +396,10 @@ def up(
         env, waited = _start_workers(state, cfg, creds, pools, extra)
         timings.update(waited)
         if events_port is not None:
-            timings[EVENTS] = start_events(state, cfg, creds, env, f"http://{HOST}:{prefect_port}/api", workdir_path)
+            bridge_env = {k: v for k, v in env.items() if not k.startswith("SCENE_LINK_")}
+            bridge_env.update(_role_env(creds, "scene-bridge"))  # lists the data, reads the registry, nothing more
+            timings[EVENTS] = start_events(state, cfg, creds, bridge_env, f"http://{HOST}:{prefect_port}/api",
+                                           workdir_path)
             from scene.data.storage import s3_client
             from scene.metadata import IMAGE_SUFFIXES
 
