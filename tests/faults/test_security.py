@@ -178,7 +178,8 @@ def test_no_secret_in_pools_runs_artifacts_logs_or_objects(event_stack: dict[str
     _small_flows(event_stack)
     state, env, s3 = event_stack["state"], event_stack["env"], event_stack["s3"]
     creds = json.loads((state / "credentials.json").read_text())
-    secrets = [creds["secret_key"], creds["events_token"], creds["prefect_auth_string"]]
+    secrets = [creds["secret_key"], creds["events_token"], creds["prefect_auth_string"],
+               *(keys["secret_key"] for keys in creds["identities"].values())]
     api, auth = env["PREFECT_API_URL"], _auth(env)
     found: dict[str, list[Any]] = {}
     for what, path, body in (("work pools", "/work_pools/filter", {}), ("deployments", "/deployments/filter", {}),
@@ -200,3 +201,61 @@ def test_no_secret_in_pools_runs_artifacts_logs_or_objects(event_stack: dict[str
     texts.update({uri: body.decode(errors="replace") for uri, body in objects.items()})
     leaks = [where for where, text in texts.items() for s in secrets if s in text]
     assert leaks == []
+
+
+# ----------------------------------------------------------------------------- least-privilege identities
+
+
+def _can(s3: Any, call: str, **kwargs: Any) -> bool:
+    """Whether ``s3.<call>(**kwargs)`` is allowed (AccessDenied/403: no; a missing key still counts as allowed)."""
+    try:
+        getattr(s3, call)(**kwargs)
+    except Exception as err:
+        code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("AccessDenied", "403"):
+            return False
+        if code in ("NoSuchKey", "404"):
+            return True
+        raise
+    return True
+
+
+def test_each_workload_identity_can_do_only_its_part(event_stack: dict[str, Any]) -> None:
+    """The links identity reads and never writes; the bridge lists and never reads images nor writes the
+    registry; the workers never write the data; none of them is the root key. The workers and the bridge run
+    with their own identity."""
+    import boto3.session
+
+    state, env = event_stack["state"], event_stack["env"]
+    creds = json.loads((state / "credentials.json").read_text())
+    data, art, prefix = env["SCENE_DATA_BUCKET"], env["SCENE_ARTIFACT_BUCKET"], env["SCENE_DATA_PREFIX"]
+    event_stack["s3"].put_object(Bucket=data, Key=f"{prefix}security-ids/a/x.jpg", Body=b"img")
+    event_stack["s3"].put_object(Bucket=art, Key="runs/security-ids/result.json", Body=b"{}")
+
+    def client(role: str) -> Any:
+        keys = creds["identities"][role]
+        assert keys["access_key"] != creds["access_key"] and keys["secret_key"] != creds["secret_key"]
+        return boto3.session.Session().client("s3", endpoint_url=env["AWS_ENDPOINT_URL"],
+                                              region_name=env["AWS_DEFAULT_REGION"],
+                                              aws_access_key_id=keys["access_key"],
+                                              aws_secret_access_key=keys["secret_key"])
+
+    image = {"Bucket": data, "Key": f"{prefix}security-ids/a/x.jpg"}
+    result = {"Bucket": art, "Key": "runs/security-ids/result.json"}
+    champion = {"Bucket": art, "Key": "models/champions/security-probe.json", "Body": b"{}"}
+    links, bridge, workers = client("scene-links"), client("scene-bridge"), client("scene-workers")
+    assert _can(links, "get_object", **result) and _can(links, "get_object", **image)
+    for target in (champion, {**result, "Body": b"x"}, {**image, "Body": b"x"}):
+        assert not _can(links, "put_object", **target), target["Key"]
+    assert not _can(links, "get_object", Bucket=art, Key="models/registry.json")
+    assert _can(bridge, "list_objects_v2", Bucket=data, Prefix=prefix)
+    assert not _can(bridge, "get_object", **image) and not _can(bridge, "put_object", **champion)
+    assert not _can(workers, "put_object", **{**image, "Body": b"x"})
+    assert _can(workers, "get_object", **image) and _can(workers, "put_object", Bucket=art,
+                                                         Key="runs/security-ids/w.json", Body=b"{}")
+    for service, role in (("worker-default", "scene-workers"), ("events", "scene-bridge")):
+        pid = json.loads((state / "pids" / f"{service}.pid").read_text())["pid"]
+        environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_bytes().decode(
+            errors="replace").split("\0") if "=" in item)
+        assert environ["AWS_ACCESS_KEY_ID"] == creds["identities"][role]["access_key"], service
+        assert creds["secret_key"] not in environ.values(), service
