@@ -148,3 +148,21 @@ def test_every_writing_flow_checks_its_locations_first() -> None:
                              (train_all.train_all.fn, "require_data_uris", "start_summary(")):
         src = inspect.getsource(fn)
         assert 0 < src.index(check) < src.index(first), fn.__name__
+
+
+def test_shipped_s3_policies_are_the_ones_the_stack_creates() -> None:
+    """deployments/s3-policies/<role>.json = scene.ops.iam.policies() for the default buckets; no role but the
+    workers may write the registry (models/), and the links identity writes nothing."""
+    import json
+    from pathlib import Path
+
+    from scene.ops import iam
+
+    folder = Path(__file__).resolve().parents[1] / "deployments" / "s3-policies"
+    docs = iam.policies("scene-data", "scene-artifacts", "datasets/")
+    assert {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")} == docs
+    for role, doc in docs.items():
+        writes = [r for st in doc["Statement"] for r in st["Resource"]
+                  if any(a in st["Action"] for a in ("s3:PutObject", "s3:DeleteObject"))]
+        assert role == "scene-workers" or not any("models/" in r or r.endswith("/*") for r in writes), (role, writes)
+    assert not [st for st in docs["scene-links"]["Statement"] if set(st["Action"]) - {"s3:GetObject"}]
