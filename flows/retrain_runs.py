@@ -4,7 +4,7 @@ The verdicts themselves are in :mod:`scene.ops.coalesce` (no Prefect there); thi
 Prefect API and takes the slots.
 
 * :func:`ends_early`: ``retrain`` calls it at start, while it waits for its dataset's slot, and once it holds it.
-* :func:`in_slot` (and :func:`dataset_slot`): a global concurrency limit of 1 per dataset (``retrain:<slug>``),
+* :func:`in_slot`: a global concurrency limit of 1 per dataset (``retrain:<slug>``),
   created on first use (Prefect 3.9 no longer creates missing limits), so two datasets train at once while one
   dataset trains one run at a time; a waiting run re-checks every ``SLOT_POLL_S`` seconds, so the waiting runs of
   a dataset collapse to the newest (superseded). Slots are leases (300 s, renewed): a run whose process died
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
@@ -80,16 +81,6 @@ def ensure_slot(name: str) -> None:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
 
 
-@contextlib.contextmanager
-def dataset_slot(data: str) -> Iterator[str]:
-    """Hold ``data``'s training slot (waiting for it) for the body; yields the limit's name."""
-    name = slot_name(data)
-    ensure_slot(name)
-    get_run_logger().info("waiting for %s's training slot %s", data, name)
-    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
-        yield name
-
-
 def in_slot(data: str, change_id: str | None, train: Callable[[], dict]) -> dict:
     """``train()`` in ``data``'s slot, unless this run ends early: checked at start, every ``SLOT_POLL_S`` while it
     waits for the slot (so a dataset has at most one waiting run, the newest), and once it holds the slot."""
@@ -101,20 +92,21 @@ def in_slot(data: str, change_id: str | None, train: Callable[[], dict]) -> dict
     log = get_run_logger()
     log.info("waiting for %s's training slot %s", data, name)
     poll = float(os.environ.get("SCENE_SLOT_POLL_S") or SLOT_POLL_S)
-    while True:
-        held = False
-        try:
-            with concurrency(name, occupy=1, timeout_seconds=poll, strict=True,
-                             raise_on_lease_renewal_failure=False):
-                held = True
-                early = ends_early(data, change_id)
-                return early if early is not None else train()
-        except TimeoutError:
-            if held:  # raised by the training itself, not by the wait
-                raise
-        early = ends_early(data, change_id)  # still waiting: a newer run may have come
+    while not _slot_free(name):  # wait here, not inside Prefect's acquire: a waiting run must notice newer ones
+        time.sleep(poll)
+        early = ends_early(data, change_id)
         if early is not None:
             return early
+    with concurrency(name, occupy=1, strict=True, raise_on_lease_renewal_failure=False):  # a race: waits briefly
+        early = ends_early(data, change_id)
+        return early if early is not None else train()
+
+
+def _slot_free(name: str) -> bool:
+    """Whether the limit has a free slot now."""
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(name)
+    return limit.active_slots < limit.limit
 
 
 def fan_out(champs: dict[str, dict]) -> dict[str, Any] | None:
