@@ -7,7 +7,8 @@ Removed objects are recorded but emit nothing. The first run (no state yet) reco
 for every dataset root present, so a fresh deployment retrains on what is already there. Events are POSTed to
 the Prefect API and count as delivered only once it accepted them; the state saved advances only the roots
 whose event was delivered (:func:`scene.ops.polling.announce`), and the run fails when any was not, so the
-next run re-emits it. A failed save means a repeated event next time, never a lost one.
+next run re-emits it. A failed save means a repeated event next time, never a lost one: each event's id is the
+change id of the root's listing, the id the bridge and the reconcile give that state, so a repeat is one change.
 """
 
 from __future__ import annotations
