@@ -9,6 +9,9 @@ augmentations; view -1 is the plain image mirrored. Entries are stored in shards
 or an ``s3://`` prefix; a shard's name is the hash of its keys, so re-runs never duplicate work and
 retraining on new data computes features only for new images. Extraction streams: a shard is written
 every ``shard_size`` vectors, so memory stays bounded and an interrupted run resumes where it stopped.
+Every image is checked against its manifest SHA-256 as it is read (:func:`scene.data.packs.reader`), so a vector is
+stored only under the hash of the bytes it was computed from: an image changed since the manifest was built fails
+the extraction (:class:`scene.data.packs.ContentMismatch`) before its vector exists.
 
 Each shard is written whole (a temporary name renamed into place locally, one PUT on S3) and carries the sha256 of
 its keys and vectors; a shard that does not load or whose content no longer matches that hash (a flipped bit, a
