@@ -4,10 +4,11 @@ Running whose process is gone are crashed when it starts (Prefect's API over HTT
 A process worker records the flow run's process id in ``FlowRun.infrastructure_pid`` (Prefect 3.9: the pid;
 older workers: ``hostname:pid``). ``scene stack down`` stops the workers, ends those processes and marks their
 runs Crashed with the reason (:func:`end_owned_runs`). ``scene stack up`` marks Crashed every Running, Pending or
-Cancelling run of the stack's pools whose process no longer exists (:func:`crash_orphans`): after a machine
-restart, a ``kill -9`` of the stack, or a stop whose Prefect server was already gone. Without this such a run
-stays Running forever (the zombie automation's deadline passed while the server was down, and a proactive
-trigger does not fire for it afterwards), and the retrain duplicate check would keep deferring to it.
+Cancelling run of the stack's pools whose local process (a numeric pid; container runs are left alone) no longer
+exists (:func:`crash_orphans`): after a machine restart, a ``kill -9`` of the stack, or a stop whose Prefect server
+was already gone. Without this such a run stays Running forever (the zombie automation's deadline passed while
+the server was down, and a proactive trigger does not fire for it afterwards), and the retrain duplicate check
+would keep deferring to it.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def crash_orphans(api: str, pools: list[str]) -> list[str]:
     """Crash the live runs of ``pools`` whose process is gone (at stack start); their names."""
     done = []
     for run in live_runs(api, pools):
-        if _pid(run) is None and run.get("state_type") == "PENDING":
-            continue  # not started by a worker yet (no process to look for)
+        if _pid(run) is None:
+            continue  # no local process recorded (not started yet, or a container / another host): not ours to judge
         if not alive(run):
             pid = run.get("infrastructure_pid") or "none recorded"
             if crash(api, run, f"its process ({pid}) is gone: the stack was stopped or the machine restarted "

@@ -224,7 +224,8 @@ def reconcile(s3: Any, cfg: BridgeConfig, artifact_bucket: str, emit: Callable[[
         rec["announced_at"] = now
         done["announced"].append(uri)
         log.info("reconcile: announced %s: %d images no gated model was trained on", uri, len(keys))
-    for uri in [u for u in history if u not in {f"s3://{cfg.bucket}/{r}" for r in todo}]:
+    mine = f"s3://{cfg.bucket}/{cfg.prefix}"  # the history is shared with reconciles of other buckets/prefixes
+    for uri in [u for u in history if u.startswith(mine) and u not in {f"s3://{cfg.bucket}/{r}" for r in todo}]:
         del history[uri]  # trained now: forget its attempts
     if outcomes is not None:
         save_history(s3, artifact_bucket, history)
