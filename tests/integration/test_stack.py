@@ -53,7 +53,9 @@ def test_buckets_exist(s3: Any, settings: Settings) -> None:
 def test_credentials_file_is_private(stack: StackInfo) -> None:
     path = stack.state_dir / "credentials.json"
     assert path.stat().st_mode & 0o777 == 0o600
-    assert set(json.loads(path.read_text())) == {"access_key", "secret_key"}
+    creds = json.loads(path.read_text())
+    assert set(creds) == {"access_key", "secret_key", "prefect_auth_string", "identities"}  # root, API, workloads
+    assert set(creds["identities"]) == {"scene-readers", "scene-workers", "scene-bridge", "scene-links"}
 
 
 def test_put_get_round_trip(s3: Any, settings: Settings) -> None:
