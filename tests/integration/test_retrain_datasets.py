@@ -112,8 +112,9 @@ def test_schedule_retrains_each_champions_dataset_only_when_changed(champion_a: 
     assert len(manifest) == 6 * 9 and manifest["key"].str.startswith(data).all()
     assert manifest.set_index("key").at[key, "sha256"] == storage.sha256_bytes(new_bytes)  # no stale row
     assert _validation(s3, res["prefix"])["new_images"] == 7  # compared with A's champion's manifest
-    if "decision" in res:  # gated against A's own champion
-        assert res["decision"]["champion"] == version, res["decision"]
+    decision = res["decision"]  # always gated: the champion's sticky test images are still there
+    assert decision["champion"] == version and decision["n_paired"] > 0, decision  # against A's own champion
+    assert decision["gate_number"] == 1  # the first gate this test split has served (the first model had none)
 
 
 def test_event_for_another_dataset_is_gated_against_no_champion(champion_a: dict[str, Any], s3: Any,
