@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,13 +78,25 @@ def pool_name(env: dict[str, str]) -> Iterator[str]:
     _run(_cleanup(name))
 
 
-def test_the_stack_gpu_pool_runs_one_flow_run_per_gpu(env: dict[str, str]) -> None:
+def test_the_stack_gpu_pool_runs_one_flow_run_per_gpu(env: dict[str, str], stack: Any) -> None:
     """make up's process `gpu` pool: concurrency limit = GPUs (SCENE_GPUS / --gpus, default 1)."""
     from prefect.client.orchestration import get_client
+
+    from scene.ops import services
+    from scene.ops import stack as stack_mod
 
     with get_client(sync_client=True) as client:
         assert client.read_work_pool("gpu").concurrency_limit == 1
         assert client.read_work_pool("default").concurrency_limit is None
+    state = Path(stack.state_dir)
+    try:  # what `scene stack up --gpus 2` (or SCENE_GPUS=2) does to the existing pool
+        services.ensure_pools(env["PREFECT_API_URL"], ("gpu",), dict(os.environ), state, gpus=2)
+        with get_client(sync_client=True) as client:
+            assert client.read_work_pool("gpu").concurrency_limit == 2
+    finally:
+        services.ensure_pools(env["PREFECT_API_URL"], ("gpu",), dict(os.environ), state, gpus=1)
+    with pytest.raises(stack_mod.StackError, match="SCENE_GPUS/--gpus '0'"):
+        stack_mod.gpu_count(0)
 
 
 def test_docker_pool_keeps_the_feature_cache_and_reads_credentials_from_secret_blocks(
