@@ -184,3 +184,26 @@ def test_kubernetes_job_for_a_train_backbone_gpu_run_is_a_valid_gpu_job(env: dic
     with pytest.raises(kubernetes_validate.ValidationError):  # the check does catch a wrong manifest
         kubernetes_validate.validate({**job, "spec": {**job["spec"], "ttlSecondsAfterFinished": "a day"}}, "1.30",
                                      strict=True)
+
+
+def test_a_docker_gpu_run_pinned_by_the_dispatcher_gets_that_device(env: dict[str, str], pool_name: str) -> None:
+    """The job variables train-all passes for device "1" pass the server's validation against docker-gpu.json and
+    reach the container's device request as DeviceIDs ["1"] (the pool's env kept)."""
+    pytest.importorskip("prefect_docker", reason="pip install -e '.[docker]'")
+    import docker.types
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    from scene.ops.gpus import device_job_variables
+
+    template = json.loads((REPO / "deployments" / "docker-gpu.json").read_text())
+    gpu = yaml.safe_load((REPO / "deployments" / "prefect-gpu.yaml").read_text())
+    (trainer,) = gpu["deployments"]
+    pool, deployment, run = _run(_deploy_and_run(
+        pool_name, template, "docker", {**trainer, "version": "0123456789ab", "pull": gpu["pull"]},
+        {**trainer["work_pool"]["job_variables"], "image": GPU_IMAGE}, device_job_variables("docker", ["1"])))
+    assert run.job_variables == {"gpu_devices": ["1"]}
+    conf = _run(_configuration(DockerWorkerJobConfiguration, pool, deployment, run))
+    (request,) = conf.container_create_kwargs["device_requests"]
+    host = docker.types.HostConfig(version="1.41", device_requests=[request])  # what docker-py sends the daemon
+    assert host["DeviceRequests"][0]["DeviceIDs"] == ["1"] and not host["DeviceRequests"][0]["Count"]
+    assert conf.env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" and conf.image == GPU_IMAGE
