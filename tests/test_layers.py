@@ -37,7 +37,8 @@ def test_tasks_do_not_import_flows() -> None:
 # what a training flow may use of the library: the typed parameters and constants, the data and result types, the
 # registry's public API, the stages, and the data-scope check of its URI parameters
 PIPELINE_API = {"scene.train.params", "scene.metadata", "scene.data.dataset", "scene.train.experiment",
-                "scene.registry", "scene.train.stages", "scene.data.scope"}
+                "scene.registry", "scene.train.stages", "scene.data.scope",
+                "scene.ops.gpus"}  # the job variables that pin a dispatched run to its GPU (pure, no I/O)
 TRAINING_FLOWS = ("train_all.py", "train_backbone.py", "retrain.py")
 NO_IMPORT_IN_TASKS = {"boto3", "botocore", "tempfile", "shutil", "flows"}
 FILE_METHODS = {"read_text", "write_text", "read_bytes", "write_bytes", "mkdir", "unlink", "touch", "rmdir", "open"}
