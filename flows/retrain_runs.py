@@ -114,12 +114,12 @@ def fan_out(champs: dict[str, dict]) -> dict[str, Any] | None:
     runs. None when this run is not from a deployment (then ``retrain`` trains them itself, one after another)."""
     from prefect.deployments import run_deployment
 
-    name = this_deployment.get_name()
-    if not this_deployment.get_id() or not name:
+    name = this_deployment.name  # attributes, not get_*(): they honour PREFECT__RUNTIME__* overrides
+    if not this_deployment.id or not name:
         return None
     log = get_run_logger()
-    parent = str(this_run.get_id())
-    base = {k: v for k, v in (this_run.get_parameters() or {}).items() if k not in ("data", "test", "change_id")}
+    parent = str(this_run.id)
+    base = {k: v for k, v in (this_run.parameters or {}).items() if k not in ("data", "test", "change_id")}
     started: dict[str, Any] = {}
     for uri, champ in sorted(champs.items()):
         params = {**base, "data": uri, **({"test": champ["test"]} if champ.get("test") else {})}

@@ -118,3 +118,34 @@ def test_deployed_pools_and_the_schedule_that_retrains_champions(estack: dict[st
         retrain = client.read_deployment_by_name("retrain/default")
     assert "data" not in retrain.parameters, retrain.parameters  # no data: the schedule retrains champions
     assert [s.parameters for s in retrain.schedules] == [{"only_if_changed": True}]
+
+
+def test_the_weekly_run_starts_one_retrain_run_per_dataset_once(estack: dict[str, Any],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduled run (no data) from the deployment fans out one retrain run per champion's dataset (with the
+    champion's test root) and returns; a retried weekly run starts no twins (idempotency key per parent+dataset)."""
+    import uuid
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from flows import retrain_runs as rr
+
+    tag = uuid.uuid4().hex[:6]
+    prefix = f"s3://{estack['env']['SCENE_DATA_BUCKET']}/{estack['env']['SCENE_DATA_PREFIX']}"
+    champs = {f"{prefix}weekly-a-{tag}/": {}, f"{prefix}weekly-b-{tag}/": {"test": f"{prefix}weekly-b-{tag}-test/"}}
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/default")
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", str(deployment.id))  # as if run by the schedule
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__NAME", "default")
+
+    @flow(name="weekly-probe")
+    def weekly(only_if_changed: bool = True) -> list[dict]:
+        return [rr.fan_out(champs), rr.fan_out(champs)]  # the second: a retry of the same weekly run
+
+    first, again = weekly()
+    assert first["fanned_out"] == 2 and again["datasets"] == first["datasets"]
+    runs = {d: wait_runs(1, d, timeout=30) for d in champs}
+    assert {d: len(r) for d, r in runs.items()} == dict.fromkeys(champs, 1)
+    a, b = (runs[d][0].parameters for d in champs)
+    assert a["only_if_changed"] is True and "test" not in a and b["test"] == champs[f"{prefix}weekly-b-{tag}/"]["test"]
