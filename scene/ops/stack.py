@@ -23,6 +23,9 @@ Each ``up()`` records how long it waited for each service in ``stack.json`` (``l
 The Prefect server requires authentication (``PREFECT_SERVER_API_AUTH_STRING``, generated at the first ``up()``
 and kept): workers, the bridge and the stack's own API calls send it (``PREFECT_API_AUTH_STRING``); a request
 without it gets 401 (only ``GET /api/health`` is open). A server started without it is restarted with it.
+Each workload has its own S3 identity on the gateway (:mod:`scene.ops.iam`, created at ``up()``): the workers and
+their flow runs ``scene-workers``, the bridge ``scene-bridge``, presigned links ``scene-links`` (read-only); the
+root pair stays with the person (``scene stack env``).
 Flow runs the workers start heartbeat every 30 s (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``); ``up()`` keeps one
 automation that marks a run silent for 10 min Crashed (its worker died with it): no run stays Running forever.
 Workers poll for scheduled runs every 2 s (``PREFECT_WORKER_QUERY_SECONDS``; Prefect's default is 10 s).
