@@ -259,3 +259,42 @@ def test_each_workload_identity_can_do_only_its_part(event_stack: dict[str, Any]
             errors="replace").split("\0") if "=" in item)
         assert environ["AWS_ACCESS_KEY_ID"] == creds["identities"][role]["access_key"], service
         assert creds["secret_key"] not in environ.values(), service
+
+
+def test_the_auth_header_goes_only_to_the_prefect_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scene.ops.http sends the auth string to the registered API (or PREFECT_API_URL's) and to no other server."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[int, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.server.server_address[1], self.headers.get("Authorization")))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler) for _ in range(3)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    api, other, env_api = (f"http://127.0.0.1:{s.server_address[1]}/api" for s in servers)
+    monkeypatch.setenv("PREFECT_API_URL", env_api)
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", "scene:from-env")
+    monkeypatch.delenv("PREFECT_API_KEY", raising=False)
+    try:
+        http.register_auth(api, auth_string="scene:registered")
+        for url in (api + "/flow_runs", other + "/flow_runs", env_api + "/health", api + "-evil/x"):
+            http.status_of("GET", url)
+    finally:
+        http.register_auth(api)
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+    basic = http.auth_headers(auth_string="scene:registered")["Authorization"]
+    from_env = http.auth_headers(auth_string="scene:from-env")["Authorization"]
+    ports = [s.server_address[1] for s in servers]
+    assert seen[:3] == [(ports[0], basic), (ports[1], None), (ports[2], from_env)]
+    assert seen[3] == (ports[0], None)  # http://host:port/api-evil is not under http://host:port/api
