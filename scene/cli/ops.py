@@ -46,8 +46,9 @@ def cmd_stack(a: argparse.Namespace) -> None:
         info = stack.up(a.state, s3_port=a.s3_port, prefect_port=a.prefect_port, pools=tuple(a.pool or ["default"]),
                         workdir=a.workdir or Path.cwd(), events_port=None if a.no_events else a.events_port,
                         quiet_seconds=a.quiet_seconds, gpus=a.gpus)
-        print(f"stack up: Prefect UI {info.prefect_api_url.removesuffix('/api')}, S3 {info.s3_endpoint}, "
-              f"state in {info.state_dir}", file=sys.stderr)
+        print(f"stack up: Prefect UI {info.prefect_api_url.removesuffix('/api')} (asks for the auth string: "
+              f"PREFECT_API_AUTH_STRING from `scene stack env`), S3 {info.s3_endpoint}, state in {info.state_dir}",
+              file=sys.stderr)
     elif a.action == "down":
         stopped = stack.down(a.state)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
