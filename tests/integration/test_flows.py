@@ -180,7 +180,7 @@ def test_validation_failure_stops_the_run(s3: Any, env: dict[str, str], tmp_path
         ({"params": {"backbones": ["mobilenetv2"], "views": -1}}, "views=-1 is invalid"),
         ({"params": {"backbones": []}}, "pass at least one"),
         ({"params": {"backbones": ["mobilenetv2"], "preset": "nope"}}, "unknown preset 'nope'"),
-        ({"data": "s3://no-such-bucket/x/"}, "bucket does not exist"),
+        ({"data": "s3://no-such-bucket/x/"}, "bucket 'no-such-bucket' is not the data bucket"),
         ({"data": "s3://scene-data/datasets/nothing-here/"}, "no files found"),
     ],
 )
