@@ -74,6 +74,7 @@ def test_no_secret_in_logs_artifacts_or_status(event_stack: dict[str, Any]) -> N
     secrets = [creds["secret_key"], creds["events_token"], creds["prefect_auth_string"]]
     status = subprocess.run([str(Path(sys.executable).with_name("scene")), "stack", "status", "--state", str(state)],
                             capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
     texts = {"scene stack status": status.stdout + status.stderr}
     texts.update({str(p): p.read_text(errors="replace") for p in (state / "logs").glob("*.log")})
     code, artifacts = http.call("POST", env["PREFECT_API_URL"] + "/artifacts/filter", {"limit": 200},
