@@ -16,24 +16,42 @@ SQLite before the 200 goes out, replayed into the batcher at start, and dropped 
 With ``confirm`` (a callable telling which change ids already have a retrain run), a delivered event stays in
 the store until its run exists and is re-sent (:func:`scene.ops.prefect_events.resend_of`) every
 ``confirm_after`` seconds, at most ``max_resends`` times: an event the server accepted and then lost (restart)
-or that found no trigger (``prefect deploy``) still starts its run. The server is the standard library's
-threaded HTTP server (not Starlette/uvicorn).
+or that found no trigger (``prefect deploy``) still starts its run.
+
+HTTP layer: a Starlette app served by uvicorn (h11) on an event loop in a background thread. Each request has
+one total deadline (``request_deadline``, 10 s) for its headers and body: a client still sending headers then is
+answered 408 and disconnected by the protocol (:class:`_DeadlineProtocol`), one still sending its body by the
+ASGI middleware (:class:`_RequestDeadline`, ``anyio.fail_after`` around every ``receive``). Connections are
+bounded (``max_connections``: uvicorn's ``limit_concurrency``, 503 beyond it) and so is the listen backlog; the
+body cap is checked on ``Content-Length`` before reading and counted while reading a chunked body. The blocking
+work of a request (SQLite, the batcher, the counters) runs in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hmac
-import http.server
 import json
 import logging
 import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
+import anyio.to_thread
+import h11
+import uvicorn
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from scene.ops.batcher import Batcher, Emitter, Fingerprint
 from scene.ops.event_store import EventStore
@@ -41,6 +59,13 @@ from scene.ops.notifications import BadNotification, BridgeConfig, ObjectEvent, 
 from scene.ops.prefect_events import emit_prefect_event, resend_of
 
 Confirm = Callable[[list[str]], set[str]]  # change ids -> those a retrain run exists for
+
+REQUEST_DEADLINE = 10.0  # seconds a client has to send one request, headers and body together (then 408)
+MAX_CONNECTIONS = 64  # open connections beyond which a request is answered 503 (uvicorn limit_concurrency)
+BACKLOG = 128  # connections the kernel queues before accept
+KEEP_ALIVE = 5  # seconds an idle keep-alive connection stays open between requests
+GRACE = 5  # seconds stop() lets requests in flight finish before cancelling them
+_DEADLINE = "scene.deadline"  # scope key: the event-loop time the request must be received by
 
 log = logging.getLogger("scene.events")
 
@@ -51,7 +76,7 @@ class Counters:
 
     received: int = 0  # notification POSTs
     accepted: int = 0  # POSTs answered 200
-    rejected: int = 0  # POSTs refused (401, 400, 411, 413, 404)
+    rejected: int = 0  # POSTs refused (401, 400, 408, 411, 413, 404)
     objects: int = 0  # object events that counted
     ignored: int = 0  # object events filtered out
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -62,13 +87,258 @@ class Counters:
                 setattr(self, name, getattr(self, name) + delta)
 
 
+class _DeadlineProtocol(H11Protocol):
+    """uvicorn's h11 protocol plus one clock per request: it starts at the connection (or the request's first
+    byte on a keep-alive connection) and the request must be received within ``deadline_seconds``.
+
+    While headers are incomplete the protocol answers 408 itself and closes; once they are in, the app gets the
+    deadline in ``scope["scene.deadline"]`` and :class:`_RequestDeadline` enforces it on the body. A body the app
+    never read (answered without reading) is cut off at the same deadline.
+    """
+
+    deadline_seconds: float = REQUEST_DEADLINE
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self._clock: asyncio.TimerHandle | None = None
+        self._t0: float | None = None
+        self._bytes = False  # bytes of the current request received (a silent idle connection just closes)
+        super().connection_made(transport)
+        self._start_clock()
+
+    def _start_clock(self) -> None:
+        self._stop_clock()
+        self._t0 = self.loop.time()
+        self._clock = self.loop.call_at(self._t0 + self.deadline_seconds, self._expired)
+
+    def _stop_clock(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+        self._clock, self._t0, self._bytes = None, None, False
+
+    def data_received(self, data: bytes) -> None:
+        if self._t0 is None:  # first byte of the next request on a keep-alive connection
+            self._start_clock()
+        self._bytes = True
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        if self.cycle is not None and self.cycle is not before:  # headers in: the app enforces the rest
+            if self._t0 is None:  # a pipelined request started by on_response_complete
+                self._start_clock()
+            assert self._t0 is not None
+            # the task running the app has not started yet (created, not awaited), so it sees this key
+            self.cycle.scope[_DEADLINE] = self._t0 + self.deadline_seconds  # type: ignore[literal-required]
+
+    def on_response_complete(self) -> None:
+        self._stop_clock()
+        super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and self._t0 is None and not self.transport.is_closing():
+            self._start_clock()  # answered without reading the body: the rest of it gets the same deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_clock()
+        super().connection_lost(exc)
+
+    def _expired(self) -> None:
+        self._clock = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # the app has the request: _RequestDeadline answers 408 when its body is late
+        if self._bytes and self.conn.their_state is h11.IDLE:
+            log.warning("cut off %s: request headers not complete after %gs (408)",
+                        self.client[0] if self.client else "?", self.deadline_seconds)
+            body = json.dumps({"error": f"client sent its request too slowly (over {self.deadline_seconds:g}s)"})
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                                 b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body.encode()))
+        self.transport.close()
+
+
+def _protocol(deadline_seconds: float) -> type[_DeadlineProtocol]:
+    """The protocol class for one server (uvicorn instantiates it per connection)."""
+    return type("DeadlineProtocol", (_DeadlineProtocol,), {"deadline_seconds": deadline_seconds})
+
+
+class _RequestDeadline:
+    """ASGI middleware: every ``receive`` of a request runs under ``anyio.fail_after`` until its deadline
+    (``scope["scene.deadline"]`` from the protocol, else ``seconds`` from now); a body not in by then is answered
+    408 with ``Connection: close`` (``on_timeout(scope)`` counts it)."""
+
+    def __init__(self, app: ASGIApp, seconds: float, on_timeout: Callable[[Scope], None]) -> None:
+        self.app = app
+        self.seconds = seconds
+        self.on_timeout = on_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deadline = scope.get(_DEADLINE) or anyio.current_time() + self.seconds
+        started = False
+
+        async def timed_receive() -> Message:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                return await receive()
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, watched_send)
+        except TimeoutError:
+            if started:
+                raise
+            self.on_timeout(scope)
+            await _json(408, {"error": f"client sent its request too slowly (over {self.seconds:g}s)"},
+                        close=True)(scope, receive, send)
+
+
+def _json(status: int, body: dict[str, Any], close: bool = False, background: BackgroundTask | None = None
+          ) -> Response:
+    return Response(json.dumps(body).encode(), status_code=status, media_type="application/json",
+                    headers={"Connection": "close"} if close else None, background=background)
+
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]  # all routed to dispatch (501 for most)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _App:
+    """The bridge's routes: ``POST /notify`` (or ``/``), ``GET /health`` (``/healthz``), ``HEAD`` anything."""
+
+    def __init__(self, server: BridgeServer, deadline_seconds: float) -> None:
+        self.server = server
+        self.cfg = server.cfg
+        self.counters = server.counters
+        self.expected = f"Bearer {server.cfg.token}".encode()
+        self.starlette = Starlette(
+            routes=[Route("/{path:path}", self.dispatch, methods=_METHODS)],
+            middleware=[Middleware(_RequestDeadline, seconds=deadline_seconds, on_timeout=self._timed_out)])
+
+    def _authorized(self, request: Request) -> bool:
+        given = (request.headers.get("authorization") or "").strip().encode("latin-1", "replace")
+        return hmac.compare_digest(given, self.expected)
+
+    def _reject(self, request: Request, status: int, why: str, close: bool = False) -> Response:
+        self.counters.bump(rejected=1)
+        log.warning("rejected notification from %s: %s (%d)", _client(request.scope), why, status)
+        return _json(status, {"error": why}, close=close)
+
+    def _timed_out(self, scope: Scope) -> None:
+        if scope.get("method") == "POST":
+            self.counters.bump(rejected=1)
+        log.warning("rejected notification from %s: client sent its body too slowly (408)", _client(scope))
+
+    async def dispatch(self, request: Request) -> Response:
+        method, path = request.method, request.scope["path"]
+        if method == "POST":
+            return await self._post(request, path)
+        if method == "GET":
+            if path in ("/health", "/healthz"):  # the counters only for the token holder
+                stats = await anyio.to_thread.run_sync(self.server.stats) if self._authorized(request) else {}
+                return _json(200, {"status": "ok", **stats})
+            return _json(404, {"error": f"no such page {path!r}; POST /notify, GET /health"})
+        if method == "HEAD":  # reachability probes
+            return _json(200, {})
+        return _json(501, {"error": f"unsupported method {method!r}; POST /notify, GET /health"}, close=True)
+
+    async def _post(self, request: Request, path: str) -> Response:
+        try:
+            return await self._notify(request, path)
+        except TimeoutError:
+            raise  # _RequestDeadline answers 408
+        except Exception as err:  # the server must survive anything
+            log.exception("notification from %s failed", _client(request.scope))
+            return _json(500, {"error": f"internal error: {type(err).__name__}"}, close=True)
+
+    async def _notify(self, request: Request, path: str) -> Response:
+        cfg = self.cfg
+        self.counters.bump(received=1)
+        if path not in ("/notify", "/"):
+            return self._reject(request, 404, f"no such endpoint {path!r}; notifications go to POST /notify",
+                                close=True)
+        if not self._authorized(request):
+            return self._reject(request, 401, "missing or wrong bearer token" if request.headers.get(
+                "authorization", "").strip() else "no Authorization header", close=True)
+        length_text = request.headers.get("content-length")
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        length = -1
+        if length_text is None and not chunked:
+            return self._reject(request, 411, "no Content-Length header", close=True)
+        if length_text is not None:
+            try:
+                length = int(length_text)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                return self._reject(request, 400, f"bad Content-Length {length_text[:40]!r}", close=True)
+            if length > cfg.max_body_bytes:
+                return self._reject(request, 413, f"body of {length} bytes is over the {cfg.max_body_bytes}-byte "
+                                                  "limit", close=True)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in request.stream():  # under the request's deadline (_RequestDeadline)
+                size += len(chunk)
+                if size > cfg.max_body_bytes:
+                    raise _BodyTooLarge
+                chunks.append(chunk)
+        except _BodyTooLarge:
+            return self._reject(request, 413, f"chunked body over the {cfg.max_body_bytes}-byte limit", close=True)
+        except ClientDisconnect:
+            expected = f" of {length}" if length >= 0 else ""
+            return self._reject(request, 400, f"body ended after {size}{expected} bytes", close=True)
+        body = b"".join(chunks)
+        status, answer = await anyio.to_thread.run_sync(self._ingest, body)
+        if status != 200:
+            return self._reject(request, status, answer["error"])
+        # emit after replying: a marker's emission must not delay the gateway
+        return _json(200, answer, background=BackgroundTask(self.server.batcher.emit_ready))
+
+    def _ingest(self, body: bytes) -> tuple[int, dict[str, Any]]:
+        """Parse, filter, persist and batch one notification (a worker thread: SQLite and locks block)."""
+        cfg, server = self.cfg, self.server
+        try:
+            events = parse_notification(body)
+        except BadNotification as err:
+            return 400, {"error": f"malformed notification: {err}"}
+        counted: list[ObjectEvent] = []
+        for ev in events:
+            why = cfg.reason_to_ignore(ev)
+            if why is None:
+                counted.append(ev)
+                log.info("object s3://%s/%s (%s, %d bytes) counts for %s", ev.bucket, ev.key, ev.event_name,
+                         ev.size, cfg.root_of(ev.key))
+            else:  # repr: a hostile key must not forge log lines
+                log.info("ignored %r in bucket %r: %s", ev.key, ev.bucket, why)
+        with server.ingest_lock:  # on disk before the 200: a bridge killed after answering loses nothing
+            seq = server.store.add((cfg.root_of(ev.key) or "", ev) for ev in counted) \
+                if server.store is not None else 0
+            server.batcher.add(counted, seq=seq, emit=False)
+        self.counters.bump(accepted=1, objects=len(counted), ignored=len(events) - len(counted))
+        return 200, {"accepted": len(counted), "ignored": len(events) - len(counted)}
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "?"
+
+
 class BridgeServer:
     """A running bridge: ``url`` (``http://HOST:PORT``), ``notify_url``, ``stats()``, ``stop()``, ``wait()``."""
 
-    def __init__(self, cfg: BridgeConfig, httpd: http.server.ThreadingHTTPServer, batcher: Batcher,
-                 counters: Counters, tick_seconds: float, store: EventStore | None = None,
-                 confirm: Confirm | None = None, confirm_after: float = 60.0, max_resends: int = 5,
-                 emit: Emitter | None = None) -> None:
+    def __init__(self, cfg: BridgeConfig, sock: socket.socket, batcher: Batcher, counters: Counters,
+                 tick_seconds: float, store: EventStore | None = None, confirm: Confirm | None = None,
+                 confirm_after: float = 60.0, max_resends: int = 5, emit: Emitter | None = None,
+                 request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS,
+                 backlog: int = BACKLOG) -> None:
         self.cfg = cfg
         self.batcher = batcher
         self.counters = counters
@@ -79,17 +349,22 @@ class BridgeServer:
         self._max_resends = max_resends
         self._emit = emit
         self.resent = 0
-        self._httpd = httpd
-        host, port = httpd.server_address[:2]
+        self._sock = sock
+        host, port = sock.getsockname()[:2]
         self.host, self.port = str(host), int(port)
         self.url = f"http://{self.host}:{self.port}"
         self.notify_url = f"{self.url}/notify"
+        self.request_deadline = request_deadline
         self._stop = threading.Event()
-        self._conns: set[Any] = set()  # open client sockets, closed by stop() (keep-alive would outlive it)
-        self._conns_lock = threading.Lock()
+        self._http = uvicorn.Server(uvicorn.Config(
+            _App(self, request_deadline).starlette, http=_protocol(request_deadline), loop="asyncio", ws="none",
+            lifespan="off", interface="asgi3", log_config=None, log_level=logging.WARNING, access_log=False,
+            proxy_headers=False, server_header=False, headers=[("server", "scene-events/2")],
+            limit_concurrency=max_connections, backlog=backlog, timeout_keep_alive=KEEP_ALIVE,
+            timeout_graceful_shutdown=GRACE))
+        self._http_thread = threading.Thread(target=self._http.run, kwargs={"sockets": [sock]}, daemon=True,
+                                             name="scene-events-http")
         self._threads = [
-            threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
-                             name="scene-events-http"),
             threading.Thread(target=self._ticker, args=(tick_seconds,), daemon=True, name="scene-events-tick"),
         ]
         if store is not None and confirm is not None:
@@ -97,6 +372,13 @@ class BridgeServer:
                                                   daemon=True, name="scene-events-confirm"))
 
     def _start(self) -> None:
+        self._http_thread.start()
+        deadline = time.monotonic() + 30
+        while not self._http.started:  # listening (the socket is bound already; this is the event loop's start)
+            if not self._http_thread.is_alive() or time.monotonic() > deadline:
+                self._sock.close()
+                raise RuntimeError(f"event bridge: the HTTP server on {self.url} did not start")
+            time.sleep(0.01)
         for t in self._threads:
             t.start()
 
@@ -159,10 +441,6 @@ class BridgeServer:
                      self.batcher.pending)
         return len(rows)
 
-    def _track(self, sock: Any, add: bool) -> None:
-        with self._conns_lock:
-            (self._conns.add if add else self._conns.discard)(sock)
-
     def stats(self) -> dict[str, Any]:
         """The counters, plus emitted/pending from the batcher."""
         c = self.counters
@@ -183,13 +461,14 @@ class BridgeServer:
         if self._stop.is_set():
             return
         self._stop.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        with self._conns_lock:
-            conns, self._conns = list(self._conns), set()
-        for sock in conns:  # a stopped bridge must not keep answering on keep-alive connections
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        # uvicorn closes the listener and idle keep-alive connections, lets requests in flight finish (GRACE
+        # seconds, then cancels them); a request still arriving is cut at its deadline
+        self._http.should_exit = True
+        self._http_thread.join(timeout=GRACE + 5)
+        if self._http_thread.is_alive():
+            self._http.force_exit = True
+            self._http_thread.join(timeout=5)
+        self._sock.close()
         for t in self._threads:
             t.join(timeout=5)
         if flush:
@@ -204,126 +483,12 @@ class BridgeServer:
             pass
 
 
-def _make_handler(cfg: BridgeConfig, batcher: Batcher, counters: Counters, holder: dict[str, BridgeServer]
-                  ) -> type[http.server.BaseHTTPRequestHandler]:
-    expected = f"Bearer {cfg.token}".encode()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "scene-events/1"
-        protocol_version = "HTTP/1.1"  # keep-alive: the gateway sends one POST per object
-        timeout = 15  # seconds a client may take to send its request (slow clients do not hold a thread)
-
-        def setup(self) -> None:
-            super().setup()
-            holder["server"]._track(self.connection, True)
-
-        def finish(self) -> None:
-            holder["server"]._track(self.connection, False)
-            with contextlib.suppress(OSError):
-                super().finish()
-
-        def _reply(self, status: int, body: dict[str, Any], close: bool = False) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
-        def _reject(self, status: int, why: str, close: bool = False) -> None:
-            counters.bump(rejected=1)
-            log.warning("rejected notification from %s: %s (%d)", self.client_address[0], why, status)
-            self._reply(status, {"error": why}, close=close)
-
-        def do_GET(self) -> None:
-            path = urllib.parse.urlsplit(self.path).path
-            if path in ("/health", "/healthz"):  # the counters only for the token holder
-                given = (self.headers.get("Authorization") or "").strip().encode()
-                stats = holder["server"].stats() if hmac.compare_digest(given, expected) else {}
-                self._reply(200, {"status": "ok", **stats})
-            else:
-                self._reply(404, {"error": f"no such page {path!r}; POST /notify, GET /health"})
-
-        def do_HEAD(self) -> None:  # reachability probes
-            self._reply(200, {})
-
-        def do_POST(self) -> None:
-            try:
-                self._post()
-            except TimeoutError:
-                with contextlib.suppress(Exception):
-                    self._reject(408, f"client sent its body too slowly (over {self.timeout}s)", close=True)
-            except Exception as err:  # the server must survive anything
-                log.exception("notification from %s failed", self.client_address[0])
-                with contextlib.suppress(Exception):
-                    self._reply(500, {"error": f"internal error: {type(err).__name__}"}, close=True)
-
-        def _post(self) -> None:
-            path = urllib.parse.urlsplit(self.path).path
-            counters.bump(received=1)
-            if path not in ("/notify", "/"):
-                self._reject(404, f"no such endpoint {path!r}; notifications go to POST /notify", close=True)
-                return
-            given = (self.headers.get("Authorization") or "").strip().encode()
-            if not hmac.compare_digest(given, expected):
-                self._reject(401, "missing or wrong bearer token" if given else "no Authorization header",
-                             close=True)
-                return
-            length_text = self.headers.get("Content-Length")
-            if length_text is None:
-                self._reject(411, "no Content-Length header", close=True)
-                return
-            try:
-                length = int(length_text)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                self._reject(400, f"bad Content-Length {length_text[:40]!r}", close=True)
-                return
-            if length > cfg.max_body_bytes:
-                self._reject(413, f"body of {length} bytes is over the {cfg.max_body_bytes}-byte limit", close=True)
-                return
-            body = self.rfile.read(length)
-            if len(body) < length:
-                self._reject(400, f"body ended after {len(body)} of {length} bytes", close=True)
-                return
-            try:
-                events = parse_notification(body)
-            except BadNotification as err:
-                self._reject(400, f"malformed notification: {err}")
-                return
-            counted: list[ObjectEvent] = []
-            for ev in events:
-                why = cfg.reason_to_ignore(ev)
-                if why is None:
-                    counted.append(ev)
-                    log.info("object s3://%s/%s (%s, %d bytes) counts for %s", ev.bucket, ev.key, ev.event_name,
-                             ev.size, cfg.root_of(ev.key))
-                else:  # repr: a hostile key must not forge log lines
-                    log.info("ignored %r in bucket %r: %s", ev.key, ev.bucket, why)
-            server = holder["server"]
-            with server.ingest_lock:  # on disk before the 200: a bridge killed after answering loses nothing
-                seq = server.store.add((cfg.root_of(ev.key) or "", ev) for ev in counted) \
-                    if server.store is not None else 0
-                batcher.add(counted, seq=seq, emit=False)
-            counters.bump(accepted=1, objects=len(counted), ignored=len(events) - len(counted))
-            self._reply(200, {"accepted": len(counted), "ignored": len(events) - len(counted)})
-            batcher.emit_ready()  # after replying: a marker's emission must not delay the gateway
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s %s", self.client_address[0], format % args)
-
-    return Handler
-
-
 def serve(cfg: BridgeConfig, host: str = "127.0.0.1", port: int = 8787, *, emit: Emitter | None = None,
           clock: Callable[[], float] = time.monotonic, tick_seconds: float | None = None,
           store: EventStore | str | None = None, fingerprint: Fingerprint | None = None,
-          confirm: Confirm | None = None, confirm_after: float = 60.0, max_resends: int = 5) -> BridgeServer:
+          confirm: Confirm | None = None, confirm_after: float = 60.0, max_resends: int = 5,
+          request_deadline: float = REQUEST_DEADLINE, max_connections: int = MAX_CONNECTIONS,
+          backlog: int = BACKLOG) -> BridgeServer:
     """Start the bridge in background threads and return its handle (``port=0``: any free port).
 
     ``emit``: where events go (default: :func:`emit_prefect_event` to ``cfg.prefect_api_url``).
@@ -331,6 +496,8 @@ def serve(cfg: BridgeConfig, host: str = "127.0.0.1", port: int = 8787, *, emit:
     ``store``: the durable queue (an :class:`EventStore` or its SQLite path); its rows are replayed at start.
     ``fingerprint``: a root's content fingerprint for event ids (see :mod:`scene.ops.batcher`).
     ``confirm``: which change ids have a retrain run; with a store, unconfirmed deliveries are re-sent.
+    ``request_deadline``: seconds a client has to send one request (headers and body), then 408.
+    ``max_connections``: open connections beyond which requests get 503; ``backlog``: the listen queue.
     """
     if emit is None:
         if not cfg.prefect_api_url:
@@ -353,15 +520,17 @@ def serve(cfg: BridgeConfig, host: str = "127.0.0.1", port: int = 8787, *, emit:
     batcher = Batcher(cfg, emit, clock=clock, fingerprint=fingerprint, on_sent=on_sent)
     counters = Counters()
     every = tick_seconds if tick_seconds is not None else min(1.0, max(0.05, cfg.quiet_seconds / 5))
-    holder: dict[str, BridgeServer] = {}
-    handler = _make_handler(cfg, batcher, counters, holder)
-    try:
-        httpd = http.server.ThreadingHTTPServer((host, port), handler)
+    if request_deadline <= 0 or max_connections < 1 or backlog < 1:
+        raise ValueError(f"serve(): request_deadline {request_deadline}, max_connections {max_connections} and "
+                         f"backlog {backlog} must be positive")
+    try:  # bound here, so a taken port fails now and port=0 is known before the loop starts
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=backlog)
     except OSError as err:
         raise OSError(f"event bridge: cannot listen on {host}:{port}: {err.strerror or err}") from err
-    httpd.daemon_threads = True
-    server = holder["server"] = BridgeServer(cfg, httpd, batcher, counters, every, store=store, confirm=confirm,
-                                             confirm_after=confirm_after, max_resends=max_resends, emit=emit)
+    server = BridgeServer(cfg, sock, batcher, counters, every, store=store, confirm=confirm,
+                          confirm_after=confirm_after, max_resends=max_resends, emit=emit,
+                          request_deadline=request_deadline, max_connections=max_connections, backlog=backlog)
     server.replay()
     server._start()
     log.info("event bridge listening on %s/notify: bucket %s, prefix %r, quiet %.1fs, marker %r, events to %s",
