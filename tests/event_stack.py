@@ -24,15 +24,25 @@ QUIET = 5.0  # the bridge's quiet period; the gateway delivers a burst as a stea
 EXTRA = {"SCENE_EVENTS_CONFIRM_AFTER": "15"}  # the bridge re-sends an event whose run did not appear after 15 s
 
 
+def api_settings(env: dict[str, str]) -> dict[Any, Any]:
+    """Prefect's API URL and auth string of a stack, for ``temporary_settings(updates=...)``.
+
+    A switch between stacks must set both: settings this process already holds win over the environment, so an
+    auth string read for one stack would otherwise be sent to the next (401)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    return {PREFECT_API_URL: env["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: env.get("PREFECT_API_AUTH_STRING")}
+
+
 @contextlib.contextmanager
 def stack_environ(env: dict[str, str]) -> Iterator[None]:
-    """``os.environ`` and Prefect's API URL pointed at the stack, restored on exit."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    """``os.environ`` and Prefect's API URL and auth string pointed at the stack, restored on exit."""
+    from prefect.settings import temporary_settings
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        with temporary_settings(updates=api_settings(env)):
             yield
     finally:
         for k, v in saved.items():

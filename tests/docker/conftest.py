@@ -102,7 +102,9 @@ def scene_image(docker_daemon: str) -> str:
 def docker_stack(scene_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A stack with a `docker` pool (prefect-docker worker) and `train-backbone/docker` deployed; its env here."""
     pytest.importorskip("prefect_docker", reason="pip install -e '.[docker]' for the Docker worker")
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
+
+    from tests.event_stack import api_settings
 
     state = tmp_path_factory.mktemp("docker-stack") / "state"
     saved = dict(os.environ)
@@ -122,7 +124,7 @@ def docker_stack(scene_image: str, tmp_path_factory: pytest.TempPathFactory) -> 
                        "--name", "train-backbone/docker"], 1800, cwd=REPO, env=repo_env)
         assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
         TIMINGS["deploy (build step)"] = time.monotonic() - began
-        with temporary_settings(updates={PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+        with temporary_settings(updates=api_settings(dict(os.environ))):
             yield {**os.environ, "STATE_DIR": str(state)}
     finally:
         stack_mod.down(state)

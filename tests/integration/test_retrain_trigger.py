@@ -19,7 +19,7 @@ import pytest
 from scene.data.synth import make_synthetic
 from scene.ops import stack as stack_mod
 from scene.ops import supervisor
-from tests.event_stack import EXTRA, QUIET, retrain_runs, settled, stack_environ, wait_runs
+from tests.event_stack import EXTRA, QUIET, api_settings, retrain_runs, settled, stack_environ, wait_runs
 from tests.integration.helpers import upload
 
 pytestmark = pytest.mark.integration
@@ -89,13 +89,13 @@ def test_events_raised_while_the_bridge_is_down_arrive_later(estack: dict[str, A
 
 
 def test_polling_sensor_starts_retrains_only_for_changes(estack: dict[str, Any], tmp_path: Path) -> None:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
     from flows.watch import watch
 
     env, s3 = estack["env"], estack["s3"]
     prefix = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}"
-    with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+    with temporary_settings(updates=api_settings(env)):
         watch(prefix_uri=prefix)  # first run: records the state (and announces what is there)
         before = settled()
         assert watch(prefix_uri=prefix)["emitted"] == []  # nothing changed: no event, no retrain
