@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -62,13 +63,28 @@ class Unreachable(OSError):
     """The server did not answer (refused, reset, timed out); the message names the URL and why."""
 
 
+BUSY = {"exception_message": "Service Unavailable"}  # a Prefect server's 503 for an error worth retrying
+BUSY_RETRIES_S = (0.5, 1.0, 2.0, 4.0, 4.0)  # waits before retrying a busy answer (Prefect's client retries too)
+
+
 def call(method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None,
          timeout: float = 10.0) -> tuple[int, Any]:
     """``(status, parsed JSON, else text, else None)`` of one request; raises :class:`Unreachable`.
 
     ``body`` is sent as JSON when not None. HTTP error statuses are returned, not raised. A Prefect API URL gets
-    its credentials (:func:`auth_for`) unless ``headers`` set ``Authorization``.
+    its credentials (:func:`auth_for`) unless ``headers`` set ``Authorization``. A Prefect server's retryable 503
+    (its database busy, e.g. SQLite locked on a loaded machine; nothing was changed) is retried after
+    :data:`BUSY_RETRIES_S`, as Prefect's own client does.
     """
+    for wait in (*BUSY_RETRIES_S, None):
+        status, answer = _call_once(method, url, body, headers, timeout)
+        if status != 503 or answer != BUSY or wait is None:
+            return status, answer
+        time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _call_once(method: str, url: str, body: Any, headers: dict[str, str] | None, timeout: float) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     given = headers or {}
     auth = {} if any(k.lower() == "authorization" for k in given) else auth_for(url)
