@@ -98,9 +98,11 @@ def test_bursts_keep_one_training_and_one_waiting_run_per_dataset_and_datasets_t
         spans.sort()
         assert all(x[1] <= y[0] + 0.05 for x, y in itertools.pairwise(spans)), (data, spans)
     assert outcome["a5"] == "trained" and outcome["b2"] == "trained"  # the newest data always trains
-    assert 2 <= sum(v == "trained" for k, v in outcome.items() if k[0] == "a") <= 3  # not one per burst
-    ta, tb = trains[a][0], trains[b][0]
-    assert ta[0] < tb[1] and tb[0] < ta[1], "the two datasets did not train at the same time"
+    # not one per burst (5 for a); how many of the older ones trained depends on how fast the first run took the
+    # slot (on a loaded machine a1 was still waiting when a2 superseded it: only a5 trained)
+    assert 1 <= sum(v == "trained" for k, v in outcome.items() if k[0] == "a") <= 3
+    assert any(x[0] < y[1] and y[0] < x[1] for x in trains[a] for y in trains[b]), \
+        ("the two datasets did not train at the same time", trains)
     for data in (a, b):  # waiting runs collapse to the newest within one poll
         waits = _intervals(data, "run-start", {"train-start", "superseded", "duplicate"})
         for i, x in enumerate(waits):
