@@ -7,7 +7,6 @@ built from deployments/Dockerfile; containers on the host network reach the stac
 from __future__ import annotations
 
 import contextvars
-import io
 import json
 import subprocess
 import time
@@ -16,15 +15,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
-import numpy as np
-import pandas as pd
 import pytest
-from scipy.stats import binomtest
 
 from scene import registry
 from scene.data import storage
 from scene.data.synth import make_synthetic
-from tests.integration.helpers import calibrated_mobilenetv2, draw_hues, upload
+from tests.integration.helpers import assert_gated_against, calibrated_mobilenetv2, draw_hues, upload
 
 pytestmark = pytest.mark.docker
 BACKBONES = ["mobilenetv2", "efficientnetb0"]
@@ -219,16 +215,7 @@ def test_dispatched_container_versions_register_under_the_data_root_and_are_gate
     assert first["promotion"]["promoted"] is True and first["promotion"]["decision"]["reason"] == "no champion yet"
     assert first["promotion"]["dataset"] == data
 
-    stored = json.loads(storage.read_bytes(v2.uri + "decision.json", s3))
-    assert stored["champion"] == v1.version and stored["dataset"] == data
-    mine, theirs = (pd.read_csv(io.BytesIO(storage.read_bytes(v.uri + "test_predictions.csv", s3))) for v in (v2, v1))
-    paired = mine.merge(theirs, on="sha256", suffixes=("", "_champion"))
-    assert len(paired) == len(mine) == len(theirs) > 0  # same data, same test split
-    new_ok, old_ok = paired["correct"].to_numpy(bool), paired["correct_champion"].to_numpy(bool)
-    b, c = int(np.sum(new_ok & ~old_ok)), int(np.sum(~new_ok & old_ok))
-    assert (stored["b"], stored["c"], stored["n_paired"]) == (b, c, len(paired))
-    p = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
-    assert stored["p_value"] == pytest.approx(p)
+    stored = assert_gated_against(s3, v2, v1, data)
     champion = registry.champion(s3, bucket, dataset=data)
     assert champion["version"] == (v2.version if stored["promote"] else v1.version)
     assert not [d for d in registry.champions(s3, bucket) if "/runs/" in d]  # no made-up dataset has a champion

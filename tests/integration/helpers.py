@@ -90,3 +90,27 @@ def draw_hues(out: Path, shift: int, *, size: int, per_class: int, seed: int = 5
             img = np.clip(rgb + rng.normal(0, 3, (size, size, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(folder / f"hue{c}_{i:02d}.jpg", quality=95)
     return out
+
+
+def assert_gated_against(s3: Any, challenger: Any, champion: Any, data: str) -> dict[str, Any]:
+    """The challenger's stored ``decision.json``, checked against its champion: same dataset, and b, c, n_paired and
+    the one-sided exact McNemar p recomputed here from both versions' stored ``test_predictions.csv``."""
+    import io
+    import json
+
+    import pandas as pd
+    import pytest
+    from scipy.stats import binomtest
+
+    stored = json.loads(storage.read_bytes(challenger.uri + "decision.json", s3))
+    assert stored["champion"] == champion.version and stored["dataset"] == data
+    mine, theirs = (pd.read_csv(io.BytesIO(storage.read_bytes(v.uri + "test_predictions.csv", s3)))
+                    for v in (challenger, champion))
+    paired = mine.merge(theirs, on="sha256", suffixes=("", "_champion"))
+    assert len(paired) == len(mine) == len(theirs) > 0  # same data, same test split
+    new_ok, old_ok = paired["correct"].to_numpy(bool), paired["correct_champion"].to_numpy(bool)
+    b, c = int(np.sum(new_ok & ~old_ok)), int(np.sum(~new_ok & old_ok))
+    assert (stored["b"], stored["c"], stored["n_paired"]) == (b, c, len(paired))
+    p = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
+    assert stored["p_value"] == pytest.approx(p)
+    return stored

@@ -26,14 +26,19 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import binomtest
 
 from scene import registry
 from scene.data import storage
-from tests.integration.helpers import REPO, calibrated_mobilenetv2, deploy_on_default_pool, draw_hues, upload
+from tests.integration.helpers import (
+    REPO,
+    assert_gated_against,
+    calibrated_mobilenetv2,
+    deploy_on_default_pool,
+    draw_hues,
+    upload,
+)
 
 pytestmark = pytest.mark.integration
 SIZE = 32
@@ -88,16 +93,7 @@ def test_dispatched_versions_register_under_the_data_root_and_are_gated(s3: Any,
     assert first["promotion"]["decision"]["reason"] == "no champion yet"
     assert first["promotion"]["dataset"] == data
 
-    stored = json.loads(storage.read_bytes(v2.uri + "decision.json", s3))
-    assert stored["champion"] == v1.version and stored["dataset"] == data
-    mine, theirs = _csv(s3, v2.uri + "test_predictions.csv"), _csv(s3, v1.uri + "test_predictions.csv")
-    paired = mine.merge(theirs, on="sha256", suffixes=("", "_champion"))
-    assert len(paired) == len(mine) == len(theirs) > 0  # same data, same test split
-    new_ok, old_ok = paired["correct"].to_numpy(bool), paired["correct_champion"].to_numpy(bool)
-    b, c = int(np.sum(new_ok & ~old_ok)), int(np.sum(~new_ok & old_ok))
-    assert (stored["b"], stored["c"], stored["n_paired"]) == (b, c, len(paired))
-    p = binomtest(b, b + c, 0.5, alternative="greater").pvalue if b + c else 1.0
-    assert stored["p_value"] == pytest.approx(p)
+    stored = assert_gated_against(s3, v2, v1, data)
     champion = registry.champion(s3, bucket, dataset=data)
     assert champion["version"] == (v2.version if stored["promote"] else v1.version)
     assert set(registry.champions(s3, bucket)) >= {data}
