@@ -19,10 +19,11 @@ from typing import Any
 
 from scene.data.retries import RETRY_S, set_budget
 from scene.data.retries import call as _retry
+from scene.errors import SceneError
 from scene.settings import Settings
 
 
-class StorageError(RuntimeError):
+class StorageError(SceneError, RuntimeError):
     """An object store or folder could not be read or written; the message says which and why."""
 
 

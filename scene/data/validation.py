@@ -268,6 +268,9 @@ def _label_index_check(df: pd.DataFrame, class_names: tuple[str, ...]) -> CheckR
 
 
 def _rejected_check(n: int, rej: pd.DataFrame, t: ValidationThresholds) -> CheckResult:
+    from scene.data.dataset import OS_LITTER  # OS litter (.DS_Store, __MACOSX/…) is listed, never counted
+
+    rej = rej[rej["problem"] != OS_LITTER] if "problem" in rej.columns else rej
     r = len(rej)
     frac = r / (n + r) if n + r else 0.0
     items = [f"{k}: {p}" for k, p in zip(rej.get("key", []), rej.get("problem", []), strict=False)]

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from scene.data import storage
+from scene.errors import SceneError
 
 CHECKSUMS = "checksums.json"
 MODEL_FILE = "model.keras"
 _VERSION = re.compile(r"^(?P<backbone>[A-Za-z0-9_.-]+)-(?P<hash>[0-9a-f]{12})$")
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(SceneError, RuntimeError):
     """A downloaded file does not match its recorded hash or size; the message names the object."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from scene.data import storage
 from scene.data.retries import call as _retry
+from scene.errors import SceneError
 
 PREFIX = "models/"  # registry root inside the artifact bucket
 REGISTRY = "registry.json"
@@ -36,7 +37,7 @@ _NO_ETAG = '"' + "0" * 32 + '"'  # an ETag no object has (for the probe)
 _LOST_RACE = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")  # S3 error codes of a failed CAS
 
 
-class RegistryError(ValueError):
+class RegistryError(SceneError, ValueError):
     """A registry request that cannot be served; the message names the version or object and what to do."""
 
 
