@@ -17,7 +17,8 @@ import pandas as pd
 
 from scene.data import images, packs, storage
 from scene.metadata import IMAGE_SUFFIXES
-from scene.model.pipeline import pixel_batches, predict_batches
+from scene.model import infer
+from scene.model.pipeline import pixel_batches
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def predict(model: keras.Model, rows: pd.DataFrame, size: int, *, split: str = "
     out, done = [], 0
     batches = pixel_batches(rows["key"].tolist(), size, batch_size=batch_size, s3=s3, errors=errors,
                             packed=packs.locations(rows))
-    for probs in predict_batches(model, batches):
+    for probs in infer.predict_batches(model, batches):  # TensorFlow or OpenVINO (SCENE_INFERENCE_RUNTIME)
         out.append(probs.astype(np.float64))
         done += len(probs)
         if progress:
@@ -85,7 +86,19 @@ def list_images(src: str, s3: Any = None, *, check: bool = True) -> tuple[list[s
 
 def predict_folder(model: keras.Model, src: str, out: str, class_names: Sequence[str], *, s3: Any = None,
                    progress: Callable[[str, int, int], None] | None = None) -> tuple[int, int]:
-    """Write ``key,label,confidence,p_<class>…,error``; unreadable images get a row with their error."""
+    """Write :func:`predict_frame` to ``out`` as CSV; returns (images predicted, files listed with an error)."""
+    df = predict_frame(model, src, class_names, s3=s3, progress=progress)
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.6f")
+    storage.write_bytes(out, buf.getvalue().encode(), s3)
+    bad = int((df["error"] != "").sum())
+    return len(df) - bad, bad
+
+
+def predict_frame(model: keras.Model, src: str, class_names: Sequence[str], *, s3: Any = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
+    """``key,label,confidence,p_<class>…,error`` of every file under ``src``: unreadable images and files that
+    are not images get a row with their error (and no label)."""
     listed, bad = list_images(src, s3, check=False)
     errors: dict[str, str] = {}  # images that fail to decode while predicting (each is read once)
     p = predict(model, pd.DataFrame({"key": listed}), int(model.input_shape[1]), split="images", s3=s3,
@@ -103,10 +116,7 @@ def predict_folder(model: keras.Model, src: str, out: str, class_names: Sequence
     if bad:
         df = pd.concat([df, pd.DataFrame({"key": [k for k, _ in bad], "label": "", "error": [e for _, e in bad]})],
                        ignore_index=True)
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.6f")
-    storage.write_bytes(out, buf.getvalue().encode(), s3)
-    return len(keys), len(bad)
+    return df
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,8 +36,9 @@ import pandas as pd
 import tensorflow as tf
 
 from scene.data import packs, storage
+from scene.model import infer
 from scene.model.backbones import WeightsSource, feature_extractor, preflight
-from scene.model.pipeline import PIPELINE_VERSION, AugmentConfig, augmenter, pixel_batches, predict_batches
+from scene.model.pipeline import PIPELINE_VERSION, AugmentConfig, augmenter, pixel_batches
 
 Progress = Callable[[str, int, int], None]
 
@@ -125,7 +126,8 @@ def _digest(keys: Sequence[str], feats: np.ndarray) -> str:
 
 
 # The modules whose code decides what a feature vector is: a change in any of them is a new namespace.
-FEATURE_MODULES = ("scene.data.images", "scene.model.pipeline", "scene.model.backbones", "scene.train.features")
+FEATURE_MODULES = ("scene.data.images", "scene.model.pipeline", "scene.model.backbones", "scene.model.infer",
+                   "scene.train.features")
 
 
 def source_hash(modules: Sequence[str] = FEATURE_MODULES) -> str:
@@ -149,13 +151,16 @@ def environment_hash() -> str:
 
 
 def namespace(backbone: str, weights: WeightsSource, size: int, augment: AugmentConfig, seed: int,
-              precision: str | None = None) -> str:
+              precision: str | None = None, runtime: str | None = None) -> str:
     """The part of a cache address shared by all images of one extraction setup.
 
     ``precision``: the Keras dtype policy the features are computed under (default: the current global one).
+    ``runtime``: the inference runtime's tag (default: :func:`scene.model.infer.cache_tag` of ``precision``, e.g.
+    ``tf`` or ``ov2026.4.1-f32``).
     """
     precision = precision or keras.mixed_precision.global_policy().name
-    return (f"{backbone}-{size}px-{weights.fingerprint}-aug{augment.fingerprint()}-s{seed}-{precision}"
+    runtime = runtime or infer.cache_tag(precision)
+    return (f"{backbone}-{size}px-{weights.fingerprint}-aug{augment.fingerprint()}-s{seed}-{precision}-{runtime}"
             f"-{environment_hash()}")
 
 
@@ -218,7 +223,7 @@ def extract(
         pos = 0  # images of this view done so far
         keys: list[str] = []
         chunks: list[np.ndarray] = []
-        for feats in predict_batches(model, itertools.chain([first], batches), transform):
+        for feats in infer.predict_batches(model, itertools.chain([first], batches), transform):
             keys += [entry_key(s, view) for s in shas[pos : pos + len(feats)]]
             chunks.append(feats)
             pos += len(feats)

@@ -1,0 +1,309 @@
+"""The inference runtime of every frozen forward pass: TensorFlow, or the same Keras graph run by OpenVINO on CPU.
+
+``SCENE_INFERENCE_RUNTIME`` chooses: ``auto`` (the default: OpenVINO when it is installed, the machine has no GPU
+and the Keras dtype policy is ``float32``; else TensorFlow), ``tensorflow`` or ``openvino``. OpenVINO runs at f32
+(``INFERENCE_PRECISION_HINT``; its CPU default would be BF16 on AVX-512-BF16 machines, ~5e-2 off).
+
+A model is converted (:func:`export`: ``openvino.convert_model`` of the Keras model) the first time its exact
+content is used, and its outputs are compared with the Keras graph's on the first batch of real images it is asked to
+score (:func:`parity`): a relative difference above :data:`TOLERANCE` refuses the export with a warning and the
+pass runs on TensorFlow. The converted model and its parity result are kept on disk under
+``<keras home>/scene-inference/<key>/``, ``key`` being a hash of everything that changes the output (architecture,
+weights, custom layers' source, input shape, precision, OpenVINO and Keras versions), so no later process converts
+or checks it again. The runtime and its precision join the feature-cache namespace (:func:`cache_tag`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENV = "SCENE_INFERENCE_RUNTIME"
+CHOICES = ("auto", "tensorflow", "openvino")
+TOLERANCE = 1e-4  # max |openvino - keras| / max |keras| on the parity batch, at f32
+PRECISION = "f32"
+
+
+class RuntimeChoiceError(ValueError):
+    """``SCENE_INFERENCE_RUNTIME`` names no runtime, or one that is not installed."""
+
+
+def requested(env: dict[str, str] | None = None) -> str:
+    """The runtime asked for by ``SCENE_INFERENCE_RUNTIME`` (``auto`` when unset)."""
+    value = (env if env is not None else os.environ).get(ENV, "").strip().lower() or "auto"
+    if value not in CHOICES:
+        raise RuntimeChoiceError(f"{ENV}={value!r} is not an inference runtime; set it to one of {', '.join(CHOICES)}")
+    return value
+
+
+def openvino_version() -> str | None:
+    """OpenVINO's release (``2026.4.1``), or None when it is not installed."""
+    if importlib.util.find_spec("openvino") is None:
+        return None
+    import openvino as ov
+
+    return ov.get_version().split("-", 1)[0]
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def selected(precision: str | None = None, env: dict[str, str] | None = None) -> str:
+    """``tensorflow`` or ``openvino``: what a forward pass under the Keras dtype policy ``precision`` (default: the
+    global one) runs on. An explicit ``openvino`` that is not installed is an error naming the variable."""
+    choice = requested(env)
+    if choice == "tensorflow":
+        return choice
+    if openvino_version() is None:
+        if choice == "openvino":
+            raise RuntimeChoiceError(f"{ENV}=openvino but the openvino package is not installed; "
+                                     f"`pip install openvino`, or set {ENV}=tensorflow")
+        return "tensorflow"
+    if choice == "auto":
+        import keras
+
+        policy = precision or keras.mixed_precision.global_policy().name
+        if policy != "float32" or _has_gpu():
+            return "tensorflow"
+    return "openvino"
+
+
+def cache_tag(precision: str | None = None, env: dict[str, str] | None = None) -> str:
+    """The runtime's part of a feature-cache namespace: ``tf``, or ``ov<version>-f32``."""
+    if selected(precision, env) == "tensorflow":
+        return "tf"
+    return f"ov{openvino_version()}-{PRECISION}"
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How an export's outputs compare with the Keras graph's on one batch."""
+
+    ok: bool
+    rel_diff: float  # max |export - keras| / max |keras|
+    images: int
+    tolerance: float = TOLERANCE
+    openvino: str = ""
+    precision: str = PRECISION
+    checked_at: float = 0.0
+
+
+def relative_difference(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """max |candidate - reference| / max |reference| (inf when the shapes differ)."""
+    reference, candidate = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+    if reference.shape != candidate.shape:
+        return float("inf")
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    diff = float(np.abs(candidate - reference).max()) if reference.size else 0.0
+    return diff / scale if scale > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def _custom_sources(model: Any) -> list[str]:
+    """Source files of the model's layer classes that are not Keras' own (their code changes outputs too)."""
+    files = set()
+
+    def walk(layer: Any) -> None:
+        module = type(layer).__module__
+        if not module.startswith("keras"):
+            with contextlib.suppress(TypeError, OSError):
+                files.add(inspect.getsourcefile(type(layer)) or "")
+        for sub in getattr(layer, "layers", []) or []:
+            walk(sub)
+
+    walk(model)
+    return sorted(f for f in files if f)
+
+
+def model_key(model: Any, precision: str = PRECISION) -> str:
+    """A hash of everything that changes a model's outputs under OpenVINO."""
+    import keras
+
+    h = hashlib.sha256()
+    h.update(f"{model.to_json()}|{model.input_shape}|{precision}|ov{openvino_version()}|keras{keras.__version__}"
+             .encode())
+    for path in _custom_sources(model):
+        h.update(Path(path).read_bytes())
+    for w in model.weights:
+        h.update(np.ascontiguousarray(np.asarray(w)).tobytes())
+    return h.hexdigest()[:24]
+
+
+def cache_root() -> Path:
+    """Where converted models and their parity results live (``<keras home>/scene-inference``)."""
+    from scene.model.backbones import keras_cache_dir
+
+    return keras_cache_dir().parent / "scene-inference"
+
+
+def export(model: Any) -> Any:
+    """The Keras model as an OpenVINO model (``openvino.convert_model``), its batch dimension open."""
+    import warnings
+
+    import openvino as ov
+
+    with warnings.catch_warnings():  # Keras notes that the tracer passes its one input as a list
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+        return ov.convert_model(model, input=[(-1, *model.input_shape[1:])])
+
+
+def _compile(ov_model: Any) -> Any:
+    import openvino as ov
+
+    from scene.model import runtime
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": runtime.thread_plan().intra_op}
+    return ov.Core().compile_model(ov_model, "CPU", config)
+
+
+class OpenVINOModel:
+    """A compiled OpenVINO model called like the Keras one on float32 batches (one infer request per thread)."""
+
+    def __init__(self, compiled: Any, key: str = "") -> None:
+        self.compiled = compiled
+        self.key = key
+        self._local = threading.local()
+
+    def __call__(self, batch: Any) -> np.ndarray:
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        x = np.ascontiguousarray(np.asarray(batch), np.float32)
+        return np.array(req.infer({0: x})[0], dtype=np.float32)  # a copy: the request reuses its output buffer
+
+
+def parity(model: Any, candidate: Callable[[np.ndarray], np.ndarray], sample: np.ndarray,
+           reference: np.ndarray | None = None) -> tuple[Parity, np.ndarray]:
+    """Compare ``candidate`` with the Keras graph on ``sample``; (the result, the Keras outputs)."""
+    from scene.model.pipeline import compiled
+
+    if reference is None:
+        reference = np.asarray(compiled(model)(sample), np.float32)
+    diff = relative_difference(reference, candidate(sample))
+    return Parity(diff <= TOLERANCE, diff, len(sample), openvino=openvino_version() or "",
+                  checked_at=time.time()), reference
+
+
+_LOADED: OrderedDict[str, OpenVINOModel | None] = OrderedDict()  # key -> runner (None: refused) in this process
+_LOADED_MAX = 8
+_LOCK = threading.Lock()
+
+
+def _remember(key: str, runner: OpenVINOModel | None) -> OpenVINOModel | None:
+    with _LOCK:
+        _LOADED[key] = runner
+        _LOADED.move_to_end(key)
+        while len(_LOADED) > _LOADED_MAX:
+            _LOADED.popitem(last=False)
+    return runner
+
+
+def _store(folder: Path, ov_model: Any, result: Parity) -> None:
+    """Write the converted model and its parity result into ``folder`` whole (a temporary folder renamed)."""
+    import openvino as ov
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        if result.ok:
+            ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
+        (tmp / "parity.json").write_text(json.dumps(asdict(result), indent=1))
+        os.replace(tmp, folder)
+    except OSError:  # another process stored it first (or the folder is read-only): this process still has its copy
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stored_parity(folder: Path) -> Parity | None:
+    """The parity result stored in ``folder``, or None when there is none (or it does not load)."""
+    try:
+        return Parity(**json.loads((folder / "parity.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def openvino_runner(model: Any, sample: np.ndarray, *, exporter: Callable[[Any], Any] = export,
+                    root: Path | None = None) -> tuple[OpenVINOModel | None, np.ndarray | None]:
+    """The model on OpenVINO, or None when its export failed parity (a warning says so); plus the Keras outputs on
+    ``sample`` when the check ran now (the caller may use them for that batch).
+
+    The first use of a model's content converts it with ``exporter`` and checks it on ``sample``; later uses (this
+    process or another one) read the stored result and model.
+    """
+    key = model_key(model)
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key], None
+    folder = (root or cache_root()) / key
+    result = _stored_parity(folder)
+    if result is not None and not result.ok:
+        log.warning("OpenVINO export of %s failed its parity check before (relative difference %.2g > %g, %s); "
+                    "running it on TensorFlow", model.name, result.rel_diff, result.tolerance, folder)
+        return _remember(key, None), None
+    if result is not None:
+        try:
+            import openvino as ov
+
+            return _remember(key, OpenVINOModel(_compile(ov.Core().read_model(folder / "model.xml")), key)), None
+        except Exception as err:  # a damaged stored model: convert and check again
+            log.warning("stored OpenVINO model %s is unusable (%s); converting again", folder, err)
+            shutil.rmtree(folder, ignore_errors=True)
+    try:
+        ov_model = exporter(model)
+        runner = OpenVINOModel(_compile(ov_model), key)
+        result, reference = parity(model, runner, sample)
+    except Exception as err:  # a graph OpenVINO cannot convert or compile: TensorFlow runs it
+        log.warning("OpenVINO cannot run %s (%s: %s); running it on TensorFlow", model.name, type(err).__name__, err)
+        return _remember(key, None), None
+    _store(folder, ov_model, result)
+    if not result.ok:
+        log.warning("OpenVINO export of %s refused: its outputs differ from the Keras graph's by %.2g (relative, "
+                    "over %d images; at most %g allowed); running it on TensorFlow", model.name, result.rel_diff,
+                    result.images, TOLERANCE)
+        return _remember(key, None), reference
+    log.info("OpenVINO export of %s checked: relative difference %.2g over %d images", model.name,
+             result.rel_diff, result.images)
+    return _remember(key, runner), reference
+
+
+def predict_batches(model: Any, batches: Iterable[np.ndarray], transform: Callable[[np.ndarray], Any] | None = None,
+                    *, runtime: str | None = None) -> Iterator[np.ndarray]:
+    """The model's float32 outputs over ``batches`` (``transform`` applied first) on the selected runtime
+    (:func:`selected`, or ``runtime``). On OpenVINO, the first batch is the parity sample of a new export."""
+    from scene.model import pipeline
+
+    if (runtime or selected()) == "tensorflow":
+        yield from pipeline.predict_batches(model, batches, transform)
+        return
+    it = iter(batches)
+    first = next(it, None)
+    if first is None:
+        return
+    x0 = np.asarray(transform(first) if transform is not None else first, np.float32)
+    runner, reference = openvino_runner(model, x0)
+    if runner is None:
+        yield reference if reference is not None else next(pipeline.predict_batches(model, [x0]))
+        yield from pipeline.predict_batches(model, it, transform)
+        return
+    yield reference if reference is not None else runner(x0)
+    for batch in it:
+        yield runner(transform(batch) if transform is not None else batch)
