@@ -19,7 +19,7 @@ import pytest
 
 from scene.ops.bridge import BridgeServer, serve
 from scene.ops.notifications import BridgeConfig
-from tests.test_events import TOKEN, minio_body, post
+from tests.support.bridge import TOKEN, minio_body, post
 
 DEADLINE = 1.5  # the bridge's request deadline in these tests
 EVERY = 0.2  # a slow client's pause between bytes (well under any per-read timeout)

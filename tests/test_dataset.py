@@ -16,6 +16,7 @@ from PIL import Image
 from scene.data.dataset import DatasetError, SplitConfig, assign_splits, build_dataset, unit_hash
 from scene.data.synth import make_synthetic
 from scene.metadata import CLASS_NAMES
+from tests.support.files import settled_files
 
 
 def test_plain_layout_manifest_columns_and_classes(synth_dir: Path) -> None:
@@ -249,17 +250,6 @@ def test_generated_data_is_marked_synthetic_through_save_and_load(tmp_path: Path
 # --- a rebuild reads only new or changed objects (issue 9, item 4) -------------------------------------------
 
 
-def _settled(root: Path) -> Path:
-    """Wait until every file under ``root`` is older than RACY_SECONDS (only then does it get a stat tag)."""
-    import time
-
-    from scene.data.dataset import RACY_SECONDS
-
-    newest = max(p.stat().st_ctime for p in root.rglob("*"))
-    time.sleep(max(0.0, newest + RACY_SECONDS + 0.05 - time.time()))
-    return root
-
-
 def _as_published(manifest: pd.DataFrame) -> pd.DataFrame:
     """The manifest as the next run reads it back (the CSV the manifest step publishes)."""
     return pd.read_csv(io.StringIO(manifest.to_csv(index=False)), keep_default_na=False, dtype={"etag": str})
@@ -268,7 +258,7 @@ def _as_published(manifest: pd.DataFrame) -> pd.DataFrame:
 def test_rebuild_reads_only_new_and_changed_files(tmp_path: Path, synth_dir: Path) -> None:
     root = tmp_path / "d"
     shutil.copytree(synth_dir, root)
-    first = build_dataset(str(_settled(root)))
+    first = build_dataset(str(settled_files(root)))
     assert first.objects_read == 72 and first.rows_reused == 0 and (first.manifest["etag"] != "").all()
     _add_images(root, tmp_path, 1, seed=21)  # 6 new files
     big, small = sorted((root / "sea").glob("sea_*.jpg"), key=lambda p: p.stat().st_size)[-1:-3:-1]
@@ -276,7 +266,7 @@ def test_rebuild_reads_only_new_and_changed_files(tmp_path: Path, synth_dir: Pat
     forged = small.read_bytes().ljust(old.st_size, b"\0")  # other content, same size, mtime set back below
     big.write_bytes(forged)
     os.utime(big, ns=(old.st_atime_ns, old.st_mtime_ns))
-    again = build_dataset(str(_settled(root)), previous=_as_published(first.manifest))  # trusted stat tags
+    again = build_dataset(str(settled_files(root)), previous=_as_published(first.manifest))  # trusted stat tags
     assert again.objects_read == 7 and again.rows_reused == 71
     row = again.manifest.set_index("key").loc[str(big)]
     assert row["sha256"] == hashlib.sha256(forged).hexdigest() != first.manifest.set_index("key").at[str(big), "sha256"]
@@ -296,7 +286,7 @@ def test_files_changed_within_the_racy_window_are_read_again(tmp_path: Path, syn
 
 
 def test_old_manifests_without_etags_reuse_nothing(tmp_path: Path, synth_dir: Path) -> None:
-    first = build_dataset(str(_settled(synth_dir)))
+    first = build_dataset(str(settled_files(synth_dir)))
     again = build_dataset(str(synth_dir), previous=first.manifest.drop(columns=["etag"]))
     assert again.objects_read == 72 and again.rows_reused == 0
     with pytest.raises(DatasetError, match=r"previous manifest lacks columns \['width'\]"):

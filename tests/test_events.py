@@ -34,8 +34,7 @@ from scene.ops.prefect_events import (
     emit_prefect_event,
     root_objects,
 )
-
-TOKEN = "s3cret-token"
+from tests.support.bridge import TOKEN, events_parser, minio_body, post
 
 
 def aws_body(*keys: str, bucket: str = "scene-data", name: str = "ObjectCreated:Put") -> bytes:
@@ -48,25 +47,6 @@ def aws_body(*keys: str, bucket: str = "scene-data", name: str = "ObjectCreated:
                 "object": {"key": urllib.parse.quote_plus(k, safe="/"), "size": 123, "eTag": "abc123",
                            "sequencer": "0A1B"}}}
         for k in keys]}).encode()
-
-
-def minio_body(key: str, bucket: str = "scene-data", name: str = "s3:ObjectCreated:Put") -> bytes:
-    """A MinIO/JuiceFS webhook body as documented in scene/ops/stack.py: one object, key URL-encoded in Records."""
-    import urllib.parse
-
-    return json.dumps({
-        "EventName": name,
-        "Key": f"{bucket}/{key}",
-        "Records": [{
-            "eventVersion": "2.0", "eventSource": "minio:s3", "awsRegion": "", "eventTime": "2026-11-28T13:55:15Z",
-            "eventName": name, "userIdentity": {"principalId": "AKIA"}, "requestParameters": {},
-            "responseElements": {},
-            "s3": {"s3SchemaVersion": "1.0", "configurationId": "Config",
-                   "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
-                   "object": {"key": urllib.parse.quote(key, safe=""), "size": 2, "eTag": "49f6",
-                              "sequencer": "18EC", "userMetadata": {"content-type": "image/jpeg"}}},
-            "source": {"host": "127.0.0.1", "port": "", "userAgent": "Boto3"}}],
-    }).encode()
 
 
 def ev(key: str, bucket: str = "scene-data", name: str = "ObjectCreated:Put") -> ObjectEvent:
@@ -332,26 +312,6 @@ def bridge() -> Iterator[tuple[BridgeServer, list[dict]]]:
     server.stop()
 
 
-def post(server: BridgeServer, body: bytes, token: str | None = TOKEN, path: str = "/notify",
-         length: int | None = None) -> tuple[int, Any]:
-    """POST with http.client; ``length`` sends that Content-Length header with no body (an announced size)."""
-    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
-    try:
-        conn.putrequest("POST", path)
-        if token is not None:
-            conn.putheader("Authorization", f"Bearer {token}")
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", str(len(body) if length is None else length))
-        conn.endheaders()
-        if length is None:
-            conn.send(body)
-        resp = conn.getresponse()
-        raw = resp.read()
-        return resp.status, json.loads(raw) if raw else None
-    finally:
-        conn.close()
-
-
 def health(server: BridgeServer, token: str | None = TOKEN) -> dict[str, Any]:
     conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
     try:
@@ -433,20 +393,10 @@ def test_server_survives_garbage(bridge: tuple[BridgeServer, list[dict]]) -> Non
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def _parser() -> Any:
-    import argparse
-
-    from scene.cli.events import register
-
-    p = argparse.ArgumentParser(prog="scene")
-    register(p.add_subparsers(dest="command", required=True))
-    return p
-
-
 def test_cli_requires_token_and_api(monkeypatch: pytest.MonkeyPatch) -> None:
     from scene.cli.main import CliError
 
-    args = _parser().parse_args(["events", "serve", "--port", "0", "--quiet-seconds", "2"])
+    args = events_parser().parse_args(["events", "serve", "--port", "0", "--quiet-seconds", "2"])
     assert (args.port, args.quiet_seconds, args.bucket, args.prefix) == (0, 2.0, None, None)
     monkeypatch.delenv("SCENE_EVENTS_TOKEN", raising=False)
     with pytest.raises(CliError, match="SCENE_EVENTS_TOKEN is not set"):
@@ -464,7 +414,7 @@ def test_cli_serves_until_sigterm() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from tests.test_events import _parser; a = _parser().parse_args(sys.argv[1:]); "
+    code = ("import sys; from tests.support.bridge import events_parser; a = events_parser().parse_args(sys.argv[1:]); "
             "a.func(a)")
     env = {**os.environ, "SCENE_EVENTS_TOKEN": TOKEN, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
     proc = subprocess.Popen([sys.executable, "-c", code, "events", "serve", "--port", "0", "--prefix", "data"],

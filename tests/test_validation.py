@@ -1,7 +1,7 @@
 """Tests for scene.data.validation: table-driven cases on small hand-made manifests.
 
-The first validate_manifest call in a process imports great_expectations (~4 s); each call after that takes
-~0.1–0.2 s, so the whole file runs in a few seconds.
+The first validate_manifest call in a process imports great_expectations (~4 s); each call after that runs the
+checkpoint in ~0.1–0.2 s, so the whole file runs in a few seconds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from scene.data.validation import CheckResult, ValidationReport, ValidationThresholds, validate_manifest
+from scene.data.validation import (
+    SUITE_NAME,
+    CheckResult,
+    ValidationReport,
+    ValidationThresholds,
+    manifest_suite,
+    validate_manifest,
+)
 
 CLASSES = ("forest", "glacier", "sea")
 COLUMNS = ["key", "label", "label_index", "split", "sha256", "width", "height", "mode", "format", "bytes",
@@ -276,8 +283,58 @@ def test_bad_class_names_are_rejected(class_names: object) -> None:
         validate_manifest(clean_manifest(), no_rejected(), class_names)  # type: ignore[arg-type]
 
 
-def test_check_result_defaults_to_blocking() -> None:
-    assert CheckResult("x", True, "ok").blocking
+def test_a_failed_check_blocks_unless_marked_as_a_warning() -> None:
+    checks = (CheckResult("broken", False, "2 bad rows"), CheckResult("odd", False, "1 odd row", blocking=False),
+              CheckResult("fine", True, "all rows pass"))
+    report = ValidationReport(success=False, checks=checks, counts={}, rejected=(), converted=0, notes=(),
+                              total_images=3, thresholds=ValidationThresholds())
+    assert report.failures() == ["broken: 2 bad rows"] and report.warnings() == ["odd: 1 odd row"]
+    md = report.summary_markdown()
+    assert "| broken | ❌ FAIL | 2 bad rows |" in md and "| odd | ⚠️ warning | 1 odd row |" in md
+    assert "| fine | pass | all rows pass |" in md
+
+
+def test_the_row_rules_are_one_named_suite() -> None:
+    suite = manifest_suite(CLASSES)
+    assert suite.name == SUITE_NAME == "scene_manifest"
+    rules = [e.meta["check"] for e in suite.expectations]
+    assert len(rules) == len(set(rules)) == 11
+    gx_checks = [c.name for c in validate_manifest(clean_manifest(), no_rejected(), CLASSES).checks
+                 if c.name in rules]
+    assert gx_checks == rules  # every rule of the suite became a check of the report, in the suite's order
+    in_set = next(e for e in suite.expectations if e.meta["check"] == "label_in_class_set")
+    assert sorted(in_set.value_set) == sorted(CLASSES)
+    without_mode = [e.meta["check"] for e in manifest_suite(CLASSES, skip={"mode"}).expectations]
+    assert without_mode == [r for r in rules if r != "mode_allowed"]
+
+
+def test_data_docs_render_the_checkpoint_result(tmp_path: Path) -> None:
+    report = validate_manifest(_set(clean_manifest(), ("sea", "train"), label="cat"), no_rejected(), CLASSES,
+                               docs_dir=tmp_path / "docs")
+    assert report.data_docs and report.data_docs.startswith(f"validations/{SUITE_NAME}/")
+    page = (tmp_path / "docs" / report.data_docs).read_text()
+    assert "label" in page and "cat" in page and "Failed" in page  # the failing expectation and its bad value
+    index = (tmp_path / "docs" / "index.html").read_text()
+    assert SUITE_NAME in index and (tmp_path / "docs" / "expectations" / f"{SUITE_NAME}.html").is_file()
+    assert report.to_dict()["data_docs"] == report.data_docs
+    assert validate_manifest(clean_manifest(), no_rejected(), CLASSES).data_docs is None  # no folder: none built
+
+
+def test_the_task_publishes_the_data_docs_pages(tmp_path: Path) -> None:
+    from tasks.data import publish_data_docs
+
+    report = validate_manifest(clean_manifest(), no_rejected(), CLASSES, docs_dir=tmp_path / "docs")
+    prefix = f"{tmp_path}/run/"
+    published = publish_data_docs(tmp_path / "docs", report.data_docs, prefix)
+    assert published == {"index": f"{prefix}data-docs/index.html",
+                         "validation": f"{prefix}data-docs/{report.data_docs}"}
+    sent = {p.relative_to(tmp_path / "run" / "data-docs").as_posix() for p in (tmp_path / "run").rglob("*")
+            if p.is_file()}
+    assert {"index.html", f"expectations/{SUITE_NAME}.html", report.data_docs} <= sent
+    assert not any(name.startswith(("static/images", "static/fonts")) for name in sent)  # 4 MB left out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert publish_data_docs(empty, None, prefix) == {}
 
 
 def test_importing_the_module_does_not_import_great_expectations_or_prefect() -> None:
@@ -289,7 +346,7 @@ def test_importing_the_module_does_not_import_great_expectations_or_prefect() ->
 def test_rows_reused_from_the_previous_manifest_are_validated_without_reading_images(synth_dir: Path) -> None:
     """A retrain decodes no unchanged image, yet every row meets the suite: a stale row copied on trust fails."""
     from scene.data.dataset import build_dataset
-    from tests.test_dataset import _settled
+    from tests.support.files import settled_files as _settled
 
     first = build_dataset(str(_settled(synth_dir)))
     key = first.manifest.at[0, "key"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,13 @@ from typing import Any
 import pytest
 
 from scene.ops import stack as stack_mod
+from tests.support.ports import free_port
+from tests.support.stackenv import api_settings, env_of
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = os.environ.get("SCENE_TEST_BASE_IMAGE", "scene-base:bookworm")
 IMAGE = os.environ.get("SCENE_TEST_IMAGE", "scene-cpu:latest")
 TIMINGS: dict[str, float] = {}  # measured seconds, printed at the end of the session (make test-docker shows them)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -104,7 +99,6 @@ def docker_stack(scene_image: str, tmp_path_factory: pytest.TempPathFactory) -> 
     pytest.importorskip("prefect_docker", reason="pip install -e '.[docker]' for the Docker worker")
     from prefect.settings import temporary_settings
 
-    from tests.event_stack import api_settings
 
     state = tmp_path_factory.mktemp("docker-stack") / "state"
     saved = dict(os.environ)
@@ -113,10 +107,7 @@ def docker_stack(scene_image: str, tmp_path_factory: pytest.TempPathFactory) -> 
     stack_mod.up(state, s3_port=free_port(), prefect_port=free_port(), pools=("docker",), workdir=REPO)
     TIMINGS["stack up"] = time.monotonic() - began
     try:
-        values = dict(line.removeprefix("export ").split("=", 1) for line in stack_mod.env_lines(state))
-        os.environ.update({k: v.strip("'\"") for k, v in values.items()})
-        os.environ["SCENE_WORK_DIR"] = str(state / "work")
-        os.environ["SCENE_FEATURE_CACHE"] = str(state / "features")
+        os.environ.update(env_of(state, folders=True))
         prefect = str(Path(sys.executable).with_name("prefect"))
         repo_env = dict(os.environ, SCENE_REPO_DIR=str(REPO), SCENE_BASE_IMAGE=BASE)
         began = time.monotonic()  # the file's build step builds scene-cpu:<commit> (the layers cached above)

@@ -20,7 +20,9 @@ import pytest
 from scene import registry
 from scene.data import storage
 from scene.data.synth import make_synthetic
-from tests.integration.helpers import assert_gated_against, calibrated_mobilenetv2, draw_hues, upload
+from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.runs import assert_gated_against
+from tests.support.s3io import upload
 
 pytestmark = pytest.mark.docker
 BACKBONES = ["mobilenetv2", "efficientnetb0"]

@@ -1,102 +1,42 @@
 """Fixtures for tests against the real local stack (S3 gateway + Prefect server + workers).
 
-A session-scoped stack is started once in a temporary state folder on free ports, with a tiny HTTP
-listener as its bucket-notification webhook, and stopped at the end. Set
-``SCENE_TEST_REUSE_STACK=<state_dir>`` to run the tests against an already running stack instead
-(tests that need the test webhook or restart the stack are then skipped).
+ONE stack per package: started in a temporary state folder on free ports when the first test here needs it, with a
+tiny HTTP listener as its bucket-notification webhook, and stopped after the last test here (so it is never up
+beside the unit tests or the event stack of tests/events). Each module runs with this process pointed at the stack
+(``env``, autouse, entered and left per module). Set ``SCENE_TEST_REUSE_STACK=<state_dir>`` to run the tests against
+an already running stack instead (tests that need the test webhook or restart the stack are then skipped).
 """
 
 from __future__ import annotations
 
-import http.server
-import json
 import os
-import socket
-import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from scene.ops import stack as stack_mod
 from scene.ops.stack import StackInfo
+from tests.support import REPO
+from tests.support.ports import free_port
+from tests.support.stackenv import env_of, stack_environ
+from tests.support.webhook import WEBHOOK_TOKEN, WebhookListener
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-REPO = Path(__file__).resolve().parents[2]
-WEBHOOK_TOKEN = "test-webhook-token"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class WebhookListener:
-    """A tiny HTTP server that records every POST (path, headers, JSON body)."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        listener = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                try:
-                    payload = json.loads(body)
-                except ValueError:
-                    payload = body.decode(errors="replace")
-                with listener._cond:
-                    record = {"path": self.path, "headers": dict(self.headers), "body": payload}
-                    listener.requests.append(record)
-                    listener._cond.notify_all()
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15.0) -> dict[str, Any]:
-        """The first recorded request matching ``predicate``, waiting up to ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for req in self.requests:
-                    if predicate(req):
-                        return req
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no matching webhook call within {timeout}s; got {self.requests}")
-                self._cond.wait(left)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def webhook_listener() -> Iterator[WebhookListener]:
     listener = WebhookListener()
     yield listener
     listener.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack_args(
     tmp_path_factory: pytest.TempPathFactory, webhook_listener: WebhookListener
 ) -> dict[str, Any] | None:
-    """The keyword arguments the session stack was started with (None when reusing a running stack)."""
+    """The keyword arguments the package stack was started with (None when reusing a running stack)."""
     if os.environ.get("SCENE_TEST_REUSE_STACK"):
         return None
     return {
@@ -110,9 +50,9 @@ def stack_args(
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(stack_args: dict[str, Any] | None) -> Iterator[StackInfo]:
-    """A running local stack for the whole session."""
+    """A running local stack for this package."""
     reuse = os.environ.get("SCENE_TEST_REUSE_STACK")
     if stack_args is None:
         assert reuse
@@ -128,22 +68,15 @@ def stack(stack_args: dict[str, Any] | None) -> Iterator[StackInfo]:
         stack_mod.down(stack_args["state_dir"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
 def env(stack: Any) -> Iterator[dict[str, str]]:
-    """Point this process (boto3, Prefect client, scene settings) at the test stack."""
-    from scene.ops import stack as stack_mod
-    from tests.event_stack import stack_environ
-
-    lines = stack_mod.env_lines(stack.state_dir)
-    values = dict(line.removeprefix("export ").split("=", 1) for line in lines)
-    values = {k: v.strip("'\"") for k, v in values.items()}
-    folders = {"SCENE_WORK_DIR": str(Path(stack.state_dir) / "work"),
-               "SCENE_FEATURE_CACHE": str(Path(stack.state_dir) / "features")}
-    with stack_environ({**values, **folders}):
+    """Point this process (boto3, Prefect client, scene settings) at the test stack for one module."""
+    values = env_of(stack.state_dir, folders=True)
+    with stack_environ(values):
         yield values
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3(env: dict[str, str]) -> Any:
     from scene.data.storage import s3_client
     from scene.settings import Settings

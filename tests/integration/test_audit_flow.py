@@ -16,7 +16,7 @@ from PIL import Image
 from scene.data import storage
 from scene.data.dataset import SplitConfig, build_dataset, unit_hash
 from scene.data.synth import make_synthetic
-from tests.integration.helpers import upload
+from tests.support.s3io import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.real]
 

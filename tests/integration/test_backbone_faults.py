@@ -21,7 +21,8 @@ import pytest
 
 from scene.data import storage
 from scene.data.synth import make_synthetic
-from tests.integration.helpers import calibrated_mobilenetv2, draw_hues, upload
+from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.s3io import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 BACKBONES = ["mobilenetv2", "efficientnetb0"]

@@ -29,7 +29,9 @@ from scene import registry
 from scene.data import storage
 from scene.registry.integrity import fetch_version
 from scene.train.features import FeatureCache
-from tests.integration.helpers import calibrated_mobilenetv2, deploy_on_default_pool, draw_hues, upload, wait_final
+from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.runs import deploy_on_default_pool, wait_final
+from tests.support.s3io import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 SIZE, PER_CLASS = 32, 8

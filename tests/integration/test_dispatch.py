@@ -31,14 +31,10 @@ import pytest
 
 from scene import registry
 from scene.data import storage
-from tests.integration.helpers import (
-    REPO,
-    assert_gated_against,
-    calibrated_mobilenetv2,
-    deploy_on_default_pool,
-    draw_hues,
-    upload,
-)
+from tests.support import REPO
+from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.runs import assert_gated_against, deploy_on_default_pool
+from tests.support.s3io import upload
 
 pytestmark = pytest.mark.integration
 SIZE = 32

@@ -25,8 +25,7 @@ from scene.ops.bridge import BridgeServer
 from scene.ops.notifications import BridgeConfig
 from scene.ops.stack import StackInfo
 from scene.settings import Settings
-
-from .conftest import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 

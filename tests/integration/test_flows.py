@@ -17,8 +17,8 @@ import pytest
 
 from scene.data import storage
 from scene.data.synth import make_synthetic
-from tests.integration.helpers import upload
-from tests.integration.watching import backbone_lines, run_watched
+from tests.support.s3io import upload
+from tests.support.watching import backbone_lines, run_watched
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from scene.data import image_fetch, packs, storage
 from scene.data.dataset import build_dataset
 from scene.data.synth import make_synthetic
 from scene.model.pipeline import pixel_batches
-from tests.integration.helpers import upload
+from tests.support.s3io import upload
 
 pytestmark = pytest.mark.integration
 

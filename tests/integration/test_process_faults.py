@@ -22,7 +22,9 @@ from scene.data.synth import make_synthetic
 from scene.ops import http
 from scene.ops import stack as stack_mod
 from scene.ops.services import HEARTBEAT_S, ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION
-from tests.integration.helpers import REPO, deploy_on_default_pool, upload, wait_final
+from tests.support import REPO
+from tests.support.runs import deploy_on_default_pool, wait_final
+from tests.support.s3io import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 DEPLOYMENT = "process-faults"

@@ -9,7 +9,6 @@ model of a dataset is promoted by the gate itself.
 
 from __future__ import annotations
 
-import colorsys
 import io
 import json
 import uuid
@@ -17,15 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from scene import registry
 from scene.data import storage
 from scene.metadata import CLASS_NAMES
-from tests.integration.helpers import upload
+from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.s3io import upload
 
 pytestmark = pytest.mark.integration
 SIZE = 32
@@ -33,33 +31,13 @@ FAST = {"backbones": ["mobilenetv2"], "epochs": 30, "views": 1, "image_size": SI
 
 
 def _weights(folder: Path) -> str:
-    """A MobileNetV2 notop weights file: seeded random kernels, BatchNorm statistics from flat colour images."""
-    import keras
-
-    keras.utils.set_random_seed(3)
-    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3),
-                                           pooling="avg")
-    rng = np.random.default_rng(3)
-    x = np.clip(rng.uniform(0, 255, (48, 1, 1, 3)) + rng.normal(0, 12, (48, SIZE, SIZE, 3)), 0, 255) / 127.5 - 1
-    for layer in model.layers:  # one training pass with momentum 0 sets the moving statistics to this batch's
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0
-    model(x.astype("float32"), training=True)
-    path = folder / "mobilenetv2-calibrated.weights.h5"
-    model.save_weights(path)
-    return str(path)
+    """The calibrated MobileNetV2 weights this module's models start from (:func:`calibrated_mobilenetv2`)."""
+    return calibrated_mobilenetv2(folder, SIZE, seed=3, batch=48)
 
 
 def _draw(out: Path, per_class: int, seed: int, tag: str = "") -> Path:
-    """``out/<class>/*.jpg``: one hue per class with faint noise."""
-    rng = np.random.default_rng(seed)
-    for c, name in enumerate(CLASS_NAMES):
-        rgb = np.array(colorsys.hsv_to_rgb(c / len(CLASS_NAMES), 0.85, 0.9)) * 255
-        (out / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = np.clip(rgb + rng.normal(0, 3, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(out / name / f"{tag}{seed}_{i:02d}.jpg", quality=95)
-    return out
+    """``out/<class>/<tag><seed>_<i>.jpg``: one hue per class with faint noise (:func:`draw_hues`, unshifted)."""
+    return draw_hues(out, 0, size=SIZE, per_class=per_class, seed=seed, name=f"{tag}{seed}_{{i:02d}}.jpg")
 
 
 def _root(env: dict[str, str], name: str) -> str:

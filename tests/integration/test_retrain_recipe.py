@@ -25,7 +25,8 @@ import pytest
 from scene import registry
 from scene.data import storage
 from scene.metadata import CLASS_NAMES
-from tests.integration.helpers import calibrated_mobilenetv2, draw_hues, upload
+from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.s3io import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SIZE = 96

@@ -20,7 +20,7 @@ import pytest
 from scene.data import storage
 from scene.data.synth import make_synthetic
 from scene.train import features
-from tests.integration.helpers import upload
+from tests.support.s3io import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

@@ -18,8 +18,7 @@ from scene.data.storage import StorageError, read_bytes, s3_client, write_bytes
 from scene.ops import stack as stack_mod
 from scene.ops.stack import StackInfo
 from scene.settings import Settings
-
-from .conftest import WEBHOOK_TOKEN, WebhookListener
+from tests.support.webhook import WEBHOOK_TOKEN, WebhookListener
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,11 @@ from scene.ops import supervisor
 from scene.ops.coalesce import RunInfo, verdict
 from scene.ops.notifications import polling_config
 from scene.ops.polling import root_change_id, snapshot
-from tests.event_stack import EXTRA, QUIET, REPO, settled, stack_environ, wait_runs
-from tests.integration.helpers import upload
+from tests.support import REPO
+from tests.support.events import EXTRA, QUIET, settled, wait_runs
+from tests.support.s3io import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-@pytest.fixture(scope="module")
-def estack(event_stack: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    with stack_environ(event_stack["env"]):
-        yield event_stack
 
 
 def _images(tmp: Path, n: int, seed: int) -> Path:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from scene.ops import http
+from tests.support.stackenv import stack_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -130,7 +131,6 @@ def test_out_of_scope_parameters_are_refused_before_anything_is_written(event_st
     from flows.train_all import train_all
     from flows.train_backbone import train_backbone
     from flows.watch import watch
-    from tests.event_stack import stack_environ
 
     env, s3 = event_stack["env"], event_stack["s3"]
     art, data = env["SCENE_ARTIFACT_BUCKET"], f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}"
@@ -159,7 +159,6 @@ def _small_flows(event_stack: dict[str, Any]) -> None:
     """Flow runs that log, write an artifact, a flow-run parameter set and an S3 object (none needs a worker)."""
     from flows.train_backbone import train_backbone
     from flows.watch import watch
-    from tests.event_stack import stack_environ
 
     env = event_stack["env"]
     empty = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}security-empty-{uuid.uuid4().hex[:8]}/"

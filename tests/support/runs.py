@@ -1,19 +1,20 @@
-"""Helpers shared by the integration tests."""
+"""Prefect queries and deployments the stack tests share (Prefect's own client, the API of the entered stack)."""
 
 from __future__ import annotations
 
-import colorsys
+import io
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from scene.data import storage
-from scene.metadata import CLASS_NAMES
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 
 def deploy_on_default_pool(flow_name: str, entrypoint: str, name: str, *, pool: str = "default",
@@ -27,6 +28,14 @@ def deploy_on_default_pool(flow_name: str, entrypoint: str, name: str, *, pool: 
                                  entrypoint=entrypoint, job_variables=job_variables or {}, pull_steps=[
                                      {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}])
     return f"{flow_name}/{name}"
+
+
+def prefect_deploy(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> None:
+    """``prefect --no-prompt deploy <args>`` from the repository (prefect.yaml); fails with its output."""
+    run = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", *args], cwd=REPO,
+                         env={**os.environ, **(env or {}), "SCENE_REPO_DIR": str(REPO)}, capture_output=True,
+                         text=True, timeout=timeout, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
 
 
 def wait_final(run_ids: list[Any], timeout: float) -> dict[Any, Any]:
@@ -46,58 +55,29 @@ def wait_final(run_ids: list[Any], timeout: float) -> dict[Any, Any]:
     return done
 
 
-def upload(s3: Any, root: Path, dest: str) -> str:
-    """Upload every JPEG under ``root`` to the ``dest`` prefix, keeping the folder layout."""
-    for p in sorted(root.rglob("*.jpg")):
-        storage.upload_file(p, dest + p.relative_to(root).as_posix(), s3)
-    return dest
+def child_runs(flow_run_id: Any) -> list[Any]:
+    """The flow runs whose parent task ran in ``flow_run_id`` (subflows and dispatched runs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
 
 
-def calibrated_mobilenetv2(folder: Path, size: int, seed: int = 7) -> str:
-    """A MobileNetV2 notop weights file: seeded random kernels, BatchNorm statistics set from flat colour images.
+def artifacts_of(flow_run_id: Any) -> list[Any]:
+    """Every artifact of the flow run (its tasks' too)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    Passed as ``params.weights`` (a weights *file*, so the model is not random-init and the gate may promote it);
-    its features of the :func:`draw_hues` images are not degenerate.
-    """
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(size, size, 3),
-                                           pooling="avg")
-    rng = np.random.default_rng(seed)
-    x = np.clip(rng.uniform(0, 255, (64, 1, 1, 3)) + rng.normal(0, 12, (64, size, size, 3)), 0, 255) / 127.5 - 1
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
-    for layer in norms:  # one training-mode pass with momentum 0 sets moving stats to this batch's statistics
-        layer.momentum = 0.0
-    model(x.astype("float32"), training=True)
-    path = folder / "mobilenetv2-calibrated.weights.h5"
-    model.save_weights(path)
-    return str(path)
-
-
-def draw_hues(out: Path, shift: int, *, size: int, per_class: int, seed: int = 5) -> Path:
-    """``out/<class>/hue<c>_<i>.jpg``: hue c (of 6) is filed under class ``(c + shift) % 6``.
-
-    Drawn here (one hue per class, faint noise), not by :mod:`scene.data.synth`, so the images carry no synthetic
-    mark and the gate's synthetic-data rule does not apply.
-    """
-    rng = np.random.default_rng(seed)
-    for c in range(len(CLASS_NAMES)):
-        rgb = np.array(colorsys.hsv_to_rgb(c / len(CLASS_NAMES), 0.85, 0.9)) * 255
-        folder = out / CLASS_NAMES[(c + shift) % len(CLASS_NAMES)]
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            img = np.clip(rgb + rng.normal(0, 3, (size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(img).save(folder / f"hue{c}_{i:02d}.jpg", quality=95)
-    return out
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
 
 
 def assert_gated_against(s3: Any, challenger: Any, champion: Any, data: str) -> dict[str, Any]:
     """The challenger's stored ``decision.json``, checked against its champion: same dataset, and b, c, n_paired and
     the one-sided exact McNemar p recomputed here from both versions' stored ``test_predictions.csv``."""
-    import io
-    import json
-
     import pandas as pd
     import pytest
     from scipy.stats import binomtest

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,12 @@ import pytest
 from scene.data.synth import make_synthetic
 from scene.ops import stack as stack_mod
 from scene.ops import supervisor
-from tests.event_stack import EXTRA, QUIET, api_settings, retrain_runs, settled, stack_environ, wait_runs
-from tests.integration.helpers import upload
+from tests.support import REPO
+from tests.support.events import EXTRA, QUIET, retrain_runs, settled, wait_runs
+from tests.support.s3io import upload
+from tests.support.stackenv import api_settings
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def estack(event_stack: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The shared event stack (tests/event_stack.py), with this process pointed at it for the module."""
-    with stack_environ(event_stack["env"]):
-        yield event_stack
 
 
 def _images(tmp: Path, n_per_class: int, seed: int) -> Path:

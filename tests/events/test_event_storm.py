@@ -23,7 +23,6 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +32,12 @@ from scene.ops import http as ops_http
 from scene.ops import prefect_events
 from scene.ops.bridge import serve
 from scene.ops.notifications import KEY_SAMPLE, BridgeConfig
-from tests.event_stack import REPO, settled, stack_environ, wait_runs
-from tests.integration.helpers import upload
+from tests.support import REPO
+from tests.support.events import settled, wait_runs
+from tests.support.s3io import upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 UPLOADS, ROOTS = 1000, 3
-
-
-@pytest.fixture(scope="module")
-def estack(event_stack: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    with stack_environ(event_stack["env"]):
-        yield event_stack
 
 
 def _minio(bucket: str, key: str) -> bytes:

@@ -21,7 +21,7 @@ import pytest
 from prefect import flow
 
 from flows import retrain_runs
-from tests.event_stack import stack_environ
+from tests.support.stackenv import stack_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 HOLD = 6.0  # seconds one "training" takes
