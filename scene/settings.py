@@ -179,6 +179,8 @@ OTHER_VARIABLES: dict[str, tuple[str, str]] = {
     "SCENE_TF_INTRA_THREADS": ("scene.model.runtime", "TensorFlow intra-op threads (default: one per core)"),
     "SCENE_TF_INTER_THREADS": ("scene.model.runtime", "TensorFlow inter-op threads (default 1 on <= 4 cores, else 2)"),
     "SCENE_TF_THREADS": ("scene.model.runtime", "`tf-default` leaves TensorFlow's own thread defaults"),
+    "SCENE_INFERENCE_RUNTIME": ("scene.model.infer", "inference runtime of frozen forward passes: auto (default: "
+                                "OpenVINO when installed, no GPU and float32), tensorflow or openvino"),
     "SCENE_S3_READERS": ("scene.model.runtime", "parallel S3 image reads of the input pipeline (default 16)"),
     "SCENE_SLOT_POLL_S": ("flows/retrain_runs.py", "seconds between a waiting retrain's checks for its dataset's "
                           "free training slot"),
