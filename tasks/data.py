@@ -1,8 +1,9 @@
-"""Data tasks: build the manifest, validate it (great-expectations), publish both."""
+"""Data tasks: build the manifest, validate it (a great-expectations checkpoint with Data Docs), publish both."""
 
 from __future__ import annotations
 
 import io
+import tempfile
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -11,8 +12,8 @@ from prefect.cache_policies import NO_CACHE
 
 from scene.data import packs, storage
 from scene.data.dataset import Dataset, build_dataset, load_dataset
-from scene.data.validation import ValidationReport, validate_manifest
-from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
+from scene.data.validation import ValidationReport, publish_data_docs, validate_manifest
+from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, run_prefix, s3, settings
 
 DATASET_FILE = "dataset.json"  # beside a published manifest.csv: the roots and classes it was built from
 
@@ -64,12 +65,23 @@ def load_manifest(manifest_uri: str) -> Dataset:
     return ds
 
 
-@task(cache_policy=NO_CACHE, name="validate data", timeout_seconds=STEP_TIMEOUT_S)
-def validate(ds: Dataset, previous: Any = None) -> ValidationReport:
-    """Run the suite; publish it as a markdown artifact; stop the run with a readable summary if it fails."""
+@task(cache_policy=NO_CACHE, name="validate data", timeout_seconds=STEP_TIMEOUT_S, **S3_RETRIES)
+def validate(ds: Dataset, previous: Any = None, prefix: str | None = None) -> ValidationReport:
+    """Run the checkpoint; publish its Data Docs under ``<prefix>data-docs/`` (default: this run's prefix) and the
+    summary as a markdown artifact linking them; stop the run with a readable summary if the data failed."""
     log = get_run_logger()
-    report = validate_manifest(ds.manifest, ds.rejected, ds.class_names, previous=previous)
-    create_markdown_artifact(report.summary_markdown(), key="data-validation",
+    client = s3()
+    with tempfile.TemporaryDirectory(prefix="scene-data-docs-") as docs:
+        report = validate_manifest(ds.manifest, ds.rejected, ds.class_names, previous=previous, docs_dir=docs)
+        published = publish_data_docs(docs, report.data_docs, prefix or run_prefix(), client)
+    summary = report.summary_markdown()
+    if published:
+        page = published.get("validation", published["index"])
+        link = storage.presigned_url(page, client) if storage.parse(page).is_s3 else page
+        summary += (f"\n## Data Docs\n\n[The great-expectations report of this validation]({link}) (the link expires "
+                    f"within the hour); the whole site: `{published['index']}`\n")
+        log.info("Data Docs: %s", page)
+    create_markdown_artifact(summary, key="data-validation",
                              description=f"Data validation: {'passed' if report.success else 'FAILED'}")
     for w in report.warnings():
         log.warning("data warning: %s", w)

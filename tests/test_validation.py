@@ -22,6 +22,7 @@ from scene.data.validation import (
     ValidationReport,
     ValidationThresholds,
     manifest_suite,
+    publish_data_docs,
     validate_manifest,
 )
 
@@ -320,9 +321,7 @@ def test_data_docs_render_the_checkpoint_result(tmp_path: Path) -> None:
     assert validate_manifest(clean_manifest(), no_rejected(), CLASSES).data_docs is None  # no folder: none built
 
 
-def test_the_task_publishes_the_data_docs_pages(tmp_path: Path) -> None:
-    from tasks.data import publish_data_docs
-
+def test_the_data_docs_pages_are_published(tmp_path: Path) -> None:
     report = validate_manifest(clean_manifest(), no_rejected(), CLASSES, docs_dir=tmp_path / "docs")
     prefix = f"{tmp_path}/run/"
     published = publish_data_docs(tmp_path / "docs", report.data_docs, prefix)

@@ -1,11 +1,13 @@
-"""Data validation: a great-expectations suite plus dataset-level checks on the manifest → `ValidationReport`.
+"""Data validation: a great-expectations checkpoint plus dataset-level checks on the manifest → `ValidationReport`.
 
-Row-level rules (labels in the class set, no missing keys, sizes, modes, unique keys, hash format) run as a
-great-expectations suite on an ephemeral context; dataset-level rules (images per class and split, class
-balance, the same content in two splits, rejected share, changes since the champion's manifest) run in pandas.
-Every outcome becomes a `CheckResult` (:mod:`scene.data.validation_report`) with a human-readable observation
+Row-level rules (labels in the class set, no missing keys, sizes, modes, unique keys, hash format) form one named
+great-expectations `ExpectationSuite` (:data:`SUITE_NAME`, built by :func:`manifest_suite`), run by a `Checkpoint`
+over a `ValidationDefinition` of the manifest DataFrame; given ``docs_dir``, the checkpoint's `UpdateDataDocsAction`
+renders the result as Data Docs (HTML) there. Dataset-level rules (images per class and split, class balance, the
+same content in two splits, rejected share, changes since the champion's manifest) compare groups of rows and run in
+pandas. Every outcome becomes a `CheckResult` (:mod:`scene.data.validation_report`) with a human-readable observation
 naming the offending keys. Blocking checks decide `ValidationReport.success`; non-blocking ones are warnings.
-great_expectations is imported lazily (it takes seconds) the first time `validate_manifest` runs.
+great_expectations is imported lazily (~3–4 s) the first time `validate_manifest` runs, never on import.
 
 No check decodes an image: the image checks (sizes, modes, conversions) read the manifest's columns, which the
 manifest builder filled when it read each image — once per object version (see :mod:`scene.data.dataset`), so a
@@ -17,8 +19,11 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import pandas as pd
 
@@ -33,13 +38,19 @@ from scene.data.validation_report import (
 )
 from scene.metadata import SPLITS
 
-__all__ = ["MAX_LISTED", "REQUIRED_COLUMNS", "CheckResult", "ValidationReport", "ValidationThresholds",
+__all__ = ["DATA_DOCS", "DOCS_SITE", "MAX_LISTED", "REQUIRED_COLUMNS", "SUITE_NAME", "CheckResult", "ValidationReport",
+           "ValidationThresholds", "manifest_suite", "publish_data_docs",
            "validate_manifest"]
 REQUIRED_COLUMNS = ("key", "label", "split", "sha256", "width", "height", "mode")
 _SHA256 = r"^[0-9a-f]{64}$"  # a hex digest as the manifest builder writes it
 _SHOWN = 3  # offending items quoted in a check's one-line observation
-_GX_LOCK = threading.Lock()  # get_context() sets a process-wide project: one suite run at a time
-
+SUITE_NAME = "scene_manifest"  # the expectation suite, its validation definition and its checkpoint
+DOCS_SITE = "scene"  # the Data Docs site validate_manifest(docs_dir=...) builds
+DATA_DOCS = "data-docs/"  # under a run's prefix: the published Data Docs of the run's validation
+# what of a Data Docs site is published: the pages and their stylesheet; the site's images and fonts (4 MB, the
+# same every run) stay out, so a page shows broken logos but all its content
+DATA_DOCS_FILES = ("*.html", "expectations/**/*.html", "validations/**/*.html", "static/styles/*.css")
+_GX_LOCK = threading.Lock()  # get_context() sets a process-wide project: one checkpoint run at a time
 
 
 def validate_manifest(
@@ -48,12 +59,15 @@ def validate_manifest(
     class_names: Sequence[str],
     thresholds: ValidationThresholds = ValidationThresholds(),
     previous: pd.DataFrame | None = None,
+    docs_dir: str | os.PathLike[str] | None = None,
 ) -> ValidationReport:
-    """Run the great-expectations suite and the dataset-level checks; never raises on bad data.
+    """Run the great-expectations checkpoint and the dataset-level checks; never raises on bad data.
 
     `rejected` lists the files the manifest builder skipped (key, label, problem). `previous` is the
     manifest the current champion was trained on: with it, images that moved split fail validation, and new
-    keys duplicating old content are listed.
+    keys duplicating old content are listed. `docs_dir`: a folder for the suite's Data Docs (HTML: ``index.html``,
+    the suite, this validation's page); the report's ``data_docs`` is that page's path relative to it (None when the
+    manifest has no rows: the suite did not run).
     """
     if not isinstance(manifest, pd.DataFrame):
         raise TypeError(f"manifest: expected a pandas DataFrame, got {type(manifest).__name__}")
@@ -62,7 +76,11 @@ def validate_manifest(
     class_names = tuple(class_names)
     rej = rejected if rejected is not None else pd.DataFrame(columns=["key", "label", "problem"])
     df = manifest.reset_index(drop=True)
+    docs = Path(docs_dir) if docs_dir is not None else None
+    if docs is not None:
+        docs.mkdir(parents=True, exist_ok=True)
     checks: list[CheckResult] = []
+    page = None
 
     n = len(df)
     checks.append(CheckResult("not_empty", n > 0, f"{plural(n, 'usable image')}" if n else
@@ -74,7 +92,8 @@ def validate_manifest(
     for c in missing:
         df[c] = pd.Series([None] * n, dtype=object)
     if n:
-        checks += _run_expectations(df, class_names, thresholds, skip=set(missing))
+        row_checks, page = _run_expectations(df, class_names, thresholds, set(missing), docs)
+        checks += row_checks
         if "label_index" in df.columns:
             checks.append(_label_index_check(df, class_names))
 
@@ -112,32 +131,39 @@ def validate_manifest(
         success=all(c.success for c in checks if c.blocking), checks=tuple(checks), counts=counts,
         rejected=rejected_list,
         converted=len(notes), notes=notes, total_images=n, thresholds=thresholds, cross_split=tuple(cross),
-        new_images=new_images, removed_images=removed, new_duplicates=tuple(new_dups), moved=tuple(moved))
+        new_images=new_images, removed_images=removed, new_duplicates=tuple(new_dups), moved=tuple(moved),
+        data_docs=page)
 
 
-# --- the great-expectations suite -------------------------------------------------------------------------
+def publish_data_docs(docs_dir: str | Path, page: str | None, prefix: str, client: Any = None) -> dict[str, str]:
+    """Upload a Data Docs site's pages (:data:`DATA_DOCS_FILES`) under ``<prefix>data-docs/`` (local or S3).
+
+    Returns ``{"index": uri, "validation": uri}`` (``validation``: the page ``page`` names, relative to
+    ``docs_dir``, when given); ``{}`` when ``docs_dir`` holds no page (an empty manifest runs no suite).
+    """
+    from scene.data import storage
+
+    root, base = Path(docs_dir), prefix.rstrip("/") + "/" + DATA_DOCS
+    files = sorted({p for pattern in DATA_DOCS_FILES for p in root.glob(pattern) if p.is_file()})
+    for path in files:
+        storage.write_bytes(base + path.relative_to(root).as_posix(), path.read_bytes(), client)
+    if not (root / "index.html").is_file():
+        return {}
+    return {"index": base + "index.html", **({"validation": base + page} if page else {})}
 
 
-def _run_expectations(df: pd.DataFrame, class_names: tuple[str, ...], t: ValidationThresholds,
-                      skip: set[str]) -> list[CheckResult]:
-    with _GX_LOCK:
-        return _run_suite(df, class_names, t, skip)
+
+# --- the great-expectations suite, run by a checkpoint ---------------------------------------------------
 
 
-def _run_suite(df: pd.DataFrame, class_names: tuple[str, ...], t: ValidationThresholds,
-               skip: set[str]) -> list[CheckResult]:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    import great_expectations as gx
+def _row_rules(class_names: Sequence[str], t: ValidationThresholds) -> dict[str, tuple[str, Any, str, str]]:
+    """check name → (column, expectation, how one offending row reads, what the observation counts)."""
     import great_expectations.expectations as gxe
-    from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     size = f"{t.min_side}–{t.max_side}"
     in_set, not_null = gxe.ExpectColumnValuesToBeInSet, gxe.ExpectColumnValuesToNotBeNull
     between = gxe.ExpectColumnValuesToBeBetween
-    # check name → (column, expectation, how one offending row reads, what the observation counts)
-    specs: dict[str, tuple[str, Any, str, str]] = {
+    return {
         "label_in_class_set": ("label", in_set(column="label", value_set=list(class_names)),
                                "{v!r} ({who})", "labels not in class set"),
         "split_in_set": ("split", in_set(column="split", value_set=list(SPLITS)),
@@ -152,22 +178,86 @@ def _run_suite(df: pd.DataFrame, class_names: tuple[str, ...], t: ValidationThre
         "sha256_format": ("sha256", gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=_SHA256),
                           "{v!r} ({who})", "sha256 values not 64 lowercase hex digits"),
     }
-    specs = {k: v for k, v in specs.items() if v[0] not in skip}
-    suite = gx.ExpectationSuite(name="scene_manifest")
-    for name, (_, expectation, _, _) in specs.items():
-        expectation.meta = {"check": name}
-        suite.add_expectation(expectation)
-    asset = context.data_sources.add_pandas("scene").add_dataframe_asset("manifest")
-    batch = asset.add_batch_definition_whole_dataframe("whole manifest").get_batch(
-        batch_parameters={"dataframe": df})
-    outcome = batch.validate(suite, result_format="COMPLETE")
+
+
+def manifest_suite(class_names: Sequence[str], thresholds: ValidationThresholds = ValidationThresholds(),
+                   skip: Collection[str] = ()) -> Any:
+    """The row rules as one great-expectations ``ExpectationSuite`` named :data:`SUITE_NAME` (for inspection:
+    `validate_manifest` runs it through a checkpoint).
+
+    Each expectation's ``meta["check"]`` is the name of the `CheckResult` it becomes; ``skip`` leaves out the rules
+    on those columns (the manifest lacks them: the ``columns`` check reports that instead).
+    """
+    with _GX_LOCK:
+        _context()
+        return _suite(tuple(class_names), thresholds, skip)
+
+
+def _context() -> Any:
+    """A fresh ephemeral data context (a few ms; it becomes great-expectations' process-wide project)."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return context
+
+
+def _suite(class_names: tuple[str, ...], t: ValidationThresholds, skip: Collection[str]) -> Any:
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=SUITE_NAME, meta={"notes": "scene: the row rules of an image manifest"})
+    for name, (column, expectation, _, _) in _row_rules(class_names, t).items():
+        if column not in skip:
+            expectation.meta = {"check": name}
+            suite.add_expectation(expectation)
+    return suite
+
+
+def _run_expectations(df: pd.DataFrame, class_names: tuple[str, ...], t: ValidationThresholds,
+                      skip: set[str], docs_dir: Path | None) -> tuple[list[CheckResult], str | None]:
+    with _GX_LOCK:
+        return _run_checkpoint(df, class_names, t, skip, docs_dir)
+
+
+def _run_checkpoint(df: pd.DataFrame, class_names: tuple[str, ...], t: ValidationThresholds,
+                    skip: set[str], docs_dir: Path | None) -> tuple[list[CheckResult], str | None]:
+    """Run the suite through a checkpoint on a fresh ephemeral context; with ``docs_dir``, build Data Docs there.
+
+    Returns the checks in the suite's order and the validation page's path relative to ``docs_dir`` (or None).
+    """
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    context = _context()  # nothing is kept between calls
+    actions = []
+    if docs_dir is not None:
+        context.add_data_docs_site(DOCS_SITE, {
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)}})
+        actions.append(UpdateDataDocsAction(name="data docs", site_names=[DOCS_SITE]))
+    batch = context.data_sources.add_pandas("scene").add_dataframe_asset("manifest") \
+        .add_batch_definition_whole_dataframe("whole manifest")
+    suite = context.suites.add(_suite(class_names, t, skip))
+    definition = context.validation_definitions.add(gx.ValidationDefinition(name=SUITE_NAME, data=batch, suite=suite))
+    checkpoint = context.checkpoints.add(gx.Checkpoint(
+        name=SUITE_NAME, validation_definitions=[definition], actions=actions,
+        result_format={"result_format": "COMPLETE"}))
+    run = checkpoint.run(batch_parameters={"dataframe": df})
+    (result_id, outcome), = run.run_results.items()
+    page = None
+    if docs_dir is not None:
+        (site,) = context.get_docs_sites_urls(resource_identifier=result_id, site_names=[DOCS_SITE])
+        page = Path(url2pathname(urlparse(site["site_url"]).path)).relative_to(docs_dir.resolve()).as_posix()
+    rules = _row_rules(class_names, t)
     checks = []
     for r in outcome.results:
         name = r.expectation_config.meta["check"]
-        _, _, row_text, what = specs[name]
+        _, _, row_text, what = rules[name]
         checks.append(_from_gx(name, r, df, row_text, what))
-    order = list(specs)
-    return sorted(checks, key=lambda c: order.index(c.name))
+    order = list(rules)
+    return sorted(checks, key=lambda c: order.index(c.name)), page
 
 
 def _from_gx(name: str, r: Any, df: pd.DataFrame, row_text: str, what: str) -> CheckResult:

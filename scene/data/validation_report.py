@@ -69,6 +69,7 @@ class ValidationReport:
     removed_images: int | None = None  # previous keys no longer in the manifest (None: no previous)
     new_duplicates: tuple[str, ...] = ()  # new keys whose content the previous manifest already had
     moved: tuple[str, ...] = ()  # every "image moved split: …" line
+    data_docs: str | None = None  # this validation's Data Docs page, relative to the docs folder (None: not built)
 
     def check(self, name: str) -> CheckResult:
         """The check called `name`."""
