@@ -134,3 +134,17 @@ def test_extracted_features_equal_on_openvino_and_tensorflow(intel_dir: Path, mo
     assert out["tensorflow ns"] != out["openvino ns"]
     assert infer.relative_difference(out["tensorflow"], out["openvino"]) <= infer.TOLERANCE
     assert list((tmp_path / "store").glob("*/model.xml"))  # the export was stored
+
+
+def test_auto_keeps_small_jobs_on_tensorflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under auto, scoring fewer than CONVERT_MIN_IMAGES with a model not yet exported converts nothing."""
+    monkeypatch.setenv(infer.ENV, "auto")
+    model, _ = _tiny()
+    list(infer.predict_batches(model, [_pixels(4)], images=4))
+    assert not (tmp_path / "store").exists()
+    list(infer.predict_batches(model, [_pixels(4)], images=infer.CONVERT_MIN_IMAGES))
+    assert list((tmp_path / "store").glob("*/model.xml"))
+    from scene.model import pipeline
+
+    monkeypatch.setattr(pipeline, "predict_batches", lambda *a, **k: pytest.fail("ran on TensorFlow"))
+    list(infer.predict_batches(model, [_pixels(4)], images=4))  # exported in this process: OpenVINO runs it

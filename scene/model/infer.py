@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -40,6 +41,10 @@ ENV = "SCENE_INFERENCE_RUNTIME"
 CHOICES = ("auto", "tensorflow", "openvino")
 TOLERANCE = 1e-4  # max |openvino - keras| / max |keras| on the parity batch, at f32
 PRECISION = "f32"
+# Under auto, a model used for fewer images than this stays on TensorFlow unless an export is already loaded: its
+# first use costs 4-12 s (conversion, compilation, parity check; MobileNetV2 at 48-96 px on 2 shared cores) and
+# OpenVINO saves ~1-2 ms per image there (docs/inference.md).
+CONVERT_MIN_IMAGES = 2000
 
 
 class RuntimeChoiceError(ValueError):
@@ -207,6 +212,7 @@ def parity(model: Any, candidate: Callable[[np.ndarray], np.ndarray], sample: np
 _LOADED: OrderedDict[str, OpenVINOModel | None] = OrderedDict()  # key -> runner (None: refused) in this process
 _LOADED_MAX = 8
 _LOCK = threading.Lock()
+_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model object -> its last model_key (a hint only)
 
 
 def _remember(key: str, runner: OpenVINOModel | None) -> OpenVINOModel | None:
@@ -249,7 +255,7 @@ def openvino_runner(model: Any, sample: np.ndarray, *, exporter: Callable[[Any],
     The first use of a model's content converts it with ``exporter`` and checks it on ``sample``; later uses (this
     process or another one) read the stored result and model.
     """
-    key = model_key(model)
+    key = _KEYS[model] = model_key(model)  # hashed on every call: weights trained since then make another key
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key], None
@@ -286,12 +292,21 @@ def openvino_runner(model: Any, sample: np.ndarray, *, exporter: Callable[[Any],
 
 
 def predict_batches(model: Any, batches: Iterable[np.ndarray], transform: Callable[[np.ndarray], Any] | None = None,
-                    *, runtime: str | None = None) -> Iterator[np.ndarray]:
+                    *, runtime: str | None = None, images: int | None = None) -> Iterator[np.ndarray]:
     """The model's float32 outputs over ``batches`` (``transform`` applied first) on the selected runtime
-    (:func:`selected`, or ``runtime``). On OpenVINO, the first batch is the parity sample of a new export."""
+    (:func:`selected`, or ``runtime``). On OpenVINO, the first batch is the parity sample of a new export.
+
+    ``images``: how many images the batches hold, when known. Under ``auto``, a model not yet exported in this
+    process runs on TensorFlow for fewer than :data:`CONVERT_MIN_IMAGES` (its conversion would cost more than it
+    saves); an explicit ``openvino`` always converts.
+    """
     from scene.model import pipeline
 
-    if (runtime or selected()) == "tensorflow":
+    choice = runtime or selected()
+    if (choice == "openvino" and runtime is None and requested() == "auto" and images is not None
+            and images < CONVERT_MIN_IMAGES and _LOADED.get(_KEYS.get(model, "")) is None):
+        choice = "tensorflow"
+    if choice == "tensorflow":
         yield from pipeline.predict_batches(model, batches, transform)
         return
     it = iter(batches)

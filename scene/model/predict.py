@@ -46,7 +46,7 @@ def predict(model: keras.Model, rows: pd.DataFrame, size: int, *, split: str = "
     out, done = [], 0
     batches = pixel_batches(rows["key"].tolist(), size, batch_size=batch_size, s3=s3, errors=errors,
                             packed=packs.locations(rows))
-    for probs in infer.predict_batches(model, batches):  # TensorFlow or OpenVINO (SCENE_INFERENCE_RUNTIME)
+    for probs in infer.predict_batches(model, batches, images=len(rows)):  # TensorFlow or OpenVINO
         out.append(probs.astype(np.float64))
         done += len(probs)
         if progress:
