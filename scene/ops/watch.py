@@ -1,27 +1,34 @@
-"""``scene runs watch RUN_ID``: one live line per backbone of a training run, read from the Prefect REST API.
+"""``scene runs watch RUN_ID``: one live row per backbone of a training run, read with Prefect's own client.
 
-Talks HTTP to ``PREFECT_API_URL`` (``eval "$(scene stack env)"`` sets it) with :mod:`scene.ops.http` and never
-imports Prefect.
+The API URL and credentials are Prefect's settings (``PREFECT_API_URL``, ``PREFECT_API_AUTH_STRING`` or
+``PREFECT_API_KEY``: the environment, else the active profile, so ``prefect config set PREFECT_API_URL=...`` works;
+``eval "$(scene stack env)"`` exports the local stack's). Prefect's client retries a busy server (429/502/503).
 A backbone is a ``train-backbone`` child flow run of the watched run: started in-process (local dispatch) or by
-``run_deployment`` on a work pool (GPU dispatch), both are found by their parent flow run. Each line shows the
+``run_deployment`` on a work pool (GPU dispatch), both are found by their parent flow run. Each row shows the
 stage (from the child's task runs), the newest progress artifact (done/total, rate, ETA), and once evaluated its
-test F1 (from the child's logs); the run's ``backbone-comparison`` table ends the output.
+test F1 (from the child's logs); the run's ``backbone-comparison`` table ends the output. On a terminal the rows
+are redrawn in place with ``rich.live.Live`` (one line each, cut to the terminal's width); otherwise a line is
+printed when a row changes.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from scene.evaluation import tables
-from scene.ops import http
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from rich.console import Console, RenderableType
 
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # task-run name prefix -> stage shown (flows/train_backbone.py runs them; tasks/*.py name the tasks)
@@ -35,64 +42,123 @@ _TEST_LOG = re.compile(r"test: accuracy (?P<acc>[0-9.]+), weighted F1 (?P<f1>[0-
 
 
 class WatchError(RuntimeError):
-    """The API cannot be reached, or the run does not exist."""
+    """The API cannot be reached, refuses the credentials, or the run does not exist."""
+
+
+def _json(model: Any) -> dict[str, Any]:
+    """A client model as the REST API's JSON (run times in seconds, as the API sends them)."""
+    out = model.model_dump(mode="json")
+    for key in ("total_run_time", "estimated_run_time"):
+        if getattr(model, key, None) is not None:
+            out[key] = getattr(model, key).total_seconds()
+    return out
 
 
 class Api:
-    """The few Prefect REST endpoints the watcher reads."""
+    """The few reads the watcher makes, through Prefect's synchronous client (:func:`scene.ops.prefect_api.client`).
 
-    def __init__(self, url: str | None = None, timeout: float = 15.0) -> None:
-        url = url or os.environ.get("PREFECT_API_URL")
-        if not url:
-            raise WatchError('PREFECT_API_URL is not set: run eval "$(scene stack env)" (the local stack) or export '
-                             "the URL of your Prefect server's API, e.g. http://127.0.0.1:4200/api")
-        # an auth-string server (the local stack: PREFECT_API_AUTH_STRING from `scene stack env`) or Prefect Cloud
-        self.headers = http.auth_headers(os.environ.get("PREFECT_API_KEY"), os.environ.get("PREFECT_API_AUTH_STRING"))
-        self.url = url.rstrip("/")
-        self.timeout = timeout
+    ``url``: another API than Prefect's configured one (with the configured credentials).
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        from scene.ops import prefect_api
+
+        try:
+            self.client: SyncPrefectClient = prefect_api.client(url)
+        except ValueError as err:
+            raise WatchError(str(err)) from None
+        self.url = str(self.client.api_url).rstrip("/")
+        self.client.__enter__()
         self._flow_names: dict[str, str] = {}
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.__exit__(None, None, None)
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Prefect's client errors as one-line :class:`WatchError` messages naming the API and what was read."""
+        import httpx
+        from prefect.exceptions import ObjectNotFound
+
         try:
-            status, answer = http.call(method, self.url + path, body, headers=self.headers, timeout=self.timeout)
-        except http.Unreachable as err:
-            raise WatchError(f"{self.url}{path}: {err} — is the Prefect server up (scene stack status)?") from err
-        if status == 404:
-            raise WatchError(f"{self.url}{path}: not found (404) — check the run id")
-        if status == 401:
-            raise WatchError(f"{self.url}{path}: unauthorized (401) — set PREFECT_API_AUTH_STRING (the local stack: "
-                             'eval "$(scene stack env)") or PREFECT_API_KEY (Prefect Cloud)')
-        if status >= 400:
-            raise WatchError(f"{self.url}{path}: HTTP {status}: {str(answer)[:300]}")
-        return answer
+            yield
+        except ObjectNotFound as err:
+            raise WatchError(f"{self.url}: {what}: not found (404) — check the run id") from err
+        except httpx.HTTPStatusError as err:
+            status = err.response.status_code
+            if status in (401, 403):
+                raise WatchError(f"{self.url}: {what}: unauthorized ({status}) — set PREFECT_API_AUTH_STRING (the "
+                                 'local stack: eval "$(scene stack env)") or PREFECT_API_KEY (Prefect Cloud)') from err
+            raise WatchError(f"{self.url}: {what}: HTTP {status}: {err.response.text[:300]}") from err
+        except httpx.HTTPError as err:
+            raise WatchError(f"{self.url}: {what}: no answer ({type(err).__name__}: {err}) — is the Prefect server "
+                             "up (scene stack status)?") from err
 
     def flow_run(self, run_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/flow_runs/{run_id}")
+        try:
+            rid = uuid.UUID(run_id)
+        except ValueError:
+            raise WatchError(f"{run_id!r} is not a flow run id (a UUID, as printed by `prefect deployment run` "
+                             "or `make run`)") from None
+        with self._errors(f"flow run {run_id}"):
+            return _json(self.client.read_flow_run(rid))
 
     def flow_name(self, flow_id: str) -> str:
         """The name of a flow (asked once per flow id)."""
         if flow_id not in self._flow_names:
-            self._flow_names[flow_id] = str(self._call("GET", f"/flows/{flow_id}").get("name") or "")
+            with self._errors(f"flow {flow_id}"):
+                self._flow_names[flow_id] = self.client.read_flow(uuid.UUID(flow_id)).name
         return self._flow_names[flow_id]
 
     def children(self, run_id: str) -> list[dict[str, Any]]:
         """Flow runs started by this run's task runs (subflows and ``run_deployment`` runs alike)."""
-        return self._call("POST", "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}},
-                                                        "sort": "START_TIME_ASC", "limit": 200})
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        flt = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[uuid.UUID(run_id)]))
+        with self._errors("child flow runs"):
+            runs = self.client.read_flow_runs(flow_run_filter=flt, sort=FlowRunSort.START_TIME_ASC, limit=200)
+        return [_json(r) for r in runs]
 
     def task_runs(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
-        return self._call("POST", "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": list(run_ids)}},
-                                                        "sort": "EXPECTED_START_TIME_ASC", "limit": 200})
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+        from prefect.client.schemas.sorting import TaskRunSort
 
-    def artifacts(self, run_ids: Sequence[str], **match: list[str]) -> list[dict[str, Any]]:
-        flt: dict[str, Any] = {"flow_run_id": {"any_": list(run_ids)}}
-        flt.update({k: {"any_": v} for k, v in match.items()})
-        return self._call("POST", "/artifacts/filter", {"artifacts": flt, "sort": "UPDATED_DESC", "limit": 200})
+        flt = TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[uuid.UUID(i) for i in run_ids]))
+        with self._errors("task runs"):
+            runs = self.client.read_task_runs(task_run_filter=flt, sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                                              limit=200)
+        return [_json(t) for t in runs]
+
+    def artifacts(self, run_ids: Sequence[str], *, type: list[str] | None = None,
+                  key: list[str] | None = None) -> list[dict[str, Any]]:
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            ArtifactFilterKey,
+            ArtifactFilterType,
+        )
+        from prefect.client.schemas.sorting import ArtifactSort
+
+        flt = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(i) for i in run_ids]))
+        if type:
+            flt.type = ArtifactFilterType(any_=type)
+        if key:
+            flt.key = ArtifactFilterKey(any_=key)
+        with self._errors("artifacts"):
+            found = self.client.read_artifacts(artifact_filter=flt, sort=ArtifactSort.UPDATED_DESC, limit=200)
+        return [_json(a) for a in found]
 
     def logs(self, run_ids: Sequence[str], text: str) -> list[dict[str, Any]]:
-        return self._call("POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": list(run_ids)},
-                                                            "text": {"query": text}},
-                                                   "sort": "TIMESTAMP_DESC", "limit": 200})
+        from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTextSearch
+        from prefect.client.schemas.sorting import LogSort
+
+        flt = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(i) for i in run_ids]),
+                        text=LogFilterTextSearch(query=text))
+        with self._errors("logs"):
+            found = self.client.read_logs(log_filter=flt, sort=LogSort.TIMESTAMP_DESC, limit=200)
+        return [_json(x) for x in found]
 
 
 def _ts(text: str | None) -> float | None:
@@ -171,19 +237,24 @@ class Line:
     def final(self) -> bool:
         return self.state in FINAL
 
-    def text(self, width: int = 16) -> str:
-        head = f"{self.backbone:<{width}}"
+    def cells(self) -> tuple[str, str]:
+        """``(status, detail)``: the mark or stage, then the result, progress or message."""
         f1 = f"test F1 {tables.fmt_metric(self.test['f1'])}" if self.test else ""
         if self.state == "COMPLETED":
             mark = "⚠ collapsed" if self.test.get("collapsed") else "✓ done"
             acc = f" accuracy {tables.fmt_metric(self.test['accuracy'])}" if self.test else ""
-            return f"{head} {mark:<12} {f1}{acc} in {_seconds(self.seconds)}".rstrip()
+            return mark, f"{f1}{acc} in {_seconds(self.seconds)}".strip()
         if self.final:
-            return f"{head} ✗ {self.state_name.lower():<10} {tables.shorten(self.message or self.state_name, 90)}"
+            return f"✗ {self.state_name.lower()}", tables.shorten(self.message or self.state_name, 90)
         if self.state in ("SCHEDULED", "PENDING"):
-            return f"{head} {self.state_name.lower():<12} waiting for a worker"
+            return self.state_name.lower(), "waiting for a worker"
         prog = self.progress.text() if self.progress else ""
-        return f"{head} {self.stage:<12} {prog}{'  ' + f1 if f1 else ''}".rstrip()
+        return self.stage, f"{prog}{'  ' + f1 if f1 else ''}"
+
+    def text(self, width: int = 16) -> str:
+        """The row as one plain line, the name padded to ``width``."""
+        status, detail = self.cells()
+        return f"{self.backbone:<{width}} {status:<12} {detail}".rstrip()
 
 
 def _test_of(logs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -272,28 +343,61 @@ def header(run: Mapping[str, Any], lines: Sequence[Line]) -> str:
     return f"{what}: {state}{at}{tail}"
 
 
-class Printer:
-    """Live: redraw the block in place on a terminal. Otherwise: print a line when its state or stage changes,
-    or its progress moved and ``every`` seconds passed (logs and pipes stay readable)."""
+def live_view(head: str, lines: Sequence[Line], width: int = 80) -> RenderableType:
+    """The live block for a ``width``-column terminal: the header, then a table with one row per backbone (name,
+    status, detail); every line is cut (…) to fit instead of wrapping."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
 
-    def __init__(self, out: TextIO, live: bool, every: float = 15.0) -> None:
+    name_width = min(max([8, *(len(line.backbone) for line in lines)]), max(width // 3, 8))
+    table = Table(box=None, show_header=False, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+    table.add_column("backbone", no_wrap=True, overflow="ellipsis", width=name_width)
+    table.add_column("status", no_wrap=True, overflow="ellipsis", width=12)
+    table.add_column("detail", no_wrap=True, overflow="ellipsis", width=max(width - name_width - 12 - 3, 8))
+    for line in lines:
+        table.add_row(line.backbone, *line.cells())
+    return Group(Text(head, no_wrap=True, overflow="ellipsis"), table)
+
+
+class Printer:
+    """Live (a terminal): redraw the block in place with ``rich.live.Live``. Otherwise: print a line when its
+    state or stage changes, or its progress moved and ``every`` seconds passed (logs and pipes stay readable)."""
+
+    def __init__(self, out: TextIO, live: bool, every: float = 15.0, console: Console | None = None) -> None:
         self.out, self.live, self.every = out, live, every
-        self.drawn = 0
+        self.console = console
+        self._live: Any = None
         self.seen: dict[str, tuple[str, float, str]] = {}  # name -> (state key, when, text) last printed
 
     def show(self, head: str, lines: Sequence[Line], now: float) -> None:
-        width = max([16, *(len(line.backbone) + 1 for line in lines)])
         if self.live:
-            block = [head, *(line.text(width) for line in lines)]
-            up = f"\x1b[{self.drawn}F\x1b[J" if self.drawn else ""
-            self.out.write(up + "\n".join(block) + "\n")
-            self.drawn = len(block)
-        else:
-            self._log("", head, head, now)
-            for line in lines:
-                key = f"{line.state}|{line.stage}|{line.test}"
-                self._log(line.backbone, key, line.text(width), now)
+            if self.console is None:
+                from rich.console import Console
+
+                self.console = Console(file=self.out)
+            view = live_view(head, lines, self.console.width)
+            if self._live is None:
+                from rich.live import Live
+
+                self._live = Live(view, console=self.console, auto_refresh=False, redirect_stdout=False,
+                                  redirect_stderr=False)
+                self._live.start(refresh=True)
+            else:
+                self._live.update(view, refresh=True)
+            return
+        width = max([16, *(len(line.backbone) + 1 for line in lines)])
+        self._log("", head, head, now)
+        for line in lines:
+            key = f"{line.state}|{line.stage}|{line.test}"
+            self._log(line.backbone, key, line.text(width), now)
         self.out.flush()
+
+    def stop(self) -> None:
+        """End the live display (its last drawing stays on the screen)."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     def _log(self, name: str, key: str, text: str, now: float) -> None:
         before = self.seen.get(name)
@@ -307,19 +411,26 @@ def watch(run_id: str, *, api: Api | None = None, out: TextIO | None = None, int
           timeout: float | None = None, live: bool | None = None,
           clock: Callable[[], float] = time.monotonic) -> int:
     """Follow the run until it is final; print the comparison table and the UI link. 0 when it Completed, else 1."""
+    own = api is None
     api = api or Api()
     out = out or sys.stdout
     printer = Printer(out, out.isatty() if live is None else live)
     started = clock()
-    while True:
-        run, lines = snapshot(api, run_id)
-        printer.show(header(run, lines), lines, clock())
-        if run.get("state_type") in FINAL:
-            break
-        if timeout is not None and clock() - started > timeout:
-            raise WatchError(f"run {run_id} not finished after {timeout:g} s (--timeout); it keeps running")
-        time.sleep(interval)
-    table = comparison(api, run_id)
+    try:
+        while True:
+            run, lines = snapshot(api, run_id)
+            printer.show(header(run, lines), lines, clock())
+            if run.get("state_type") in FINAL:
+                break
+            if timeout is not None and clock() - started > timeout:
+                raise WatchError(f"run {run_id} not finished after {timeout:g} s (--timeout); it keeps running")
+            time.sleep(interval)
+        printer.stop()
+        table = comparison(api, run_id)
+    finally:
+        printer.stop()
+        if own:
+            api.close()
     if table:
         out.write("\n" + table)
     state = run.get("state") or {}
