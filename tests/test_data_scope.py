@@ -46,16 +46,42 @@ def test_predict_may_also_read_the_incoming_prefix() -> None:
         require_data_uri("s3://scene-data/models/", S, prefixes=prefixes)
 
 
-def test_flows_check_their_data_first() -> None:
-    """flows/retrain.py and flows/predict.py call the check before anything else reads data."""
-    import inspect
+class _Tripwire:
+    """Stands in for a module or function a flow would use: any call or attribute fails the test, naming it."""
 
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"{self.what}.{name} was used before the data check refused the location")
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{self.what} ran before the data check refused the location")
+
+
+@pytest.mark.parametrize(("flow", "data", "words"), [
+    ("retrain", "s3://scene-data/incoming/x/", "outside the data prefix"),
+    ("retrain", "/etc/", "only from the data bucket"),
+    ("predict", "/etc/", "only from the data bucket"),
+    ("predict", "s3://scene-artifacts/models/", "not the data bucket"),
+])
+def test_flows_refuse_out_of_scope_data_before_anything_else(monkeypatch: pytest.MonkeyPatch, flow: str, data: str,
+                                                             words: str) -> None:
+    """flows/retrain.py and flows/predict.py, called with data outside the data prefix, raise the scope error before
+    any S3 call, artifact, model lookup or training (each of those is a tripwire here)."""
     from flows import predict, retrain
 
-    for fn in (retrain.retrain.fn, predict.predict.fn):
-        src = inspect.getsource(fn)
-        assert src.index("require_data_uri") < min(i for i in (src.find("read_"), src.find("resolve_model("),
-                                                               src.find("_retrain_dataset(")) if i > 0)
+    for name in ("SCENE_DATA_BUCKET", "SCENE_DATA_PREFIX", "SCENE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    module = {"retrain": retrain, "predict": predict}[flow]
+    for name in ("s3", "artifacts", "data_tasks", "audit_tasks", "registry_tasks", "_one_dataset", "resolve_model",
+                 "predict_images", "retrain_runs", "train_and_compare"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, _Tripwire(f"{flow}.{name}"))
+    fn = {"retrain": retrain.retrain.fn, "predict": predict.predict.fn}[flow]
+    with pytest.raises(ValueError, match="s3://scene-data/datasets/") as err:
+        fn(data=data)
+    assert words in str(err.value) and data in str(err.value)
 
 
 # ------------------------------------------------------------------- where location parameters may write

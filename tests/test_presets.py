@@ -15,11 +15,13 @@ def test_unknown_preset_lists_the_known_ones() -> None:
 def test_every_preset_builds_a_valid_config() -> None:
     from scene.train.fit import TrainConfig
 
+    assert PRESETS
     for name, preset in PRESETS.items():
         cfg = {k: v for k, v in preset.items() if k != "backbones"}
+        assert preset["backbones"], name
         for b in preset["backbones"]:
-            TrainConfig(backbone=b, **cfg)  # raises on a bad value
-        assert name
+            built = TrainConfig(backbone=b, **cfg)  # raises on a bad value
+            assert {k: getattr(built, k) for k in cfg} == cfg, (name, b)  # every setting of the preset is kept
 
 
 def test_train_params_preset_fills_only_the_fields_not_set() -> None:

@@ -257,8 +257,8 @@ def test_refit_ships_a_head_trained_on_train_and_val_and_reports_held_out_val(ds
     head, refit = hist[hist["phase"] == "head"], hist[hist["phase"] == "refit"]
     chosen = int(head["val_loss"].to_numpy().argmin()) + 1
     assert len(refit) == chosen and refit["val_loss"].isna().all()
-    if "lr" in hist:
-        np.testing.assert_allclose(refit["lr"].to_numpy(), head["lr"].to_numpy()[:chosen], rtol=1e-6)
+    assert "lr" in hist.columns, list(hist.columns)  # Keras' learning_rate, recorded per epoch as lr
+    np.testing.assert_allclose(refit["lr"].to_numpy(), head["lr"].to_numpy()[:chosen], rtol=1e-6)
     meta = json.loads((tmp_path / "r" / "metrics.json").read_text())["meta"]
     assert meta["predictions"]["val"] == HELD_OUT and meta["predictions"]["test"] == "saved model"
     assert meta["saved_model_agreement"] >= 0.995

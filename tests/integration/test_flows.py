@@ -15,14 +15,17 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from scene import registry
 from scene.data import storage
 from scene.data.synth import make_synthetic
+from tests.support.runs import deploy_on_default_pool
 from tests.support.s3io import upload
 from tests.support.watching import backbone_lines, run_watched
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"epochs": 2, "views": 1, "image_size": 32}
+START_S = 30  # the started run leaves Scheduled well within it (an engine process starting, ~10-15 s loaded)
 
 
 def _params(**given: Any) -> Any:
@@ -35,21 +38,6 @@ def _params(**given: Any) -> Any:
 def dataset(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
     root = make_synthetic(tmp_path_factory.mktemp("d") / "tiny", 8, size=40, seed=11)
     return upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}tiny/")
-
-
-def _task_states(flow_run_id: Any) -> dict[str, list[str]]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
-
-    with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
-        ids = [flow_run_id, *[c.id for c in children]]
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
-    out: dict[str, list[str]] = {}
-    for r in runs:
-        out.setdefault(r.name, []).append(r.state.name)
-    return out
 
 
 def _assert_watched(watched: subprocess.CompletedProcess, run_id: str, backbones: list[str]) -> None:
@@ -86,7 +74,7 @@ def _assert_summary_first(flow_run_id: Any) -> None:
     assert all(re.fullmatch(r"\d\.\d{3}", r["test F1"]) for r in rows if r["status"] != "✗ failed"), rows
 
 
-def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> None:
+def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any, env: dict[str, str]) -> None:
     from prefect.client.orchestration import get_client
 
     from flows.train_all import train_all
@@ -105,6 +93,9 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any) -> Non
         assert "generated (synthetic) data" in promotion["decision"]["reason"], promotion
     else:
         assert promotion["reason"] == "no usable challenger", promotion
+    for r in out["results"]:  # whichever way the gate went: the registry records both flags it refuses on
+        record = registry.get_version(s3, env["SCENE_ARTIFACT_BUCKET"], r["version"]["version"])
+        assert record["random_init"] is True and record["synthetic_data"] is True, record
     prefix = out["prefix"]
     for b in ("mobilenetv2", "efficientnetb0"):
         listed = json.loads(storage.read_bytes(f"{prefix}{b}/checksums.json", s3))
@@ -219,11 +210,9 @@ def test_deployment_dispatch_runs_one_flow_run_per_backbone(dataset: str, env: d
 
     from flows.train_all import train_all
 
-    # only the deployment this test needs: others (retrain's event trigger) would react to other tests' events
-    deploy = subprocess.run([str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--name",
-                             "train-backbone/gpu"], cwd=REPO, env={**os.environ, "SCENE_REPO_DIR": str(REPO)},
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    # made through the API (prefect.yaml's own deploy is run by tests/events): only the deployment this test needs,
+    # as others (retrain's event trigger) would react to other tests' events
+    deploy_on_default_pool("train-backbone", "flows/train_backbone.py:train_backbone", "gpu", pool="gpu")
     backbones = ["mobilenetv2", "efficientnetb0"]
     state = train_all(data=dataset, params=_params(backbones=backbones, weights="none", epochs=1, views=0),
                       dispatch="deployments", deployment="train-backbone/gpu", return_state=True)
@@ -327,7 +316,7 @@ def test_dispatch_reports_the_backbone_that_never_started(dataset: str, env: dic
     starter.start()
     state = train_all(data=dataset, params=_params(backbones=["mobilenetv2", "efficientnetb0"], weights="none",
                       epochs=1, views=0), dispatch="deployments", deployment=f"train-backbone/{pool}",
-                      start_timeout_s=45, promote=False, return_state=True)
+                      start_timeout_s=START_S, promote=False, return_state=True)
     starter.join()
     assert started["proc"].wait(timeout=120) == 0
     assert state.is_completed(), state.message
@@ -339,6 +328,7 @@ def test_dispatch_reports_the_backbone_that_never_started(dataset: str, env: dic
     assert set(children) == {"mobilenetv2", "efficientnetb0"}
     assert children["efficientnetb0"].state.is_cancelled() and children["mobilenetv2"].state.is_completed()
     assert str(children["efficientnetb0"].id) in never["error"], never["error"]
-    assert re.search(r"never started: still (Scheduled|Late) after \d+ s \(start_timeout_s=45\)", never["error"])
+    assert re.search(rf"never started: still (Scheduled|Late) after \d+ s \(start_timeout_s={START_S}\)",
+                     never["error"])
     table = pd.read_csv(io.BytesIO(storage.read_bytes(out["prefix"] + "comparison.csv", s3)))
     assert dict(zip(table["backbone"], table["status"], strict=True))["efficientnetb0"] == "failed"
