@@ -18,7 +18,7 @@ TRAIN = ["--weights", "none", "--image-size", "48", "--epochs", "2", "--views", 
 @pytest.fixture(scope="module")
 def trained(synth_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    rc = main(["train", "--data", str(synth_dir), "--backbone", "mobilenetv2", "--backbone", "efficientnetb0",
+    rc = main(["train", str(synth_dir), "--backbones", "mobilenetv2,efficientnetb0",
                *TRAIN, "--cache", str(out / "cache"), "--out", str(out)])
     assert rc == 0
     return out
@@ -33,8 +33,7 @@ def test_train_writes_models_and_comparison(trained: Path, capsys: pytest.Captur
 
 
 def test_evaluate_writes_test_metrics(trained: Path, synth_dir: Path, tmp_path: Path) -> None:
-    rc = main(["evaluate", "--model", str(trained / "mobilenetv2" / "model.keras"), "--data", str(synth_dir),
-               "--out", str(tmp_path)])
+    rc = main(["evaluate", str(trained / "mobilenetv2" / "model.keras"), str(synth_dir), "--out", str(tmp_path)])
     assert rc == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"test", "meta"} and metrics["test"]["n"] == 72
@@ -48,7 +47,7 @@ def test_predict_writes_probabilities_and_lists_unreadable(trained: Path, synth_
         shutil.copy(f, folder / f.name)
     (folder / "broken.jpg").write_bytes(b"nope")
     out = tmp_path / "predictions.csv"
-    assert main(["predict", "--model", str(trained / "mobilenetv2" / "model.keras"), "--data", str(folder),
+    assert main(["predict", str(folder), "--model", str(trained / "mobilenetv2" / "model.keras"),
                  "--out", str(out)]) == 0
     df = pd.read_csv(out, keep_default_na=False)
     assert list(df.columns[:3]) == ["key", "label", "confidence"]
@@ -59,29 +58,28 @@ def test_predict_writes_probabilities_and_lists_unreadable(trained: Path, synth_
 
 
 def test_synth_command(tmp_path: Path) -> None:
-    assert main(["data", "synth", "--out", str(tmp_path / "d"), "--per-class", "2", "--test-per-class", "1"]) == 0
+    assert main(["data", "synth", str(tmp_path / "d"), "--per-class", "2", "--test-per-class", "1"]) == 0
     assert len(list((tmp_path / "d" / "seg_test").rglob("*.jpg"))) == 6
 
 
 def test_single_class_stops_before_training(tmp_path: Path, synth_dir: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copytree(synth_dir / "sea", tmp_path / "d" / "sea")
-    rc = main(["train", "--data", str(tmp_path / "d"), "--backbone", "mobilenetv2", *TRAIN, "--out",
-               str(tmp_path / "o")])
+    rc = main(["train", str(tmp_path / "d"), "--backbones", "mobilenetv2", *TRAIN, "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and "failed validation" in err and "nothing was trained" in err
+    assert rc == 1 and "failed validation" in err and "nothing was trained" in err
     assert not (tmp_path / "o" / "mobilenetv2").exists()
 
 
 def test_unknown_backbone_is_a_clear_error(synth_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["train", "--data", str(synth_dir), "--backbone", "alexnet", "--out", str(tmp_path)])
-    assert rc == 2 and "not in the registry" in capsys.readouterr().err
+    rc = main(["train", str(synth_dir), "--backbones", "alexnet", "--out", str(tmp_path)])
+    assert rc == 1 and "not in the registry" in capsys.readouterr().err
 
 
 def test_offline_imagenet_fails_with_instructions(synth_dir: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["train", "--data", str(synth_dir), "--backbone", "vgg16", "--weights", "imagenet", "--image-size",
+    rc = main(["train", str(synth_dir), "--backbones", "vgg16", "--weights", "imagenet", "--image-size",
                "48", "--out", str(tmp_path), "--cache", str(tmp_path / "c")])
     err = capsys.readouterr()
-    assert rc == 2, err
+    assert rc == 1, err
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err.out + err.err

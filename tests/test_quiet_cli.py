@@ -39,22 +39,22 @@ def test_help_and_validate_write_nothing_to_stderr(tiny: Path, tmp_path: Path) -
     helped = _run(["--help"], tmp_path)
     assert helped.returncode == 0 and "--verbose" in helped.stdout
     assert helped.stderr == ""
-    checked = _run(["validate", "--data", str(tiny)], tmp_path)
+    checked = _run(["data", "validate", str(tiny)], tmp_path)
     assert checked.returncode == 0, checked.stderr
     assert checked.stderr == ""  # no progress bar when stderr is not a terminal, no TensorFlow noise
 
 
 def test_tensorflow_start_up_noise_is_filtered_and_verbose_shows_it(tiny: Path, tmp_path: Path) -> None:
     """`scene predict` imports TensorFlow before failing on the missing model: only the error line is left."""
-    args = ["predict", "--model", str(tmp_path / "missing" / "model.keras"), "--data", str(tiny),
-            "--out", str(tmp_path / "p.csv")]
+    model = tmp_path / "missing" / "model.keras"
+    args = ["predict", str(tiny), "--model", str(model), "--out", str(tmp_path / "p.csv")]
     quiet_proc, loud_proc = _start(args, tmp_path), _start(["--verbose", *args], tmp_path)  # side by side
     quiet_run, loud = _finish(quiet_proc), _finish(loud_proc)
-    assert quiet_run.returncode == 2
+    assert quiet_run.returncode == 1
     assert quiet_run.stderr.splitlines() == [line for line in quiet_run.stderr.splitlines()
                                              if line.startswith("error: ")], quiet_run.stderr
     assert "missing/model.keras" in quiet_run.stderr
-    assert loud.returncode == 2
+    assert loud.returncode == 1
     assert "absl::InitializeLog() is called are written to STDERR" in loud.stderr, loud.stderr
 
 

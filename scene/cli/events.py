@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import Any
 
-from scene.cli.common import CliError, settings_from_env
+from scene.cli.common import CliError, SceneParser, settings_from_env
 
 TOKEN_ENV = "SCENE_EVENTS_TOKEN"
 CONFIRM_ENV = "SCENE_EVENTS_CONFIRM_AFTER"
@@ -23,7 +23,7 @@ def _api() -> str:
     api = os.environ.get("PREFECT_API_URL", "").strip()
     if not api:
         raise CliError("PREFECT_API_URL is not set: export the Prefect API the events go to, "
-                       "e.g. http://127.0.0.1:4200/api (`eval \"$(scene stack env)\"`)")
+                       "e.g. http://127.0.0.1:4200/api (the local stack's is used when its state folder is here)")
     return api
 
 
@@ -151,7 +151,7 @@ def register(sub: Any) -> None:
     from scene.ops.notifications import KEY_SAMPLE
 
     events = sub.add_parser("events", help="the storage-event bridge (S3 notifications → Prefect events)")
-    esub = events.add_subparsers(dest="events_command", required=True)
+    esub = events.add_subparsers(dest="events_command", required=True, metavar="COMMAND", parser_class=SceneParser)
     s = esub.add_parser(
         "serve",
         help="receive S3/MinIO bucket notifications on POST /notify and emit scene.data.arrived",

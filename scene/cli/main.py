@@ -1,4 +1,13 @@
-"""The ``scene`` command line: data, training, evaluation, prediction, the local stack and the registry."""
+"""The ``scene`` command line: data, training, evaluation, prediction, the local stack and the registry.
+
+Conventions (as prefect, dvc and mlflow have them): the main input is positional (``scene train DATA``), one
+name per concept (the data root is ``DATA``; the data root whose champion is meant is ``--dataset``), lists are
+comma-separated plural options (``--backbones a,b``), commands are grouped by noun (``scene data validate``).
+Exit status: 0 ok, 1 a runtime error (one ``error: …`` line on stderr; ``--verbose`` adds the traceback), 2 a
+usage error. ``--json`` prints one JSON document on stdout. The 0.1 spellings (``--data``, ``--src``, ``--new``,
+``--model`` of evaluate, repeated ``--backbone``/``--pool``, ``scene validate``) still work for this release and
+print a ``deprecated: …`` line on stderr naming the new form.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +15,27 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from scene.cli.common import (  # shared with the sub-command modules
+    Bars,
+    CliError,
+    Renamed,
+    SceneParser,
+    add_json,
+    emit,
+    json_output,
+    load_dataset,
+    s3_for,
+    split_list,
+    stack_environment,
+    state_dir,
+)
+from scene.cli.common import settings_from_env as _settings
 from scene.metadata import DEFAULT_IMAGE_SIZE
-
-_TF_LOG_DEFAULTED = "TF_CPP_MIN_LOG_LEVEL" not in os.environ  # --verbose undoes only our default
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the terminal readable
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-
-
-from scene.cli.common import Bars, CliError, load_dataset, s3_for  # noqa: E402  (shared with the sub-command modules)
-from scene.cli.common import settings_from_env as _settings  # noqa: E402
 
 
 def _validate(ds: Any, strict: bool = True) -> Any:
@@ -43,15 +59,18 @@ def cmd_data_synth(a: argparse.Namespace) -> None:
 
 
 def cmd_validate(a: argparse.Namespace) -> None:
+    """``scene data validate DATA``: the manifest, the skipped files and the validation suite's verdict."""
     bars = Bars()
     ds = load_dataset(a.data, a.test, a.classes, bars)
     report = _validate(ds, strict=False)
-    print(report.summary_markdown())
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         ds.manifest.to_csv(Path(a.out) / "manifest.csv", index=False)
         ds.rejected.to_csv(Path(a.out) / "rejected.csv", index=False)
         (Path(a.out) / "validation.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    emit(a, {"data": a.data, "success": bool(report.success), "images": len(ds.manifest),
+             "classes": list(ds.class_names), "skipped": ds.rejected.to_dict("records"),
+             "validation": report.to_dict()}, report.summary_markdown())
     if not report.success:
         raise CliError("validation failed:\n  " + "\n  ".join(report.failures()))
 
@@ -63,19 +82,23 @@ def train_params(a: argparse.Namespace) -> Any:
     from scene.train.params import TrainParams
 
     given = {k: v for k, v in vars(a).items() if k in TrainParams.model_fields and v is not None}
-    given = {**given, "backbones": a.backbone} if a.backbone else given
     try:
         params = TrainParams.model_validate(given).resolved()
     except ValidationError as err:
-        raise CliError("; ".join(f"--{'-'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from err
+        raise CliError("; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+                                 for e in err.errors())) from err
     except ValueError as err:
         raise CliError(f"--preset: {err}") from err
     if not params.backbones:
-        raise CliError("--backbone is required (or a --preset that names the backbones)")
+        raise CliError("--backbones is required (or a --preset that names the backbones), e.g. --backbones "
+                       "mobilenetv2,efficientnetb0")
     return params
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    """``scene train DATA --out DIR``: train each backbone, compare; one failing backbone is a row, not the end."""
+    from dataclasses import asdict
+
     from scene.train.experiment import compare
     from scene.train.stages import train_one
 
@@ -98,8 +121,9 @@ def cmd_train(a: argparse.Namespace) -> None:
         if r.status == "failed":
             print(f"!! {cfg.backbone} failed: {r.error}", file=sys.stderr)
     _, md = compare(results, a.out)
-    print(md.read_text())
-    print(f"artifacts in {Path(a.out).resolve()}")
+    out = Path(a.out).resolve()
+    emit(a, {"out": str(out), "results": [asdict(r) for r in results]},
+         md.read_text() + f"\nartifacts in {out}")
     if all(r.status == "failed" for r in results):
         raise CliError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in results))
 
@@ -110,6 +134,7 @@ def _model_meta(model_path: str) -> dict[str, Any]:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
+    """``scene evaluate MODEL DATA``: test metrics (and with ``--out``: metrics.json, confusion matrix, ROC)."""
     from scene.evaluation.plots import plot_confusion, plot_roc
     from scene.metadata import CLASS_NAMES
     from scene.model.network import load
@@ -124,16 +149,19 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     size = int(model.input_shape[1])
     p = predict(model, ds.manifest, size, split="test", s3=s3_for(a.data), progress=bars)
     m = evaluate_all({"test": p}, classes)["test"]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps({"test": m.to_dict(), "meta": {
-        "model": a.model, "data": a.data, "data_fingerprint": ds.fingerprint, "class_names": list(classes),
-        "skipped": ds.rejected.to_dict("records")}}, indent=2))
-    plot_confusion(m.confusion, classes, out / "confusion_matrix.png", f"{Path(a.model).parent.name} — {a.data}")
-    plot_roc(p.y_true, p.probs, classes, out / "roc.png")
+    doc = {"test": m.to_dict(), "meta": {"model": a.model, "data": a.data, "data_fingerprint": ds.fingerprint,
+                                         "class_names": list(classes), "skipped": ds.rejected.to_dict("records")}}
+    wrote = ""
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(doc, indent=2))
+        plot_confusion(m.confusion, classes, out / "confusion_matrix.png", f"{Path(a.model).parent.name} — {a.data}")
+        plot_roc(p.y_true, p.probs, classes, out / "roc.png")
+        wrote = f"; wrote {out / 'metrics.json'}"
     ci = m.ci.get("f1_weighted")
-    print(f"accuracy {m.accuracy:.3f}  F1 (weighted) {m.f1_weighted:.3f}"
-          + (f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci else "") + f"  on {m.n} images; wrote {out / 'metrics.json'}")
+    emit(a, doc, f"accuracy {m.accuracy:.3f}  F1 (weighted) {m.f1_weighted:.3f}"
+         + (f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci else "") + f"  on {m.n} images{wrote}")
     if m.collapsed:
         print(f"WARNING: collapsed: {m.collapse_reason}", file=sys.stderr)
 
@@ -173,9 +201,11 @@ def _download_model(uri: str) -> str:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
+    """``scene predict DATA``: every image's label and class probabilities into a CSV (``--out``)."""
+    from scene.data import storage
     from scene.metadata import CLASS_NAMES
     from scene.model.network import load
-    from scene.model.predict import predict_folder
+    from scene.model.predict import predict_frame
 
     if a.model and a.dataset:
         raise CliError("pass --model or --dataset (whose champion predicts), not both")
@@ -184,39 +214,56 @@ def cmd_predict(a: argparse.Namespace) -> None:
         model_path = _download_model(model_path)
     meta = _model_meta(model_path)
     classes = tuple(meta.get("class_names", CLASS_NAMES))
-    n, bad = predict_folder(load(model_path), a.data, a.out, classes, s3=s3_for(a.data, a.out), progress=Bars())
-    print(f"wrote {n} predictions to {a.out}" + (f"; {bad} unreadable images listed with their error" if bad else ""))
+    s3 = s3_for(a.data, a.out)
+    df = predict_frame(load(model_path), a.data, classes, s3=s3, progress=Bars())
+    storage.write_bytes(a.out, df.to_csv(index=False, float_format="%.6f").encode(), s3)
+    bad = int((df["error"] != "").sum())
+    emit(a, {"model": a.model or model_path, "data": a.data, "out": a.out, "predicted": len(df) - bad,
+             "unreadable": bad, "predictions": json.loads(df.to_json(orient="records"))},
+         f"wrote {len(df) - bad} predictions to {a.out}"
+         + (f"; {bad} unreadable images listed with their error" if bad else ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scene", description=__doc__)
-    p.add_argument("--verbose", action="store_true", help="also show TensorFlow/CUDA start-up messages")
-    sub = p.add_subparsers(dest="command", required=True)
+    """The whole ``scene`` command tree (see the module docstring for its conventions)."""
+    from scene import __version__
 
-    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    p = SceneParser(prog="scene", description="Train, compare and keep retraining scene classifiers: data, training, "
+                    "evaluation, prediction, the local stack, runs and the model registry.")
+    p.add_argument("--version", action="version", version=f"scene {__version__}")
+    p.add_argument("--verbose", action="store_true",
+                   help="show tracebacks and TensorFlow/CUDA start-up messages (also accepted after the command)")
+    p.add_argument("--state", metavar="DIR",
+                   help="the local stack's state folder, used when the environment names no S3 store "
+                   "or Prefect API (default: SCENE_STATE_DIR, else .state)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="datasets: synth, validate, upload, name").add_subparsers(
+        dest="data_command", required=True, metavar="COMMAND")
     s = data.add_parser("synth", help="write a generated six-class smoke dataset (not scene photos)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--per-class", type=int, default=30)
+    s.positional("OUT", "--out", help="folder to write")
+    s.add_argument("--per-class", type=int, default=30, help="training images per class (default 30)")
     s.add_argument("--test-per-class", type=int, default=0, help="also write seg_test/ (Kaggle layout)")
-    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_data_synth)
+    _validate_parser(data.add_parser("validate", help="build the manifest and run the validation suite"))
     from scene.cli import ops
 
     ops.register_data(data)
-
-    v = sub.add_parser("validate", help="build the manifest and run the validation suite")
-    v.add_argument("--data", required=True)
-    v.add_argument("--test")
-    v.add_argument("--classes", help="comma-separated class names (default: the Intel classes)")
-    v.add_argument("--out", help="folder for manifest.csv, rejected.csv, validation.json")
-    v.set_defaults(func=cmd_validate)
+    # 0.1: `scene validate --data DATA` (not listed in --help)
+    _validate_parser(sub.add_parser("validate", alias_of="scene data validate"), old="--data")
+    sub.choices["validate"].set_defaults(command="data", data_command="validate")
 
     t = sub.add_parser("train", help="train one or more backbones and compare them")
-    t.add_argument("--data", required=True, help="folder or s3:// URI of class folders (or the Kaggle archive)")
-    t.add_argument("--test", help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
-    t.add_argument("--backbone", action="append", help="repeat for several (required unless --preset names them)")
+    t.positional("DATA", "--data", help="folder or s3:// URI of class folders (or the Kaggle archive)")
+    t.add_argument("--out", required=True, metavar="DIR", help="folder for the models, reports and comparison")
+    t.add_argument("--backbones", type=split_list, metavar="A,B",
+                   help="comma-separated, e.g. mobilenetv2,efficientnetb0 (required unless --preset names them)")
+    t.add_argument("--backbone", action=Renamed, dest="backbones", new="--backbones", append=True)
     t.add_argument("--preset", help="a named recipe filling every setting not given: best-cpu")
+    t.add_argument("--test", metavar="DIR",
+                   help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
     t.add_argument("--mirror", action="store_true", default=None,
                    help="train also on mirrored images; the saved model averages over image and mirror")
     t.add_argument("--refit", action="store_true", default=None,
@@ -229,24 +276,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-size", type=int, help=f"default {DEFAULT_IMAGE_SIZE}")
     t.add_argument("--finetune-layers", type=int, help="default 0 (no fine-tuning)")
     t.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPUs)")
-    t.add_argument("--cache", help="feature cache folder or s3:// URI (default from settings)")
-    t.add_argument("--classes", help="comma-separated class names (default: the Intel classes)")
+    t.add_argument("--cache", metavar="DIR", help="feature cache folder or s3:// URI (default from settings)")
+    t.add_argument("--classes", type=split_list, metavar="A,B",
+                   help="comma-separated class names (default: the class folders' names)")
     t.add_argument("--seed", type=int, help="default 42")
-    t.add_argument("--out", required=True)
+    add_json(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on a labelled dataset")
-    e.add_argument("--model", required=True)
-    e.add_argument("--data", required=True)
-    e.add_argument("--out", required=True)
+    e.positional("MODEL", "--model", help="model.keras path")
+    e.positional("DATA", "--data", help="folder or s3:// URI of class folders (its test split is scored)")
+    e.add_argument("--out", metavar="DIR",
+                   help="folder for metrics.json, confusion_matrix.png and roc.png (default: none written)")
+    add_json(e)
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("predict", help="classify images (labelled or not) into a CSV")
-    r.add_argument("--model", help="model.keras path or s3:// URI (default: a dataset's champion, see --dataset)")
-    r.add_argument("--dataset", help="the data root whose champion predicts (default: the only dataset with a "
+    r.positional("DATA", "--data", help="folder or s3:// URI of images")
+    r.add_argument("--model", metavar="MODEL",
+                   help="model.keras path or s3:// URI (default: a dataset's champion, see --dataset)")
+    r.add_argument("--dataset", metavar="ROOT",
+                   help="the data root whose champion predicts (default: the only dataset with a "
                    "champion; with several, name one)")
-    r.add_argument("--data", required=True)
-    r.add_argument("--out", required=True, help="predictions.csv (local or s3://)")
+    r.add_argument("--out", default="predictions.csv", metavar="CSV",
+                   help="the CSV, local or s3:// (default: predictions.csv)")
+    add_json(r)
     r.set_defaults(func=cmd_predict)
 
     ops.register(sub)
@@ -257,10 +311,34 @@ def build_parser() -> argparse.ArgumentParser:
     from scene.cli import audit
 
     audit.register(sub)
+    _verbose_everywhere(p)
     return p
 
 
-def _quiet(verbose: bool) -> None:
+def _validate_parser(v: SceneParser, old: str | None = None) -> None:
+    v.positional("DATA", old, help="folder or s3:// URI of class folders (or the Kaggle archive)")
+    v.add_argument("--test", metavar="DIR",
+                   help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
+    v.add_argument("--classes", type=split_list, metavar="A,B",
+                   help="comma-separated class names (default: the folders' names)")
+    v.add_argument("--out", metavar="DIR", help="folder for manifest.csv, rejected.csv, validation.json")
+    add_json(v)
+    v.set_defaults(func=cmd_validate)
+
+
+def _verbose_everywhere(p: argparse.ArgumentParser) -> None:
+    """``--verbose`` after the command too (``scene train DATA --out o --verbose``), on every leaf command."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        if "--verbose" not in p._option_string_actions:
+            p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="show tracebacks and TensorFlow/CUDA start-up messages")
+        return
+    for child in {id(c): c for a in subs for c in a.choices.values()}.values():
+        _verbose_everywhere(child)
+
+
+def _quiet(verbose: bool, tf_log_defaulted: bool) -> None:
     """Filter TensorFlow's start-up noise from stderr (scene.cli.quiet), unless ``--verbose``."""
     from scene.cli import quiet
 
@@ -268,26 +346,57 @@ def _quiet(verbose: bool) -> None:
         quiet.install()
         return
     quiet.uninstall()
-    if _TF_LOG_DEFAULTED:
+    if tf_log_defaulted:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet(args.verbose)
+def _handled() -> tuple[type[BaseException], ...]:
+    """The errors that are the user's to fix (bad input, missing files, a stack that is down): one line, exit 1."""
     from scene.data.dataset import DatasetError
     from scene.data.storage import StorageError
-    from scene.errors import InputRangeError, WeightsUnavailable
-    from scene.ops.stack import StackError
+    from scene.errors import InputRangeError, ModelLoadError, WeightsUnavailable
+    from scene.ops.supervisor import StackError
     from scene.registry.integrity import IntegrityError
+    from scene.registry.store import RegistryError
 
+    handled: list[type[BaseException]] = [CliError, DatasetError, StorageError, StackError, WeightsUnavailable,
+                                          InputRangeError, ModelLoadError, IntegrityError, RegistryError,
+                                          ValueError, OSError]
+    if "botocore" in sys.modules:  # no credentials, endpoint down, access denied
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        handled += [BotoCoreError, ClientError]
+    scene_errors = getattr(sys.modules.get("scene.errors"), "SceneError", None)
+    if isinstance(scene_errors, type):
+        handled.append(scene_errors)
+    return tuple(handled)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``scene`` command; returns its exit status (argparse exits 2 itself on a usage error)."""
+    tf_log_defaulted = "TF_CPP_MIN_LOG_LEVEL" not in os.environ  # --verbose undoes only our default
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep the terminal readable
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    args = build_parser().parse_args(argv)
+    _quiet(args.verbose, tf_log_defaulted)
+    found: dict[str, str] = {}
     try:
-        args.func(args)
-    except (CliError, DatasetError, StorageError, StackError, WeightsUnavailable, InputRangeError, IntegrityError,
-            ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        with stack_environment(args) as found, json_output(getattr(args, "json", False)):
+            code = args.func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.verbose:
+            traceback.print_exc()
+        known = isinstance(err, _handled())
+        hint = "" if args.verbose else " (--verbose shows the traceback)"
+        where = f" [used the local stack in {state_dir(args)}: is it up? `scene stack status`]" if found else ""
+        text = str(err) if known else f"{type(err).__name__}: {err}{hint}"
+        print(f"error: {text}{where}", file=sys.stderr)
+        return 1
+    return int(code or 0)
 
 
 if __name__ == "__main__":

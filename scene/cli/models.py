@@ -9,6 +9,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from scene.cli.common import Renamed, SceneParser, add_json, emit
+
 LIST_COLUMNS = ("", "version", "backbone", "dataset", "created", "test_f1_weighted", "test_accuracy", "status",
                 "flags")
 
@@ -66,16 +68,18 @@ def cmd_list(a: argparse.Namespace) -> None:
     s3, bucket = _registry()
     entries = registry.list_versions(s3, bucket, a.backbone)
     docs = registry.champions(s3, bucket)
-    if a.data:
-        data = registry.dataset_uri(a.data)
+    if a.dataset:
+        data = registry.dataset_uri(a.dataset)
         entries = [e for e in entries if e.get("dataset") == data]
         docs = {k: v for k, v in docs.items() if k == data}
+    doc = {"versions": [{**e, "champion": e["version"] in {d["version"] for d in docs.values()}} for e in entries],
+           "champions": {data: d["version"] for data, d in sorted(docs.items())}}
     if not entries:
-        print(f"no registered models in s3://{bucket}/{registry.PREFIX}" + (f" for {a.backbone}" if a.backbone else "")
-              + (f" trained on {a.data}" if a.data else ""))
+        emit(a, doc, f"no registered models in s3://{bucket}/{registry.PREFIX}"
+             + (f" for {a.backbone}" if a.backbone else "") + (f" trained on {a.dataset}" if a.dataset else ""))
         return
-    print(table(_list_rows(entries, {d["version"] for d in docs.values()}), LIST_COLUMNS))
-    print("\n" + champions_text(docs))
+    emit(a, doc, table(_list_rows(entries, {d["version"] for d in docs.values()}), LIST_COLUMNS)
+         + "\n\n" + champions_text(docs))
 
 
 def show_text(info: dict[str, Any]) -> str:
@@ -97,7 +101,8 @@ def cmd_show(a: argparse.Namespace) -> None:
     from scene import registry
 
     s3, bucket = _registry()
-    print(show_text(registry.show(s3, bucket, a.version)))
+    info = registry.show(s3, bucket, a.version)
+    emit(a, info, show_text(info))
 
 
 def cmd_promote(a: argparse.Namespace) -> None:
@@ -117,27 +122,31 @@ def cmd_rollback(a: argparse.Namespace) -> None:
     from scene import registry
 
     s3, bucket = _registry()
-    doc = registry.rollback(s3, bucket, dataset=a.data)
+    doc = registry.rollback(s3, bucket, dataset=a.dataset)
     print(f"champion of {doc['data']}: {doc['version']} (rolled back from {doc['decision']['champion']})")
 
 
 def register(sub: Any) -> None:
     """Add ``scene models list|show|promote|rollback`` to the ``scene`` parser."""
     m = sub.add_parser("models", help="the model registry: versions and the champion")
-    ms = m.add_subparsers(dest="models_command", required=True)
+    ms = m.add_subparsers(dest="models_command", required=True, metavar="COMMAND", parser_class=SceneParser)
     ls = ms.add_parser("list", help="registered versions; the champion is marked *")
     ls.add_argument("--backbone", help="only this backbone")
-    ls.add_argument("--data", help="only versions trained on this data root URI")
+    ls.add_argument("--dataset", help="only versions trained on this data root URI")
+    ls.add_argument("--data", action=Renamed, dest="dataset", new="--dataset")
+    add_json(ls)
     ls.set_defaults(func=cmd_list)
     sh = ms.add_parser("show", help="one version's entry and metrics")
-    sh.add_argument("version", help="a version id from `scene models list`")
+    sh.add_argument("version", metavar="VERSION", help="a version id from `scene models list`")
+    add_json(sh)
     sh.set_defaults(func=cmd_show)
     pr = ms.add_parser("promote", help="make a version the champion of its dataset by hand")
-    pr.add_argument("version", help="a version id from `scene models list`")
+    pr.add_argument("version", metavar="VERSION", help="a version id from `scene models list`")
     pr.add_argument("--reason", default="manual", help="recorded in champion.json")
     pr.add_argument("--force", action="store_true",
                     help="promote even a collapsed, random-init or synthetic-data model (never promoted automatically)")
     pr.set_defaults(func=cmd_promote)
     rb = ms.add_parser("rollback", help="restore a dataset's previous champion")
-    rb.add_argument("--data", help="the data root URI whose champion to roll back (needed when several have one)")
+    rb.add_argument("--dataset", help="the data root URI whose champion to roll back (needed when several have one)")
+    rb.add_argument("--data", action=Renamed, dest="dataset", new="--dataset")
     rb.set_defaults(func=cmd_rollback)

@@ -10,7 +10,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from scene.cli.common import CliError, settings_from_env
+from scene.cli.common import CliError, Renamed, SceneParser, add_json, emit, settings_from_env, split_list, state_dir
 from scene.metadata import IMAGE_SUFFIXES
 
 DEMO_DATASET = "demo"  # the name of the generated demo dataset (make run without DATA)
@@ -34,31 +34,57 @@ def dataset_name(src: str | Path | None = None, name: str | None = None) -> str:
     ascii_name = unicodedata.normalize("NFKD", folder).encode("ascii", "ignore").decode()
     derived = re.sub(r"[^a-z0-9._-]+", "-", ascii_name.lower()).strip("-._")[:63].rstrip("-._")
     if not derived:
-        raise ValueError(f"--src {src}: cannot derive a dataset name from the folder name {folder!r}; "
+        raise ValueError(f"{src}: cannot derive a dataset name from the folder name {folder!r}; "
                          "pass --name NAME (make run ... NAME=NAME)")
     return derived
 
 
-def cmd_stack(a: argparse.Namespace) -> None:
+def cmd_stack_up(a: argparse.Namespace) -> None:
+    """Start (or keep) the local stack: Prefect server, S3 gateway, a worker per pool, the event bridge."""
     from scene.ops import stack
 
-    if a.action == "up":
-        info = stack.up(a.state, s3_port=a.s3_port, prefect_port=a.prefect_port, pools=tuple(a.pool or ["default"]),
-                        workdir=a.workdir or Path.cwd(), events_port=None if a.no_events else a.events_port,
-                        quiet_seconds=a.quiet_seconds, gpus=a.gpus)
-        print(f"stack up: Prefect UI {info.prefect_api_url.removesuffix('/api')} (asks for the auth string: "
-              f"PREFECT_API_AUTH_STRING from `scene stack env`), S3 {info.s3_endpoint}, state in {info.state_dir}",
-              file=sys.stderr)
-    elif a.action == "down":
-        stopped = stack.down(a.state)
-        print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
-    elif a.action == "status":
-        st = stack.status(a.state)
-        print(json.dumps(st, indent=2, default=str))
-        if not all(s.get("healthy") for s in st.get("services", {}).values()):
-            sys.exit(1)
-    else:
-        print("\n".join(stack.env_lines(a.state)))
+    info = stack.up(state_dir(a), s3_port=a.s3_port, prefect_port=a.prefect_port, pools=tuple(a.pools or ["default"]),
+                    workdir=a.workdir or Path.cwd(), events_port=None if a.no_events else a.events_port,
+                    quiet_seconds=a.quiet_seconds, gpus=a.gpus)
+    print(f"stack up: Prefect UI {info.prefect_api_url.removesuffix('/api')} (asks for the auth string: "
+          f"PREFECT_API_AUTH_STRING from `scene stack env`), S3 {info.s3_endpoint}, state in {info.state_dir}",
+          file=sys.stderr)
+
+
+def cmd_stack_down(a: argparse.Namespace) -> None:
+    """Stop every service of the local stack (its data stays in the state folder)."""
+    from scene.ops import stack
+
+    stopped = stack.down(state_dir(a))
+    print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
+
+
+def status_text(st: dict[str, Any]) -> str:
+    """``scene stack status`` for people: one line per service."""
+    if not st.get("exists"):
+        return f"no stack in {st.get('state_dir')} (start one with `scene stack up`)"
+    lines = [f"stack in {st['state_dir']}: {'healthy' if st.get('healthy') else 'NOT healthy'}"]
+    for name, svc in st.get("services", {}).items():
+        state = "healthy" if svc.get("healthy") else ("running, not healthy" if svc.get("running") else "stopped")
+        lines.append(f"  {name:<16} {state:<22} {svc.get('url', '')}  (log: {svc.get('log', '')})")
+    return "\n".join(lines)
+
+
+def cmd_stack_status(a: argparse.Namespace) -> int:
+    """Each service's health; exit 1 when one is not healthy (or there is no stack)."""
+    from scene.ops import stack
+
+    st = stack.status(state_dir(a))
+    emit(a, st, status_text(st))
+    healthy = st.get("exists") and all(s.get("healthy") for s in st.get("services", {}).values())
+    return 0 if healthy else 1
+
+
+def cmd_stack_env(a: argparse.Namespace) -> None:
+    """The ``export`` lines of the stack's endpoints and credentials (for ``eval "$(scene stack env)"``)."""
+    from scene.ops import stack
+
+    print("\n".join(stack.env_lines(state_dir(a))))
 
 
 def cmd_weights_mirror(a: argparse.Namespace) -> None:
@@ -68,7 +94,7 @@ def cmd_weights_mirror(a: argparse.Namespace) -> None:
 
     settings = settings_from_env()
     mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}"
-    done = backbones.mirror_weights(a.backbone or sorted(backbones.BACKBONES), a.image_size, mirror,
+    done = backbones.mirror_weights(a.backbones or sorted(backbones.BACKBONES), a.image_size, mirror,
                                     storage.s3_client(settings))
     for name, where in done.items():
         if not where.startswith("error"):
@@ -92,7 +118,7 @@ def cmd_data_upload(a: argparse.Namespace) -> None:
     client = storage.s3_client(settings)
     src = Path(a.src)
     if not src.is_dir():
-        raise CliError(f"--src {src}: not a folder")
+        raise CliError(f"{src}: not a folder (SRC: the local dataset folder to upload)")
     dest = (a.dest or f"s3://{settings.data_bucket}/{settings.data_prefix}{dataset_name(src, a.name)}/")
     dest = dest.rstrip("/") + "/"
     existing = {}
@@ -142,6 +168,10 @@ def _wait_bridge(url: str, before: int, timeout: float = 120.0) -> None:
 
 def cmd_runs_show(a: argparse.Namespace) -> None:
     """Print a training run's comparison table and where its artifacts are."""
+    import io
+
+    import pandas as pd
+
     from scene.data import storage
 
     settings = settings_from_env()
@@ -150,25 +180,25 @@ def cmd_runs_show(a: argparse.Namespace) -> None:
     uri = prefix + "comparison.md"
     if not storage.exists(uri, client):
         raise CliError(f"{uri}: no comparison for run {a.run_id!r} (did the run fail? see the Prefect UI)")
-    print(comparison_text(storage.read_bytes(prefix + "comparison.csv", client),
-                          storage.read_bytes(uri, client).decode()))
+    csv_bytes = storage.read_bytes(prefix + "comparison.csv", client)
+    md = storage.read_bytes(uri, client).decode()
     files = list(storage.list_files(prefix, client))
-    print(f"\nartifacts: {prefix} ({len(files)} objects, {sum(n for _, n in files) / 1e6:.1f} MB), e.g.")
-    for key, _ in files:
-        if key.endswith(("report.html", "comparison.csv")):
-            print(f"  {key}")
+    rows = pd.read_csv(io.BytesIO(csv_bytes), keep_default_na=False, na_values=[""])
+    text = [comparison_text(csv_bytes, md),
+            f"\nartifacts: {prefix} ({len(files)} objects, {sum(n for _, n in files) / 1e6:.1f} MB), e.g."]
+    text += [f"  {key}" for key, _ in files if key.endswith(("report.html", "comparison.csv"))]
+    emit(a, {"run_id": a.run_id, "artifacts": prefix, "comparison": json.loads(rows.to_json(orient="records")),
+             "files": [{"uri": key, "bytes": n} for key, n in files]}, "\n".join(text))
 
 
-def cmd_runs_watch(a: argparse.Namespace) -> None:
+def cmd_runs_watch(a: argparse.Namespace) -> int:
     """Follow a run in the terminal until it ends; exit with its outcome (0 completed, 1 otherwise)."""
     from scene.ops import watch
 
     try:
-        code = watch.watch(a.run_id, interval=a.interval, timeout=a.timeout)
+        return int(watch.watch(a.run_id, interval=a.interval, timeout=a.timeout) or 0)
     except watch.WatchError as err:
         raise CliError(str(err)) from err
-    if code:
-        sys.exit(code)
 
 
 def comparison_text(csv_bytes: bytes, md: str) -> str:
@@ -184,38 +214,63 @@ def comparison_text(csv_bytes: bytes, md: str) -> str:
     return tables.text(tables.display_rows(rows)) + "\n" + "\n".join(notes)
 
 
-def register(sub: Any) -> None:
-    """Add the operational commands to the ``scene`` parser."""
-    s = sub.add_parser("stack", help="the local stack: Prefect server, S3 gateway, workers")
-    s.add_argument("action", choices=["up", "down", "status", "env"])
-    s.add_argument("--state", default=".state", help="state folder (PIDs, logs, credentials, data)")
-    s.add_argument("--s3-port", type=int, default=9000)
-    s.add_argument("--prefect-port", type=int, default=4200)
-    s.add_argument("--pool", action="append", help="work pools to create with a worker (default: default); "
-                   "'docker' makes a Docker pool running the scene image (needs Docker and pip install -e '.[docker]')")
-    s.add_argument("--workdir", help="where workers run flows (default: the current folder)")
-    s.add_argument("--gpus", type=int, help="GPUs the 'gpu' pool serves: its concurrency limit, one run per GPU "
-                   "(default: SCENE_GPUS, else 1)")
-    s.add_argument("--events-port", type=int, default=8787, help="port of the storage-event bridge")
-    s.add_argument("--quiet-seconds", type=float, default=30.0,
-                   help="a burst of uploads becomes one retraining after this long without new objects")
-    s.add_argument("--no-events", action="store_true", help="do not run the event bridge")
-    s.set_defaults(func=cmd_stack)
+def _state_flag(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: when not given here, `scene --state DIR stack …` (or SCENE_STATE_DIR, else .state) holds
+    p.add_argument("--state", default=argparse.SUPPRESS, metavar="DIR",
+                   help="state folder: PIDs, logs, credentials, data (default: SCENE_STATE_DIR, else .state)")
 
-    r = sub.add_parser("runs", help="training runs").add_subparsers(dest="runs_command", required=True)
+
+def register(sub: Any) -> None:
+    """Add the operational commands to the ``scene`` parser: ``stack``, ``runs``, ``weights``."""
+    stack = sub.add_parser("stack", help="the local stack: Prefect server, S3 gateway, workers")
+    ss = stack.add_subparsers(dest="stack_command", required=True, metavar="COMMAND", parser_class=SceneParser)
+    up = ss.add_parser("up", help="start (or keep) the stack's services")
+    _state_flag(up)
+    up.add_argument("--s3-port", type=int, default=9000)
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.add_argument("--pools", type=split_list, metavar="A,B",
+                    help="comma-separated work pools, each with a worker (default: "
+                    "default); 'docker' makes a Docker pool running the scene image (needs Docker and "
+                    "pip install -e '.[docker]')")
+    up.add_argument("--pool", action=Renamed, dest="pools", new="--pools", append=True)
+    up.add_argument("--workdir", help="where workers run flows (default: the current folder)")
+    up.add_argument("--gpus", type=int, help="GPUs the 'gpu' pool serves: its concurrency limit, one run per GPU "
+                    "(default: SCENE_GPUS, else 1)")
+    up.add_argument("--events-port", type=int, default=8787, help="port of the storage-event bridge")
+    up.add_argument("--quiet-seconds", type=float, default=30.0,
+                    help="a burst of uploads becomes one retraining after this long without new objects")
+    up.add_argument("--no-events", action="store_true", help="do not run the event bridge")
+    up.set_defaults(func=cmd_stack_up)
+    down = ss.add_parser("down", help="stop the stack's services (data and credentials stay)")
+    _state_flag(down)
+    down.set_defaults(func=cmd_stack_down)
+    st = ss.add_parser("status", help="each service's health; exits 1 when one is not healthy")
+    _state_flag(st)
+    add_json(st)
+    st.set_defaults(func=cmd_stack_status)
+    env = ss.add_parser("env", help="export lines for the stack's endpoints and credentials: "
+                                    'eval "$(scene stack env)"')
+    _state_flag(env)
+    env.set_defaults(func=cmd_stack_env)
+
+    r = sub.add_parser("runs", help="training runs").add_subparsers(dest="runs_command", required=True,
+                                                                     metavar="COMMAND", parser_class=SceneParser)
     show = r.add_parser("show", help="print a run's comparison table and artifact location")
-    show.add_argument("run_id", help="the train-all flow run id")
+    show.add_argument("run_id", metavar="RUN_ID", help="the train-all flow run id")
+    add_json(show)
     show.set_defaults(func=cmd_runs_show)
     watch = r.add_parser("watch", help="follow a run live: one line per backbone, then the comparison table; "
                                        "exits 0 when the run completed, 1 otherwise")
-    watch.add_argument("run_id", help="the flow run id (train-all prints it; so does make run)")
+    watch.add_argument("run_id", metavar="RUN_ID", help="the flow run id (train-all prints it; so does make run)")
     watch.add_argument("--interval", type=float, default=2.0, help="seconds between polls of the Prefect API")
-    watch.add_argument("--timeout", type=float, help="give up (exit 2) after this many seconds; the run goes on")
+    watch.add_argument("--timeout", type=float, help="give up (exit 1) after this many seconds; the run goes on")
     watch.set_defaults(func=cmd_runs_watch)
 
-    w = sub.add_parser("weights", help="ImageNet weights").add_subparsers(dest="weights_command", required=True)
+    w = sub.add_parser("weights", help="ImageNet weights").add_subparsers(dest="weights_command", required=True,
+                                                                           metavar="COMMAND", parser_class=SceneParser)
     m = w.add_parser("mirror", help="copy Keras' weight files into the artifact bucket for offline workers")
-    m.add_argument("--backbone", action="append")
+    m.add_argument("--backbones", type=split_list, metavar="A,B", help="comma-separated (default: every backbone)")
+    m.add_argument("--backbone", action=Renamed, dest="backbones", new="--backbones", append=True)
     m.add_argument("--image-size", type=int, default=150)
     m.set_defaults(func=cmd_weights_mirror)
 
@@ -226,16 +281,17 @@ def cmd_data_name(a: argparse.Namespace) -> None:
 
 
 def register_data(data_sub: Any) -> None:
+    """Add ``scene data upload`` and ``scene data name`` to ``scene data``."""
     u = data_sub.add_parser("upload", help="upload a local dataset to the data bucket")
-    u.add_argument("--src", required=True)
+    u.positional("SRC", "--src", help="the local dataset folder (class folders, or the Kaggle archive)")
     u.add_argument("--name", help="dataset name: s3://$SCENE_DATA_BUCKET/$SCENE_DATA_PREFIX<name>/ "
-                                  "(default: the --src folder's name, sanitised)")
-    u.add_argument("--dest", help="explicit s3:// destination instead of --name")
+                                  "(default: the SRC folder's name, sanitised)")
+    u.add_argument("--dest", metavar="URI", help="explicit s3:// destination instead of --name")
     u.add_argument("--ready", action="store_true", help="put a _READY marker after uploading anything new")
     u.add_argument("--wait-bridge", metavar="URL", help="wait until the event bridge at URL announced the upload")
     u.set_defaults(func=cmd_data_upload)
 
-    n = data_sub.add_parser("name", help="print the dataset name an upload of --src (or --name) goes under")
-    n.add_argument("--src", help="the local dataset folder (default: the generated demo)")
+    n = data_sub.add_parser("name", help="print the dataset name an upload of SRC (or --name) goes under")
+    n.positional("SRC", "--src", optional=True, help="the local dataset folder (default: the generated demo)")
     n.add_argument("--name", help="an explicit name to check instead")
     n.set_defaults(func=cmd_data_name)
