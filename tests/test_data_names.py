@@ -51,9 +51,9 @@ def test_relative_folder_resolves_to_its_real_name(tmp_path: Path, monkeypatch: 
 
 
 def test_data_name_command_prints_the_name(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["data", "name", "--src", "/x/Forest Set"]) == 0
+    assert main(["data", "name", "/x/Forest Set"]) == 0
     assert capsys.readouterr().out.strip() == "forest-set"
-    assert main(["data", "name", "--name", "Bad/Name"]) == 2
+    assert main(["data", "name", "--name", "Bad/Name"]) == 1  # a runtime error (2: usage errors only)
     assert "--name 'Bad/Name'" in capsys.readouterr().err
 
 

@@ -251,10 +251,10 @@ def test_cli_parser_and_table() -> None:
     models.register(p.add_subparsers(dest="command", required=True))
     a = p.parse_args(["models", "promote", "vgg16-0123456789ab", "--force"])
     assert a.func is models.cmd_promote and a.force and a.version == "vgg16-0123456789ab"
-    a = p.parse_args(["models", "list", "--backbone", "vgg16", "--data", "s3://d/x/"])
-    assert a.backbone == "vgg16" and a.data == "s3://d/x/"
-    a = p.parse_args(["models", "rollback", "--data", "s3://d/x/"])
-    assert a.func is models.cmd_rollback and a.data == "s3://d/x/"
+    a = p.parse_args(["models", "list", "--backbone", "vgg16", "--dataset", "s3://d/x/"])
+    assert a.backbone == "vgg16" and a.dataset == "s3://d/x/"
+    a = p.parse_args(["models", "rollback", "--dataset", "s3://d/x/"])
+    assert a.func is models.cmd_rollback and a.dataset == "s3://d/x/"
     text = models.table([["x", 0.5, None]], ["name", "score", "other"])
     assert text.splitlines()[0].split() == ["name", "score", "other"] and "0.5000" in text and "—" in text
     assert models.champions_text({"s3://d/b/": {"version": "v2"}, "s3://d/a/": {"version": "v1"}}) == (
