@@ -184,9 +184,9 @@ def test_bootstrap_is_seeded_and_matches_sklearn_f1() -> None:
 
 def test_bootstrap_is_fast() -> None:
     y, probs = _noisy(334, seed=0)  # ~2000 items
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # this process's CPU seconds: other load on the machine does not count
     evaluate_predictions(y[:2000], probs[:2000], NAMES, bootstrap=1000)
-    assert time.perf_counter() - t0 < 2.0
+    assert time.process_time() - t0 < 3.0  # vectorised: ~0.15 s; a loop of sklearn scores per resample: ~9 s
 
 
 @pytest.mark.parametrize(

@@ -39,8 +39,8 @@ def test_up_is_idempotent(stack: StackInfo, stack_args: dict[str, Any] | None) -
     before = stack_mod.info(stack_args["state_dir"])  # now (a fault test may have restarted a service since)
     start = time.monotonic()
     again = stack_mod.up(**stack_args)
-    assert time.monotonic() - start < 10
-    assert again == before
+    assert time.monotonic() - start < 60  # no service waited for (a restart waits minutes under load); see pids
+    assert again == before  # same pids: nothing was restarted
     assert set(again.pids) == {"s3", "prefect", "worker-default", "worker-gpu"}
 
 
