@@ -30,7 +30,7 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install test test-docker lint run up deploy reconcile down status clean-state benchmark dataset-name
+.PHONY: install test test-unit test-slow test-all test-docker lint run up deploy reconcile down status clean-state benchmark dataset-name
 
 # the dataset make run uploads and trains: NAME, else the DATA folder's name (sanitised), else demo
 DATASET_NAME = $(SCENE) data name $(if $(DATA),--src '$(DATA)') $(if $(NAME),--name '$(NAME)')
@@ -46,9 +46,25 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
+# the test tiers (tests/conftest.py): unit tests first with no server up, then one stack per package (tests/faults,
+# tests/integration, tests/events), each up only while its package runs. TEST_ARGS: more pytest arguments.
+PYTEST = $(BIN)/python -m pytest -q -rs $(TEST_ARGS)
+
+# everything but Docker in one session (what .ci/run runs)
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -rs --durations=25
+	$(PYTEST) --durations=25 -m "not docker"
+
+# the fast tier: no stack, no server, no training over a few seconds
+test-unit: install
+	$(PYTEST) --durations=10 -m "not integration and not faults and not slow and not docker"
+
+# only the slow tests (the stacks, the fault tests, the long trainings)
+test-slow: install
+	$(PYTEST) --durations=25 -m "slow and not docker"
+
+# make test, then the Docker tests
+test-all: test test-docker
 
 # the Docker tests (tests/docker, skipped by make test): installs Docker and debootstrap when missing (root on
 # Debian/Ubuntu; otherwise says what to install) and starts dockerd (deployments/docker-host.sh), builds the image
