@@ -30,6 +30,10 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 INTEL = SHARED / "data" / "intel" / "seg_train"
 MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 TESTS = Path(__file__).resolve().parent
+LAST = {"test_secrets.py"}  # tests/integration: scans what every other test there left on the stack
+# unit tests over ~5 s on a 2-core machine (measured with --durations=0): make test-unit leaves them out
+SLOW_MODULES: set[str] = set()
+SLOW_TESTS: set[str] = set()
 # package -> (tier without xdist, tier under xdist, marker added to each of its tests)
 PACKAGES = {"faults": (1, 2, "faults"), "integration": (2, 0, "integration"), "events": (3, 1, "integration"),
             "docker": (4, 4, "docker")}
@@ -53,11 +57,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         package = _package(item)
         if package is not None:
             item.add_marker(getattr(pytest.mark, PACKAGES[package][2]))
+            item.add_marker(pytest.mark.slow)  # a stack, a killed process or a gateway of its own
+        elif Path(item.path).name in SLOW_MODULES or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
         if xdist:
             group = package if package in ("integration", "events") else Path(item.path).stem
             item.add_marker(pytest.mark.xdist_group(group))
     column = 1 if xdist else 0
-    items.sort(key=lambda item: PACKAGES[p][column] if (p := _package(item)) else (3 if xdist else 0))
+    items.sort(key=lambda item: (PACKAGES[p][column] if (p := _package(item)) else (3 if xdist else 0),
+                                 Path(item.path).name in LAST))
 
 
 @pytest.hookimpl(wrapper=True)

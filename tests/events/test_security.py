@@ -1,13 +1,12 @@
 """Security probes on the shared event stack: loopback-only listeners; the Prefect API needs its auth string;
 out-of-scope location parameters are refused before anything is written; no secret in work pools, flow-run
-parameters, artifacts, logs, objects or status."""
+parameters, artifacts, logs, objects or status (tests/integration/test_secrets.py scans the session stack after its
+trainings too)."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from scene.ops import http
+from tests.support.secrets import api_records, leaks, secrets_of, stack_status, text_objects
 from tests.support.stackenv import stack_environ
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -67,26 +67,6 @@ def test_every_service_listens_on_loopback_only(event_stack: dict[str, Any]) -> 
     ports = {port for _, port in sockets}
     assert {cfg["s3_port"], cfg["prefect_port"], cfg["events_port"]} <= ports, sockets
     assert all(ip == "127.0.0.1" for ip, _ in sockets), sockets  # no 0.0.0.0, no IPv6 wildcard
-
-
-def test_no_secret_in_logs_artifacts_or_status(event_stack: dict[str, Any]) -> None:
-    state, env = event_stack["state"], event_stack["env"]
-    creds = json.loads((state / "credentials.json").read_text())
-    secrets = [creds["secret_key"], creds["events_token"], creds["prefect_auth_string"]]
-    status = subprocess.run([str(Path(sys.executable).with_name("scene")), "stack", "status", "--state", str(state)],
-                            capture_output=True, text=True, timeout=60)
-    assert status.returncode == 0, status.stderr
-    texts = {"scene stack status": status.stdout + status.stderr}
-    texts.update({str(p): p.read_text(errors="replace") for p in (state / "logs").glob("*.log")})
-    code, artifacts = http.call("POST", env["PREFECT_API_URL"] + "/artifacts/filter", {"limit": 200},
-                                headers=_auth(env))
-    assert code == 200
-    texts["Prefect artifacts"] = json.dumps(artifacts)
-    code, logs = http.call("POST", env["PREFECT_API_URL"] + "/logs/filter", {"limit": 200}, headers=_auth(env))
-    texts["Prefect run logs"] = json.dumps(logs)
-    assert len(texts) >= 5, list(texts)
-    leaks = [where for where, text in texts.items() for s in secrets if s in text]
-    assert leaks == []
 
 
 # --------------------------------------------------------------------------------- authenticated Prefect API
@@ -168,39 +148,22 @@ def _small_flows(event_stack: dict[str, Any]) -> None:
         assert train_backbone(backbone="mobilenetv2", data=empty, return_state=True).is_failed()  # summary artifact
 
 
-def _objects(s3: Any, bucket: str) -> dict[str, bytes]:
-    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in _listing(s3, bucket)}
-
-
-def test_no_secret_in_pools_runs_artifacts_logs_or_objects(event_stack: dict[str, Any]) -> None:
-    """After flows ran: the S3 secret key, the bridge token and the API auth string appear in no work-pool
-    template, deployment, flow-run parameter, artifact, log, S3 object or service log."""
+def test_no_secret_in_pools_runs_artifacts_logs_objects_or_status(event_stack: dict[str, Any]) -> None:
+    """After flows ran: the S3 secret keys, the bridge token and the API auth string appear in no work-pool
+    template, deployment, flow-run parameter, artifact, log, S3 object, service log or `scene stack status`."""
     _small_flows(event_stack)
     state, env, s3 = event_stack["state"], event_stack["env"], event_stack["s3"]
-    creds = json.loads((state / "credentials.json").read_text())
-    secrets = [creds["secret_key"], creds["events_token"], creds["prefect_auth_string"],
-               *(keys["secret_key"] for keys in creds["identities"].values())]
-    api, auth = env["PREFECT_API_URL"], _auth(env)
-    found: dict[str, list[Any]] = {}
-    for what, path, body in (("work pools", "/work_pools/filter", {}), ("deployments", "/deployments/filter", {}),
-                             ("flow runs", "/flow_runs/filter", {"limit": 200}),
-                             ("artifacts", "/artifacts/filter", {"limit": 200}),
-                             ("logs", "/logs/filter", {"limit": 200}),
-                             ("blocks", "/block_documents/filter", {"include_secrets": False})):
-        code, answer = http.call("POST", api + path, body, headers=auth)
-        assert code == 200 and isinstance(answer, list), (what, code, answer)
-        found[what] = answer
+    found = api_records(env)
     assert all(found[k] for k in ("work pools", "deployments", "flow runs", "artifacts", "logs")), \
         {k: len(v) for k, v in found.items()}
     assert any(r.get("parameters") for r in found["flow runs"])
-    objects = {f"s3://{b}/{k}": v for b in (env["SCENE_ARTIFACT_BUCKET"], env["SCENE_DATA_BUCKET"])
-               for k, v in _objects(s3, b).items()}
+    objects = text_objects(s3, [env["SCENE_ARTIFACT_BUCKET"], env["SCENE_DATA_BUCKET"]])
     assert any(k.split("/", 3)[3].startswith("sensors/security-") for k in objects), list(objects)
     texts = {what: json.dumps(items) for what, items in found.items()}
     texts.update({f"service log {p.name}": p.read_text(errors="replace") for p in (state / "logs").glob("*.log")})
-    texts.update({uri: body.decode(errors="replace") for uri, body in objects.items()})
-    leaks = [where for where, text in texts.items() for s in secrets if s in text]
-    assert leaks == []
+    texts.update(objects)
+    texts["scene stack status"] = stack_status(state)
+    assert leaks(secrets_of(state), texts) == []
 
 
 # ----------------------------------------------------------------------------- least-privilege identities
