@@ -228,8 +228,13 @@ def _store(folder: Path, ov_model: Any, result: Parity) -> None:
     """Write the converted model and its parity result into ``folder`` whole (a temporary folder renamed)."""
     import openvino as ov
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as err:
+        log.warning("cannot store the OpenVINO export in %s (%s); this process converts it again next time", folder,
+                    err)
+        return
     try:
         if result.ok:
             ov.save_model(ov_model, tmp / "model.xml", compress_to_fp16=False)
