@@ -145,6 +145,8 @@ def test_the_rule_checkers_catch_what_they_forbid(tmp_path: Path) -> None:
 # the wings of scene/, lowest first: a wing imports only the top level and the wings before it
 WINGS = ("data", "model", "evaluation", "registry", "train", "audit", "ops", "cli")
 TOP_LEVEL = {"scene", "scene.settings", "scene.errors", "scene.metadata"}  # what every wing shares
+FACADE = {"scene.api"}  # the Python API (scene.train/evaluate/predict): above every wing; only the CLI uses it
+FACADE_USERS = {"scene.train"}  # ...and the package scene.train, which is callable: scene.train(...) is scene.api.train
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -186,10 +188,15 @@ def _wing(module: str) -> str:
 
 
 def _wing_violations(graph: dict[str, set[str]]) -> list[str]:
-    """``a -> b`` for every import of a later wing, and every flat module outside the wings and TOP_LEVEL."""
+    """``a -> b`` for every import of a later wing or of the FACADE from a wing other than the CLI, and every flat
+    module outside the wings, TOP_LEVEL and FACADE."""
     rank = {w: i for i, w in enumerate(WINGS)}
-    bad = [f"{m} is neither in a wing nor in TOP_LEVEL" for m in graph if _wing(m) == "top" and m not in TOP_LEVEL]
+    bad = [f"{m} is neither in a wing nor in TOP_LEVEL" for m in graph
+           if _wing(m) == "top" and m not in TOP_LEVEL | FACADE]
     for m, deps in graph.items():
+        bad += [f"{m} -> {d}" for d in deps & FACADE if _wing(m) not in ("top", "cli") and m not in FACADE_USERS]
+        if m in FACADE:
+            continue
         for d in deps:
             if _wing(d) != "top" and (_wing(m) == "top" or rank[_wing(d)] > rank[_wing(m)]):
                 bad.append(f"{m} -> {d}")
@@ -219,7 +226,9 @@ def test_the_graph_checkers_catch_cycles_and_wing_breaches(tmp_path: Path) -> No
              "scene/data/__init__.py": "", "scene/data/a.py": "from scene.model import b\n",
              "scene/model/__init__.py": "", "scene/model/b.py": "def f():\n    from scene.data.a import x\n",
              "scene/cli/__init__.py": "", "scene/cli/c.py": "from . import d\n",
-             "scene/cli/d.py": "from scene.settings import S\n"}
+             "scene/cli/d.py": "from scene.settings import S\n",
+             "scene/api.py": "from scene.cli import d\nfrom scene.data import a\n",
+             "scene/model/c.py": "def f():\n    import scene.api\n"}
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
@@ -227,6 +236,7 @@ def test_the_graph_checkers_catch_cycles_and_wing_breaches(tmp_path: Path) -> No
     assert graph["scene.cli.c"] == {"scene.cli.d"} and graph["scene.cli.d"] == {"scene.settings"}
     assert _cycle(graph) == ["scene.data.a", "scene.model.b", "scene.data.a"]
     assert _wing_violations(graph) == ["scene.data.a -> scene.model.b",
-                                      "scene.flat is neither in a wing nor in TOP_LEVEL"]
+                                      "scene.flat is neither in a wing nor in TOP_LEVEL",
+                                      "scene.model.c -> scene.api"]
     (tmp_path / "scene/data/a.py").write_text("")
     assert _cycle(_import_graph(tmp_path)) == []

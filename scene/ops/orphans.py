@@ -1,5 +1,5 @@
 """No orphan holds a slot: runs of the stack's process workers are ended when the stack stops, and runs left
-Running whose process is gone are crashed when it starts (Prefect's API over HTTP; no Prefect import).
+Running whose process is gone are crashed when it starts.
 
 A process worker records the flow run's process id in ``FlowRun.infrastructure_pid`` (Prefect 3.9: the pid;
 older workers: ``hostname:pid``). ``scene stack down`` stops the workers, ends those processes and marks their
@@ -22,7 +22,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from scene.ops import http
+from scene.ops import prefect_api
 
 log = logging.getLogger("scene.stack")
 LIVE = ["RUNNING", "PENDING", "CANCELLING"]
@@ -70,20 +70,36 @@ def alive(run: dict[str, Any]) -> bool:
 
 
 def live_runs(api: str, pools: list[str]) -> list[dict[str, Any]]:
-    """Runs of the given work pools that are Running, Pending or Cancelling."""
-    body = {"flow_runs": {"state": {"type": {"any_": LIVE}}}, "work_pools": {"name": {"any_": pools}},
-            "limit": 200}
-    status, runs = http.status_of("POST", f"{api.rstrip('/')}/flow_runs/filter", body, timeout=10)
-    if status != 200 or not isinstance(runs, list):
-        raise RuntimeError(f"Prefect API {api}/flow_runs/filter answered {status}: {str(runs)[:300]}")
-    return runs
+    """Runs of the given work pools that are Running, Pending or Cancelling (the REST API's JSON)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+
+    try:
+        with prefect_api.client(api, timeout=10) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=LIVE))),
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=pools)), limit=200)
+    except Exception as err:  # httpx errors: unreachable, or an error status
+        raise RuntimeError(f"Prefect API {api}: reading the live runs of pools {pools} failed: {err}") from err
+    return [r.model_dump(mode="json") for r in runs]
 
 
 def crash(api: str, run: dict[str, Any], reason: str) -> bool:
     """Force the run's state to Crashed with ``reason``; whether the server took it."""
-    body = {"state": {"type": "CRASHED", "name": "Crashed", "message": reason}, "force": True}
-    status, _ = http.status_of("POST", f"{api.rstrip('/')}/flow_runs/{run['id']}/set_state", body, timeout=10)
-    ok = status in (200, 201)
+    from prefect.states import Crashed
+
+    try:
+        with prefect_api.client(api, timeout=10) as client:
+            result = client.set_flow_run_state(run["id"], Crashed(message=reason), force=True)
+        ok = result.status.value == "ACCEPT"
+    except Exception as err:  # httpx errors: unreachable, or an error status
+        log.debug("setting flow run %s Crashed failed: %s", run["id"], err)
+        ok = False
     log.warning("%s flow run %s (%s): %s", "crashed" if ok else "could not crash", run.get("name"), run["id"],
                 reason)
     return ok

@@ -1,8 +1,10 @@
-"""Events out: the ``scene.data.arrived`` event and its delivery to the Prefect API, without importing Prefect.
+"""Events out: the ``scene.data.arrived`` event and its confirmed delivery to the Prefect API.
 
 ``POST {api}/events`` with a JSON list of events (the route ``prefect.server.api.events.create_events``,
-answers 204). An OSS server without auth needs no header; ``PREFECT_SERVER_API_AUTH_STRING`` servers need
-``Authorization: Basic base64(auth_string)``, Prefect Cloud ``Authorization: Bearer <api key>``. Automations
+answers 204), sent with Prefect's own client (:mod:`scene.ops.prefect_api`: its auth header for an auth-string
+server or Prefect Cloud, its retries of a busy server). Not ``prefect.events.emit_event``: that hands the event to
+a background worker over a websocket and confirms nothing, while the bridge must know the server has the event
+before it forgets the notification (and re-sends under the same id otherwise). Automations
 (deployment triggers) see an event as soon as it is accepted and skip an event id they have already seen, so
 re-sending the same event (same ``id``) after a lost reply starts nothing twice -- but only while the server
 process lives (Prefect 3.9 keeps the "seen" ids in memory: ``server/events/ordering/memory.py``, a TTLCache of 10000
@@ -15,14 +17,13 @@ shows it once the server's event persister has flushed it (every 5 s by default;
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from scene.ops import http
+from scene.ops import http, prefect_api
 from scene.ops.notifications import EVENT_NAME, BridgeConfig
 
 MAX_KEYS = 1000  # keys listed in one event's payload at most (``count`` has the full number)
@@ -103,35 +104,56 @@ def resend_of(event: dict, attempt: int) -> dict:
     return {**event, "id": new_id, "occurred": now_iso(), "payload": {**event.get("payload", {}), "change": change}}
 
 
+def flow_runs(api_url: str | None, flows: list[str], states: list[str] | None = None, limit: int = 200,
+              **auth: Any) -> list[dict[str, Any]]:
+    """The newest ``limit`` runs of the named flows (in one of ``states`` when given), newest first, as the REST
+    API's JSON; through Prefect's client with typed filters. Raises :class:`EmitError` naming the API."""
+    import httpx
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    run_filter = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))) if states else None
+    try:
+        with prefect_api.client(api_url, **auth) as client:
+            runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=flows)),
+                                         flow_run_filter=run_filter, sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                                         limit=limit)
+    except ValueError as err:  # no API URL configured
+        raise EmitError(str(err)) from None
+    except httpx.HTTPStatusError as err:
+        raise EmitError(f"Prefect API {api_url}: reading {flows} flow runs answered {err.response.status_code}: "
+                        f"{err.response.text[:300]}") from err
+    except httpx.HTTPError as err:
+        raise EmitError(f"Prefect API {api_url}: cannot connect ({type(err).__name__}: {err}); is the server "
+                        "running? Check PREFECT_API_URL") from err
+    return [r.model_dump(mode="json") for r in runs]
+
+
 def runs_for_changes(api_url: str, changes: Iterable[str], flow: str = "retrain", limit: int = 200,
                      **auth: Any) -> set[str]:
     """The change ids among ``changes`` that a ``flow`` run (any state) was created for (newest ``limit``)."""
     wanted = set(changes)
     if not wanted:
         return set()
-    body = {"flows": {"name": {"any_": [flow]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": limit}
-    status, runs = prefect_request(api_url, "/flow_runs/filter", body, **auth)
-    if status != 200 or not isinstance(runs, list):
-        raise EmitError(f"Prefect API {api_url.rstrip('/')}/flow_runs/filter answered {status}: {str(runs)[:300]}")
+    runs = flow_runs(api_url, [flow], limit=limit, **auth)
     return {str((r.get("parameters") or {}).get("change_id")) for r in runs} & wanted
-
-
-def auth_headers(api_key: str | None, auth_string: str | None) -> dict[str, str]:
-    """The Authorization header for Prefect Cloud (api key) or an auth-string server; none for plain OSS."""
-    if api_key:
-        return {"Authorization": f"Bearer {api_key}"}
-    if auth_string:
-        return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
-    return {}
 
 
 def prefect_request(api_url: str, path: str, body: Any, *, api_key: str | None = None,
                     auth_string: str | None = None, timeout: float = 10.0, method: str = "POST") -> tuple[int, Any]:
-    """Send JSON to the Prefect API; (status, parsed JSON or None). Raises :class:`EmitError` if unreachable."""
+    """Send JSON to a route of the Prefect API with Prefect's client; (status, parsed JSON or None). Raises
+    :class:`EmitError` if unreachable."""
     url = api_url.rstrip("/") + path
     try:
-        return http.call(method, url, body, headers=auth_headers(api_key, auth_string), timeout=timeout)
-    except http.Unreachable as err:
+        return prefect_api.request(method, api_url, path, body, api_key=api_key, auth_string=auth_string,
+                                   timeout=timeout)
+    except prefect_api.Unreachable as err:
         raise EmitError(f"Prefect API {url}: cannot connect ({err.__cause__ or err}); is the server running? "
                         "Check PREFECT_API_URL") from err
 

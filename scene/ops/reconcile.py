@@ -33,7 +33,7 @@ from typing import Any
 
 from scene.ops.notifications import BridgeConfig
 from scene.ops.polling import root_change_id, snapshot
-from scene.ops.prefect_events import EmitError, dataset_event, prefect_request
+from scene.ops.prefect_events import dataset_event, flow_runs
 
 log = logging.getLogger("scene.events")
 ACTIVE = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED"]
@@ -104,11 +104,7 @@ def untrained(s3: Any, cfg: BridgeConfig, artifact_bucket: str, listing: dict[st
 def active_trainings(api_url: str, flows: tuple[str, ...] = ("retrain", "train-all"), **auth: Any) -> set[str]:
     """The ``data`` of every retrain or train-all flow run that is waiting or running: its run trains on the data
     anyway (``make run`` submits train-all for the data it just uploaded, then reconciles)."""
-    body = {"flows": {"name": {"any_": list(flows)}}, "flow_runs": {"state": {"type": {"any_": ACTIVE}}},
-            "limit": 200}
-    status, runs = prefect_request(api_url, "/flow_runs/filter", body, **auth)
-    if status != 200 or not isinstance(runs, list):
-        raise EmitError(f"Prefect API {api_url.rstrip('/')}/flow_runs/filter answered {status}: {str(runs)[:300]}")
+    runs = flow_runs(api_url, list(flows), states=ACTIVE, **auth)
     return {str((r.get("parameters") or {}).get("data")) for r in runs}
 
 
@@ -118,11 +114,7 @@ def run_outcomes(api_url: str, **auth: Any) -> RunOutcomes:
         wanted = set(changes)
         if not wanted:
             return {}
-        body = {"flows": {"name": {"any_": ["retrain"]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 200}
-        status, runs = prefect_request(api_url, "/flow_runs/filter", body, **auth)
-        if status != 200 or not isinstance(runs, list):
-            raise EmitError(f"Prefect API {api_url.rstrip('/')}/flow_runs/filter answered {status}: "
-                            f"{str(runs)[:300]}")
+        runs = flow_runs(api_url, ["retrain"], **auth)
         out: dict[str, tuple[str, str, str]] = {}
         for r in runs:  # newest first: the first run of a change wins
             change = str((r.get("parameters") or {}).get("change_id"))

@@ -3,7 +3,9 @@
 ``s3``: ``juicefs gateway`` (the MinIO-based S3 gateway, SQLite metadata, file blobs), optionally with
 MinIO's bucket-notification webhook; ``prefect``: ``prefect server start``; ``worker-<pool>``: a Prefect
 process (or Docker) worker; ``events``: the event bridge ``scene events serve``. Every listening address is
-``HOST`` (loopback): nothing is reachable from another machine unless a person changes these recipes.
+``HOST`` (loopback): nothing is reachable from another machine unless a person changes these recipes. Work pools,
+their workers, Secret blocks and the zombie automation are read and written with Prefect's own client
+(:mod:`scene.ops.prefect_api`); the health probes are plain HTTP (:mod:`scene.ops.http`).
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import urllib.parse
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from scene.data.storage import StorageError, explain
-from scene.ops import http
+from scene.ops import http, prefect_api
 from scene.ops.supervisor import (
     _LOG_TAIL_LINES,
     HOST,
@@ -56,10 +57,13 @@ def _parse_time(text: str | None) -> float:
 
 
 def _worker_record(api: str, pool: str, name: str) -> dict[str, Any] | None:
-    status, body = http.status_of("POST", f"{api}/work_pools/{urllib.parse.quote(pool)}/workers/filter", {})
-    if status != 200 or not isinstance(body, list):
+    """The worker ``name`` of ``pool`` as the API's JSON; None when absent or the API does not answer."""
+    try:
+        with prefect_api.client(api, timeout=5) as client:
+            workers = client.read_workers_for_work_pool(pool)
+    except Exception:  # a health probe: unreachable, busy past the client's retries, or no such pool
         return None
-    return next((w for w in body if w.get("name") == name), None)
+    return next((w.model_dump(mode="json") for w in workers if w.name == name), None)
 
 
 def worker_healthy(api: str, pool: str, name: str, since: float = 0.0) -> bool:
@@ -186,80 +190,87 @@ def docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
     return ["--base-job-template", str(path)]
 
 
-def _api(method: str, url: str, body: Any = None) -> Any:
-    status, answer = http.status_of(method, url, body)
-    if status not in (200, 201, 204):
-        raise StackError(f"{method} {url}: the Prefect API answered {status}: {answer}")
-    return answer
+def _failed(what: str, api: str, err: Exception) -> StackError:
+    """A :class:`StackError` naming what failed at which API, with the server's answer when there was one."""
+    response = getattr(err, "response", None)
+    answer = f"answered {response.status_code}: {response.text[:300]}" if response is not None else str(err)
+    return StackError(f"{what} at the Prefect API {api} failed ({answer})")
 
 
 def ensure_secret_blocks(api: str, env: Mapping[str, str]) -> list[str]:
     """Save the S3 credentials in ``env`` as Prefect Secret blocks (:data:`SECRET_BLOCKS`) at ``api``; their names.
 
-    Through the REST API (scene/ never imports Prefect): the server's registered ``secret`` block type and its
-    newest schema; an existing block's value is replaced.
+    Prefect's ``Secret`` block saved with ``overwrite=True`` (an existing block's value is replaced), pointed at
+    ``api`` for the call.
     """
+    from prefect.blocks.system import Secret
+
     wanted = {block: env[var] for var, block in SECRET_BLOCKS.items() if env.get(var)}
     if not wanted:
         return []
-    block_type = _api("GET", f"{api}/block_types/slug/secret")
-    schemas = _api("POST", f"{api}/block_schemas/filter",
-                   {"block_schemas": {"block_type_id": {"any_": [block_type["id"]]}}, "limit": 1})
-    if not schemas:
-        raise StackError(f"the Prefect API at {api} has no schema for the 'secret' block type")
-    for name, value in wanted.items():
-        status, found = http.status_of("GET", f"{api}/block_types/slug/secret/block_documents/name/{name}")
-        if status == 200:
-            _api("PATCH", f"{api}/block_documents/{found['id']}",
-                 {"data": {"value": value}, "merge_existing_data": False, "block_schema_id": schemas[0]["id"]})
-        elif status == 404:
-            _api("POST", f"{api}/block_documents/", {"name": name, "data": {"value": value},
-                                                     "block_type_id": block_type["id"],
-                                                     "block_schema_id": schemas[0]["id"]})
-        else:
-            raise StackError(f"reading the Secret block {name!r} at {api} failed ({status}): {found}")
+    with prefect_api.settings_for(api):
+        for name, value in wanted.items():
+            try:
+                Secret(value=value).save(name, overwrite=True)
+            except Exception as err:
+                raise _failed(f"saving the Secret block {name!r}", api, err) from err
     return list(wanted)
 
 
 def set_pool_concurrency(api: str, pool: str, limit: int | None) -> None:
     """Set a work pool's concurrency limit (None: unlimited) through the Prefect API."""
-    status, body = http.status_of("PATCH", f"{api}/work_pools/{urllib.parse.quote(pool)}", {"concurrency_limit": limit})
-    if status != 204:
-        raise StackError(f"setting the concurrency limit of work pool {pool!r} at {api} failed ({status}): {body}")
+    from prefect.client.schemas.actions import WorkPoolUpdate
+
+    try:
+        with prefect_api.client(api) as client:
+            client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
+    except Exception as err:
+        raise _failed(f"setting the concurrency limit of work pool {pool!r}", api, err) from err
+
+
+def _default_template(pool: str, state: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    """The base job template a new pool gets: the docker pool's (:func:`docker_pool_template`), else the process
+    worker's default (what ``prefect work-pool create --type process`` uses)."""
+    if pool == DOCKER_POOL:
+        return json.loads(Path(docker_pool_template(state, env)[1]).read_text())
+    from prefect.workers.process import ProcessWorker
+
+    return ProcessWorker.get_default_base_job_template()
 
 
 def ensure_pools(api: str, pools: tuple[str, ...], env: dict[str, str], state: Path, gpus: int = 1) -> None:
-    """Create the missing process work pools (the CLI fills in the process worker's job template).
+    """Create the missing work pools with Prefect's client (a process pool gets the process worker's default job
+    template).
 
     The docker pool is (re)created on every call, so its template carries the stack's current settings, and the
     credentials it references are saved as Secret blocks first. The ``gpu`` pool runs at most ``gpus`` flow runs
     at once (one per GPU; the dispatcher pins each to its device).
     """
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
     if gpus < 1:
         raise StackError(f"--gpus {gpus}: the gpu pool needs at least one GPU (pass --gpus N or SCENE_GPUS=N, N >= 1)")
     missing = []
-    for pool in pools:
-        status, body = http.status_of("GET", f"{api}/work_pools/{urllib.parse.quote(pool)}")
-        if status == 404 or pool == DOCKER_POOL:
-            missing.append(pool)
-        elif status != 200:
-            raise StackError(f"work pool {pool!r}: the Prefect API at {api} answered {status}: {body}")
-    if DOCKER_POOL in missing:
-        args = docker_pool_template(state, env)  # checks Docker before anything is saved
-        ensure_secret_blocks(api, env)
-    procs = {
-        pool: subprocess.Popen(
-            [find_bin("prefect"), "work-pool", "create", pool, "--type", pool_type(pool), "--overwrite",
-             *(args if pool == DOCKER_POOL else [])],
-            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        for pool in missing
-    }
-    for pool, proc in procs.items():
-        out, _ = proc.communicate(timeout=180)
-        if proc.returncode != 0:
-            text = "\n".join(out.decode(errors="replace").strip().splitlines()[-_LOG_TAIL_LINES:])
-            raise StackError(f"creating work pool {pool!r} failed (exit {proc.returncode}):\n{text}")
+    with prefect_api.client(api) as client:
+        for pool in pools:
+            try:
+                client.read_work_pool(pool)
+                if pool == DOCKER_POOL:
+                    missing.append(pool)
+            except ObjectNotFound:
+                missing.append(pool)
+            except Exception as err:
+                raise _failed(f"reading work pool {pool!r}", api, err) from err
+        templates = {pool: _default_template(pool, state, env) for pool in missing}  # checks Docker first
+        if DOCKER_POOL in missing:
+            ensure_secret_blocks(api, env)
+        for pool in missing:
+            try:
+                client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type(pool),
+                                                       base_job_template=templates[pool]), overwrite=True)
+            except Exception as err:
+                raise _failed(f"creating work pool {pool!r}", api, err) from err
     if GPU_POOL in pools:
         set_pool_concurrency(api, GPU_POOL, gpus)
 
@@ -292,26 +303,24 @@ def zombie_automation(within_s: float = ZOMBIE_AFTER_S) -> dict[str, Any]:
 
 def ensure_zombie_automation(api: str, within_s: float = ZOMBIE_AFTER_S) -> str:
     """Create (or update in place) the one zombie-run automation; its id. Idempotent: duplicates are removed."""
+    from prefect.events.schemas.automations import AutomationCore
+
     body = zombie_automation(within_s)
     body["description"] += f" [config {hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]}]"
-    status, found = http.status_of("POST", f"{api}/automations/filter",
-                                   {"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}})
-    if status != 200 or not isinstance(found, list):
-        raise StackError(f"reading automations from the Prefect API at {api} failed ({status}): {found}")
-    for extra in found[1:]:
-        http.status_of("DELETE", f"{api}/automations/{extra['id']}")
-    if found and found[0].get("description") == body["description"] and found[0].get("enabled"):
-        return str(found[0]["id"])  # unchanged: left alone (an update would reset the runs it is timing)
-    if found:
-        auto_id = found[0]["id"]
-        status, answer = http.status_of("PUT", f"{api}/automations/{auto_id}", body)
-        ok = status == 204
-    else:
-        status, answer = http.status_of("POST", f"{api}/automations/", body)
-        ok, auto_id = status == 201, (answer or {}).get("id") if isinstance(answer, dict) else None
-    if not ok or not auto_id:
-        raise StackError(f"setting up the automation {ZOMBIE_AUTOMATION!r} at {api} failed ({status}): {answer}")
-    return str(auto_id)
+    automation = AutomationCore.model_validate(body)
+    try:
+        with prefect_api.client(api) as client:
+            found = client.read_automations_by_name(ZOMBIE_AUTOMATION)
+            for extra in found[1:]:
+                client.delete_automation(extra.id)
+            if found and found[0].description == body["description"] and found[0].enabled:
+                return str(found[0].id)  # unchanged: left alone (an update would reset the runs it is timing)
+            if found:
+                client.update_automation(found[0].id, automation)
+                return str(found[0].id)
+            return str(client.create_automation(automation))
+    except Exception as err:
+        raise _failed(f"setting up the automation {ZOMBIE_AUTOMATION!r}", api, err) from err
 
 
 def s3_env(cfg: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:

@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scene.ops import http, iam, orphans
+from scene.ops import iam, orphans, prefect_api
 from scene.ops.services import (
     EVENTS,
     HEARTBEAT_S,
@@ -234,7 +234,7 @@ def _client_env(cfg: dict[str, Any], creds: dict[str, str]) -> dict[str, str]:
 def _api(cfg: dict[str, Any], creds: dict[str, str]) -> str:
     """The stack's Prefect API URL, with its auth string registered for this process's requests to it."""
     api = f"http://{HOST}:{cfg['prefect_port']}/api"
-    http.register_auth(api, auth_string=creds.get("prefect_auth_string"))
+    prefect_api.register_auth(api, auth_string=creds.get("prefect_auth_string"))
     return api
 
 

@@ -28,8 +28,7 @@ from typing import Any
 
 import pytest
 
-from scene.ops import http as ops_http
-from scene.ops import prefect_events
+from scene.ops import prefect_api, prefect_events
 from scene.ops.bridge import serve
 from scene.ops.notifications import KEY_SAMPLE, BridgeConfig
 from tests.support import REPO
@@ -125,7 +124,7 @@ class LosingProxy:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, answer = ops_http.call("POST", upstream.rstrip("/") + self.path.removeprefix("/api"), body)
+                status, answer = prefect_api.request("POST", upstream, self.path.removeprefix("/api"), body)
                 proxy.forwarded.append(body)
                 if len(proxy.forwarded) == 1:  # delivered upstream, reply lost
                     self.close_connection = True
@@ -136,6 +135,11 @@ class LosingProxy:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self) -> None:  # Prefect's client asks for a CSRF token first: 404 (none), as an open server
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -162,7 +166,8 @@ def test_a_lost_reply_is_retried_with_the_same_event_id(estack: dict[str, Any]) 
         deadline = time.monotonic() + 20
         while bridge.batcher.emitted < 1 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert bridge.batcher.emit_failures == 1 and bridge.batcher.emitted == 1
+        # Prefect's client re-sent the request whose reply was lost (the same body: the same event id) itself
+        assert bridge.batcher.emit_failures == 0 and bridge.batcher.emitted == 1
     finally:
         bridge.stop()
         proxy.close()

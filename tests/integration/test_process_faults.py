@@ -19,7 +19,7 @@ from prefect import flow
 
 from scene.data import storage
 from scene.data.synth import make_synthetic
-from scene.ops import http
+from scene.ops import prefect_api
 from scene.ops import stack as stack_mod
 from scene.ops.services import HEARTBEAT_S, ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION
 from tests.support import REPO
@@ -106,8 +106,8 @@ def test_sigkill_during_extraction_crashes_the_run_and_a_rerun_reuses_every_shar
 
 
 def _automations(api: str) -> list[dict[str, Any]]:
-    status, found = http.call("POST", f"{api}/automations/filter",
-                              {"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}})
+    status, found = prefect_api.request("POST", api, "/automations/filter",
+                                        {"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}})
     assert status == 200, found
     return found
 
