@@ -116,23 +116,31 @@ def test_registered_versions_verify(tmp_path: Path, s3: Any, bucket: str) -> Non
 
 
 def test_download_prefix_refuses_hostile_keys_before_writing(tmp_path: Path, s3: Any, bucket: str) -> None:
+    """Keys the gateway stores as given (a backslash path here) are refused before any file is written; keys it
+    refuses ('..') or normalises ('//') cannot hurt; at least one hostile key must have reached the check."""
     prefix = f"s3://{bucket}/run/resnet50/"
     storage.write_bytes(prefix + "a/model.keras", b"model", s3)
     got = storage.download_prefix(prefix, tmp_path / "out", s3)
     assert [p.relative_to(tmp_path / "out").as_posix() for p in got] == ["a/model.keras"]
-    for key in ("run/resnet50/x/../../../escaped.txt", "run/resnet50//escaped.txt"):
+    refused = []
+    for n, key in enumerate(("x/../../../escaped.txt", "/escaped.txt", "x\\..\\..\\escaped.txt")):
         try:  # the gateway may refuse or normalise such names itself; one that keeps them must not hurt us
-            s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+            s3.put_object(Bucket=bucket, Key="run/resnet50/" + key, Body=b"x")
         except Exception:
             continue
-        listed = [k[len(prefix):] for k, _ in storage.list_files(prefix, s3)]
-        if key[len("run/resnet50/"):] in listed:
+        listed = {k[len(prefix):] for k, _ in storage.list_files(prefix, s3)} - {"a/model.keras"}
+        out = tmp_path / f"out{n}"
+        if key in listed:  # kept as given: refused, and nothing written
             with pytest.raises(storage.StorageError, match="refusing object name"):
-                storage.download_prefix(prefix, tmp_path / "out2", s3)
+                storage.download_prefix(prefix, out, s3)
+            assert not out.exists() or not any(out.rglob("*")), list(out.rglob("*"))  # not even a/model.keras
+            refused.append(key)
         else:  # stored under a normalised name: whatever it became lands inside the folder
-            assert all(p.resolve().is_relative_to((tmp_path / "out3").resolve())
-                       for p in storage.download_prefix(prefix, tmp_path / "out3", s3))
-    assert all(p.is_relative_to(tmp_path / "out3") for p in tmp_path.rglob("escaped.txt"))
+            assert all(p.resolve().is_relative_to(out.resolve()) for p in storage.download_prefix(prefix, out, s3))
+        for k in listed:
+            s3.delete_object(Bucket=bucket, Key="run/resnet50/" + k)
+    assert refused, "no hostile key reached download_prefix: the gateway refused or normalised every one"
+    assert not (tmp_path.parent / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
 
 
 def test_generated_data_stays_marked_after_an_upload(tmp_path: Path, s3: Any, bucket: str) -> None:
