@@ -19,7 +19,8 @@ from scene.data.synth import make_synthetic
 from scene.ops import stack as stack_mod
 from scene.ops import supervisor
 from tests.support import REPO
-from tests.support.events import EXTRA, QUIET, retrain_runs, settled, wait_runs
+from tests.support.events import EXTRA, QUIET, bridge, drained, retrain_runs, settled, wait_runs
+from tests.support.polling import eventually
 from tests.support.s3io import upload
 from tests.support.stackenv import api_settings
 
@@ -33,11 +34,13 @@ def _images(tmp: Path, n_per_class: int, seed: int) -> Path:
 def test_a_burst_of_uploads_starts_exactly_one_retrain(estack: dict[str, Any], tmp_path: Path) -> None:
     env, s3 = estack["env"], estack["s3"]
     data = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}burst/"
+    before = bridge(estack)
     started = time.time()
     upload(s3, _images(tmp_path / "burst", 3, 1), data)  # 6 objects, one burst
     runs = wait_runs(1, data)
     latency = (runs[0].created.timestamp() - started) if runs else None
-    time.sleep(QUIET + 4)  # nothing more arrives later
+    after = drained(estack, before, objects=6)  # all 6 counted and batched, nothing pending: no later batch
+    assert after["emitted"] > before["emitted"], (before, after)
     runs = [r for r in retrain_runs() if r.parameters.get("data") == data]
     assert len(runs) == 1, [r.parameters for r in runs]
     assert int(runs[0].parameters["new_objects"]) == 6
@@ -46,7 +49,7 @@ def test_a_burst_of_uploads_starts_exactly_one_retrain(estack: dict[str, Any], t
 
 def test_rejected_requests_and_unrelated_prefixes_start_nothing(estack: dict[str, Any], tmp_path: Path) -> None:
     env, s3, cfg = estack["env"], estack["s3"], json.loads((estack["state"] / "stack.json").read_text())
-    before = len(retrain_runs())
+    before, counters = len(retrain_runs()), bridge(estack)
     url = f"http://127.0.0.1:{cfg['events_port']}/notify"
     body = json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {
         "bucket": {"name": env["SCENE_DATA_BUCKET"]}, "object": {"key": "datasets/forged/sea/x.jpg", "size": 1}}}]})
@@ -57,7 +60,8 @@ def test_rejected_requests_and_unrelated_prefixes_start_nothing(estack: dict[str
             urllib.request.urlopen(req, timeout=5)
         assert err.value.code in (400, 401)
     upload(s3, _images(tmp_path / "other", 1, 2), f"s3://{env['SCENE_DATA_BUCKET']}/unrelated/")
-    time.sleep(QUIET + 4)
+    after = drained(estack, counters, ignored=2)  # both keys delivered and ignored, nothing pending
+    assert after["rejected"] - counters["rejected"] == 3 and after["emitted"] == counters["emitted"], after
     assert len(retrain_runs()) == before
 
 
@@ -76,7 +80,7 @@ def test_events_raised_while_the_bridge_is_down_arrive_later(estack: dict[str, A
     stack_mod.up(state, s3_port=cfg["s3_port"], prefect_port=cfg["prefect_port"], pools=("default", "gpu"),
                  workdir=REPO, events_port=cfg["events_port"], quiet_seconds=QUIET, extra=EXTRA)
     runs = wait_runs(1, data, timeout=90)
-    time.sleep(QUIET + 2)
+    eventually(lambda: bridge(estack)["pending"] == 0, 60, "the restarted bridge emitting every batch it holds")
     runs = [r for r in retrain_runs() if r.parameters.get("data") == data]
     assert len(runs) == 1, [r.parameters for r in runs]
 

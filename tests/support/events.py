@@ -39,3 +39,30 @@ def settled(still: float = 5.0, timeout: float = 40.0) -> int:
         if now != count:
             count, since = now, time.time()
     return count
+
+
+def bridge(stack: dict[str, Any]) -> dict[str, Any]:
+    """The event stack's bridge counters (``/health`` with its token): objects, ignored, emitted, pending, ..."""
+    import json
+
+    from scene.ops.prefect_events import bridge_stats
+
+    cfg = json.loads((stack["state"] / "stack.json").read_text())
+    token = json.loads((stack["state"] / "credentials.json").read_text())["events_token"]
+    return bridge_stats(f"http://127.0.0.1:{cfg['events_port']}", token)
+
+
+def drained(stack: dict[str, Any], before: dict[str, Any], *, objects: int = 0, ignored: int = 0,
+            timeout: float = 90.0) -> dict[str, Any]:
+    """The bridge's counters once it has counted ``objects`` more objects and ``ignored`` more ignored keys than in
+    ``before`` and holds no pending batch (every batch emitted: what the gateway delivered is all accounted for)."""
+    from tests.support.polling import eventually
+
+    def done() -> dict[str, Any] | None:
+        now = bridge(stack)
+        grown = (now["objects"] - before["objects"], now["ignored"] - before["ignored"])
+        return now if grown[0] >= objects and grown[1] >= ignored and now["pending"] == 0 else None
+
+    now = eventually(done, timeout, f"the bridge counting {objects} objects and {ignored} ignored keys, none pending")
+    assert (now["objects"] - before["objects"], now["ignored"] - before["ignored"]) == (objects, ignored), (before, now)
+    return now
