@@ -2,21 +2,24 @@
 
 In one process, on the same real Intel photos (MobileNetV2, the shipped offline ImageNet weights):
 
-1. ``raw``: ``predict_on_batch`` of the very same model on tensors decoded beforehand (the ceiling);
+1. ``raw``: the very same model on tensors decoded beforehand (the ceiling), on each runtime: TensorFlow's compiled
+   call (:func:`scene.model.pipeline.compiled`) and the chosen one (:mod:`scene.model.infer`, ``--runtime``; OpenVINO
+   on CPU when installed);
 2. ``extract (files)``: :func:`scene.train.features.extract` from the JPEG files into an empty cache;
 3. ``extract (s3)``: the same from ``s3://`` objects on a local JuiceFS gateway (started here), one GET per image;
    ``extract (s3 packs)``: the same objects with the image packs the manifest step writes (:mod:`scene.data.packs`,
    built here the same way), one GET per pack of 256;
 4. ``evaluate``: :func:`scene.model.predict.predict` + metrics of the full model (backbone + head) from the files;
 5. ``predict``: :func:`scene.model.predict.predict_folder` of the full model, folder in, CSV out;
-Each path runs between two raw runs of its model and its ratio uses their mean; ``--rounds`` repeats the whole
-sequence and reports the median ratio with its range (the machine is shared: load hits a path and its ceiling alike).
+Paths 2-5 run on the chosen runtime. Each path runs between two raw runs of its model on each runtime and its
+ratios (to TensorFlow's raw speed, and to the chosen runtime's) use their means; ``--rounds`` repeats the whole
+sequence and reports the median ratio with its range (the machine is shared: load hits a path and its ceilings alike).
 
 ``--rss`` also runs the extraction in fresh processes on 1× and 4× the images and prints their peak RSS.
 ``--threads`` compares TensorFlow thread settings (fresh process each) by the extraction/raw ratio.
 
     .venv/bin/python benchmarks/extraction.py [--images 600] [--rounds 3] [--size 150] [--rss] [--threads] [--xla]
-        [--no-s3]
+        [--no-s3] [--runtime auto|tensorflow|openvino]
 """
 
 from __future__ import annotations
@@ -97,31 +100,45 @@ def _with_readers(n: int, fn: Any) -> Any:
 
 
 def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3_readers: int = 0) -> dict[str, Any]:
-    """``rounds`` rounds; in each, every path runs between two raw runs of its model (its ratio uses their mean),
-    so that load from other work on this shared machine hits a path and its ceiling alike. Returns each name's
-    median img/s (``rates``) and every round's ratio (``ratios``)."""
+    """``rounds`` rounds; in each, every path runs between two raw runs of its model on each runtime, TensorFlow's
+    compiled call and the chosen runtime's (:func:`scene.model.infer.selected`), and its ratios use their means, so
+    that load from other work on this shared machine hits a path and its ceilings alike. Returns each name's median
+    img/s (``rates``), every round's ratio to TensorFlow's raw speed (``ratios``) and to the chosen runtime's
+    (``ratios_chosen``), and the chosen runtime (``runtime``)."""
     import statistics
 
     import numpy as np
 
     from scene.evaluation.metrics import evaluate_predictions
     from scene.metadata import CLASS_NAMES
+    from scene.model import infer
     from scene.model.backbones import feature_extractor
     from scene.model.network import assemble, build_head
-    from scene.model.pipeline import pixel_batches, predict_batches
+    from scene.model.pipeline import compiled, pixel_batches
     from scene.model.predict import predict, predict_folder
     from scene.ops import stack, supervisor
     from scene.train import features
     from scene.train.fit import TrainConfig, weights_for
 
+    chosen = infer.selected()
     rows = _rows(n)
     weights = weights_for(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
     extractor = feature_extractor("mobilenetv2", size, weights, 0)
     full = assemble("mobilenetv2", size, weights, build_head(1280, 6), 0)
     x = np.concatenate(list(pixel_batches(rows["key"].tolist(), size, batch_size=BATCH)))
+    runners: dict[int, Any] = {}
+    for model in (extractor, full):  # the chosen runtime's callable (its export checked against Keras here)
+        if chosen == "openvino":
+            runner, _ = infer.openvino_runner(model, x[:BATCH])
+            if runner is None:
+                sys.exit(f"OpenVINO refused {model.name} (see the warning); rerun with {infer.ENV}=tensorflow")
+            runners[id(model)] = runner
+        else:
+            runners[id(model)] = compiled(model)
 
-    def raw(model) -> float:
-        return _rate(len(x), lambda: [model.predict_on_batch(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+    def raw(model, runtime: str = "tensorflow") -> float:
+        fn = compiled(model) if runtime == "tensorflow" else runners[id(model)]
+        return _rate(len(x), lambda: [np.asarray(fn(x[i:i + BATCH])) for i in range(0, len(x), BATCH)])
 
     def extract(r, s3=None) -> float:
         with tempfile.TemporaryDirectory() as cache:
@@ -151,22 +168,28 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3
         if s3_readers:  # the same with another number of S3 reader threads (scene.model.runtime)
             paths[f"extract (s3, {s3_readers} readers)"] = (extractor, lambda: _with_readers(
                 s3_readers, lambda: extract(s3_rows, s3)))
-    raw(extractor), raw(full)  # warm-up: trace both compiled functions once, Keras' and scene's (pipeline.compiled)
-    for model in (extractor, full):
-        list(predict_batches(model, [x[:BATCH]]))
-    rates: dict[str, list[float]] = {"raw extractor": [], "raw full model": []}
+    for model in (extractor, full):  # warm-up: trace TensorFlow's compiled function, run the chosen runtime once
+        raw(model), raw(model, chosen)
+    names = {id(extractor): "raw extractor", id(full): "raw full model"}
+    rates: dict[str, list[float]] = {f"{m} ({rt})": [] for m in names.values() for rt in dict.fromkeys(
+        ["tensorflow", chosen])}
     ratios: dict[str, list[float]] = {name: [] for name in paths}
+    ratios_chosen: dict[str, list[float]] = {name: [] for name in paths}
     try:
         for _ in range(rounds):
             for name, (model, path) in paths.items():
                 gateway = supervisor.running(state, stack.S3) if name.startswith("extract (s3") else None
-                before, cpu, wall = raw(model), supervisor.cpu_seconds(gateway), time.perf_counter()
+                tf_before, rt_before = raw(model), raw(model, chosen)
+                cpu, wall = supervisor.cpu_seconds(gateway), time.perf_counter()
                 rate = path()
                 share = (supervisor.cpu_seconds(gateway) - cpu) / ((time.perf_counter() - wall) * (os.cpu_count() or 1))
-                after = raw(model)
+                rt_after, tf_after = raw(model, chosen), raw(model)
                 rates.setdefault(name, []).append(rate)
-                rates["raw extractor" if model is extractor else "raw full model"] += [before, after]
-                ratios[name].append(rate / ((before + after) / 2))
+                rates[f"{names[id(model)]} (tensorflow)"] += [tf_before, tf_after]
+                if chosen != "tensorflow":
+                    rates[f"{names[id(model)]} ({chosen})"] += [rt_before, rt_after]
+                ratios[name].append(rate / ((tf_before + tf_after) / 2))
+                ratios_chosen[name].append(rate / ((rt_before + rt_after) / 2))
                 if gateway:
                     print(f"the S3 gateway itself used {share:.0%} of this machine's CPU during '{name}'")
     finally:
@@ -176,21 +199,30 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3
         jit = feature_extractor("mobilenetv2", size, weights, 0)
         jit.jit_compile = True
         jit.predict_on_batch(x[:BATCH])
-        before, rate, after = raw(extractor), raw(jit), raw(extractor)
+        before = raw(extractor)
+        rate = _rate(len(x), lambda: [jit.predict_on_batch(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+        after = raw(extractor)
         rates["raw extractor, XLA"], ratios["raw extractor, XLA"] = [rate], [rate / ((before + after) / 2)]
-    return {"rates": {k: statistics.median(v) for k, v in rates.items()}, "ratios": ratios}
+    for name in names.values() if chosen != "tensorflow" else ():  # the chosen runtime's raw over TensorFlow's
+        tf_r, rt_r = rates[f"{name} (tensorflow)"], rates[f"{name} ({chosen})"]
+        ratios[f"{name} ({chosen})"] = [b / a for a, b in zip(tf_r, rt_r, strict=True)]
+    return {"rates": {k: statistics.median(v) for k, v in rates.items()}, "ratios": ratios,
+            "ratios_chosen": ratios_chosen, "runtime": chosen}
 
 
 def report(result: dict[str, Any], n: int) -> None:
-    """Each path's median img/s and its ratio to the raw runs around it: the median over rounds (min–max)."""
+    """Each path's median img/s and its ratios to the raw runs around it: the median over rounds (min–max)."""
     import statistics
 
-    print(f"\n{n} images, batch {BATCH}, {os.cpu_count()} cores; ratio = img/s ÷ the mean of the raw runs just "
-          "before and after it (median of rounds, min–max)")
+    chosen = result.get("runtime", "tensorflow")
+    print(f"\n{n} images, batch {BATCH}, {os.cpu_count()} cores, chosen runtime {chosen}; ratio = img/s ÷ the mean of "
+          "the raw runs just before and after it (median of rounds, min–max)")
     for name, rate in result["rates"].items():
-        r = result["ratios"].get(name)
-        ratio = f"{statistics.median(r):6.2f} of raw  ({min(r):.2f}–{max(r):.2f}, {len(r)} rounds)" if r else ""
-        print(f"  {name:24s} {rate:7.1f} img/s  {ratio}")
+        r, c = result["ratios"].get(name), result.get("ratios_chosen", {}).get(name)
+        ratio = f"{statistics.median(r):5.2f}× TF raw ({min(r):.2f}–{max(r):.2f})" if r else ""
+        if c and chosen != "tensorflow":
+            ratio += f"  {statistics.median(c):5.2f} of {chosen} raw ({min(c):.2f}–{max(c):.2f})"
+        print(f"  {name:30s} {rate:7.1f} img/s  {ratio}")
 
 
 def extract_rss(n: int, size: int) -> float:
@@ -231,8 +263,9 @@ def thread_sweep(n: int, size: int) -> None:
             env["SCENE_TF_THREADS"] = "tf-default"
         r = _child(["--child-run", "--images", str(n), "--size", str(size)], env)["rates"]
         label = "TF defaults" if not intra else f"intra {intra} inter {inter}"
-        print(f"  {label:18s} raw {r['raw extractor']:6.1f} img/s, extract {r['extract (files)']:6.1f} img/s "
-              f"({r['extract (files)'] / r['raw extractor']:.2f} of raw)", flush=True)
+        tf_raw = r["raw extractor (tensorflow)"]
+        print(f"  {label:18s} raw {tf_raw:6.1f} img/s, extract {r['extract (files)']:6.1f} img/s "
+              f"({r['extract (files)'] / tf_raw:.2f} of TensorFlow raw)", flush=True)
 
 
 def main() -> None:
@@ -245,11 +278,17 @@ def main() -> None:
     p.add_argument("--rss", action="store_true", help="peak RSS of extraction on 1x and 4x the images")
     p.add_argument("--threads", action="store_true", help="compare TensorFlow thread settings")
     p.add_argument("--xla", action="store_true", help="also time the backbone compiled with XLA (jit_compile)")
+    p.add_argument("--runtime", choices=("auto", "tensorflow", "openvino"), default=None,
+                   help="inference runtime of the paths (default: SCENE_INFERENCE_RUNTIME, else auto); small runs "
+                        "use it too (auto would keep fewer than 2,000 images of a new model on TensorFlow)")
     p.add_argument("--child-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if not INTEL.is_dir() or not WEIGHTS.is_file():
         sys.exit(f"needs {INTEL} and {WEIGHTS} (see README: real data)")
+    from scene.model import infer
+
+    os.environ[infer.ENV] = infer.selected(env={infer.ENV: a.runtime} if a.runtime else None)  # paths and children
     if a.child_run or a.child_rss:
         print(json.dumps(run(a.images, a.size, False) if a.child_run else extract_rss(a.images, a.size)))
         return
