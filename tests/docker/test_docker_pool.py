@@ -22,7 +22,7 @@ from scene.data import storage
 from scene.data.synth import make_synthetic
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
 from tests.support.runs import assert_gated_against
-from tests.support.s3io import upload
+from tests.support.s3io import client_from_env, upload
 
 pytestmark = pytest.mark.docker
 BACKBONES = ["mobilenetv2", "efficientnetb0"]
@@ -33,10 +33,7 @@ FAST = {"params": {"backbones": BACKBONES, "weights": "none", "epochs": 1, "view
 
 @pytest.fixture(scope="module")
 def s3(docker_stack: dict[str, str]) -> Any:
-    from scene.data.storage import s3_client
-    from scene.settings import Settings
-
-    return s3_client(Settings.from_env())
+    return client_from_env()
 
 
 @pytest.fixture(scope="module")

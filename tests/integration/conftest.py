@@ -19,6 +19,7 @@ from scene.ops import stack as stack_mod
 from scene.ops.stack import StackInfo
 from tests.support import REPO
 from tests.support.ports import free_port
+from tests.support.s3io import client_from_env
 from tests.support.stackenv import env_of, stack_environ
 from tests.support.webhook import WEBHOOK_TOKEN, WebhookListener
 
@@ -78,7 +79,11 @@ def env(stack: Any) -> Iterator[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def s3(env: dict[str, str]) -> Any:
-    from scene.data.storage import s3_client
-    from scene.settings import Settings
+    """An S3 client for the package's stack (the module's environment)."""
+    return client_from_env()
 
-    return s3_client(Settings.from_env())
+
+@pytest.fixture(scope="module")
+def settings(stack: StackInfo) -> Any:
+    """The stack's settings (endpoint, root credentials, buckets), as ``scene`` reads them from its state folder."""
+    return stack_mod.settings_for(stack.state_dir)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import contextvars
-import io
 import json
 import os
 import signal
@@ -26,7 +25,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
 from scene import registry
@@ -43,10 +41,6 @@ SIZE = 32
 def _params(weights: str, epochs: int, **more: Any) -> dict[str, Any]:
     return {"backbones": ["mobilenetv2"], "weights": weights, "epochs": epochs, "views": 0, "image_size": SIZE,
             "finetune_layers": 0, "mixed_precision": False, **more}
-
-
-def _csv(s3: Any, uri: str) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3)))
 
 
 def test_dispatched_versions_register_under_the_data_root_and_are_gated(s3: Any, env: dict[str, str],

@@ -22,7 +22,6 @@ from PIL import Image
 from scene import registry
 from scene.cli import models
 from scene.data import storage
-from scene.ops import stack as stack_mod
 from scene.registry import ModelVersion, RegistryError
 from scene.registry import store as registry_store
 
@@ -30,16 +29,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 N_TEST = 200  # synthetic test images
 DATA = "s3://scene-data/datasets/demo/"  # the dataset lineage of most fake models here
-
-
-@pytest.fixture(scope="module")
-def settings(stack: Any) -> Any:
-    return stack_mod.settings_for(stack.state_dir)
-
-
-@pytest.fixture(scope="module")
-def s3(settings: Any) -> Any:
-    return storage.s3_client(settings)
 
 
 @pytest.fixture

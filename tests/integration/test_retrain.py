@@ -19,7 +19,6 @@ the same images (cross-checked against the champion's own stored predictions).
 
 from __future__ import annotations
 
-import io
 import json
 import uuid
 from pathlib import Path
@@ -34,7 +33,7 @@ from scene import registry
 from scene.data import storage
 from scene.metadata import CLASS_NAMES
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
-from tests.support.s3io import upload
+from tests.support.s3io import read_csv, upload
 
 pytestmark = pytest.mark.integration
 SIZE = 64
@@ -57,10 +56,6 @@ def _replace(s3: Any, root: Path, data: str) -> None:
         loc = storage.parse(uri)
         s3.delete_object(Bucket=loc.bucket, Key=loc.key)
     upload(s3, root, data)
-
-
-def _csv(s3: Any, uri: str) -> pd.DataFrame:
-    return pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3)))
 
 
 def _champion_on(s3: Any, version_uri: str, keys: list[str], tmp_path: Path) -> np.ndarray:
@@ -108,9 +103,9 @@ def test_retrain_gates_a_known_better_challenger(s3: Any, env: dict[str, str], w
     stored = json.loads(storage.read_bytes(new.uri + "decision.json", s3))
     assert stored == {**second["decision"], "decided_at": stored["decided_at"]}
 
-    mine = _csv(s3, new.uri + "test_predictions.csv")
+    mine = read_csv(s3, new.uri + "test_predictions.csv")
     theirs = _champion_on(s3, old.uri, mine["key"].tolist(), tmp_path)
-    recorded = _csv(s3, old.uri + "test_predictions.csv").set_index("sha256")["y_pred"]
+    recorded = read_csv(s3, old.uri + "test_predictions.csv").set_index("sha256")["y_pred"]
     overlap = mine["sha256"].isin(recorded.index).to_numpy()
     assert np.array_equal(theirs[overlap], recorded.loc[mine["sha256"][overlap]].to_numpy())
     want = _expected(mine["y_true"].to_numpy(), mine["y_pred"].to_numpy(), theirs)

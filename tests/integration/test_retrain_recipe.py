@@ -15,7 +15,6 @@ is promoted by the gate itself.
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from typing import Any
 
@@ -26,7 +25,7 @@ from scene import registry
 from scene.data import storage
 from scene.metadata import CLASS_NAMES
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
-from tests.support.s3io import upload
+from tests.support.s3io import read_json, upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SIZE = 96
@@ -51,10 +50,6 @@ def champion(s3: Any, env: dict[str, str], tmp_path_factory: pytest.TempPathFact
     return {"data": data, "test": test, "weights": weights, "version": first["challenger"], "tmp": tmp}
 
 
-def _json(s3: Any, uri: str) -> dict[str, Any]:
-    return json.loads(storage.read_bytes(uri, s3))
-
-
 def _test_keys(s3: Any, test: str) -> set[str]:
     return {uri for uri, _ in storage.list_files(test, s3) if uri.endswith(".jpg")}
 
@@ -70,7 +65,7 @@ def test_retrain_trains_the_champions_recipe_on_its_test_folder(s3: Any, env: di
     assert result["champion"] == champion["version"] and result.get("challenger"), result
     version = registry.ModelVersion.from_dict(registry.get_version(s3, env["SCENE_ARTIFACT_BUCKET"],
                                                                    result["challenger"]))
-    config = _json(s3, version.uri + "config.json")
+    config = read_json(s3, version.uri + "config.json")
     want = {"backbone": "mobilenetv2", "weights": champion["weights"], **RECIPE}
     assert {k: config["config"][k] for k in want} == want  # the champion's recipe, not the TrainParams defaults
     assert config["test_source"] == champion["test"] and version.test == champion["test"]

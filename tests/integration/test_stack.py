@@ -23,16 +23,6 @@ from tests.support.webhook import WEBHOOK_TOKEN, WebhookListener
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def settings(stack: StackInfo) -> Settings:
-    return stack_mod.settings_for(stack.state_dir)
-
-
-@pytest.fixture(scope="module")
-def s3(settings: Settings) -> Any:
-    return s3_client(settings)
-
-
 def test_up_is_idempotent(stack: StackInfo, stack_args: dict[str, Any] | None) -> None:
     if stack_args is None:
         pytest.skip("reusing a running stack: its up() arguments are unknown")

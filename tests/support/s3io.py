@@ -27,3 +27,10 @@ def read_json(s3: Any, uri: str) -> Any:
 def read_csv(s3: Any, uri: str, **kwargs: Any) -> pd.DataFrame:
     """The CSV stored at ``uri`` as a DataFrame (``kwargs`` go to :func:`pandas.read_csv`)."""
     return pd.read_csv(io.BytesIO(storage.read_bytes(uri, s3)), **kwargs)
+
+
+def client_from_env() -> Any:
+    """An S3 client for the stack this process is pointed at (``scene.Settings`` from the environment)."""
+    from scene.settings import Settings
+
+    return storage.s3_client(Settings.from_env())
