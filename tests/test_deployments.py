@@ -67,22 +67,29 @@ def test_docker_deployments_run_the_image_code_not_the_deploying_checkout() -> N
     assert consts["DOCKER_DEPLOYMENT"] == "train-backbone/docker"
 
 
-def test_image_pins_every_dependency_within_pyproject_ranges() -> None:
-    """deployments/requirements.txt (the image's pins) covers pyproject's dependencies, each within its range."""
+def test_the_lock_pins_every_dependency_within_pyproject_ranges() -> None:
+    """requirements.lock (make install's and the image's pins) covers pyproject's dependencies and the extras make
+    install uses, each within its range; the Dockerfile installs from it."""
+    import re
+
     import tomllib
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    pins = dict(line.split("==") for line in (REPO / "deployments" / "requirements.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
-    pins = {canonicalize_name(k): v for k, v in pins.items()}
-    for dep in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]:
+    lines = [ln for ln in (REPO / "requirements.lock").read_text().splitlines() if re.match(r"[A-Za-z0-9]", ln)]
+    pins = {canonicalize_name(n): v for n, v in (ln.split(" ", 1)[0].split("==") for ln in lines)}
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = re.search(r"^EXTRAS := (.+)$", (REPO / "Makefile").read_text(), re.M).group(1).split()
+    assert extras and set(extras) <= set(project["optional-dependencies"]), extras
+    for dep in project["dependencies"] + [d for e in extras for d in project["optional-dependencies"][e]]:
         req = Requirement(dep)
         name = canonicalize_name(req.name)
-        assert name in pins, f"{req.name} missing from deployments/requirements.txt: run deployments/lock.py"
+        assert name in pins, f"{req.name} missing from requirements.lock: run make lock"
         assert req.specifier.contains(pins[name], prereleases=True), f"{req.name}=={pins[name]} outside {dep}"
     dockerfile = (REPO / "deployments" / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile and "\nUSER scene" in dockerfile
+    assert "pip install -c /tmp/requirements.lock" in dockerfile and "!requirements.lock" in (
+        REPO / ".dockerignore").read_text()
 
 
 def _templates() -> Any:
