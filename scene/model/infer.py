@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -59,12 +60,32 @@ def requested(env: dict[str, str] | None = None) -> str:
     return value
 
 
+_TELEMETRY_LOCK = threading.Lock()
+
+
+def _openvino() -> Any:
+    """The ``openvino`` module. Importing it sends a usage event (``openvino-telemetry``, on unless opted out under
+    ``~/intel``), so scene imports it the first time with that package hidden: OpenVINO then uses its own no-op
+    stand-in, as it does when the package is not installed."""
+    if "openvino" not in sys.modules:
+        with _TELEMETRY_LOCK:
+            saved = sys.modules.get("openvino_telemetry")
+            sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # its import raises ImportError
+            try:
+                import openvino  # noqa: F401
+            finally:
+                if saved is None:
+                    sys.modules.pop("openvino_telemetry", None)
+                else:
+                    sys.modules["openvino_telemetry"] = saved
+    return sys.modules["openvino"]
+
+
 def openvino_version() -> str | None:
     """OpenVINO's release (``2026.4.1``), or None when it is not installed."""
     if importlib.util.find_spec("openvino") is None:
         return None
-    import openvino as ov
-
+    ov = _openvino()
     return ov.get_version().split("-", 1)[0]
 
 
@@ -165,16 +186,32 @@ def export(model: Any) -> Any:
     """The Keras model as an OpenVINO model (``openvino.convert_model``), its batch dimension open."""
     import warnings
 
-    import openvino as ov
-
-    with warnings.catch_warnings():  # Keras notes that the tracer passes its one input as a list
+    ov = _openvino()
+    with _no_telemetry(), warnings.catch_warnings():  # Keras notes that the tracer passes its one input as a list
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
         return ov.convert_model(model, input=[(-1, *model.input_shape[1:])])
 
 
-def _compile(ov_model: Any) -> Any:
-    import openvino as ov
+@contextlib.contextmanager
+def _no_telemetry() -> Iterator[None]:
+    """OpenVINO's converter sends usage events when ``openvino`` was imported before :func:`_openvino` (elsewhere);
+    while this is active its modules use OpenVINO's own no-op stand-in instead."""
+    from openvino.tools.ovc import convert_impl, telemetry_stub, telemetry_utils, utils
 
+    modules = (convert_impl, telemetry_utils, utils)
+    with _TELEMETRY_LOCK:
+        saved = [m.tm for m in modules]
+        for m in modules:
+            m.tm = telemetry_stub
+        try:
+            yield
+        finally:
+            for m, tm in zip(modules, saved, strict=True):
+                m.tm = tm
+
+
+def _compile(ov_model: Any) -> Any:
+    ov = _openvino()
     from scene.model import runtime
 
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": runtime.thread_plan().intra_op}
@@ -226,8 +263,7 @@ def _remember(key: str, runner: OpenVINOModel | None) -> OpenVINOModel | None:
 
 def _store(folder: Path, ov_model: Any, result: Parity) -> None:
     """Write the converted model and its parity result into ``folder`` whole (a temporary folder renamed)."""
-    import openvino as ov
-
+    ov = _openvino()
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -272,8 +308,7 @@ def openvino_runner(model: Any, sample: np.ndarray, *, exporter: Callable[[Any],
         return _remember(key, None), None
     if result is not None:
         try:
-            import openvino as ov
-
+            ov = _openvino()
             return _remember(key, OpenVINOModel(_compile(ov.Core().read_model(folder / "model.xml")), key)), None
         except Exception as err:  # a damaged stored model: convert and check again
             log.warning("stored OpenVINO model %s is unusable (%s); converting again", folder, err)
