@@ -20,16 +20,23 @@ log = logging.getLogger("scene.events")
 
 
 def _api() -> str:
-    api = os.environ.get("PREFECT_API_URL", "").strip()
+    """The Prefect API the events go to: ``PREFECT_API_URL`` from the environment, else Prefect's active profile."""
+    from scene.ops import prefect_api
+
+    api, _, _ = prefect_api.connection()
     if not api:
-        raise CliError("PREFECT_API_URL is not set: export the Prefect API the events go to, "
-                       "e.g. http://127.0.0.1:4200/api (the local stack's is used when its state folder is here)")
+        raise CliError("PREFECT_API_URL is not set: export the Prefect API the events go to, e.g. "
+                       "http://127.0.0.1:4200/api, or `prefect config set PREFECT_API_URL=…` (the local stack's is "
+                       "used when its state folder is here)")
     return api
 
 
 def _auth() -> dict[str, str | None]:
-    return {"api_key": os.environ.get("PREFECT_API_KEY") or None,
-            "auth_string": os.environ.get("PREFECT_API_AUTH_STRING") or None}
+    """The Prefect credentials (environment, else the active profile)."""
+    from scene.ops import prefect_api
+
+    _, auth_string, api_key = prefect_api.connection()
+    return {"api_key": api_key, "auth_string": auth_string}
 
 
 def _reconcile_once(cfg: Any, api: str, busy: set[str] | None = None) -> dict[str, Any]:

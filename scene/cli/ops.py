@@ -149,8 +149,8 @@ def _bridge_emitted(url: str) -> int:
 
     token = os.environ.get("SCENE_EVENTS_TOKEN")
     if not token:
-        raise CliError("--wait-bridge needs the bridge's token in SCENE_EVENTS_TOKEN "
-                       '(eval "$(scene stack env)" sets it for the local stack)')
+        raise CliError("--wait-bridge needs the bridge's token in SCENE_EVENTS_TOKEN (read from the local stack's "
+                       "state folder when it is here; `scene stack env` prints it)")
     return int(events.bridge_stats(url, token)["emitted"])
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from scene.cli.main import main
 from scene.ops.stack import StackInfo
 
 pytestmark = pytest.mark.integration
@@ -34,23 +35,29 @@ def _finish(proc: subprocess.Popen[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def test_printed_commands_find_the_stack_from_its_folder(stack: StackInfo, tmp_path: Path) -> None:
+def test_printed_commands_find_the_stack_from_its_folder(stack: StackInfo, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
     repo.mkdir()
     elsewhere.mkdir()
     (repo / ".state").symlink_to(stack.state_dir)  # the repo root as make run leaves it
-    env = _bare_env(tmp_path / "prefect-home")
     run_id = str(uuid.uuid4())
-    started = [_start(args, cwd, env) for args, cwd in (  # side by side: each process start imports a lot
-        (["models", "list", "--json"], repo),  # S3 with the stack's credentials
-        (["runs", "show", run_id], repo),  # reaches the artifact bucket: the run is just not there
-        (["runs", "watch", run_id, "--timeout", "30"], repo),  # Prefect, with the stack's auth string
-        (["runs", "show", run_id], elsewhere))]  # no state folder here: no credentials
-    listed, shown, watched, bare = (_finish(p) for p in started)
-
-    assert listed.returncode == 0, listed.stderr
-    assert set(json.loads(listed.stdout)) == {"versions", "champions"}
-    assert shown.returncode == 1 and f"no comparison for run '{run_id}'" in shown.stderr, shown.stderr
-    assert watched.returncode == 1 and run_id in watched.stderr, watched.stderr
-    assert "401" not in watched.stderr and "PREFECT_API_URL" not in watched.stderr, watched.stderr
-    assert bare.returncode == 1 and "no S3 credentials" in bare.stderr, bare.stderr  # says which variables to set
+    # Prefect, with the stack's auth string: in a fresh process (Prefect reads its settings when first imported)
+    watching = _start(["runs", "watch", run_id, "--timeout", "30"], repo, _bare_env(tmp_path / "prefect-home"))
+    try:
+        # S3 in this process, with a fresh shell's environment (scene reads its settings per command)
+        for k in [k for k in os.environ if k.startswith(("AWS_", "PREFECT_", "SCENE_"))]:
+            monkeypatch.delenv(k)
+        monkeypatch.chdir(repo)
+        assert main(["models", "list", "--json"]) == 0, capsys.readouterr().err  # with the stack's credentials
+        assert set(json.loads(capsys.readouterr().out)) == {"versions", "champions"}
+        assert main(["runs", "show", run_id]) == 1  # reached the artifact bucket: the run is just not there
+        assert f"no comparison for run '{run_id}'" in capsys.readouterr().err
+        monkeypatch.chdir(elsewhere)  # no state folder here: no credentials, and the message says which to set
+        assert main(["runs", "show", run_id]) == 1 and "no S3 credentials" in capsys.readouterr().err
+        watched = _finish(watching)
+    finally:
+        watching.kill()  # (already ended unless an assertion above failed)
+        watching.communicate()
+    assert watched.returncode == 1 and f"{run_id}: not found" in watched.stderr, watched.stderr
