@@ -141,17 +141,3 @@ def test_predict_folder_reads_each_image_once_and_lists_bad_ones(tmp_path: Path,
     assert sorted(reads) == sorted({*reads}) and len(reads) == 6
     text = io.StringIO(out.read_text()).read()
     assert "broken.jpg" in text and "not a readable image" in text
-
-
-def test_importing_the_pipeline_sizes_tensorflow_threads_in_a_fresh_process() -> None:
-    import json
-    import subprocess
-    import sys
-
-    code = ("import json, scene.model.pipeline, tensorflow as tf; from scene.model import runtime; "
-            "p = runtime.thread_plan(); "
-            "print(json.dumps([tf.config.threading.get_intra_op_parallelism_threads(), "
-            "tf.config.threading.get_inter_op_parallelism_threads(), p.intra_op, p.inter_op]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    intra, inter, want_intra, want_inter = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (intra, inter) == (want_intra, want_inter)

@@ -28,6 +28,7 @@ from keras.src.utils import file_utils as _keras_files
 
 from scene.data import storage
 from scene.errors import InputRangeError, WeightsUnavailable
+from scene.model import runtime
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 _VGG16_NOTOP_MD5 = "6d6bbae143d832006294945121d1f1fc"  # keras.applications.vgg16, include_top=False
@@ -246,6 +247,7 @@ def build_backbone(name: str, size: int, weights: WeightsSource, seed: int = 0) 
     while Keras' file lookup returns that file. Random initialisation (``weights="none"``) is Keras' own
     ``weights=None`` graph, seeded, so every build of the same seed has the same weights.
     """
+    runtime.configure_threads()  # before the first TensorFlow op of the process
     spec = get_spec(name)
     args = {"include_top": False, "input_shape": (size, size, 3), "pooling": "avg"}
     if not weights.path:

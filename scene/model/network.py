@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 
+from scene.model import runtime
 from scene.model.backbones import Preprocess, WeightsSource, get_spec, shared_backbone
 
 
@@ -26,6 +27,7 @@ class HeadConfig:
 
 def build_head(feature_width: int, num_classes: int, cfg: HeadConfig = HeadConfig()) -> keras.Model:
     """Pooled features → class probabilities (float32 output, also under mixed precision)."""
+    runtime.configure_threads()
     inp = keras.Input((feature_width,), name="features")
     x = keras.layers.Dense(cfg.hidden, activation="relu", kernel_regularizer=keras.regularizers.L2(cfg.l2),
                            name="hidden")(inp)
@@ -105,6 +107,7 @@ def load(path: str) -> keras.Model:
 
     from scene.errors import ModelLoadError
 
+    runtime.configure_threads()
     try:
         return keras.models.load_model(path, custom_objects={"Preprocess": Preprocess, "Mirror": Mirror},
                                        compile=False, safe_mode=True)

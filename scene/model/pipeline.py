@@ -1,6 +1,10 @@
 """The tf.data input pipeline: decode (any JPEG/PNG/BMP/GIF, to RGB), resize keeping aspect and zero-pad,
 batch, prefetch; plus the augmentation layers used on the train split only.
 
+Importing this module changes nothing global: TensorFlow's thread plan (:func:`scene.model.runtime.configure_threads`)
+is applied by the first function here (or in :mod:`scene.model.backbones` / :mod:`scene.model.network`) that builds
+or runs a model, once per process.
+
 Images are read and decoded by a bounded pool of threads (local files or S3 objects alike), so memory
 stays flat whatever the dataset size. Pixels leave the pipeline as float32 in [0, 255]: the model does
 its own preprocessing.
@@ -27,8 +31,6 @@ import tensorflow as tf
 from scene.data import image_fetch, images, packs, storage
 from scene.model import runtime
 
-runtime.configure_threads()  # before the first TensorFlow op of the process
-
 T = TypeVar("T")
 PIPELINE_VERSION = 3  # bump when decoding, resizing or augmentation semantics change (part of feature-cache keys)
 
@@ -50,6 +52,7 @@ class AugmentConfig:
 
 def augmenter(cfg: AugmentConfig, size: int, seed: int) -> keras.Sequential:
     """The augmentation layers, applied with ``training=True`` to [0, 255] images of ``size``."""
+    runtime.configure_threads()
     layers: list[keras.layers.Layer] = []
     if cfg.crop > 0:
         side = max(1, round(size * (1 - cfg.crop)))
@@ -88,6 +91,7 @@ def ordered_map(fn: Callable[[str], T], keys: Sequence[str], workers: int, looka
 
 def resize_pad(image: tf.Tensor, size: int) -> tf.Tensor:
     """Resize keeping the aspect ratio, zero-pad to ``size``×``size``; float32 in [0, 255]."""
+    runtime.configure_threads()
     image = tf.image.resize_with_pad(tf.cast(image, tf.float32), size, size, antialias=True)
     return tf.clip_by_value(image, 0.0, 255.0)
 
@@ -95,6 +99,7 @@ def resize_pad(image: tf.Tensor, size: int) -> tf.Tensor:
 @functools.lru_cache(maxsize=8)
 def _resizer(size: int) -> Callable[[np.ndarray], tf.Tensor]:
     """:func:`resize_pad` as a compiled function (an eager call costs ~10 ms of overhead per image)."""
+    runtime.configure_threads()
     return tf.function(lambda img: resize_pad(img, size), reduce_retracing=True,
                        input_signature=[tf.TensorSpec((None, None, 3), tf.uint8)])
 
@@ -154,6 +159,7 @@ def compiled(model: keras.Model) -> Callable[[Any], Any]:
     """``model(x, training=False)`` as one compiled function whose batch dimension is open: traced once, for every
     batch size. (Keras' ``predict_on_batch`` traces again for a second batch size, so a short last batch either
     costs a trace, ~2 s for MobileNetV2, or zero-padding computed for nothing, up to a whole batch.)"""
+    runtime.configure_threads()  # a no-op after the first call (the model was usually built by a function that did)
     fn = _COMPILED.get(model)
     if fn is None:
         ref = weakref.ref(model)  # the cache must not keep the model alive
@@ -192,6 +198,7 @@ def image_dataset(
     image packs are read (a shuffled order would fetch each pack again for nearly every image); in any order, every
     image whose row records a SHA-256 is checked against it (:func:`scene.data.packs.reader`).
     """
+    runtime.configure_threads()
     keys = rows["key"].tolist()
     order = np.arange(len(keys))
     pool = workers or decode_workers(keys)

@@ -6,6 +6,9 @@ below was chosen by ``benchmarks/extraction.py --threads`` on 2 cores (see the R
 one intra-op thread per core and two inter-op threads. ``SCENE_TF_INTRA_THREADS`` / ``SCENE_TF_INTER_THREADS``
 override it; ``SCENE_TF_THREADS=tf-default`` leaves TensorFlow's own defaults; ``SCENE_S3_READERS`` sets the S3
 reader threads.
+
+Nothing happens at import: :func:`configure_threads` is called by the functions that build or run a model
+(:mod:`scene.model.pipeline`, :mod:`scene.model.backbones`, :mod:`scene.model.network`, the training stages).
 """
 
 from __future__ import annotations
@@ -43,14 +46,17 @@ def thread_plan(cores: int | None = None) -> ThreadPlan:
 
 
 _applied: ThreadPlan | None = None
+_tried = False  # configure_threads ran in this process (whatever it found)
 
 
 def configure_threads() -> ThreadPlan | None:
-    """Apply :func:`thread_plan` to TensorFlow once; ``None`` when TensorFlow's runtime had already started
-    (its pools cannot change then, so the defaults stay)."""
-    global _applied
-    if _applied is not None:
+    """Apply :func:`thread_plan` to TensorFlow, once per process: the first function that builds or runs a model
+    calls it (importing ``scene`` does not). ``None`` when ``SCENE_TF_THREADS=tf-default`` or when TensorFlow's
+    runtime had already started (its pools cannot change then, so the defaults stay)."""
+    global _applied, _tried
+    if _tried:
         return _applied
+    _tried = True
     if os.environ.get("SCENE_TF_THREADS") == "tf-default":
         return None
     import tensorflow as tf

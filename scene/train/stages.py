@@ -1,9 +1,10 @@
 """One backbone, start to finish: ``prepare → extract → fit → finetune → evaluate → write``.
 
-The CLI (:func:`train_one`) and the Prefect flow ``train-backbone`` (one task per stage) call these same functions
-in this order. ``prepare`` looks the backbone up, resolves its weights once (Keras cache → the S3 mirror → a
-download, or a file) and builds the frozen backbone once (:func:`scene.model.backbones.shared_backbone`: extraction and
-the saved model use that very network); the :class:`BackboneRun` it returns is carried through every later stage.
+The CLI (:func:`train_one`), the Python API (:func:`run_backbone`, which raises) and the Prefect flow
+``train-backbone`` (one task per stage) call these same functions in this order. ``prepare`` looks the backbone up,
+resolves its weights once (Keras cache → the S3 mirror → a download, or a file) and builds the frozen backbone once
+(:func:`scene.model.backbones.shared_backbone`: extraction and the saved model use that very network); the
+:class:`BackboneRun` it returns is carried through every later stage.
 
     run = prepare(ds, cfg, out_dir, cache_root=cache, s3=s3, mirror=mirror)
     extracted = extract(run, s3=s3)        # cached strategy: features of every image view not yet cached
@@ -142,14 +143,22 @@ def failed(ds: Dataset, cfg: TrainConfig, err: BaseException, out_dir: str | Pat
                        cfg.weights, strategy=cfg.strategy, data_fingerprint=ds.fingerprint)
 
 
+def run_backbone(ds: Dataset, cfg: TrainConfig, out_dir: str | Path, *, cache_root: str | None = None,
+                 s3: Any = None, mirror: str | None = None, progress: Progress | None = None,
+                 bootstrap: int = 1000) -> TrainResult:
+    """Every stage of one backbone in this process; raises what a stage raises (the Python API's way)."""
+    run = prepare(ds, cfg, out_dir, cache_root=cache_root, s3=s3, mirror=mirror)
+    fitted = fit(run, extract(run, s3=s3, progress=progress), s3=s3, progress=progress)
+    fitted = finetune(run, fitted, s3=s3, progress=progress)
+    return write(run, fitted, evaluate(run, fitted, s3=s3, progress=progress, bootstrap=bootstrap), s3=s3)
+
+
 def train_one(ds: Dataset, cfg: TrainConfig, out_dir: str | Path, *, cache_root: str | None = None, s3: Any = None,
               mirror: str | None = None, progress: Progress | None = None, bootstrap: int = 1000) -> TrainResult:
-    """Every stage of one backbone in this process (the CLI's way); an error becomes a ``failed`` result."""
+    """:func:`run_backbone`, an error becoming a ``failed`` result (the CLI's way: one row per backbone)."""
     start = time.perf_counter()
     try:
-        run = prepare(ds, cfg, out_dir, cache_root=cache_root, s3=s3, mirror=mirror)
-        fitted = fit(run, extract(run, s3=s3, progress=progress), s3=s3, progress=progress)
-        fitted = finetune(run, fitted, s3=s3, progress=progress)
-        return write(run, fitted, evaluate(run, fitted, s3=s3, progress=progress, bootstrap=bootstrap), s3=s3)
+        return run_backbone(ds, cfg, out_dir, cache_root=cache_root, s3=s3, mirror=mirror, progress=progress,
+                            bootstrap=bootstrap)
     except Exception as err:  # one backbone's failure is reported, never stops the others
         return failed(ds, cfg, err, out_dir, time.perf_counter() - start)

@@ -35,7 +35,7 @@ def imagenet_cache(tmp_path: Path, size: int = 32) -> dict[str, str]:
         target.parent.mkdir(parents=True, exist_ok=True)
         model = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(size, size, 3),
                                                pooling="avg")
-        model.load_weights(calibrated_mobilenetv2(tmp_path, size))
+        model.load_weights(calibrated_mobilenetv2(tmp_path, size, batch=16))
         with h5py.File(target, "w") as f:  # Keras' ImageNet files are legacy HDF5 (what load_weights reads for .h5)
             legacy_h5_format.save_weights_to_hdf5_group(f, model)
     return {"KERAS_HOME": str(home)}
