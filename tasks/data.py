@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from scene.data import packs, storage
 from scene.data.dataset import Dataset, build_dataset, load_dataset
-from scene.data.validation import ValidationReport, publish_data_docs, validate_manifest
+from scene.data.validation import SUITE_NAME, ValidationReport, publish_data_docs, validate_manifest
 from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, run_prefix, s3, settings
 
 DATASET_FILE = "dataset.json"  # beside a published manifest.csv: the roots and classes it was built from
@@ -78,8 +78,9 @@ def validate(ds: Dataset, previous: Any = None, prefix: str | None = None) -> Va
     if published:
         page = published.get("validation", published["index"])
         link = storage.presigned_url(page, client) if storage.parse(page).is_s3 else page
-        summary += (f"\n## Data Docs\n\n[The great-expectations report of this validation]({link}) (the link expires "
-                    f"within the hour); the whole site: `{published['index']}`\n")
+        summary += (f"\n## Data Docs\n\n[The row rules' great-expectations report]({link}) (suite "
+                    f"`{SUITE_NAME}`; the link expires within the hour; the dataset-level checks are in the table "
+                    f"above); the whole site: `{published['index']}`\n")
         log.info("Data Docs: %s", page)
     create_markdown_artifact(summary, key="data-validation",
                              description=f"Data validation: {'passed' if report.success else 'FAILED'}")
