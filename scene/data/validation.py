@@ -39,8 +39,7 @@ from scene.data.validation_report import (
 from scene.metadata import SPLITS
 
 __all__ = ["DATA_DOCS", "DOCS_SITE", "MAX_LISTED", "REQUIRED_COLUMNS", "SUITE_NAME", "CheckResult", "ValidationReport",
-           "ValidationThresholds", "manifest_suite", "publish_data_docs",
-           "validate_manifest"]
+           "ValidationThresholds", "manifest_suite", "publish_data_docs", "validate_manifest"]
 REQUIRED_COLUMNS = ("key", "label", "split", "sha256", "width", "height", "mode")
 _SHA256 = r"^[0-9a-f]{64}$"  # a hex digest as the manifest builder writes it
 _SHOWN = 3  # offending items quoted in a check's one-line observation
@@ -150,7 +149,6 @@ def publish_data_docs(docs_dir: str | Path, page: str | None, prefix: str, clien
     if not (root / "index.html").is_file():
         return {}
     return {"index": base + "index.html", **({"validation": base + page} if page else {})}
-
 
 
 # --- the great-expectations suite, run by a checkpoint ---------------------------------------------------
