@@ -196,6 +196,7 @@ def test_every_scene_variable_the_docs_name_is_one_the_code_reads() -> None:
     assert named and not unknown, f"variables no code reads (see scene/settings.py): {unknown}"
 
 
+@pytest.mark.slow  # trains a MobileNetV2 head: ~30 s of CPU, so not in make test-unit
 def test_the_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's notebook example as written, on tiny hue images in the folders it names, with an offline
     "imagenet" (tests.support.weights) and the caches under tmp_path."""
