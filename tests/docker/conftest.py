@@ -2,7 +2,7 @@
 
 These tests run only when selected with ``-m docker`` (``make test`` skips them, saying how to run them), and skip
 with the reason when Docker cannot be used here. The image is built once and reused: Docker's layer cache keeps
-the dependency layer (deployments/requirements.txt) between runs, so a code change rebuilds only the code layer.
+the dependency layer (pinned by requirements.lock) between runs, so a code change rebuilds only the code layer.
 Set ``SCENE_TEST_BASE_IMAGE`` (default ``scene-base:bookworm``, made by deployments/base-image.sh when missing)
 to build on another base, e.g. ``python:3.11-slim`` where a registry is reachable.
 """
