@@ -169,10 +169,9 @@ def docker_pool_job_template(env: Mapping[str, str]) -> dict[str, Any]:
     return template
 
 
-def docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
-    """The docker pool's `work-pool create` arguments: :func:`docker_pool_job_template` written to the state folder.
-
-    Checks that Docker answers and prefect-docker is installed.
+def docker_pool_template(state: Path, env: Mapping[str, str]) -> dict[str, Any]:
+    """The docker pool's base job template (:func:`docker_pool_job_template`), also written to the state folder
+    (``docker-pool.json``, mode 0600). Checks first that Docker answers and prefect-docker is installed.
     """
     import importlib.util
     import shutil
@@ -185,9 +184,9 @@ def docker_pool_template(state: Path, env: Mapping[str, str]) -> list[str]:
     if probe is None or probe.returncode != 0:
         why = "no docker client on PATH" if probe is None else (probe.stderr or probe.stdout).strip()[-300:]
         raise StackError(f"--pool docker: no Docker daemon answers ({why}); start one (sudo deployments/dockerd.sh)")
-    path = state / "docker-pool.json"
-    write_json(path, docker_pool_job_template(env), mode=0o600)
-    return ["--base-job-template", str(path)]
+    template = docker_pool_job_template(env)
+    write_json(state / "docker-pool.json", template, mode=0o600)
+    return template
 
 
 def _failed(what: str, api: str, err: Exception) -> StackError:
@@ -232,7 +231,7 @@ def _default_template(pool: str, state: Path, env: Mapping[str, str]) -> dict[st
     """The base job template a new pool gets: the docker pool's (:func:`docker_pool_template`), else the process
     worker's default (what ``prefect work-pool create --type process`` uses)."""
     if pool == DOCKER_POOL:
-        return json.loads(Path(docker_pool_template(state, env)[1]).read_text())
+        return docker_pool_template(state, env)
     from prefect.workers.process import ProcessWorker
 
     return ProcessWorker.get_default_base_job_template()
