@@ -12,11 +12,13 @@ print a ``deprecated: …`` line on stderr naming the new form.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +30,11 @@ from scene.cli.common import (  # shared with the sub-command modules
     add_json,
     emit,
     json_output,
-    load_dataset,
-    s3_for,
     split_list,
     stack_environment,
     state_dir,
 )
-from scene.cli.common import settings_from_env as _settings
 from scene.metadata import DEFAULT_IMAGE_SIZE
-
-
-def _validate(ds: Any, strict: bool = True) -> Any:
-    from scene.data.validation import validate_manifest
-
-    report = validate_manifest(ds.manifest, ds.rejected, ds.class_names)
-    for problem in ds.rejected.itertuples():
-        print(f"skipped {problem.key}: {problem.problem}", file=sys.stderr)
-    for warning in report.warnings():
-        print(f"warning: {warning}", file=sys.stderr)
-    if not report.success and strict:
-        raise CliError("the data failed validation, nothing was trained:\n  " + "\n  ".join(report.failures()))
-    return report
 
 
 def cmd_data_synth(a: argparse.Namespace) -> None:
@@ -60,9 +46,10 @@ def cmd_data_synth(a: argparse.Namespace) -> None:
 
 def cmd_validate(a: argparse.Namespace) -> None:
     """``scene data validate DATA``: the manifest, the skipped files and the validation suite's verdict."""
-    bars = Bars()
-    ds = load_dataset(a.data, a.test, a.classes, bars)
-    report = _validate(ds, strict=False)
+    from scene import api
+
+    ds = api.load_data(a.data, test=a.test, classes=a.classes, progress=Bars())
+    report = api.check_data(ds, strict=False)  # skipped files and warnings: logged (stderr)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         ds.manifest.to_csv(Path(a.out) / "manifest.csv", index=False)
@@ -96,129 +83,52 @@ def train_params(a: argparse.Namespace) -> Any:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    """``scene train DATA --out DIR``: train each backbone, compare; one failing backbone is a row, not the end."""
+    """``scene train DATA --out DIR``: :func:`scene.api.train`, then the comparison table (with the failed backbone's
+    row when one failed: exit 1, the backbones after it not trained)."""
     from dataclasses import asdict
 
-    from scene.train.experiment import compare
-    from scene.train.stages import train_one
+    from scene import api
+    from scene.errors import TrainingError
 
-    settings = _settings()
-    params = train_params(a)
-    configs = [params.config(b) for b in params.backbones]
-    bars = Bars()
-    ds = load_dataset(a.data, a.test, a.classes, bars)
-    _validate(ds)
-    # S3 when any location is an s3:// URI, or when an endpoint is configured (the weights mirror lives there)
-    uses_mirror = bool(settings.s3_endpoint_url) and params.weights == "imagenet"
-    s3 = s3_for(a.data, a.test, a.cache, params.weights, "s3://" if uses_mirror else None)
-    mirror = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}" if s3 else None
-    cache = a.cache or settings.feature_cache
-    results = []
-    for cfg in configs:
-        print(f"== {cfg.backbone}: {cfg.strategy}, weights {cfg.weights}", file=sys.stderr)
-        r = train_one(ds, cfg, Path(a.out) / cfg.backbone, cache_root=cache, s3=s3, mirror=mirror, progress=bars)
-        results.append(r)
-        if r.status == "failed":
-            print(f"!! {cfg.backbone} failed: {r.error}", file=sys.stderr)
-    _, md = compare(results, a.out)
+    params = train_params(a)  # option errors named by their flag, before any data is read
+    failure: TrainingError | None = None
+    try:
+        results = api.train(a.data, out=a.out, backbones=params.backbones, test=a.test, classes=a.classes,
+                            preset=a.preset, weights=a.weights, strategy=a.strategy, views=a.views, epochs=a.epochs,
+                            image_size=a.image_size, finetune_layers=a.finetune_layers,
+                            mixed_precision=a.mixed_precision, mirror=a.mirror, refit=a.refit, seed=a.seed,
+                            cache=a.cache, progress=Bars()).results
+    except TrainingError as err:
+        results, failure = err.results, err
     out = Path(a.out).resolve()
+    md = out / "comparison.md"
     emit(a, {"out": str(out), "results": [asdict(r) for r in results]},
-         md.read_text() + f"\nartifacts in {out}")
-    if all(r.status == "failed" for r in results):
-        raise CliError("every backbone failed: " + "; ".join(f"{r.backbone}: {r.error}" for r in results))
-
-
-def _model_meta(model_path: str) -> dict[str, Any]:
-    cfg = Path(model_path).with_name("config.json")
-    return json.loads(cfg.read_text()) if cfg.exists() else {}
+         (md.read_text() if md.exists() else "") + f"\nartifacts in {out}")
+    if failure is not None:
+        raise CliError(str(failure)) from failure
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    """``scene evaluate MODEL DATA``: test metrics (and with ``--out``: metrics.json, confusion matrix, ROC)."""
-    from scene.evaluation.plots import plot_confusion, plot_roc
-    from scene.metadata import CLASS_NAMES
-    from scene.model.network import load
-    from scene.model.predict import predict
-    from scene.train.experiment import evaluate_all
+    """``scene evaluate MODEL DATA``: :func:`scene.api.evaluate` (``--out``: metrics.json, confusion matrix, ROC)."""
+    from scene import api
 
-    meta = _model_meta(a.model)
-    classes = tuple(meta.get("class_names", CLASS_NAMES))
-    bars = Bars()
-    ds = load_dataset(a.data, None, ",".join(classes), bars)
-    model = load(a.model)
-    size = int(model.input_shape[1])
-    p = predict(model, ds.manifest, size, split="test", s3=s3_for(a.data), progress=bars)
-    m = evaluate_all({"test": p}, classes)["test"]
-    doc = {"test": m.to_dict(), "meta": {"model": a.model, "data": a.data, "data_fingerprint": ds.fingerprint,
-                                         "class_names": list(classes), "skipped": ds.rejected.to_dict("records")}}
-    wrote = ""
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(doc, indent=2))
-        plot_confusion(m.confusion, classes, out / "confusion_matrix.png", f"{Path(a.model).parent.name} — {a.data}")
-        plot_roc(p.y_true, p.probs, classes, out / "roc.png")
-        wrote = f"; wrote {out / 'metrics.json'}"
-    ci = m.ci.get("f1_weighted")
-    emit(a, doc, f"accuracy {m.accuracy:.3f}  F1 (weighted) {m.f1_weighted:.3f}"
-         + (f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci else "") + f"  on {m.n} images{wrote}")
-    if m.collapsed:
-        print(f"WARNING: collapsed: {m.collapse_reason}", file=sys.stderr)
-
-
-def _champion_model(dataset: str | None) -> str:
-    """The model.keras URI of ``dataset``'s champion (without: of the only dataset that has one)."""
-    from scene import registry
-    from scene.data.storage import s3_client
-
-    settings = _settings()
-    try:
-        champ = registry.serving_champion(s3_client(settings), settings.artifact_bucket, dataset)
-    except registry.RegistryError as err:
-        raise CliError(f"{err}; or pass --model PATH") from err
-    print(f"using the champion {champ['version']} of {champ['data']}", file=sys.stderr)
-    return champ["model"]  # champion.json's model field: the one place the champion's path comes from
-
-
-def _download_model(uri: str) -> str:
-    """Download model.keras and its config.json from S3 into a temporary folder."""
-    import tempfile
-
-    from scene.data import storage
-    from scene.registry import integrity
-
-    client = storage.s3_client(_settings())
-    folder = Path(tempfile.mkdtemp(prefix="scene-model-"))
-    version = uri.rsplit("/", 1)[0] + "/"
-    if integrity.is_version_uri(version):  # a registered model: verified against checksums.json and its id
-        integrity.fetch_version(client, version, folder / "v", names=["model.keras"], optional=["config.json"])
-        return str(folder / "v" / "model.keras")
-    storage.download_file(uri, folder / "model.keras", client)
-    config = uri.rsplit("/", 1)[0] + "/config.json"
-    if storage.exists(config, client):
-        storage.download_file(config, folder / "config.json", client)
-    return str(folder / "model.keras")
+    m = api.evaluate(a.model, a.data, out=a.out, progress=Bars())
+    ci = (m.get("ci") or {}).get("f1_weighted")
+    wrote = f"; wrote {Path(a.out) / 'metrics.json'}" if a.out else ""
+    emit(a, {"model": a.model, "data": a.data, "test": m},
+         f"accuracy {m['accuracy']:.3f}  F1 (weighted) {m['f1_weighted']:.3f}"
+         + (f" [95% CI {ci[0]:.3f}–{ci[1]:.3f}]" if ci else "") + f"  on {m['n']} images{wrote}")
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    """``scene predict DATA``: every image's label and class probabilities into a CSV (``--out``)."""
-    from scene.data import storage
-    from scene.metadata import CLASS_NAMES
-    from scene.model.network import load
-    from scene.model.predict import predict_frame
+    """``scene predict DATA``: :func:`scene.api.predict` into a CSV (``--out``), the champion's model by default."""
+    from scene import api
 
     if a.model and a.dataset:
         raise CliError("pass --model or --dataset (whose champion predicts), not both")
-    model_path = a.model or _champion_model(a.dataset)
-    if model_path.startswith("s3://"):
-        model_path = _download_model(model_path)
-    meta = _model_meta(model_path)
-    classes = tuple(meta.get("class_names", CLASS_NAMES))
-    s3 = s3_for(a.data, a.out)
-    df = predict_frame(load(model_path), a.data, classes, s3=s3, progress=Bars())
-    storage.write_bytes(a.out, df.to_csv(index=False, float_format="%.6f").encode(), s3)
+    df = api.predict(a.model, a.data, dataset=a.dataset, out=a.out, progress=Bars())
     bad = int((df["error"] != "").sum())
-    emit(a, {"model": a.model or model_path, "data": a.data, "out": a.out, "predicted": len(df) - bad,
+    emit(a, {"model": a.model, "dataset": a.dataset, "data": a.data, "out": a.out, "predicted": len(df) - bad,
              "unreadable": bad, "predictions": json.loads(df.to_json(orient="records"))},
          f"wrote {len(df) - bad} predictions to {a.out}"
          + (f"; {bad} unreadable images listed with their error" if bad else ""))
@@ -338,6 +248,48 @@ def _verbose_everywhere(p: argparse.ArgumentParser) -> None:
         _verbose_everywhere(child)
 
 
+class _LogLines(logging.Handler):
+    """The library's log records as plain stderr lines (``warning: …`` for warnings): INFO and up of ``scene.*``
+    (the backbone being trained, skipped files, class-name notices), the operations loggers (``scene.ops``,
+    ``scene.stack``) from WARNING unless ``--verbose``. The API's one-line summaries of evaluate/predict are left out:
+    the command prints them on stdout."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(logging.INFO)
+        self.verbose = verbose
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or self.verbose:
+            return True
+        if record.name == "scene" and record.funcName in ("evaluate", "predict"):
+            return False
+        return not record.name.startswith(("scene.ops", "scene.stack"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = {logging.WARNING: "warning: "}.get(record.levelno, "error: " if record.levelno > logging.WARNING
+                                                    else "")
+        print(prefix + record.getMessage(), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _log_lines(a: argparse.Namespace) -> Iterator[None]:
+    """Show the ``scene`` loggers on stderr while a command runs (not for ``events``, which sets up its own)."""
+    if a.command == "events":
+        yield
+        return
+    logger, handler = logging.getLogger("scene"), _LogLines(a.verbose)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a root handler (Prefect's, once imported) would print each line twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def _quiet(verbose: bool, tf_log_defaulted: bool) -> None:
     """Filter TensorFlow's start-up noise from stderr (scene.cli.quiet), unless ``--verbose``."""
     from scene.cli import quiet
@@ -372,6 +324,19 @@ def _handled() -> tuple[type[BaseException], ...]:
     return tuple(handled)
 
 
+def _unreachable(err: BaseException) -> bool:
+    """Whether ``err``, or an error that led to it, is a connection that failed (a server that is down)."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionError) or type(seen).__name__ in (
+                "EndpointConnectionError", "ConnectError", "ConnectTimeoutError", "Unreachable"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return any(s in str(err) for s in ("Could not connect", "Connection refused", "connection refused"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``scene`` command; returns its exit status (argparse exits 2 itself on a usage error)."""
     tf_log_defaulted = "TF_CPP_MIN_LOG_LEVEL" not in os.environ  # --verbose undoes only our default
@@ -382,7 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _quiet(args.verbose, tf_log_defaulted)
     found: dict[str, str] = {}
     try:
-        with stack_environment(args) as found, json_output(getattr(args, "json", False)):
+        with stack_environment(args) as found, json_output(getattr(args, "json", False)), _log_lines(args):
+            if found and args.verbose:
+                print(f"using the local stack in {state_dir(args)}: S3 {found.get('AWS_ENDPOINT_URL', '(yours)')}, "
+                      f"Prefect {found.get('PREFECT_API_URL', '(yours)')}", file=sys.stderr)
             code = args.func(args)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -392,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         known = isinstance(err, _handled())
         hint = "" if args.verbose else " (--verbose shows the traceback)"
-        where = f" [used the local stack in {state_dir(args)}: is it up? `scene stack status`]" if found else ""
+        where = (f" (the local stack in {state_dir(args)} was used: is it up? `scene stack status`)"
+                 if found and _unreachable(err) else "")
         text = str(err) if known else f"{type(err).__name__}: {err}{hint}"
         print(f"error: {text}{where}", file=sys.stderr)
         return 1
