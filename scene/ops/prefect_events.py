@@ -2,7 +2,8 @@
 
 ``POST {api}/events`` with a JSON list of events (the route ``prefect.server.api.events.create_events``,
 answers 204), sent with Prefect's own client (:mod:`scene.ops.prefect_api`: its auth header for an auth-string
-server or Prefect Cloud, its retries of a busy server). Not ``prefect.events.emit_event``: that hands the event to
+server or Prefect Cloud; it retries a busy server (503) and a request whose reply was lost, with the same body,
+so the same event ids). Not ``prefect.events.emit_event``: that hands the event to
 a background worker over a websocket and confirms nothing, while the bridge must know the server has the event
 before it forgets the notification (and re-sends under the same id otherwise). Automations
 (deployment triggers) see an event as soon as it is accepted and skip an event id they have already seen, so
