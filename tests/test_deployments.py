@@ -47,7 +47,8 @@ def test_retrain_has_no_default_dataset_so_the_schedule_retrains_champions(deplo
 def test_make_deploy_only_targets_the_pools_make_up_creates(deployments: dict) -> None:
     """`prefect deploy --all` fails on a deployment whose work pool does not exist: prefect.yaml uses only these."""
     up = re.search(r"^up:.*\n\t(.*)$", (REPO / "Makefile").read_text(), re.M).group(1)
-    assert {d["work_pool"]["name"] for d in deployments.values()} <= set(re.findall(r"--pool (\S+)", up))
+    pools = {p for listed in re.findall(r"--pools (\S+)", up) for p in listed.split(",")}
+    assert {d["work_pool"]["name"] for d in deployments.values()} <= pools
 
 
 def test_docker_deployments_run_the_image_code_not_the_deploying_checkout() -> None:
