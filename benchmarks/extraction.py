@@ -17,9 +17,11 @@ sequence and reports the median ratio with its range (the machine is shared: loa
 
 ``--rss`` also runs the extraction in fresh processes on 1× and 4× the images and prints their peak RSS.
 ``--threads`` compares TensorFlow thread settings (fresh process each) by the extraction/raw ratio.
+``--raw PASSES`` only times the backbone on TensorFlow, OpenVINO f32 and OpenVINO's CPU default precision, interleaved
+batch by batch.
 
     .venv/bin/python benchmarks/extraction.py [--images 600] [--rounds 3] [--size 150] [--rss] [--threads] [--xla]
-        [--no-s3] [--runtime auto|tensorflow|openvino]
+        [--no-s3] [--runtime auto|tensorflow|openvino] [--raw PASSES]
 """
 
 from __future__ import annotations
@@ -225,6 +227,50 @@ def report(result: dict[str, Any], n: int) -> None:
         print(f"  {name:30s} {rate:7.1f} img/s  {ratio}")
 
 
+def raw_ab(n: int, size: int, passes: int) -> None:
+    """The backbone alone on TensorFlow's compiled call, OpenVINO f32 (scene's export, parity-checked) and OpenVINO at
+    its CPU default precision (BF16 where the CPU has it; for information, scene does not use it), interleaved batch
+    by batch so that load from other work hits all three alike; the median ratio of ``passes`` passes."""
+    import statistics
+
+    import numpy as np
+
+    from scene.model import infer, runtime
+    from scene.model.backbones import feature_extractor
+    from scene.model.pipeline import compiled, pixel_batches
+    from scene.train.fit import TrainConfig, weights_for
+
+    rows = _rows(n)
+    weights = weights_for(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
+    model = feature_extractor("mobilenetv2", size, weights, 0)
+    x = np.concatenate(list(pixel_batches(rows["key"].tolist(), size, batch_size=BATCH)))
+    f32, _ = infer.openvino_runner(model, x[:BATCH])
+    if f32 is None:
+        sys.exit("OpenVINO refused the export (see the warning)")
+    threads = runtime.thread_plan().intra_op  # as scene's f32 export
+    default = infer._openvino().Core().compile_model(infer.export(model), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    tf_fn = compiled(model)
+    fns = {"tensorflow": lambda b: np.asarray(tf_fn(b)), "openvino f32": f32,
+           f"openvino {default.get_property('INFERENCE_PRECISION_HINT').to_string()}": infer.OpenVINOModel(default)}
+    ref = np.concatenate([fns["tensorflow"](x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+    for name, fn in fns.items():
+        out = np.concatenate([fn(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+        print(f"  {name:22s} relative difference to TensorFlow {infer.relative_difference(ref, out):.2g}")
+    ratios: dict[str, list[float]] = {name: [] for name in fns}
+    for p in range(passes):
+        spent = dict.fromkeys(fns, 0.0)
+        for i in range(0, len(x), BATCH):
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                fn(x[i:i + BATCH])
+                spent[name] += time.perf_counter() - start
+        for name in fns:
+            ratios[name].append(spent["tensorflow"] / spent[name])
+        print(f"  pass {p}: " + ", ".join(f"{k} {len(x) / v:.0f} img/s" for k, v in spent.items()), flush=True)
+    for name, r in ratios.items():
+        print(f"  {name:22s} {statistics.median(r):.2f}× TensorFlow ({min(r):.2f}–{max(r):.2f}, {passes} passes)")
+
+
 def extract_rss(n: int, size: int) -> float:
     """Extract 2 views of ``n`` images into an empty cache; this process's peak RSS in MiB."""
     from scene.train import features
@@ -278,6 +324,8 @@ def main() -> None:
     p.add_argument("--rss", action="store_true", help="peak RSS of extraction on 1x and 4x the images")
     p.add_argument("--threads", action="store_true", help="compare TensorFlow thread settings")
     p.add_argument("--xla", action="store_true", help="also time the backbone compiled with XLA (jit_compile)")
+    p.add_argument("--raw", type=int, default=0, metavar="PASSES",
+                   help="only the backbone: TensorFlow vs OpenVINO f32 and BF16, interleaved batch by batch")
     p.add_argument("--runtime", choices=("auto", "tensorflow", "openvino"), default=None,
                    help="inference runtime of the paths (default: SCENE_INFERENCE_RUNTIME, else auto); small runs "
                         "use it too (auto would keep fewer than 2,000 images of a new model on TensorFlow)")
@@ -289,6 +337,10 @@ def main() -> None:
     from scene.model import infer
 
     os.environ[infer.ENV] = infer.selected(env={infer.ENV: a.runtime} if a.runtime else None)  # paths and children
+    if a.raw:
+        print(f"{a.images} images, batch {BATCH}, {a.size} px, {os.cpu_count()} cores:")
+        raw_ab(a.images, a.size, a.raw)
+        return
     if a.child_run or a.child_rss:
         print(json.dumps(run(a.images, a.size, False) if a.child_run else extract_rss(a.images, a.size)))
         return
