@@ -33,7 +33,7 @@ RUN_KEYS = $(foreach v,BACKBONES EPOCHS VIEWS IMAGE_SIZE,$(if $(filter command l
 RUN_ARGS = --weights '$(WEIGHTS)' $(foreach v,BACKBONES EPOCHS VIEWS IMAGE_SIZE,$(if $(filter $(v),$(RUN_KEYS)),--$(subst _,-,$(shell echo $(v) | tr A-Z a-z)) '$($(v))')) \
 	$(if $(PRESET),--preset '$(PRESET)') $(if $(CLASSES),--classes '$(CLASSES)')
 # what make run prints for `scene` outside make: the stack's state folder is found by itself only when it is .state
-SCENE_HERE = $(if $(filter .state,$(STATE)),,SCENE_STATE_DIR=$(STATE) )$(SCENE)
+CLI_HERE = $(if $(filter .state,$(STATE)),,SCENE_STATE_DIR=$(STATE) )$(SCENE)
 
 export DO_NOT_TRACK := 1
 export GX_ANALYTICS_ENABLED := false
@@ -144,7 +144,7 @@ run: up
 	# one live line per backbone, then the comparison table; exits non-zero when the run did not complete
 	status=0; $(SCENE) runs watch "$$run_id" | tee -a $(STATE)/last-run.log || status=$$?
 	echo "make run took $$(( $$(date +%s) - start )) s after the stack was up. From this folder:"
-	echo "  $(SCENE_HERE) runs show $$run_id    # the comparison table and where the artifacts are"
+	echo "  $(CLI_HERE) runs show $$run_id    # the comparison table and where the artifacts are"
 	echo "The stack keeps running for the UI; 'make down' stops it, 'make clean-state' also deletes its data."
 	exit $$status
 
