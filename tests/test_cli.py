@@ -32,23 +32,30 @@ def test_train_writes_models_and_comparison(trained: Path, capsys: pytest.Captur
     assert "random init" in (trained / "comparison.md").read_text()
 
 
-def test_evaluate_writes_test_metrics(trained: Path, synth_dir: Path, tmp_path: Path) -> None:
-    rc = main(["evaluate", str(trained / "mobilenetv2" / "model.keras"), str(synth_dir), "--out", str(tmp_path)])
+def test_evaluate_writes_test_metrics(trained: Path, synth_dir: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["evaluate", str(trained / "mobilenetv2" / "model.keras"), str(synth_dir), "--out", str(tmp_path),
+               "--json"])
     assert rc == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"test", "meta"} and metrics["test"]["n"] == 72
     assert {"accuracy", "f1_weighted", "auc_ovr_weighted", "collapsed"} <= set(metrics["test"])
+    assert json.loads(capsys.readouterr().out)["test"] == metrics["test"]  # --json: the same metrics on stdout
 
 
-def test_predict_writes_probabilities_and_lists_unreadable(trained: Path, synth_dir: Path, tmp_path: Path) -> None:
+def test_predict_writes_probabilities_and_lists_unreadable(trained: Path, synth_dir: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "unlabelled"
     folder.mkdir()
     for f in list((synth_dir / "sea").iterdir())[:3]:
         shutil.copy(f, folder / f.name)
     (folder / "broken.jpg").write_bytes(b"nope")
     out = tmp_path / "predictions.csv"
+    capsys.readouterr()
     assert main(["predict", str(folder), "--model", str(trained / "mobilenetv2" / "model.keras"),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["predicted"], doc["unreadable"], len(doc["predictions"])) == (3, 1, 4)
     df = pd.read_csv(out, keep_default_na=False)
     assert list(df.columns[:3]) == ["key", "label", "confidence"]
     assert [f"p_{c}" for c in CLASS_NAMES] == [c for c in df.columns if c.startswith("p_")]
@@ -79,7 +86,10 @@ def test_unknown_backbone_is_a_clear_error(synth_dir: Path, tmp_path: Path, caps
 def test_offline_imagenet_fails_with_instructions(synth_dir: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["train", str(synth_dir), "--backbones", "vgg16", "--weights", "imagenet", "--image-size",
-               "48", "--out", str(tmp_path), "--cache", str(tmp_path / "c")])
+               "48", "--out", str(tmp_path), "--cache", str(tmp_path / "c"), "--json"])
     err = capsys.readouterr()
     assert rc == 1, err
-    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err.out + err.err
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err.err.splitlines()[-1]  # the error: line
+    rows = json.loads(err.out)["results"]  # the CLI keeps the failed backbone's row (--json: on stdout)
+    assert [(r["backbone"], r["status"]) for r in rows] == [("vgg16", "failed")]
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in rows[0]["error"]
