@@ -142,9 +142,8 @@ def fake_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, obj
              "prefect_auth_string": "scene:fake"}
     (state / "credentials.json").write_text(json.dumps(creds))
     os.chmod(state / "credentials.json", 0o600)
-    for k in [*common.S3_CHOSEN, *common.PREFECT_VARS, "SCENE_STATE_DIR", "SCENE_DATA_BUCKET",
-              "SCENE_ARTIFACT_BUCKET", "AWS_DEFAULT_REGION", "AWS_REGION", "PREFECT_PROFILE"]:
-        monkeypatch.delenv(k, raising=False)
+    for k in [k for k in os.environ if k.startswith(("AWS_", "PREFECT_", "SCENE_"))]:
+        monkeypatch.delenv(k)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     monkeypatch.chdir(tmp_path)
     return {"state": state, "port": port, "creds": creds}
@@ -168,6 +167,9 @@ def test_stack_variables_fill_only_what_the_environment_lacks(fake_stack: dict[s
     (home / "profiles.toml").write_text('active = "work"\n[profiles.work]\nPREFECT_API_URL = "http://x:4200/api"\n')
     assert not set(common.PREFECT_VARS) & set(common.stack_variables(".state", {}))
     assert common.stack_variables(".state", {"AWS_PROFILE": "p", "PREFECT_API_URL": "http://y/api"}) == {}
+    config = tmp_path / "scene.yaml"  # keys in SCENE_CONFIG's file count as the user's own too
+    config.write_text("aws_access_key_id: mine\naws_secret_access_key: mine-too\n")
+    assert "AWS_ENDPOINT_URL" not in common.stack_variables(".state", {"SCENE_CONFIG": str(config)})
     assert common.stack_variables(str(tmp_path / "elsewhere"), {}) == {}  # no stack there: nothing
 
 

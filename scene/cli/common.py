@@ -163,14 +163,14 @@ def emit(a: argparse.Namespace, doc: Any, text: str | None) -> None:
 
 
 def state_dir(a: argparse.Namespace | None = None) -> str:
-    """The local stack's state folder: ``--state``, else ``SCENE_STATE_DIR``, else ``.state``."""
+    """The local stack's state folder: ``--state``, else the settings' ``state_dir`` (``SCENE_STATE_DIR``), else
+    ``.state``."""
     given = getattr(a, "state", None) if a is not None else None
-    return given or os.environ.get("SCENE_STATE_DIR") or DEFAULT_STATE
+    return given or settings_from_env().state_dir or DEFAULT_STATE
 
 
-# any of these set: the user chose an S3 store / a Prefect server, and the local stack's are not used
-S3_CHOSEN = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL",
-             "SCENE_S3_ENDPOINT_URL", "SCENE_AWS_ACCESS_KEY_ID", "SCENE_CONFIG")
+# boto3's own ways of naming credentials, besides the settings' endpoint and keys
+BOTO_CHOSEN = ("AWS_PROFILE", "AWS_SESSION_TOKEN")
 PREFECT_VARS = ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")
 
 
@@ -192,15 +192,22 @@ def _prefect_profile_api() -> str | None:
 def stack_variables(state: str, environ: dict[str, str] | None = None) -> dict[str, str]:
     """The variables of the local stack in ``state`` (those ``scene stack env`` prints) that ``environ`` lacks.
 
-    Empty when ``state`` holds no stack. The S3 variables come as a group, and only when the environment names no
-    S3 store or credentials of its own (:data:`S3_CHOSEN`); the Prefect ones only when neither the environment nor
-    the active Prefect profile sets ``PREFECT_API_URL``. Explicit settings always win.
+    Empty when ``state`` holds no stack. The S3 variables come as a group, and only when the settings name no S3
+    endpoint or keys of their own (environment or ``SCENE_CONFIG``) and boto3 has no profile or session token
+    (:data:`BOTO_CHOSEN`); the Prefect ones only when neither the environment nor the active Prefect profile sets
+    ``PREFECT_API_URL``. Explicit settings always win.
     """
-    env = os.environ if environ is None else environ
-    s3_chosen = any(env.get(k) for k in S3_CHOSEN)
-    if (s3_chosen and env.get("PREFECT_API_URL")) or not (Path(state).expanduser() / "stack.json").is_file():
+    if not (Path(state).expanduser() / "stack.json").is_file():
         return {}
     from scene.ops import stack
+    from scene.settings import Settings
+
+    env = os.environ if environ is None else environ
+    mine = Settings.from_env(env=dict(env))  # the environment and SCENE_CONFIG's YAML
+    s3_chosen = bool(mine.s3_endpoint_url or mine.aws_access_key_id or mine.aws_secret_access_key) or any(
+        env.get(k) for k in BOTO_CHOSEN)
+    if s3_chosen and env.get("PREFECT_API_URL"):
+        return {}
 
     lines = stack.env_lines(state)
     found = dict(shlex.split(line)[1].split("=", 1) for line in lines)
