@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from scene.cli.common import CliError, Renamed, SceneParser, add_json, emit, settings_from_env, split_list, state_dir
-from scene.metadata import IMAGE_SUFFIXES
+from scene.metadata import DEFAULT_IMAGE_SIZE, IMAGE_SUFFIXES
 
 DEMO_DATASET = "demo"  # the name of the generated demo dataset (make run without DATA)
 _NAME_OK = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -271,7 +271,7 @@ def register(sub: Any) -> None:
     m = w.add_parser("mirror", help="copy Keras' weight files into the artifact bucket for offline workers")
     m.add_argument("--backbones", type=split_list, metavar="A,B", help="comma-separated (default: every backbone)")
     m.add_argument("--backbone", action=Renamed, dest="backbones", new="--backbones", append=True)
-    m.add_argument("--image-size", type=int, default=150)
+    m.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE, help=f"default {DEFAULT_IMAGE_SIZE}")
     m.set_defaults(func=cmd_weights_mirror)
 
 
