@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scene.cli.common import Bars, CliError, SceneParser, load_dataset, s3_for, settings_from_env, split_list
+from scene.cli.common import (
+    CLASSES_HELP,
+    Bars,
+    CliError,
+    SceneParser,
+    load_dataset,
+    s3_for,
+    settings_from_env,
+    split_list,
+)
 from scene.metadata import DEFAULT_IMAGE_SIZE
 
 
@@ -120,7 +129,7 @@ def _common(p: SceneParser) -> None:
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH or s3:// URI to .weights.h5")
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     p.add_argument("--cache", help="feature cache folder or s3:// URI (default from settings)")
-    p.add_argument("--classes", type=split_list, help="comma-separated class names (default: the folders' names)")
+    p.add_argument("--classes", type=split_list, help=CLASSES_HELP)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True, help="folder for the audit's CSV and markdown")
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 DEFAULT_STATE = ".state"
+CLASSES_HELP = ("comma-separated class names (default: the Intel classes when the folders are those, else the "
+                "sorted folder names)")
 
 
 class CliError(RuntimeError):

@@ -4,9 +4,10 @@ Conventions (as prefect, dvc and mlflow have them): the main input is positional
 name per concept (the data root is ``DATA``; the data root whose champion is meant is ``--dataset``), lists are
 comma-separated plural options (``--backbones a,b``), commands are grouped by noun (``scene data validate``).
 Exit status: 0 ok, 1 a runtime error (one ``error: …`` line on stderr; ``--verbose`` adds the traceback), 2 a
-usage error. ``--json`` prints one JSON document on stdout. The 0.1 spellings (``--data``, ``--src``, ``--new``,
-``--model`` of evaluate, repeated ``--backbone``/``--pool``, ``scene validate``) still work for this release and
-print a ``deprecated: …`` line on stderr naming the new form.
+usage error. ``--json`` prints one JSON document on stdout. The 0.1 spellings (the options ``--data``, ``--src``,
+``--new``, evaluate's ``--model``, data synth's ``--out`` for what is now positional; ``--data`` for models'
+``--dataset``; repeated ``--backbone``/``--pool`` for ``--backbones``/``--pools``; ``scene validate``) still work
+for this release and print one ``deprecated: …`` line on stderr naming the new form.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from scene.cli.common import (  # shared with the sub-command modules
+    CLASSES_HELP,
     Bars,
     CliError,
     Renamed,
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPUs)")
     t.add_argument("--cache", metavar="DIR", help="feature cache folder or s3:// URI (default from settings)")
     t.add_argument("--classes", type=split_list, metavar="A,B",
-                   help="comma-separated class names (default: the class folders' names)")
+                   help=CLASSES_HELP)
     t.add_argument("--seed", type=int, help="default 42")
     add_json(t)
     t.set_defaults(func=cmd_train)
@@ -230,7 +232,7 @@ def _validate_parser(v: SceneParser, old: str | None = None) -> None:
     v.add_argument("--test", metavar="DIR",
                    help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
     v.add_argument("--classes", type=split_list, metavar="A,B",
-                   help="comma-separated class names (default: the folders' names)")
+                   help=CLASSES_HELP)
     v.add_argument("--out", metavar="DIR", help="folder for manifest.csv, rejected.csv, validation.json")
     add_json(v)
     v.set_defaults(func=cmd_validate)
