@@ -178,8 +178,9 @@ def train(data: PathOrUri, *, out: PathOrUri, backbones: Sequence[str] | str | N
 
     Raises :class:`~scene.ParamsError`, :class:`~scene.DatasetError` / :class:`~scene.DataValidationError` (before
     anything trains), and :class:`~scene.TrainingError` when a backbone fails: it names the backbone and the cause
-    (``__cause__``), ``.results`` holds the backbones that finished and the failed one's result (with
-    ``error.txt`` in its folder); later backbones do not run.
+    (``__cause__``); the backbones after it still train (one missing weight file should not cost the others'
+    hours), then the error is raised: ``.results`` holds every backbone's result in order, the failed ones with
+    ``error.txt`` in their folder, and the comparison is written.
     """
     from scene.train.experiment import compare
     from scene.train.stages import failed, run_backbone
@@ -198,6 +199,7 @@ def train(data: PathOrUri, *, out: PathOrUri, backbones: Sequence[str] | str | N
     mirror_uri = f"s3://{settings.artifact_bucket}/{settings.weights_mirror_prefix}" if s3 is not None else None
     out_dir = Path(out)
     results: list[TrainResult] = []
+    failures: list[tuple[str, Exception]] = []
     for cfg in configs:
         log.info("%s: %s, weights %s, %d classes, %d images", cfg.backbone, cfg.strategy, cfg.weights,
                  len(ds.class_names), len(ds.manifest))
@@ -207,10 +209,10 @@ def train(data: PathOrUri, *, out: PathOrUri, backbones: Sequence[str] | str | N
             result = run_backbone(ds, cfg, out_dir / cfg.backbone, cache_root=cache_root, s3=s3, mirror=mirror_uri,
                                   progress=stage_progress)
         except Exception as err:
+            log.error("%s failed: %s: %s", cfg.backbone, type(err).__name__, err)
             results.append(failed(ds, cfg, err, out_dir / cfg.backbone))
-            compare(results, out_dir)
-            raise TrainingError(f"{cfg.backbone} failed: {type(err).__name__}: {err}", results,
-                                cfg.backbone) from err
+            failures.append((cfg.backbone, err))
+            continue
         results.append(result)
         log.info("%s: %s, val F1 %.3f, test F1 %.3f (%.0f s)", cfg.backbone, result.status,
                  result.metrics.get("val", {}).get("f1_weighted") or float("nan"),
@@ -219,6 +221,10 @@ def train(data: PathOrUri, *, out: PathOrUri, backbones: Sequence[str] | str | N
             log.warning("%s collapsed (predicts one class or near chance): %s", cfg.backbone,
                         result.metrics.get("test", {}).get("collapse_reason", ""))
     compare(results, out_dir)
+    if failures:
+        backbone, err = failures[0]
+        others = f" (also failed: {', '.join(b for b, _ in failures[1:])})" if len(failures) > 1 else ""
+        raise TrainingError(f"{backbone} failed: {type(err).__name__}: {err}{others}", results, backbone) from err
     return TrainRun(results, out_dir, ds, report)
 
 

@@ -28,8 +28,8 @@ class DataValidationError(SceneError, ValueError):
 
 class TrainingError(SceneError, RuntimeError):
     """A backbone's training failed. The message names the backbone and the cause (also ``__cause__``);
-    ``results``: the :class:`~scene.train.experiment.TrainResult` of every backbone that finished before it, then
-    the failed one's."""
+    ``results``: the :class:`~scene.train.experiment.TrainResult` of every backbone of the run, failed ones
+    included (``status == "failed"``); ``backbone``: the first that failed."""
 
     def __init__(self, message: str, results: list[Any] | None = None, backbone: str = "") -> None:
         super().__init__(message)

@@ -142,19 +142,19 @@ def test_evaluate_and_predict_a_trained_model(trained: dict[str, Any], tmp_path:
 
 
 def test_a_failing_backbone_raises_naming_it_with_what_finished(trained: dict[str, Any]) -> None:
-    """mobilenetv2 trains, then resnet50's ImageNet weights are nowhere offline (not in the Keras cache, no mirror,
-    no network): TrainingError names resnet50 and the cause; .results holds both; error.txt and the comparison are
-    written; the error says how to provide the weights."""
+    """resnet50's ImageNet weights are nowhere offline (not in the Keras cache, no mirror, no network); mobilenetv2,
+    after it, still trains; then TrainingError names resnet50 and the cause; .results holds both; error.txt and the
+    comparison are written; the error says how to provide the weights."""
     tmp = trained["tmp"]
     out = tmp / "runs-failing"
     with pytest.raises(scene.TrainingError, match=r"^resnet50 failed: WeightsUnavailable: ImageNet weights for "
                                                   r"resnet50 are unavailable") as info:
-        scene.train(trained["data"], out=out, backbones="mobilenetv2,resnet50", image_size=SIZE, epochs=1, views=0,
+        scene.train(trained["data"], out=out, backbones="resnet50,mobilenetv2", image_size=SIZE, epochs=1, views=0,
                     cache=tmp / "features", settings=Settings())
     err = info.value
     assert isinstance(err, scene.SceneError) and isinstance(err.__cause__, scene.WeightsUnavailable)
     assert "scene weights mirror" in str(err)  # the ways to provide the weights
-    assert [(r.backbone, r.status != "failed") for r in err.results] == [("mobilenetv2", True), ("resnet50", False)]
+    assert [(r.backbone, r.status != "failed") for r in err.results] == [("resnet50", False), ("mobilenetv2", True)]
     assert (out / "resnet50" / "error.txt").is_file() and (out / "comparison.csv").is_file()
 
 

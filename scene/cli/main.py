@@ -86,7 +86,7 @@ def train_params(a: argparse.Namespace) -> Any:
 
 def cmd_train(a: argparse.Namespace) -> None:
     """``scene train DATA --out DIR``: :func:`scene.api.train`, then the comparison table (with the failed backbone's
-    row when one failed: exit 1, the backbones after it not trained)."""
+    row when one failed: every backbone is tried, then exit 1)."""
     from dataclasses import asdict
 
     from scene import api
