@@ -1,7 +1,8 @@
 """The feature cache: pooled backbone features computed once per image and view, content-addressed.
 
 A cache entry's address is the *namespace* — backbone, image size, the weights file's content hash,
-augmentation settings, seed, precision policy, and a hash of everything else that changes a feature
+augmentation settings, seed, precision policy, the inference runtime (:mod:`scene.model.infer`: ``tf`` or
+``ov<version>-f32``), and a hash of everything else that changes a feature
 (the source of the modules that decode, resize, augment and build the backbone, the pipeline version,
 the Keras and TensorFlow versions) — plus ``(image sha256, view)``. View 0 is the plain image; views 1..K are random
 augmentations; view -1 is the plain image mirrored. Entries are stored in shards (``.npz``) under
