@@ -76,8 +76,12 @@ lint: install
 	$(BIN)/ruff check .
 
 # the test tiers (tests/conftest.py): unit tests first with no server up, then one stack per package (tests/faults,
-# tests/integration, tests/events), each up only while its package runs. TEST_ARGS: more pytest arguments.
-PYTEST = $(BIN)/python -m pytest -q -rs $(TEST_ARGS)
+# tests/integration, tests/events), each up only while its package runs. With pytest-xdist installed, TEST_WORKERS
+# processes (default 2): each stack package runs whole on one of them, started first, while the other takes the
+# event stack's package and then the unit modules (TEST_WORKERS=0: one process). TEST_ARGS: more pytest arguments.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter-out 0,$(TEST_WORKERS)),$(shell $(BIN)/python -c 'import xdist' 2>/dev/null && printf '%s' '-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder'))
+PYTEST = $(BIN)/python -m pytest -q -rs $(XDIST) $(TEST_ARGS)
 
 # everything but Docker in one session (what .ci/run runs)
 ## ruff, then every test but the Docker ones in one pytest session (what CI runs)
