@@ -31,6 +31,7 @@ from scene import registry
 from scene.data import storage
 from tests.support import REPO
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.procs import stop_group
 from tests.support.runs import assert_gated_against, deploy_on_default_pool
 from tests.support.s3io import upload
 
@@ -185,8 +186,7 @@ def test_runs_waiting_for_a_slot_or_rescheduled_are_followed_not_cancelled(datas
         assert "AwaitingRetry" in history and history[-1] == "Completed", history
         assert history.count("Running") >= 2, history  # it ran again after the eviction
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop_group(worker)
 
 
 @pytest.fixture(scope="module")
