@@ -77,10 +77,10 @@ lint: install
 
 # the test tiers (tests/conftest.py): unit tests first with no server up, then one stack per package (tests/faults,
 # tests/integration, tests/events), each up only while its package runs. With pytest-xdist installed, TEST_WORKERS
-# processes (default 2): each stack package runs whole on one of them, started first, while the other takes the
-# event stack's package and then the unit modules (TEST_WORKERS=0: one process). TEST_ARGS: more pytest arguments.
+# processes (default 2), stack packages first: each module whole on one worker, tests/events whole on one (one event
+# stack), integration modules on both (a stack each); TEST_WORKERS=0: one process. TEST_ARGS: more pytest arguments.
 TEST_WORKERS ?= 2
-XDIST = $(if $(filter-out 0,$(TEST_WORKERS)),$(shell $(BIN)/python -c 'import xdist' 2>/dev/null && printf '%s' '-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder'))
+XDIST = $(if $(filter-out 0,$(TEST_WORKERS)),$(shell $(BIN)/python -c 'import xdist' 2>/dev/null && printf '%s' '-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder'))
 PYTEST = $(BIN)/python -m pytest -q -rs $(XDIST) $(TEST_ARGS)
 
 # everything but Docker in one session (what .ci/run runs)

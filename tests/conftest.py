@@ -7,9 +7,10 @@ last (deselected by ``make test``). Each stack is up only while its package runs
 ``SCENE_TEST_STRICT=1`` (set by ``.ci/run``) turns every skip outside tests/docker into a failure: a CI machine
 without ``../shared`` or without root for the tmpfs mounts fails instead of passing with less tested.
 
-Under pytest-xdist (``-n 2 --dist loadgroup``) each stack package is one xdist group (so each stack starts once,
-on one worker) and each other module is a group of its own (its module fixtures are built once); the stack
-packages are scheduled first.
+Under pytest-xdist (``-n 2 --dist loadscope``, as make test runs it) each module goes whole to one worker (its module
+fixtures are built once), except tests/events, which goes whole to one worker (one event stack); the integration
+modules are spread over both workers (each starts its own package stack), and the stack packages are scheduled
+first.
 """
 
 from __future__ import annotations
@@ -32,8 +33,22 @@ MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 TESTS = Path(__file__).resolve().parent
 LAST = {"test_secrets.py"}  # tests/integration: scans what every other test there left on the stack
 # unit tests over ~5 s on a 2-core machine (measured with --durations=0): make test-unit leaves them out
-SLOW_MODULES: set[str] = set()
-SLOW_TESTS: set[str] = set()
+SLOW_MODULES = {"test_real.py", "test_smoke.py", "test_audit_real.py", "test_readme.py"}
+SLOW_TESTS = {
+    "test_train_writes_models_and_comparison", "test_saved_model_that_is_not_the_feature_network_fails_the_run",
+    "test_online_with_finetuning_keeps_batchnorm_frozen",
+    "test_alpha_spent_over_repeated_gates_bounds_false_promotions",
+    "test_features_match_keras_own_imagenet_graph", "test_bad_input_raises_a_scene_error_before_training",
+    "test_cached_run_writes_every_artifact", "test_train_on_folder_classes_with_default_imagenet_weights",
+    "test_test_metrics_come_from_the_saved_model", "test_tensorflow_start_up_noise_is_filtered_and_verbose_shows_it",
+    "test_mirror_recipe_ships_a_mirror_invariant_model_scored_end_to_end",
+    "test_refit_with_augmented_views_and_mirror_trains",
+    "test_random_init_extraction_in_another_process_builds_the_same_network", "test_random_init_builds_are_seeded",
+    "test_cached_head_predictions_equal_the_full_model", "test_a_failing_backbone_raises_naming_it_with_what_finished",
+    "test_refit_ships_a_head_trained_on_train_and_val_and_reports_held_out_val",
+    "test_feature_cache_computes_only_new_images", "test_help_and_validate_write_nothing_to_stderr",
+    "test_extracted_features_equal_on_openvino_and_tensorflow",
+}
 # package -> (tier without xdist, tier under xdist, marker added to each of its tests)
 PACKAGES = {"faults": (1, 2, "faults"), "integration": (2, 0, "integration"), "events": (3, 1, "integration"),
             "docker": (4, 4, "docker")}
@@ -49,9 +64,9 @@ def _package(item: pytest.Item) -> str | None:
     return rel.parts[0] if len(rel.parts) > 1 and rel.parts[0] in PACKAGES else None
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Unit tests first, then one package per stack (a stable sort: modules stay contiguous); xdist groups."""
+    """Unit tests first, then one package per stack (a stable sort: modules stay contiguous); under xdist the stack
+    packages first (they take longest)."""
     xdist = bool(getattr(config.option, "numprocesses", None)) or "PYTEST_XDIST_WORKER" in os.environ
     for item in items:
         package = _package(item)
@@ -60,12 +75,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)  # a stack, a killed process or a gateway of its own
         elif Path(item.path).name in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-        if xdist:
-            group = package if package in ("integration", "events") else Path(item.path).stem
-            item.add_marker(pytest.mark.xdist_group(group))
     column = 1 if xdist else 0
     items.sort(key=lambda item: (PACKAGES[p][column] if (p := _package(item)) else (3 if xdist else 0),
                                  Path(item.path).name in LAST))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadscope``: tests/events is one unit (its event stack starts once, on one worker); every other
+    module is a unit of its own (its module fixtures are built once). pytest-xdist's own ``loadgroup`` marks do not
+    group under pytest 9 (it renames ``item._nodeid``, which pytest 9 no longer reads)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class PackageScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/events" if path.startswith("tests/events/") else path
+
+    return PackageScheduling(config, log)
 
 
 @pytest.hookimpl(wrapper=True)
