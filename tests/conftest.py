@@ -1,6 +1,6 @@
 """Shared fixtures (tiny generated datasets, paths to the real data/weights) and the suite's tiers.
 
-Tiers, in one session: the unit tests (no server) run first, then tests/faults (their own small infrastructure),
+Tiers, in one session (one process): the unit tests (no server) run first, then tests/faults (their own small infrastructure),
 tests/integration (one stack for the package) and tests/events (one event stack for the package); tests/docker
 last (deselected by ``make test``). Each stack is up only while its package runs.
 

@@ -1,8 +1,7 @@
 """The event stack, ONE per package: the event bridge, prefect.yaml deployed, the work pools paused.
 
 Shared by every module here (the trigger, storms, delivery faults, per-dataset slots, security probes); started when
-the first of them runs and stopped after the last, so it is never up beside the unit tests or the session stack of
-tests/integration. Triggered retrain runs are created (what the trigger does) but not executed.
+the first of them runs and stopped after the last (under pytest-xdist the package runs whole on one worker). Triggered retrain runs are created (what the trigger does) but not executed.
 ``event_stack`` leaves ``os.environ`` alone; ``estack`` enters the stack's environment for one module.
 """
 
