@@ -1,8 +1,8 @@
 """Shared fixtures (tiny generated datasets, paths to the real data/weights) and the suite's tiers.
 
-Tiers, in one session (one process): the unit tests (no server) run first, then tests/faults (their own small infrastructure),
-tests/integration (one stack for the package) and tests/events (one event stack for the package); tests/docker
-last (deselected by ``make test``). Each stack is up only while its package runs.
+Tiers, in one session (one process): the unit tests (no server) run first, then tests/faults (their own small
+infrastructure), tests/integration (one stack for the package) and tests/events (one event stack for the package);
+tests/docker last (deselected by ``make test``). Each stack is up only while its package runs.
 
 ``SCENE_TEST_STRICT=1`` (set by ``.ci/run``) turns every skip outside tests/docker into a failure: a CI machine
 without ``../shared`` or without root for the tmpfs mounts fails instead of passing with less tested.

@@ -1,7 +1,8 @@
 """The event stack, ONE per package: the event bridge, prefect.yaml deployed, the work pools paused.
 
-Shared by every module here (the trigger, storms, delivery faults, per-dataset slots, security probes); started when
-the first of them runs and stopped after the last (under pytest-xdist the package runs whole on one worker). Triggered retrain runs are created (what the trigger does) but not executed.
+Shared by every module here (the trigger, storms, delivery faults, per-dataset slots, security probes); started
+when the first of them runs and stopped after the last (under pytest-xdist the package runs whole on one worker).
+Triggered retrain runs are created (what the trigger does) but not executed.
 ``event_stack`` leaves ``os.environ`` alone; ``estack`` enters the stack's environment for one module.
 """
 

@@ -1,10 +1,11 @@
 """Fixtures for tests against the real local stack (S3 gateway + Prefect server + workers).
 
 ONE stack per package (per pytest-xdist worker): started in a temporary state folder on free ports when the first
-test here needs it, with a tiny HTTP listener as its bucket-notification webhook, and stopped after the last test here
-(in one process it is never up beside the unit tests or the event stack of tests/events). Each module runs with this process pointed at the stack
-(``env``, autouse, entered and left per module). Set ``SCENE_TEST_REUSE_STACK=<state_dir>`` to run the tests against
-an already running stack instead (tests that need the test webhook or restart the stack are then skipped).
+test here needs it, with a tiny HTTP listener as its bucket-notification webhook, and stopped after the last test
+here (in one process it is never up beside the unit tests or the event stack of tests/events). Each module runs with
+this process pointed at the stack (``env``, autouse, entered and left per module). Set
+``SCENE_TEST_REUSE_STACK=<state_dir>`` to run the tests against an already running stack instead (tests that need the
+test webhook or restart the stack are then skipped).
 """
 
 from __future__ import annotations
