@@ -33,7 +33,7 @@ MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 TESTS = Path(__file__).resolve().parent
 LAST = {"test_secrets.py"}  # tests/integration: scans what every other test there left on the stack
 # unit tests over ~5 s on a 2-core machine (measured with --durations=0): make test-unit leaves them out
-SLOW_MODULES = {"test_real.py", "test_smoke.py", "test_audit_real.py", "test_readme.py"}
+SLOW_MODULES = {"test_real.py", "test_smoke.py", "test_audit_real.py"}  # test_readme.py marks its one slow test
 SLOW_TESTS = {
     "test_train_writes_models_and_comparison", "test_saved_model_that_is_not_the_feature_network_fails_the_run",
     "test_online_with_finetuning_keeps_batchnorm_frozen",
