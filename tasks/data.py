@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import tempfile
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -12,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from scene.data import packs, storage
 from scene.data.dataset import Dataset, build_dataset, load_dataset
-from scene.data.validation import SUITE_NAME, ValidationReport, publish_data_docs, validate_manifest
+from scene.data.validation import SUITE_NAME, ValidationReport, validate_and_publish
 from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, run_prefix, s3, settings
 
 DATASET_FILE = "dataset.json"  # beside a published manifest.csv: the roots and classes it was built from
@@ -71,9 +70,8 @@ def validate(ds: Dataset, previous: Any = None, prefix: str | None = None) -> Va
     summary as a markdown artifact linking them; stop the run with a readable summary if the data failed."""
     log = get_run_logger()
     client = s3()
-    with tempfile.TemporaryDirectory(prefix="scene-data-docs-") as docs:
-        report = validate_manifest(ds.manifest, ds.rejected, ds.class_names, previous=previous, docs_dir=docs)
-        published = publish_data_docs(docs, report.data_docs, prefix or run_prefix(), client)
+    report, published = validate_and_publish(ds.manifest, ds.rejected, ds.class_names, prefix or run_prefix(),
+                                             client, previous=previous)
     summary = report.summary_markdown()
     if published:
         page = published.get("validation", published["index"])

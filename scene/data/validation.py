@@ -39,7 +39,8 @@ from scene.data.validation_report import (
 from scene.metadata import SPLITS
 
 __all__ = ["DATA_DOCS", "DOCS_SITE", "MAX_LISTED", "REQUIRED_COLUMNS", "SUITE_NAME", "CheckResult", "ValidationReport",
-           "ValidationThresholds", "manifest_suite", "publish_data_docs", "validate_manifest"]
+           "ValidationThresholds", "manifest_suite", "publish_data_docs", "validate_and_publish",
+           "validate_manifest"]
 REQUIRED_COLUMNS = ("key", "label", "split", "sha256", "width", "height", "mode")
 _SHA256 = r"^[0-9a-f]{64}$"  # a hex digest as the manifest builder writes it
 _SHOWN = 3  # offending items quoted in a check's one-line observation
@@ -149,6 +150,23 @@ def publish_data_docs(docs_dir: str | Path, page: str | None, prefix: str, clien
     if not (root / "index.html").is_file():
         return {}
     return {"index": base + "index.html", **({"validation": base + page} if page else {})}
+
+
+def validate_and_publish(
+    manifest: pd.DataFrame,
+    rejected: pd.DataFrame | None,
+    class_names: Sequence[str],
+    prefix: str,
+    client: Any = None,
+    previous: pd.DataFrame | None = None,
+) -> tuple[ValidationReport, dict[str, str]]:
+    """:func:`validate_manifest` with its Data Docs built in a temporary folder and published under
+    ``<prefix>data-docs/`` (:func:`publish_data_docs`); returns the report and the published pages."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="scene-data-docs-") as docs:
+        report = validate_manifest(manifest, rejected, class_names, previous=previous, docs_dir=docs)
+        return report, publish_data_docs(docs, report.data_docs, prefix, client)
 
 
 # --- the great-expectations suite, run by a checkpoint ---------------------------------------------------
