@@ -17,7 +17,7 @@ from scene.metadata import CLASS_NAMES
 from scene.registry import integrity
 from tasks import artifacts
 from tasks import audit as audit_tasks
-from tasks.common import FLOW_TIMEOUT_S, S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, s3, settings
+from tasks.common import FLOW_TIMEOUT_S, S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, keeps_termination, s3, settings
 
 
 @task(cache_policy=NO_CACHE, name="resolve model", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
@@ -85,6 +85,7 @@ def _classified(out: str) -> Any:
 
 @flow(name="predict", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
+@keeps_termination
 def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, out: str | None = None,
             dataset: str | None = None) -> dict:
     """Classify a prefix of images with a dataset's champion (or a given model); write predictions.csv to S3."""

@@ -20,7 +20,7 @@ from tasks import artifacts
 from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import FLOW_TIMEOUT_S, run_prefix, settings
+from tasks.common import FLOW_TIMEOUT_S, keeps_termination, run_prefix, settings
 
 
 def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix: str, alpha: float,
@@ -59,6 +59,7 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
 
 
 @flow(name="retrain-dataset", flow_run_name="retrain {data}", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S)
+@keeps_termination
 def retrain_dataset(data: str, test: str | None, params: TrainParams, alpha: float, only_if_changed: bool,
                     on_missing_weights: str, slots: int = 2, audit_labels: bool = False,
                     dispatch: dict[str, Any] | None = None) -> dict:
@@ -77,6 +78,7 @@ def _one_dataset(data: str, test: str | None, params: TrainParams, change_id: st
 
 @flow(name="retrain", log_prints=True, timeout_seconds=2 * FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
+@keeps_termination
 def retrain(
     data: str | None = None,
     test: str | None = None,

@@ -27,7 +27,7 @@ from tasks import artifacts
 from tasks import audit as audit_tasks
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import FLOW_TIMEOUT_S, run_prefix, settings
+from tasks.common import FLOW_TIMEOUT_S, keeps_termination, run_prefix, settings
 
 DOCKER_DEPLOYMENT = "train-backbone/docker"  # dispatch="docker": a container per backbone (stack up --pool docker)
 
@@ -216,6 +216,7 @@ def promote_best(ds: Dataset, results: list[TrainResult], pointer: Any, alpha: f
 
 @flow(name="train-all", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
+@keeps_termination
 def train_all(
     data: str = DEMO_DATA_URI,
     params: TrainParams = TrainParams(),

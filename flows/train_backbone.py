@@ -18,7 +18,7 @@ from scene.train.params import TrainParams
 from tasks import artifacts, training
 from tasks import data as data_tasks
 from tasks import registry as registry_tasks
-from tasks.common import FLOW_TIMEOUT_S, run_prefix, settings, work_folder
+from tasks.common import FLOW_TIMEOUT_S, keeps_termination, run_prefix, settings, work_folder
 
 
 def _dataset(manifest_uri: str | None, data: str | None, test: str | None, classes: list[str] | None) -> Dataset:
@@ -39,6 +39,7 @@ def _dataset(manifest_uri: str | None, data: str | None, test: str | None, class
 
 @flow(name="train-backbone", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
       on_crashed=[artifacts.summary_on_failure], on_cancellation=[artifacts.summary_on_failure])
+@keeps_termination
 def train_backbone(
     backbone: str,
     params: TrainParams = TrainParams(),

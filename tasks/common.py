@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.task_engine import TaskRunTimeoutError
 from prefect.tasks import exponential_backoff
@@ -23,6 +26,45 @@ from scene.settings import Settings
 S3_TIMEOUT_S = 30 * 60  # one step that lists, reads or writes objects (a run's artifacts, a manifest)
 STEP_TIMEOUT_S = 12 * 3600  # one compute step on a CPU-only worker: features of ~25k images × views, a head, eval
 FLOW_TIMEOUT_S = 24 * 3600  # a whole train-all / retrain (dispatched backbones wait at most dispatch_timeout_s)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def termination_in(exc: BaseException) -> TerminationSignal | None:
+    """The SIGTERM (Prefect's ``TerminationSignal``) among ``exc``'s causes and contexts, if a library swallowed it.
+
+    TensorFlow and Keras catch everything in places (``except:`` in ``tf.dtypes``, Keras' deserialisation) and
+    raise their own error from inside the handler, so an eviction that lands there reads as a ``TypeError``.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        if isinstance(e, TerminationSignal):
+            return e
+        seen.add(id(e))
+        stack += [e.__cause__, e.__context__]
+    return None
+
+
+def keeps_termination(fn: F) -> F:
+    """Wrap a flow function so a SIGTERM a library turned into another error reaches Prefect as the SIGTERM it was:
+    an evicted run (``PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule``) is rescheduled, not marked Failed."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            signal = termination_in(exc)
+            if signal is None:
+                raise
+            raise signal from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:

@@ -117,3 +117,47 @@ def test_retry_condition(error: str, retried: bool) -> None:
                               "PutObject"),
     }
     assert transient_only(None, None, _failed(errors[error])) is retried
+
+
+def _dtype_max_interrupted() -> None:
+    """What ``tf.dtypes.DType.max`` does when a SIGTERM lands inside its bare ``except:``."""
+    from prefect.exceptions import TerminationSignal
+
+    try:
+        try:
+            raise ValueError("not a float type")
+        except BaseException:
+            raise TerminationSignal(15) from None  # the signal handler fires here
+    except BaseException:
+        raise TypeError("Cannot find maximum value of <dtype: 'int32'>.")  # noqa: B904 (as TensorFlow does)
+
+
+def test_a_sigterm_a_library_turned_into_another_error_reaches_prefect_as_the_sigterm() -> None:
+    """An evicted backbone run is rescheduled, not Failed, when its SIGTERM lands inside TensorFlow (seen in CI:
+    Keras' deserialisation turned it into a TypeError and the run failed)."""
+    from prefect.exceptions import TerminationSignal
+
+    from tasks.common import keeps_termination, termination_in
+
+    with pytest.raises(TerminationSignal) as raised:
+        keeps_termination(_dtype_max_interrupted)()
+    assert isinstance(raised.value.__cause__, TypeError)
+
+    def plain() -> None:
+        raise TypeError("an ordinary error")
+
+    with pytest.raises(TypeError, match="ordinary"):
+        keeps_termination(plain)()
+    assert termination_in(RuntimeError("x")) is None
+
+
+def test_every_flow_keeps_a_sigterm() -> None:
+    """Each flow that runs TensorFlow is wrapped (the wrapper sits under ``@flow``)."""
+    import flows.predict
+    import flows.retrain
+    import flows.train_all
+    import flows.train_backbone
+
+    for flow in (flows.predict.predict, flows.retrain.retrain, flows.retrain.retrain_dataset,
+                 flows.train_all.train_all, flows.train_backbone.train_backbone):
+        assert getattr(flow.fn, "__wrapped__", None) is not None, flow.name
