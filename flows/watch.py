@@ -14,7 +14,7 @@ change id of the root's listing, the id the bridge and the reconcile give that s
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -61,7 +61,7 @@ def scan(prefix_uri: str) -> dict[str, str]:
 def save_state(state_key: str, prefix_uri: str, objects: dict[str, str]) -> str:
     """Write the state; return its URI."""
     uri = _state_uri(state_key)
-    doc = {"version": STATE_VERSION, "prefix": prefix_uri, "saved": datetime.now(timezone.utc).isoformat(),
+    doc = {"version": STATE_VERSION, "prefix": prefix_uri, "saved": datetime.now(UTC).isoformat(),
            "objects": objects}
     storage.write_bytes(uri, json.dumps(doc, indent=1, sort_keys=True).encode(), s3())
     return uri

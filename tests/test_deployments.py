@@ -72,8 +72,8 @@ def test_the_lock_pins_every_dependency_within_pyproject_ranges() -> None:
     """requirements.lock (make install's and the image's pins) covers pyproject's dependencies and the extras make
     install uses, each within its range; the Dockerfile installs from it."""
     import re
-
     import tomllib
+
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
@@ -239,12 +239,12 @@ def test_enter_image_names_a_missing_code_directory_and_enters_a_real_one(tmp_pa
 
 
 def test_stack_docker_pool_says_how_to_get_docker_when_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`scene stack up --pool docker` without Docker: a clear error naming what to do, no pool created."""
+    """`scene stack up --pools docker` without Docker: a clear error naming what to do, no pool created."""
     pytest.importorskip("prefect_docker", reason="pip install -e '.[docker]'")
     from scene.ops import services, stack
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no docker client
-    with pytest.raises(stack.StackError, match=r"--pool docker: no Docker daemon answers.*deployments/dockerd\.sh"):
+    with pytest.raises(stack.StackError, match=r"--pools docker: no Docker daemon answers.*deployments/dockerd\.sh"):
         services.docker_pool_template(tmp_path, {})
     assert not (tmp_path / "docker-pool.json").exists()
     assert services.pool_type("docker") == "docker" and services.pool_type("gpu") == "process"

@@ -42,14 +42,14 @@ def test_cli_builds_the_same_train_params(tmp_path) -> None:
     from scene.cli.main import build_parser, train_params
     from scene.train.params import TrainParams
 
-    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", "best-cpu", "--epochs", "7"])
+    args = build_parser().parse_args(["train", "d", "--out", "o", "--preset", "best-cpu", "--epochs", "7"])
     assert train_params(args) == TrainParams(preset="best-cpu", epochs=7).resolved()
-    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--backbone", "vgg16"])
+    args = build_parser().parse_args(["train", "d", "--out", "o", "--backbones", "vgg16"])
     assert train_params(args) == TrainParams(backbones=["vgg16"])
 
 
 def test_cli_rejects_an_unknown_preset(tmp_path, capsys) -> None:
     from scene.cli.main import main
 
-    assert main(["train", "--data", str(tmp_path), "--preset", "nope", "--out", str(tmp_path / "o")]) != 0
+    assert main(["train", str(tmp_path), "--preset", "nope", "--out", str(tmp_path / "o")]) != 0
     assert "--preset: unknown preset 'nope'" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from scene.ops import http, prefect_api
@@ -61,7 +61,7 @@ def root_objects(listing: Mapping[str, str], root: str) -> dict[str, str]:
 
 def now_iso() -> str:
     """The current UTC time as Prefect writes it."""
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def dataset_event(cfg: BridgeConfig, bucket: str, root: str, keys: Iterable[str], reason: str = "", *,

@@ -132,7 +132,7 @@ def start_prefect(state: Path, port: int, auth_string: str | None = None) -> int
     return spawn(state, PREFECT, argv, env, cwd=state)
 
 
-DOCKER_POOL = "docker"  # `--pool docker`: a Docker work pool (prefect-docker worker) running the scene image
+DOCKER_POOL = "docker"  # `--pools docker`: a Docker work pool (prefect-docker worker) running the scene image
 GPU_POOL = "gpu"  # `--pool gpu`: a process pool whose concurrency limit is the number of GPUs (`--gpus N`)
 DOCKER_TEMPLATE = Path(__file__).resolve().parents[2] / "deployments" / "docker-cpu.json"
 # The S3 credentials reach containers through these Prefect Secret blocks, never as literals in a job template
@@ -177,13 +177,13 @@ def docker_pool_template(state: Path, env: Mapping[str, str]) -> dict[str, Any]:
     import shutil
 
     if importlib.util.find_spec("prefect_docker") is None:
-        raise StackError("--pool docker needs prefect-docker: pip install -e '.[docker]'")
+        raise StackError("--pools docker needs prefect-docker: pip install -e '.[docker]'")
     docker = shutil.which("docker")
     probe = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
                            timeout=30, check=False) if docker else None
     if probe is None or probe.returncode != 0:
         why = "no docker client on PATH" if probe is None else (probe.stderr or probe.stdout).strip()[-300:]
-        raise StackError(f"--pool docker: no Docker daemon answers ({why}); start one (sudo deployments/dockerd.sh)")
+        raise StackError(f"--pools docker: no Docker daemon answers ({why}); start one (sudo deployments/dockerd.sh)")
     template = docker_pool_job_template(env)
     write_json(state / "docker-pool.json", template, mode=0o600)
     return template

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,7 @@ def spawn(state: Path, service: str, argv: list[str], env: dict[str, str], cwd: 
     log.parent.mkdir(parents=True, exist_ok=True)
     pid_file(state, service).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
-        fh.write(f"\n--- {service} starting at {datetime.now(timezone.utc).isoformat()} ---\n".encode())
+        fh.write(f"\n--- {service} starting at {datetime.now(UTC).isoformat()} ---\n".encode())
         fh.flush()
         proc = subprocess.Popen(
             argv,

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ class ConflictError(RegistryError):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _prefix(prefix: str) -> str:
@@ -151,7 +151,7 @@ def _file_lock(s3: Any, bucket: str, key: str) -> Iterator[None]:
 
 def _lease_expired(lease: Any) -> bool:
     try:
-        return datetime.fromisoformat(lease["expires"]) < datetime.now(timezone.utc)
+        return datetime.fromisoformat(lease["expires"]) < datetime.now(UTC)
     except (TypeError, KeyError, ValueError):
         return True  # unreadable lease: treat as abandoned
 
@@ -165,7 +165,7 @@ def _lease(s3: Any, bucket: str, key: str, *, ttl: float = LEASE_TTL_S, settle: 
     while True:
         lease, _ = _read(s3, bucket, key)
         if lease is None or _lease_expired(lease):
-            expires = (datetime.now(timezone.utc) + timedelta(seconds=ttl)).isoformat()
+            expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat()
             storage.write_bytes(f"s3://{bucket}/{key}", json.dumps(
                 {"token": token, "holder": f"{socket.gethostname()}:{os.getpid()}", "expires": expires}).encode(), s3)
             time.sleep(settle)

@@ -178,7 +178,7 @@ def test_dispatched_container_versions_register_under_the_data_root_and_are_gate
     """As tests/integration/test_dispatch.py on the process pool, with dispatch=docker: calibrated MobileNetV2 weights
     (an s3:// file the containers read), the same data twice with two recipes. The first version is promoted "no
     champion yet" for the data root; the second is gated against it (decision.json's paired counts recomputed here);
-    `scene models list --data ROOT` shows both."""
+    `scene models list --dataset ROOT` shows both."""
     from flows.train_all import train_all
 
     bucket, size = docker_stack["SCENE_ARTIFACT_BUCKET"], 32
@@ -222,7 +222,7 @@ def test_dispatched_container_versions_register_under_the_data_root_and_are_gate
     from scene.cli.main import main
 
     capsys.readouterr()
-    assert main(["models", "list", "--data", data]) in (0, None)
+    assert main(["models", "list", "--dataset", data]) in (0, None)
     listed = capsys.readouterr().out
     assert v1.version in listed and v2.version in listed, listed
     marked = [line for line in listed.splitlines() if line.lstrip().startswith("*")]

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ def test_stack_stop_during_a_retrain_then_start_never_blocks_retraining(estack: 
         with get_client(sync_client=True) as client:
             state = client.read_flow_run(lost.id).state
         assert state.is_crashed() and "is gone" in (state.message or ""), state
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         upload(s3, _images(tmp_path / "new", 2, 41), data)  # new photos after the restart
         runs = [r for r in wait_runs(4, data, timeout=60) if r.created >= since]
         assert len(runs) == 1 and runs[0].parameters["change_id"] == _change(estack, data)

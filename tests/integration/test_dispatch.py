@@ -4,7 +4,7 @@
    calibrated (not random-init) MobileNetV2 weights file, twice on the same data with two recipes. The first run's
    version is promoted "no champion yet" for the *data root* (not for ``runs/<id>/manifest.csv/``); the second is
    gated against it: its ``decision.json`` holds the paired counts recomputed here from both versions' stored test
-   predictions, and ``scene models list --data ROOT`` shows both versions, the champion marked.
+   predictions, and ``scene models list --dataset ROOT`` shows both versions, the champion marked.
 2. Followed, not cancelled: more backbones than the pool has slots (a pool with concurrency 1), each training for
    longer than ``start_timeout_s``; one child is sent back to Scheduled mid-run the way Kubernetes' eviction handling
    does it (``prefect flow-run execute`` with ``PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule``, then SIGTERM):
@@ -90,7 +90,7 @@ def test_dispatched_versions_register_under_the_data_root_and_are_gated(s3: Any,
     assert set(registry.champions(s3, bucket)) >= {data}
     assert not [d for d in registry.champions(s3, bucket) if "/runs/" in d]  # no made-up dataset has a champion
 
-    shown = subprocess.run([str(Path(sys.executable).with_name("scene")), "models", "list", "--data", data],
+    shown = subprocess.run([str(Path(sys.executable).with_name("scene")), "models", "list", "--dataset", data],
                            env=dict(os.environ), capture_output=True, text=True, timeout=120, check=False)
     assert shown.returncode == 0, shown.stderr
     listed = shown.stdout

@@ -256,7 +256,7 @@ def test_data_upload_skips_unchanged_files(env: dict[str, str], s3: Any, tmp_pat
     from scene.cli.main import main
 
     root = make_synthetic(tmp_path / "u", 2, size=40, seed=5)
-    args = ["data", "upload", "--src", str(root), "--name", "upload-test", "--ready"]
+    args = ["data", "upload", str(root), "--name", "upload-test", "--ready"]
     assert main(args) == 0
     assert "(12 uploaded, 0 unchanged)" in capsys.readouterr().out
     dest = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}upload-test/"

@@ -370,7 +370,7 @@ def test_cli_list_show_promote_rollback(s3: Any, bucket: str, tmp_path: Path, se
     assert any(b.version in line and "synthetic data" in line for line in lines)
     assert f"champion of {DATA}: {b.version}" in out and f"champion of s3://scene-data/datasets/other/: " \
         f"{other.version}" in out
-    _cli(["models", "list", "--backbone", "vgg16", "--data", DATA])
+    _cli(["models", "list", "--backbone", "vgg16", "--dataset", DATA])
     out = capsys.readouterr().out
     assert a.version in out and b.version not in out.split("champion")[0] and other.version not in out
 
@@ -381,10 +381,10 @@ def test_cli_list_show_promote_rollback(s3: Any, bucket: str, tmp_path: Path, se
 
     with pytest.raises(RegistryError, match="champions exist for 2 datasets"):
         _cli(["models", "rollback"])
-    _cli(["models", "rollback", "--data", DATA.rstrip("/")])
+    _cli(["models", "rollback", "--dataset", DATA.rstrip("/")])
     assert capsys.readouterr().out.strip() == f"champion of {DATA}: {a.version} (rolled back from {b.version})"
     with pytest.raises(RegistryError, match="no previous champion"):
-        _cli(["models", "rollback", "--data", DATA])
+        _cli(["models", "rollback", "--dataset", DATA])
 
 
 def test_champions_are_per_dataset(s3: Any, bucket: str, tmp_path: Path) -> None:
