@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -52,19 +53,29 @@ def termination_in(exc: BaseException) -> TerminationSignal | None:
 
 def keeps_termination(fn: F) -> F:
     """Wrap a flow function so a SIGTERM a library turned into another error reaches Prefect as the SIGTERM it was:
-    an evicted run (``PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule``) is rescheduled, not marked Failed."""
+    an evicted run (``PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR=reschedule``) is rescheduled, not marked Failed.
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            signal = termination_in(exc)
-            if signal is None:
-                raise
-            raise signal from exc
+    The wrapper is built on ``fn``'s module globals: Prefect resolves a flow's postponed annotations
+    (``from __future__ import annotations``) in ``fn.__globals__`` to validate its parameters.
+    """
 
-    return wrapper  # type: ignore[return-value]
+    Find = Callable[[BaseException], TerminationSignal | None]
+
+    def wrap(inner: Callable[..., Any], find: Find) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return inner(*args, **kwargs)
+            except Exception as exc:
+                signal = find(exc)
+                if signal is None:
+                    raise
+                raise signal from exc
+
+        return wrapper
+
+    made = wrap(fn, termination_in)
+    rebuilt = types.FunctionType(made.__code__, fn.__globals__, fn.__name__, made.__defaults__, made.__closure__)
+    return functools.wraps(fn)(rebuilt)  # type: ignore[return-value]
 
 
 def transient_only(task: Any, task_run: Any, state: Any) -> bool:

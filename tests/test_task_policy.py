@@ -151,13 +151,19 @@ def test_a_sigterm_a_library_turned_into_another_error_reaches_prefect_as_the_si
     assert termination_in(RuntimeError("x")) is None
 
 
-def test_every_flow_keeps_a_sigterm() -> None:
-    """Each flow that runs TensorFlow is wrapped (the wrapper sits under ``@flow``)."""
+def test_every_flow_keeps_a_sigterm_and_still_validates_its_parameters() -> None:
+    """Each flow that runs TensorFlow is wrapped (under ``@flow``), and Prefect still resolves its annotations and
+    validates parameters as a deployment run does (a wrapper with the wrong globals failed every dispatched run)."""
     import flows.predict
     import flows.retrain
     import flows.train_all
     import flows.train_backbone
+    from scene.train.params import TrainParams
 
     for flow in (flows.predict.predict, flows.retrain.retrain, flows.retrain.retrain_dataset,
                  flows.train_all.train_all, flows.train_backbone.train_backbone):
         assert getattr(flow.fn, "__wrapped__", None) is not None, flow.name
+        assert flow.fn.__globals__ is flow.fn.__wrapped__.__globals__, flow.name
+    validated = flows.train_backbone.train_backbone.validate_parameters(
+        {"backbone": "mobilenetv2", "params": TrainParams(epochs=2).model_dump(), "on_missing_weights": "fail"})
+    assert validated["params"] == TrainParams(epochs=2)
