@@ -103,3 +103,22 @@ def test_a_runs_label_audit_reaches_each_backbones_report_html(tmp_path) -> None
                       warnings=[], label_issues=got)
     page = (tmp_path / "report.html").read_text()
     assert got[0]["key"].split("/")[-1] in page and "data:image" in page
+
+
+def test_the_label_audit_never_forks_a_process_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It runs inside a flow process full of TensorFlow and Prefect threads, where a forked pool can hang for good
+    (a lock held by another thread at the fork); cleanlab must run in this process."""
+    import multiprocessing
+
+    import cleanlab.filter
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the label audit started a multiprocessing pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", refuse)
+    # as on a machine with 8 cores, where cleanlab's default would fork 8 workers (psutil or not)
+    monkeypatch.setattr(multiprocessing, "cpu_count", lambda: 8)
+    monkeypatch.setattr(cleanlab.filter, "psutil_exists", False)
+    x, rows = clusters(per_class=20)
+    audit = audit_labels(x, rows, CLASSES, folds=3, seed=0)
+    assert audit.flagged <= 3

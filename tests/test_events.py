@@ -219,6 +219,27 @@ def test_ready_marker_emits_immediately() -> None:
     assert b.pending == 0
 
 
+def test_a_batch_being_emitted_still_counts_as_pending() -> None:
+    """``pending == 0`` must mean every batch taken is accounted for (emitted, a duplicate or requeued): the health
+    counters are read while another thread is sending, and a reader must never see 'nothing pending, nothing sent'."""
+    sending, release, out = threading.Event(), threading.Event(), []
+
+    def slow_emit(event: dict) -> None:
+        sending.set()
+        release.wait(10)
+        out.append(event)
+
+    b = Batcher(BridgeConfig(token=TOKEN, quiet_seconds=30), slow_emit)
+    b.add([ev("datasets/intel/a/1.jpg")])
+    worker = threading.Thread(target=b.add, args=([ev("datasets/intel/_READY")],))
+    worker.start()
+    assert sending.wait(10)
+    assert (b.pending, b.emitted) == (1, 0)
+    release.set()
+    worker.join(10)
+    assert (b.pending, b.emitted, len(out)) == (0, 1, 1)
+
+
 def test_separate_roots_emit_separately() -> None:
     b, clock, out = make_batcher(5)
     b.add([ev("datasets/a/x/1.jpg"), ev("datasets/b/x/1.jpg"), ev("datasets/a/x/2.jpg")])
@@ -564,8 +585,8 @@ def test_bridge_persists_before_answering_and_replays_after_a_kill(tmp_path: Pat
     second = serve(BridgeConfig(token=TOKEN, quiet_seconds=0.2), port=0, emit=out.append, tick_seconds=0.05,
                    store=str(db))
     try:
-        deadline = time.monotonic() + 10
-        while not out and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10  # emitted and recorded as delivered: nothing pending any more
+        while not (out and second.batcher.pending == 0) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(out) == 1 and out[0]["payload"]["count"] == 2
         assert second.store is not None and second.store.counts() == {"objects": 0, "unconfirmed": 0}

@@ -131,7 +131,11 @@ def find_issues(probs: np.ndarray, y: np.ndarray, rows: pd.DataFrame, class_name
         raise ValueError(f"rows ({len(rows)}), labels ({len(y)}) and probabilities ({len(probs)}) differ in length")
     if len(y) and len(np.unique(y)) < 2:
         raise ValueError("the label audit needs images of at least 2 classes; every image has the same label")
-    idx = find_label_issues(y, probs, return_indices_ranked_by="self_confidence") if len(y) else np.array([], int)
+    # n_jobs=1: cleanlab otherwise forks a multiprocessing pool from this process, which runs TensorFlow's and
+    # Prefect's threads; a fork taken while one of them holds a lock hangs for good (CI: a 900 s timeout). Results
+    # do not depend on n_jobs, and one process takes milliseconds at these sizes.
+    idx = (find_label_issues(y, probs, return_indices_ranked_by="self_confidence", n_jobs=1) if len(y)
+           else np.array([], int))
     quality = get_label_quality_scores(y, probs, method="self_confidence") if len(y) else np.array([])
     names = np.asarray(class_names)
     suggested = probs.argmax(1) if len(y) else np.array([], int)

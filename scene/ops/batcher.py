@@ -109,6 +109,7 @@ class Batcher:
         self._on_sent = on_sent
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, str], _Pending] = {}
+        self._sending = 0  # batches taken off ``_pending`` and being emitted now (still counted as pending)
         self._delivered: OrderedDict[str, None] = OrderedDict()  # recently delivered ids (a resend is dropped)
         self.emitted = 0
         self.duplicates = 0  # batches whose change was already delivered (not sent again)
@@ -117,9 +118,10 @@ class Batcher:
 
     @property
     def pending(self) -> int:
-        """Dataset roots waiting to be emitted."""
+        """Dataset roots waiting to be emitted, including those being emitted right now (so ``pending == 0``
+        means every batch taken so far is counted in ``emitted``, ``duplicates`` or requeued)."""
         with self._lock:
-            return len(self._pending)
+            return len(self._pending) + self._sending
 
     def pending_roots(self) -> list[str]:
         """``bucket/root`` of each waiting dataset root."""
@@ -188,41 +190,50 @@ class Batcher:
         with self._lock:
             due = [k for k, p in self._pending.items() if self._due(p, now, markers_only)]
             batches = [self._pending.pop(k) for k in due]
+            self._sending += len(batches)
         done = 0
         for p in batches:
-            reason = "ready marker" if p.ready else (
-                "quiet period" if now - p.last >= self.cfg.quiet_seconds else "maximum wait")
             try:
-                p.event_id = p.event_id or self._change_id(p)
-                event = dataset_event(self.cfg, p.bucket, p.root, p.keys, reason, count=p.count,
-                                      event_id=p.event_id)
+                done += self._emit_one(p, now)
+            finally:
                 with self._lock:
-                    again = p.event_id in self._delivered
-                if again:  # this very change was delivered already (a resend after a lost reply): one event
-                    self.duplicates += 1
-                    log.info("not emitting %s %s for s3://%s/%s again: that change was delivered already",
-                             self.cfg.event_name, p.event_id, p.bucket, p.root)
-                    if self._on_sent is not None:
-                        self._on_sent(event, p.bucket, p.root, p.seq)
-                    continue
-                self._emit(event)
-            except Exception as err:  # keep the batch (and its id); the next tick retries
-                self._requeue(p, now)
-                self.emit_failures += 1
-                log.warning("could not emit %s %s for s3://%s/%s (%d new objects), retrying in %.0fs: %s",
-                            self.cfg.event_name, p.event_id, p.bucket, p.root, p.count, p.not_before - now, err)
-                continue
-            done += 1
-            self.emitted += 1
-            self._remember(p.event_id)
-            if self._on_sent is not None:
-                try:
-                    self._on_sent(event, p.bucket, p.root, p.seq)
-                except Exception:  # delivered: the store keeps the rows, a replay re-announces (same id)
-                    log.exception("could not record the delivery of %s", p.event_id)
-            log.info("emitted %s %s for s3://%s/%s: %d new objects (%s)", self.cfg.event_name, event["id"],
-                     p.bucket, p.root, p.count, reason)
+                    self._sending -= 1
         return done
+
+    def _emit_one(self, p: _Pending, now: float) -> int:
+        """Emit one batch taken off the pending map; returns 1 when it was sent, else 0 (duplicate or requeued)."""
+        reason = "ready marker" if p.ready else (
+            "quiet period" if now - p.last >= self.cfg.quiet_seconds else "maximum wait")
+        try:
+            p.event_id = p.event_id or self._change_id(p)
+            event = dataset_event(self.cfg, p.bucket, p.root, p.keys, reason, count=p.count,
+                                  event_id=p.event_id)
+            with self._lock:
+                again = p.event_id in self._delivered
+            if again:  # this very change was delivered already (a resend after a lost reply): one event
+                self.duplicates += 1
+                log.info("not emitting %s %s for s3://%s/%s again: that change was delivered already",
+                         self.cfg.event_name, p.event_id, p.bucket, p.root)
+                if self._on_sent is not None:
+                    self._on_sent(event, p.bucket, p.root, p.seq)
+                return 0
+            self._emit(event)
+        except Exception as err:  # keep the batch (and its id); the next tick retries
+            self._requeue(p, now)
+            self.emit_failures += 1
+            log.warning("could not emit %s %s for s3://%s/%s (%d new objects), retrying in %.0fs: %s",
+                        self.cfg.event_name, p.event_id, p.bucket, p.root, p.count, p.not_before - now, err)
+            return 0
+        self.emitted += 1
+        self._remember(p.event_id)
+        if self._on_sent is not None:
+            try:
+                self._on_sent(event, p.bucket, p.root, p.seq)
+            except Exception:  # delivered: the store keeps the rows, a replay re-announces (same id)
+                log.exception("could not record the delivery of %s", p.event_id)
+        log.info("emitted %s %s for s3://%s/%s: %d new objects (%s)", self.cfg.event_name, event["id"],
+                 p.bucket, p.root, p.count, reason)
+        return 1
 
     def _change_id(self, p: _Pending) -> str:
         """The deterministic id of this batch's change (see the module docstring)."""
