@@ -24,7 +24,7 @@ from tests.support.hues import calibrated_mobilenetv2, draw_hues
 from tests.support.runs import assert_gated_against
 from tests.support.s3io import client_from_env, upload
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]  # building the image takes minutes
 BACKBONES = ["mobilenetv2", "efficientnetb0"]
 FAST = {"params": {"backbones": BACKBONES, "weights": "none", "epochs": 1, "views": 0, "image_size": 32,
                    "finetune_layers": 0, "mixed_precision": False},
