@@ -62,7 +62,7 @@ def train_backbone(
     get_run_logger().info("training %s on %d images; artifacts to %s", backbone, len(ds.manifest), prefix)
     run = training.prepare(ds, cfg, str(work_folder(backbone)), on_missing_weights)
     fitted = training.fit(run, training.extract(run))
-    if run.cfg.finetune_layers:
+    if run.cfg.finetunes:
         fitted = training.finetune(run, fitted)
     evaluation = training.evaluate(run, fitted)
     result = training.write(run, fitted, evaluation, prefix)

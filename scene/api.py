@@ -164,6 +164,7 @@ def train(data: PathOrUri, *, out: PathOrUri, backbones: Sequence[str] | str | N
           test: PathOrUri | None = None, classes: Sequence[str] | str | None = None, preset: str | None = None,
           weights: str | None = None, strategy: str | None = None, views: int | None = None,
           epochs: int | None = None, image_size: int | None = None, finetune_layers: int | None = None,
+          finetune_blocks: int | None = None, finetune_epochs: int | None = None, finetune_lr: float | None = None,
           mixed_precision: bool | None = None, mirror: bool | None = None, refit: bool | None = None,
           seed: int | None = None, cache: PathOrUri | None = None, settings: Settings | None = None,
           progress: Progress | None = None) -> TrainRun:
@@ -187,7 +188,8 @@ def train(data: PathOrUri, *, out: PathOrUri, backbones: Sequence[str] | str | N
 
     settings = _settings(settings)
     params = train_params(backbones, preset=preset, weights=weights, strategy=strategy, views=views, epochs=epochs,
-                          image_size=image_size, finetune_layers=finetune_layers, mixed_precision=mixed_precision,
+                          image_size=image_size, finetune_layers=finetune_layers, finetune_blocks=finetune_blocks,
+                          finetune_epochs=finetune_epochs, finetune_lr=finetune_lr, mixed_precision=mixed_precision,
                           mirror=mirror, refit=refit, seed=seed)
     configs = [params.config(b) for b in params.names()]
     ds = load_data(data, test=test, classes=classes, settings=settings, progress=progress)

@@ -53,8 +53,10 @@ def fit(run: stages.BackboneRun, extracted: ExtractStats | None) -> FitResult:
 @task(name="fine-tune", task_run_name="fine-tune {run.cfg.backbone}", cache_policy=NO_CACHE,
       timeout_seconds=STEP_TIMEOUT_S)
 def finetune(run: stages.BackboneRun, fitted: FitResult) -> FitResult:
-    """Unfreeze the top layers (BatchNorm stays frozen) and train at a low learning rate."""
-    get_run_logger().info("fine-tuning the top %d layers of %s", run.cfg.finetune_layers, run.cfg.backbone)
+    """Unfreeze the top blocks or layers (BatchNorm stays frozen) and train under warm-up + cosine decay."""
+    what = (f"{run.cfg.finetune_blocks} blocks" if run.cfg.finetune_blocks else f"{run.cfg.finetune_layers} layers")
+    get_run_logger().info("fine-tuning the top %s of %s for %d epochs (peak lr %g)", what, run.cfg.backbone,
+                          run.cfg.finetune_epochs, run.cfg.finetune_lr)
     return stages.finetune(run, fitted, s3=s3(), progress=Progress())
 
 

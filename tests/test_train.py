@@ -116,6 +116,67 @@ def test_online_with_finetuning_keeps_batchnorm_frozen(ds, tmp_path: Path) -> No
     assert predict(model, ds.split("test"), 48).probs.shape == (len(ds.split("test")), 6)
 
 
+def test_block_finetuning_ships_the_tuned_network_and_scores_that_file(ds, tmp_path: Path) -> None:
+    """The fine-tuning stage's model.keras is the tuned network (its top blocks and head moved, everything below and
+    every BatchNorm exactly the frozen model's), and the run's test metrics are that saved file's predictions."""
+    import pandas as pd
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from scene.model.network import backbone_blocks
+
+    cfg = TrainConfig(**{**SMALL, "mirror": True, "finetune_blocks": 2, "finetune_epochs": 2, "finetune_lr": 1e-3,
+                         "finetune_warmup": 0.5})
+    out = tmp_path / "mobilenetv2"
+    r = train_one(ds, cfg, out, cache_root=str(tmp_path / "cache"), bootstrap=0)
+    assert r.status in ("ok", "collapsed"), r.error
+    assert r.model_path == str(out / "model.keras") and (out / "frozen.keras").exists()
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["phase"].unique()) == ["head", "finetune"]
+    frozen, tuned = load(str(out / "frozen.keras")), load(str(out / "model.keras"))
+    blocks = backbone_blocks(backbone_of(tuned))
+    top = {layer.name for block in blocks[-2:] for layer in block}
+    moved, kept = [], []
+    for layer in backbone_of(tuned).layers:
+        if not layer.weights:
+            continue
+        same = all(np.array_equal(a, b) for a, b in
+                   zip(layer.get_weights(), backbone_of(frozen).get_layer(layer.name).get_weights(), strict=True))
+        (kept if same else moved).append(layer.name)
+        if isinstance(layer, keras.layers.BatchNormalization) or layer.name not in top:
+            assert same, f"{layer.name} changed: only the top 2 blocks' non-BatchNorm layers may train"
+    assert moved and set(moved) <= top, moved
+    assert not all(np.array_equal(a, b) for a, b in zip(tuned.get_layer("head").get_weights(),
+                                                         frozen.get_layer("head").get_weights(), strict=True))
+    assert "mirror" in [layer.name for layer in tuned.layers]  # still averages over image and mirror
+    test = ds.split("test")
+    shipped, before = predict(tuned, test, 48).probs, predict(frozen, test, 48).probs
+    assert not np.allclose(shipped, before)
+    metrics = json.loads((out / "metrics.json").read_text())["test"]
+    y = test["label_index"].to_numpy()
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(y, shipped.argmax(1)))
+    assert metrics["auc_ovr_weighted"] == pytest.approx(roc_auc_score(y, shipped, multi_class="ovr",
+                                                                      average="weighted"), abs=1e-6)
+    csv = pd.read_csv(out / "test_predictions.csv")
+    assert list(csv["y_pred"]) == list(shipped.argmax(1))
+
+
+def test_backbone_blocks_follow_keras_block_names() -> None:
+    from scene.model import backbones
+    from scene.model.network import assemble, backbone_blocks, unfreeze_blocks
+
+    w = backbones.resolve_weights(backbones.get_spec("mobilenetv2"), "none", 32)
+    model = assemble("mobilenetv2", 32, w, build_head(1280, 6))
+    blocks = backbone_blocks(backbone_of(model))
+    top = [layer.name for layer in blocks[-1]]
+    assert top[0].startswith("block_16_") and "Conv_1" in top and "out_relu" in top
+    assert unfreeze_blocks(model, 2) == ["block_15", "block_16"]
+    trainable = {layer.name for layer in backbone_of(model).layers if layer.trainable}
+    assert "block_15_expand" in trainable and "Conv_1" in trainable and "block_14_expand" not in trainable
+    assert not any(isinstance(backbone_of(model).get_layer(n), keras.layers.BatchNormalization) for n in trainable)
+    with pytest.raises(ValueError, match="has 16 blocks"):
+        unfreeze_blocks(model, 99)
+
+
 def test_unfreeze_top_never_trains_batchnorm() -> None:
     from scene.model import backbones
     from scene.model.network import assemble

@@ -98,6 +98,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         results = api.train(a.data, out=a.out, backbones=params.backbones, test=a.test, classes=a.classes,
                             preset=a.preset, weights=a.weights, strategy=a.strategy, views=a.views, epochs=a.epochs,
                             image_size=a.image_size, finetune_layers=a.finetune_layers,
+                            finetune_blocks=a.finetune_blocks, finetune_epochs=a.finetune_epochs,
+                            finetune_lr=a.finetune_lr,
                             mixed_precision=a.mixed_precision, mirror=a.mirror, refit=a.refit, seed=a.seed,
                             cache=a.cache, progress=Bars()).results
     except TrainingError as err:
@@ -187,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, help="default 100 (early stopping usually ends sooner)")
     t.add_argument("--image-size", type=int, help=f"default {DEFAULT_IMAGE_SIZE}")
     t.add_argument("--finetune-layers", type=int, help="default 0 (no fine-tuning)")
+    t.add_argument("--finetune-blocks", type=int,
+                   help="unfreeze the top N whole backbone blocks instead of layers (default 0)")
+    t.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs: warm-up, then cosine decay (default 10)")
+    t.add_argument("--finetune-lr", type=float, help="peak fine-tuning learning rate (default 1e-05)")
     t.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPUs)")
     t.add_argument("--cache", metavar="DIR", help="feature cache folder or s3:// URI (default from settings)")
     t.add_argument("--classes", type=split_list, metavar="A,B",

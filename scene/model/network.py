@@ -7,6 +7,7 @@ train it on stored features and then drop it, unchanged, on top of the backbone.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,7 +91,59 @@ def unfreeze_top(model: keras.Model, n: int) -> int:
     return sum(1 for layer in backbone.layers if layer.trainable and layer.weights)
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+_BLOCK = re.compile(r"^(conv\d+_block\d+|block_?\d+[a-z]?)_")  # ResNet, MobileNetV2/EfficientNet/VGG block names
+
+
+def backbone_blocks(backbone: keras.Model) -> list[list[keras.layers.Layer]]:
+    """The backbone's layers grouped into its named blocks, bottom to top (``block_16``, ``conv5_block3``,
+    ``block7a``, ``block5``). Layers before the first block form the stem; layers after the last block (the top
+    convolution, ``Conv_1`` of MobileNetV2, ``top_conv`` of EfficientNet) join the last block."""
+    groups: list[list[keras.layers.Layer]] = []
+    names: list[str] = []
+    for layer in backbone.layers:
+        match = _BLOCK.match(layer.name)
+        name = match.group(1) if match else (names[-1] if names else "stem")
+        if not names or name != names[-1]:
+            names.append(name)
+            groups.append([])
+        groups[-1].append(layer)
+    return groups
+
+
+def unfreeze_blocks(model: keras.Model, n: int) -> list[str]:
+    """Phase 2 by whole blocks: the top ``n`` blocks of the backbone train (and the layers above them), BatchNorm
+    layers never; returns the names of the blocks that train. Recompile afterwards."""
+    if n <= 0:
+        raise ValueError(f"unfreeze_blocks n={n}; pass a positive number of backbone blocks to fine-tune")
+    backbone = backbone_of(model)
+    blocks = [b for b in backbone_blocks(backbone) if not b[0].name.startswith("input")]
+    if n > len(blocks):
+        raise ValueError(f"unfreeze_blocks n={n}; {backbone.name} has {len(blocks)} blocks")
+    top = {id(layer) for block in blocks[-n:] for layer in block}
+    backbone.trainable = True
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in top and not isinstance(layer, keras.layers.BatchNormalization)
+    return [_BLOCK.match(b[0].name).group(1) if _BLOCK.match(b[0].name) else b[0].name for b in blocks[-n:]]
+
+
+def plain_view(model: keras.Model) -> keras.Model:
+    """The model's plain path (no mirror branch), sharing every layer with ``model``: training it trains ``model``.
+    Fine-tuning a mirror model trains this (random flips stand in for the mirror) at half the compute."""
+    if "mirror" not in [layer.name for layer in model.layers]:
+        return model
+    backbone, head, preprocess = backbone_of(model), model.get_layer("head"), model.get_layer("preprocess")
+    return keras.Model(model.input, head(backbone(preprocess(model.input), training=False)), name=f"{model.name}_plain")
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine decay to 0 by ``total_steps``."""
+    if warmup_steps <= 0:
+        return keras.optimizers.schedules.CosineDecay(peak, max(1, total_steps), alpha=0.0)
+    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total_steps - warmup_steps), alpha=0.0,
+                                                  warmup_target=peak, warmup_steps=warmup_steps)
+
+
+def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> None:
     """Adam and categorical cross-entropy, with accuracy."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])

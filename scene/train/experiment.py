@@ -115,7 +115,9 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
         plots["ROC curves"] = plot_roc(p.y_true, p.probs, ds.class_names, out_dir / "roc.png")
     summary = {
         "backbone": cfg.backbone, "weights": fit_result.weights.origin, "strategy": cfg.strategy,
-        "views": str(cfg.views), "fine-tuned layers": str(cfg.finetune_layers), "image size": str(cfg.image_size),
+        "views": str(cfg.views), "image size": str(cfg.image_size),
+        "fine-tuned": (f"top {cfg.finetune_blocks} blocks" if cfg.finetune_blocks else
+                       f"top {cfg.finetune_layers} layers" if cfg.finetune_layers else "no"),
         "data fingerprint": ds.fingerprint, "data source": ds.source,
         "images (train/val/test)": "/".join(str(len(ds.split(s))) for s in ("train", "val", "test")),
         "training time": f"{fit_result.seconds:.1f} s",

@@ -20,7 +20,16 @@ import pandas as pd
 from scene.data import storage
 from scene.data.dataset import Dataset
 from scene.model import backbones
-from scene.model.network import HeadConfig, assemble, build_head, compile_model, unfreeze_top
+from scene.model.network import (
+    HeadConfig,
+    assemble,
+    build_head,
+    compile_model,
+    plain_view,
+    unfreeze_blocks,
+    unfreeze_top,
+    warmup_cosine,
+)
 from scene.model.network import load as load_model
 from scene.model.pipeline import AugmentConfig, augmenter, image_dataset, predict_batches
 from scene.model.predict import Predictions, predict
@@ -44,8 +53,10 @@ class TrainConfig:
     learning_rate: float = 3e-4  # Adam, frozen phase (3e-4 beat 1e-3 on Intel val/test: 0.905 vs 0.892)
     patience: int = 15  # early stopping patience (epochs without val-loss improvement)
     finetune_layers: int = 0  # >0: unfreeze the top N backbone layers for a second phase
-    finetune_epochs: int = 10  # upper bound for the fine-tuning phase
-    finetune_lr: float = 1e-5  # Adam learning rate when fine-tuning
+    finetune_blocks: int = 0  # >0: unfreeze the top N whole blocks (and the layers above them) instead
+    finetune_epochs: int = 10  # the fine-tuning phase's epochs (the cosine schedule spans them all)
+    finetune_lr: float = 1e-5  # peak Adam learning rate when fine-tuning (reached after the warm-up)
+    finetune_warmup: float = 0.5  # epochs of linear warm-up from 0 before the cosine decay to 0
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the shipped model averages over image and mirror
     refit: bool = False  # cached: after early stopping on val, a fresh head trains on train + val and ships
@@ -62,13 +73,26 @@ class TrainConfig:
             (32 <= self.image_size <= 1024, "image_size", self.image_size, "between 32 and 1024"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "1 or more"),
             (self.finetune_layers >= 0, "finetune_layers", self.finetune_layers, "0 (off) or more"),
+            (self.finetune_blocks >= 0, "finetune_blocks", self.finetune_blocks, "0 (off) or more"),
+            (not (self.finetune_layers and self.finetune_blocks), "finetune_blocks", self.finetune_blocks,
+             "0 when finetune_layers is set (unfreeze by layers or by blocks, not both)"),
+            (self.finetune_epochs >= 1, "finetune_epochs", self.finetune_epochs, "1 or more"),
+            (self.finetune_lr > 0, "finetune_lr", self.finetune_lr, "a positive number"),
+            (0 <= self.finetune_warmup < self.finetune_epochs, "finetune_warmup", self.finetune_warmup,
+             "0 or more epochs, fewer than finetune_epochs"),
             (self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number"),
-            (not self.refit or (self.strategy == "cached" and not self.finetune_layers), "refit", self.refit,
-             "False with strategy='online' or finetune_layers > 0 (the refit retrains the head on cached features)"),
+            (not self.refit or (self.strategy == "cached" and not self.finetunes), "refit", self.refit,
+             "False with strategy='online' or fine-tuning (the refit trains the head on val, which fine-tuning "
+             "needs unseen to stop on)"),
         ]
         for ok, name, value, expected in checks:
             if not ok:
                 raise ValueError(f"{name}={value!r} is invalid; expected {expected}")
+
+    @property
+    def finetunes(self) -> bool:
+        """Whether a fine-tuning phase follows the frozen one."""
+        return bool(self.finetune_layers or self.finetune_blocks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,11 +143,13 @@ def precision_policy(mixed: bool) -> Iterator[None]:
         keras.mixed_precision.set_global_policy(before)
 
 
-def _callbacks(cfg: TrainConfig, progress: Progress | None, stage: str, epochs: int) -> list[keras.callbacks.Callback]:
+def _callbacks(cfg: TrainConfig, progress: Progress | None, stage: str, epochs: int, *,
+               plateau: bool = True) -> list[keras.callbacks.Callback]:
+    plateaus = [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(2, cfg.patience // 3),
+                                                  min_lr=1e-7)] if plateau else []
     return [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(2, cfg.patience // 3),
-                                          min_lr=1e-7),
+        *plateaus,
         _ProgressCallback(progress, stage, epochs),
     ]
 
@@ -212,7 +238,7 @@ def fit_frozen(ds: Dataset, cfg: TrainConfig, out_dir: Path, weights: backbones.
         else:
             model = assemble(cfg.backbone, cfg.image_size, weights, head, cfg.seed, mirror=cfg.mirror)
             history = _fit_online(model, ds, cfg, cfg.learning_rate, cfg.epochs, "head", 0, s3, progress)
-        name = "frozen.keras" if cfg.finetune_layers else "model.keras"  # fine-tuning writes model.keras
+        name = "frozen.keras" if cfg.finetunes else "model.keras"  # fine-tuning writes model.keras
         fitted = _save(model, history, out_dir / name, weights, extract_stats, time.perf_counter() - start)
         return dataclasses.replace(fitted, held_out_val=held_out)
 
@@ -278,15 +304,21 @@ def fit_head(head: keras.Model, train: tuple[np.ndarray, np.ndarray], val: tuple
 
 def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None,
              progress: Progress | None = None) -> FitResult:
-    """Phase 2: the top ``cfg.finetune_layers`` backbone layers train at a low learning rate (BatchNorm frozen)."""
-    if not cfg.finetune_layers:
+    """Phase 2: the top ``cfg.finetune_blocks`` blocks (or ``cfg.finetune_layers`` layers) of the backbone train,
+    BatchNorm frozen, on freshly augmented images, under a linear warm-up to ``cfg.finetune_lr`` and a cosine decay
+    over ``cfg.finetune_epochs``; early stopping on validation loss keeps the best epoch. A mirror model trains its
+    plain path (random flips stand in for the mirror: half the compute) and ships averaging over both, as before."""
+    if not cfg.finetunes:
         return fitted
     start = time.perf_counter()
     with precision_policy(cfg.mixed_precision):
         model = load_model(str(fitted.model_path))
-        unfreeze_top(model, cfg.finetune_layers)
-        history = _fit_online(model, ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune", len(fitted.history),
-                              s3, progress)
+        if cfg.finetune_blocks:
+            unfreeze_blocks(model, cfg.finetune_blocks)
+        else:
+            unfreeze_top(model, cfg.finetune_layers)
+        history = _fit_online(plain_view(model), ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune",
+                              len(fitted.history), s3, progress)
         return _save(model, pd.concat([fitted.history, history], ignore_index=True),
                      fitted.model_path.with_name("model.keras"), fitted.weights, fitted.extract,
                      fitted.seconds + time.perf_counter() - start)
@@ -325,9 +357,14 @@ def _fit_online(model: keras.Model, ds: Dataset, cfg: TrainConfig, lr: float, ep
     val = image_dataset(ds.split("val"), cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3)
     for x, _ in train.take(1):
         backbones.preflight(cfg.backbone, x)
-    compile_model(model, lr)
+    if phase == "finetune":  # a schedule over the whole phase instead of plateau reduction
+        steps = -(-len(ds.split("train")) // cfg.batch_size)
+        compile_model(model, warmup_cosine(lr, steps * epochs, round(steps * cfg.finetune_warmup)))
+    else:
+        compile_model(model, lr)
     hist = model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
-                     callbacks=_callbacks(cfg, progress, f"{phase} {cfg.backbone}", epochs))
+                     callbacks=_callbacks(cfg, progress, f"{phase} {cfg.backbone}", epochs,
+                                          plateau=phase != "finetune"))
     return _history(hist, phase, start_epoch)
 
 
@@ -364,7 +401,7 @@ def all_predictions(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, *, cac
     features were not made by the network that ships, so no number of this run would mean anything.
     """
     out: dict[str, Predictions] = {}
-    use_cache = cfg.strategy == "cached" and not cfg.finetune_layers and cache_root is not None
+    use_cache = cfg.strategy == "cached" and not cfg.finetunes and cache_root is not None
     model = load_model(str(fit_result.model_path))
     cache = feature_cache(cfg, fit_result.weights, cache_root, s3) if use_cache else None  # type: ignore[arg-type]
     for split in ("train", "val", "test"):

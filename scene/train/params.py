@@ -31,6 +31,10 @@ class TrainParams(BaseModel):
     epochs: int = 100  # upper bound; early stopping on validation loss usually ends sooner
     image_size: int = DEFAULT_IMAGE_SIZE  # resize + zero-pad every image to this square
     finetune_layers: int = 0  # >0: unfreeze the top N backbone layers for a second phase
+    finetune_blocks: int = 0  # >0: unfreeze the top N whole backbone blocks instead (block_16 + Conv_1 = 1)
+    finetune_epochs: int = 10  # the fine-tuning phase's epochs (warm-up, then cosine decay to 0)
+    finetune_lr: float = 1e-5  # peak learning rate of the fine-tuning phase
+    finetune_warmup: float = 0.5  # epochs of linear warm-up before the cosine decay
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the saved model averages over image and mirror
     refit: bool = False  # cached: once val has chosen the epochs, a fresh head trains on train + val and ships

@@ -20,8 +20,8 @@ from typing import Any
 from scene.train.params import TrainParams
 
 # TrainConfig keys a TrainParams can carry (TrainParams.backbones ← the config's single backbone)
-RECIPE_FIELDS = ("weights", "strategy", "views", "epochs", "image_size", "finetune_layers", "mixed_precision",
-                 "mirror", "refit", "seed")
+RECIPE_FIELDS = ("weights", "strategy", "views", "epochs", "image_size", "finetune_layers", "finetune_blocks",
+                 "finetune_epochs", "finetune_lr", "finetune_warmup", "mixed_precision", "mirror", "refit", "seed")
 
 
 class RecipeError(ValueError):

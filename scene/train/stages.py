@@ -9,7 +9,7 @@ resolves its weights once (Keras cache → the S3 mirror → a download, or a fi
     run = prepare(ds, cfg, out_dir, cache_root=cache, s3=s3, mirror=mirror)
     extracted = extract(run, s3=s3)        # cached strategy: features of every image view not yet cached
     fitted = fit(run, extracted, s3=s3)    # the head (backbone frozen); saves model.keras
-    fitted = finetune(run, fitted, s3=s3)  # optional: the top layers at a low learning rate
+    fitted = finetune(run, fitted, s3=s3)  # optional: the top blocks or layers, warm-up + cosine decay
     evaluation = evaluate(run, fitted, s3=s3)
     result = write(run, fitted, evaluation, s3=s3)
 """
@@ -110,7 +110,7 @@ def fit(run: BackboneRun, extracted: ExtractStats | None, *, s3: Any = None,
 
 
 def finetune(run: BackboneRun, fitted: FitResult, *, s3: Any = None, progress: Progress | None = None) -> FitResult:
-    """The top ``cfg.finetune_layers`` backbone layers at a low learning rate (``fitted`` unchanged when 0)."""
+    """The top ``cfg.finetune_blocks`` blocks (or ``finetune_layers`` layers) fine-tuned; ``fitted`` when neither."""
     return fitting.finetune(run.ds, run.cfg, fitted, s3=s3, progress=progress)
 
 

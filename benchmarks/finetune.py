@@ -1,0 +1,91 @@
+"""Fine-tuning ablation on the validation split only (issue 26): which blocks, peak learning rate and epochs.
+
+    .venv/bin/python benchmarks/finetune.py DATA --weights W.weights.h5 [--size 224] [--grid 2:1e-4:3,4:1e-4:3]
+        [--out /tmp/ft] [--limit N]
+
+Trains the frozen phase once (MobileNetV2, ``--size`` px, mirror view, no refit: ``best-cpu`` without the refit,
+which would train on val), then for every ``blocks:lr:epochs`` in ``--grid`` fine-tunes a copy of it (warm-up of
+half an epoch, cosine decay, BatchNorm frozen, online augmentation, plain view; the saved model keeps the mirror) and
+scores the saved model on validation. The test split is never read: the script drops it before anything trains.
+Prints one row per setting (val weighted F1 of the saved model, best epoch, seconds, training img/s) and writes
+``ablation.csv`` and each run's ``history.csv`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--grid", default="2:1e-4:3")
+    p.add_argument("--out", default="/tmp/finetune-ablation")
+    p.add_argument("--cache", default=str(Path.home() / ".cache/scene/features"))
+    p.add_argument("--limit", type=int, default=0, help="use only the first N training images (a smoke run)")
+    a = p.parse_args()
+
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    from scene.data.dataset import build_dataset
+    from scene.model.network import load
+    from scene.model.predict import predict
+    from scene.train.fit import TrainConfig, finetune, fit_frozen, weights_for
+
+    ds = build_dataset(a.data)
+    manifest = ds.manifest[ds.manifest["split"] != "test"]  # never read: settings are chosen on val only
+    if a.limit:
+        train, val = manifest[manifest["split"] == "train"], manifest[manifest["split"] == "val"]
+        manifest = pd.concat([train.head(a.limit), val.head(a.limit // 4)])
+    ds = dataclasses.replace(ds, manifest=manifest.reset_index(drop=True))
+    print(f"train {len(ds.split('train'))}, val {len(ds.split('val'))} images; test dropped")
+    out = Path(a.out)
+    base = TrainConfig(backbone="mobilenetv2", weights=a.weights, image_size=a.size, views=0, mirror=True, epochs=100,
+                       finetune_blocks=1)  # finetune_blocks > 0: the frozen phase saves frozen.keras
+    weights = weights_for(base)
+    start = time.perf_counter()
+    frozen = fit_frozen(ds, base, out / "frozen", weights, cache_root=a.cache)
+    val = ds.split("val")
+    y = val["label_index"].to_numpy()
+
+    def val_f1(model_path: Path) -> float:
+        return float(f1_score(y, predict(load(str(model_path)), val, a.size).probs.argmax(1), average="weighted"))
+
+    rows = [{"setting": "frozen (best-cpu without refit)", "blocks": 0, "lr": 0.0, "epochs": 0,
+             "val_f1": val_f1(frozen.model_path), "best_epoch": int(frozen.history["val_loss"].argmin()) + 1,
+             "seconds": round(time.perf_counter() - start), "train_img_s": float("nan")}]
+    print(rows[-1])
+    for item in a.grid.split(","):
+        blocks, lr, epochs = item.split(":")
+        cfg = dataclasses.replace(base, finetune_blocks=int(blocks), finetune_lr=float(lr),
+                                  finetune_epochs=int(epochs))
+        run_dir = out / f"b{blocks}_lr{lr}_e{epochs}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(frozen.model_path, run_dir / "frozen.keras")
+        start = time.perf_counter()
+        tuned = finetune(ds, cfg, dataclasses.replace(frozen, model_path=run_dir / "frozen.keras"))
+        seconds = time.perf_counter() - start
+        ft = tuned.history[tuned.history["phase"] == "finetune"]
+        rows.append({"setting": f"top {blocks} blocks, lr {lr}, {epochs} epochs", "blocks": int(blocks),
+                     "lr": float(lr), "epochs": int(epochs), "val_f1": val_f1(tuned.model_path),
+                     "best_epoch": int(ft["val_loss"].argmin()) + 1, "seconds": round(seconds),
+                     "train_img_s": len(ds.split("train")) * len(ft) / seconds,
+                     "val_acc_by_epoch": " ".join(f"{v:.3f}" for v in ft["val_accuracy"])})
+        print(rows[-1], flush=True)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "ablation.csv", index=False)
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
