@@ -50,13 +50,20 @@ help:
 	@echo "usage: make TARGET [VARIABLE=value …]"
 	awk '/^## /{doc=substr($$0, 4); next} /^[a-z][a-z-]*:/{if (doc) {sub(/:.*/, ""); printf "  %-13s %s\n", $$0, doc}; doc=""; next} !/^#/{doc=""}' $(firstword $(MAKEFILE_LIST))
 	echo "make run variables: DATA=folder NAME=dataset-name CLASSES=a,b,c BACKBONES=a,b EPOCHS=30 VIEWS=2"
-	echo "  IMAGE_SIZE=150 PRESET=best-cpu WEIGHTS=imagenet|file; every target: STATE=.state (the stack's folder)"
+	echo "  IMAGE_SIZE=150 PRESET=best-cpu|finetune-cpu WEIGHTS=imagenet|file; every target: STATE=.state (the stack's folder)"
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r $(LOCK)
-	$(BIN)/pip install -q --no-deps -e .
+	# uv (pinned in the lock) installs the lock ~4x faster than pip (docs/benchmarks.md#installing); pip when uv fails
+	uv_pin=$$(grep -m1 '^uv==' $(LOCK))
+	if $(BIN)/pip install -q "$$uv_pin" && $(BIN)/uv pip install -q --python $(BIN)/python -r $(LOCK); then
+	  $(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	else
+	  echo "uv could not install $(LOCK); installing with pip"
+	  $(BIN)/pip install -q --upgrade pip
+	  $(BIN)/pip install -q -r $(LOCK)
+	  $(BIN)/pip install -q --no-deps -e .
+	fi
 	$(BIN)/pip check >/dev/null || { $(BIN)/pip check; echo "$(LOCK) lacks what pyproject.toml asks for: run make lock"; exit 1; }
 	touch $(STAMP)
 

@@ -16,6 +16,7 @@ first.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return "tests/events" if path.startswith("tests/events/") else path
 
     return PackageScheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[Any]:
+    """``SCENE_TEST_TIMELINE=<file>``: each worker appends ``worker<TAB>start<TAB>end<TAB>nodeid`` per test (setup and
+    teardown included) — where the suite's wall time goes (benchmarks/test_timeline.py reads it)."""
+    path = os.environ.get("SCENE_TEST_TIMELINE")
+    start = time.time()
+    result = yield
+    if path:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{worker}\t{start:.3f}\t{time.time():.3f}\t{item.nodeid}\n")
+    return result
 
 
 @pytest.hookimpl(wrapper=True)

@@ -8,7 +8,7 @@ from scene.train.presets import PRESETS, get_preset
 
 
 def test_unknown_preset_lists_the_known_ones() -> None:
-    with pytest.raises(ValueError, match="unknown preset 'fastest'; known presets: best-cpu"):
+    with pytest.raises(ValueError, match="unknown preset 'fastest'; known presets: best-cpu, finetune-cpu"):
         get_preset("fastest")
 
 

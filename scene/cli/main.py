@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backbones", type=split_list, metavar="A,B",
                    help="comma-separated, e.g. mobilenetv2,efficientnetb0 (required unless --preset names them)")
     t.add_argument("--backbone", action=Renamed, dest="backbones", new="--backbones", append=True)
-    t.add_argument("--preset", help="a named recipe filling every setting not given: best-cpu")
+    t.add_argument("--preset", help="a named recipe filling every setting not given: best-cpu, finetune-cpu")
     t.add_argument("--test", metavar="DIR",
                    help="separate test set (default: seg_test of the archive, else a 20%% hold-out)")
     t.add_argument("--mirror", action="store_true", default=None,

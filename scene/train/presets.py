@@ -1,7 +1,8 @@
 """Named training recipes: a preset fills every setting the user did not set.
 
 ``best-cpu`` is the best recipe measured for the shipped MobileNetV2 weights on a 2-core CPU (settings chosen on
-the validation split of ``../shared/data/intel/seg_train``, never on its test split; see the README).
+the validation split of the Intel training photos, never on their test split; docs/benchmarks.md). ``finetune-cpu``
+adds fine-tuning of the top blocks to it (chosen the same way: docs/benchmarks.md#fine-tuning).
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "mirror": True,  # train on each image and its mirror; the shipped model averages over both
         "epochs": 100,
         "refit": True,  # val chose the epochs; the shipped head then trains on train + val (25% more photos)
+    },
+    "finetune-cpu": {  # best-cpu's frozen phase without the refit (the fine-tuning stops early on val), then:
+        "backbones": ["mobilenetv2"],
+        "image_size": 224,
+        "views": 0,
+        "mirror": True,
+        "epochs": 100,
+        "finetune_blocks": 5,  # the top whole blocks train, BatchNorm frozen, on online-augmented photos
+        "finetune_lr": 1e-4,  # peak learning rate after half an epoch of warm-up, then cosine decay to 0
+        "finetune_epochs": 8,
     },
 }
 
