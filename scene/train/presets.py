@@ -9,21 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
+# the frozen phase both CPU presets share
+_FROZEN_CPU: dict[str, Any] = {
+    "backbones": ["mobilenetv2"],
+    "image_size": 224,  # the photos (150 px) upsampled to the size MobileNetV2 was trained at
+    "views": 0,  # no random augmentation: the mirror image is the one extra view
+    "mirror": True,  # train on each image and its mirror; the shipped model averages over both
+    "epochs": 100,
+}
+
 PRESETS: dict[str, dict[str, Any]] = {
     "best-cpu": {
-        "backbones": ["mobilenetv2"],
-        "image_size": 224,  # the photos (150 px) upsampled to the size MobileNetV2 was trained at
-        "views": 0,  # no random augmentation: the mirror image is the one extra view
-        "mirror": True,  # train on each image and its mirror; the shipped model averages over both
-        "epochs": 100,
+        **_FROZEN_CPU,
         "refit": True,  # val chose the epochs; the shipped head then trains on train + val (25% more photos)
     },
-    "finetune-cpu": {  # best-cpu's frozen phase without the refit (the fine-tuning stops early on val), then:
-        "backbones": ["mobilenetv2"],
-        "image_size": 224,
-        "views": 0,
-        "mirror": True,
-        "epochs": 100,
+    "finetune-cpu": {  # the frozen phase without the refit (the fine-tuning stops early on val), then:
+        **_FROZEN_CPU,
         "finetune_blocks": 5,  # the top whole blocks train, BatchNorm frozen, on online-augmented photos
         "finetune_lr": 1e-4,  # peak learning rate after half an epoch of warm-up, then cosine decay to 0
         "finetune_epochs": 8,
