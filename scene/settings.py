@@ -221,7 +221,10 @@ def reference_markdown() -> str:
         out.append(f"| {shown} | {who} | {meaning} |")
     out += ["", "The Prefect connection comes from Prefect's own settings (`PREFECT_API_URL`, `PREFECT_API_KEY`, "
             "`PREFECT_API_AUTH_STRING`: the environment, else the active profile, e.g. "
-            "`prefect config set PREFECT_API_URL=...`); `eval \"$(scene stack env)\"` exports the local stack's.", ""]
+            "`prefect config set PREFECT_API_URL=...`); `eval \"$(scene stack env)\"` exports the local stack's.", "",
+            "TensorFlow's BFC allocator is on for CPU memory (`TF_CPU_ALLOCATOR_USE_BFC=true`, set before the first "
+            "TensorFlow op unless the environment sets it; `false` keeps TensorFlow's default, which page-faults "
+            "every large tensor in again: 1.5-1.7x slower on 2 cores, docs/benchmarks.md#memory-allocator).", ""]
     return "\n".join(out)
 
 

@@ -105,6 +105,9 @@ def test_manifests_carry_the_pack_column_and_older_ones_read_as_unpacked(synth_d
     assert packs.locations(old) == {k: ("", h) for k, h in zip(old["key"], old["sha256"], strict=True)}
     unpacked = build_dataset(str(synth_dir))  # no packer (local data by default): no packs
     assert (unpacked.manifest["pack"] == "").all() and unpacked.packs_written == 0
+    unpacked.manifest.to_csv(tmp_path / "unpacked.csv", index=False)  # a run's manifest.csv, read back by pandas
+    raw = pd.read_csv(tmp_path / "unpacked.csv")  # its empty pack cells are NaN: no pack, not a pack named "nan"
+    assert packs.locations(raw) == {k: ("", h) for k, h in zip(raw["key"], raw["sha256"], strict=True)}
 
 
 def _changed_after_manifest(synth_dir: Path, tmp_path: Path) -> tuple[Any, str, str]:

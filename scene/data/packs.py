@@ -186,8 +186,8 @@ def locations(rows: object, *, use_packs: bool = True) -> dict[str, tuple[str, s
 
     if not isinstance(rows, pd.DataFrame) or "sha256" not in rows.columns or rows.empty:
         return {}
-    known = rows[rows["sha256"].astype(str).str.strip() != ""]
-    where = (known["pack"].astype(str).str.strip() if use_packs and "pack" in known.columns
+    known = rows[rows["sha256"].fillna("").astype(str).str.strip() != ""]  # a CSV's empty cell reads as NaN
+    where = (known["pack"].fillna("").astype(str).str.strip() if use_packs and "pack" in known.columns
              else pd.Series("", index=known.index))
     return dict(zip(known["key"], zip(where, known["sha256"].astype(str), strict=True), strict=True))
 
