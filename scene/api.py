@@ -246,6 +246,10 @@ def local_model(model: PathOrUri, *, settings: Settings | None = None) -> str:
     """A local path of ``model``: a ``model.keras`` path as given, or an ``s3://`` URI downloaded (with its
     ``config.json``) into a temporary folder; a registered version is verified against its checksums."""
     uri = str(model)
+    if uri.startswith("s3://") and uri.lower().endswith(".xml"):
+        raise ModelLoadError(f"model={uri!r}: an exported OpenVINO model is read from a local folder (model.xml, "
+                             "model.bin and export.json together); download the version's openvino/ folder first, "
+                             "or pass its model.keras URI")
     if not uri.startswith("s3://"):
         if not Path(uri).is_file():
             raise ModelLoadError(f"model={uri!r}: no such file; pass a model.keras path (a TrainResult's "
@@ -270,9 +274,15 @@ def local_model(model: PathOrUri, *, settings: Settings | None = None) -> str:
 
 
 def _load(path: str) -> tuple[Any, tuple[str, ...]]:
-    """The Keras model at ``path`` and its class names (``config.json`` beside it, else the Intel classes)."""
+    """The Keras model at ``path`` and its class names (``config.json`` beside it, else the Intel classes); for an
+    exported OpenVINO IR (``openvino/model.xml``), the IR and the class names of its ``export.json``."""
     from scene.metadata import CLASS_NAMES
+    from scene.model import export
     from scene.model.network import load
+
+    if export.is_exported(path):
+        exported = export.load(path)
+        return exported, exported.class_names
 
     cfg = Path(path).with_name("config.json")
     classes = tuple(json.loads(cfg.read_text()).get("class_names", CLASS_NAMES)) if cfg.exists() else CLASS_NAMES

@@ -155,6 +155,32 @@ def test_evaluate_and_predict_a_trained_model(trained: dict[str, Any], tmp_path:
     assert np.allclose(ok["p_cats"] + ok["p_dogs"], 1.0, atol=1e-5)
 
 
+def test_the_trained_folder_carries_an_exported_model_that_predicts_as_model_keras(trained: dict[str, Any],
+                                                                                      tmp_path: Path) -> None:
+    """Issue 23: beside model.keras, openvino/model.xml + model.bin + export.json (the source's SHA-256, classes,
+    parity within 1e-4 on real images); scoring the run's own images with the IR gives model.keras' class on every
+    image (agreement >= 99.9%), through scene.evaluate and scene.predict alike."""
+    from scene.data import storage
+    from scene.model import infer
+
+    model = Path(trained["run"].best.model_path)
+    ir = model.with_name("openvino") / "model.xml"
+    meta = json.loads(ir.with_name("export.json").read_text())
+    assert ir.is_file() and ir.with_name("model.bin").is_file()
+    assert meta["source_sha256"] == storage.sha256_file(model) and meta["class_names"] == ["cats", "dogs"]
+    assert meta["parity"]["ok"] and meta["parity"]["rel_diff"] <= infer.TOLERANCE and meta["parity"]["images"] > 0
+    data = trained["data"]
+    keras_scores = scene.evaluate(model, data, settings=Settings())  # TensorFlow (the fixture's runtime)
+    ir_scores = scene.evaluate(ir, data, settings=Settings())
+    assert ir_scores["n"] == keras_scores["n"] == 20
+    assert ir_scores["confusion"] == keras_scores["confusion"]
+    by_keras, by_ir = (scene.predict(m, data, settings=Settings()) for m in (model, ir))
+    ok = by_keras["error"] == ""
+    assert ok.sum() == 20 and list(by_ir["image"]) == list(by_keras["image"])
+    assert (by_ir["label"][ok] == by_keras["label"][ok]).mean() >= 0.999
+    assert np.allclose(by_ir["p_cats"][ok], by_keras["p_cats"][ok], atol=1e-4)
+
+
 def test_a_failing_backbone_raises_naming_it_with_what_finished(trained: dict[str, Any]) -> None:
     """resnet50's ImageNet weights are nowhere offline (not in the Keras cache, no mirror, no network); mobilenetv2,
     after it, still trains; then TrainingError names resnet50 and the cause; .results holds both; error.txt and the

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on a labelled dataset")
-    e.positional("MODEL", "--model", help="model.keras path")
+    e.positional("MODEL", "--model", help="model.keras path, or an exported openvino/model.xml")
     e.positional("DATA", "--data", help="folder or s3:// URI of class folders (its test split is scored)")
     e.add_argument("--out", metavar="DIR",
                    help="folder for metrics.json, confusion_matrix.png and roc.png (default: none written)")
@@ -212,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("predict", help="classify images (labelled or not) into a CSV")
     r.positional("DATA", "--data", help="folder or s3:// URI of images")
     r.add_argument("--model", metavar="MODEL",
-                   help="model.keras path or s3:// URI (default: a dataset's champion, see --dataset)")
+                   help="model.keras path or s3:// URI, or an exported openvino/model.xml (default: a dataset's "
+                   "champion, see --dataset)")
     r.add_argument("--dataset", metavar="ROOT",
                    help="the data root whose champion predicts (default: the only dataset with a "
                    "champion; with several, name one)")

@@ -280,12 +280,23 @@ def _store(folder: Path, ov_model: Any, result: Parity) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _stored_parity(folder: Path) -> Parity | None:
+def stored_parity(folder: Path) -> Parity | None:
     """The parity result stored in ``folder``, or None when there is none (or it does not load)."""
     try:
         return Parity(**json.loads((folder / "parity.json").read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def stored_export(model: Any, root: Path | None = None) -> Path:
+    """The folder where ``model``'s export and parity result are kept (its key from the last
+    :func:`openvino_runner` call on this object, else hashed now)."""
+    return (root or cache_root()) / (_KEYS.get(model) or model_key(model))
+
+
+def compile_ir(path: str | Path) -> Any:
+    """An OpenVINO IR file (``model.xml`` with its ``.bin``) compiled for this machine's CPU at f32."""
+    return _compile(_openvino().Core().read_model(Path(path)))
 
 
 def openvino_runner(model: Any, sample: np.ndarray, *, exporter: Callable[[Any], Any] = export,
@@ -301,7 +312,7 @@ def openvino_runner(model: Any, sample: np.ndarray, *, exporter: Callable[[Any],
         if key in _LOADED:
             return _LOADED[key], None
     folder = (root or cache_root()) / key
-    result = _stored_parity(folder)
+    result = stored_parity(folder)
     if result is not None and not result.ok:
         log.warning("OpenVINO export of %s failed its parity check before (relative difference %.2g > %g, %s); "
                     "running it on TensorFlow", model.name, result.rel_diff, result.tolerance, folder)
@@ -342,6 +353,10 @@ def predict_batches(model: Any, batches: Iterable[np.ndarray], transform: Callab
     """
     from scene.model import pipeline
 
+    if getattr(model, "exported", False):  # an exported IR (scene.model.export.ExportedModel) runs itself
+        for batch in batches:
+            yield model(transform(batch) if transform is not None else batch)
+        return
     choice = runtime or selected()
     if (choice == "openvino" and runtime is None and requested() == "auto" and images is not None
             and images < CONVERT_MIN_IMAGES and _LOADED.get(_KEYS.get(model, "")) is None):

@@ -130,7 +130,31 @@ def write(run: BackboneRun, fitted: FitResult, evaluation: Evaluation, *, s3: An
     run.ds.manifest.to_csv(run.out_dir / "manifest.csv", index=False)  # registered with the model
     write_artifacts(run.ds, run.cfg, fitted, evaluation.predictions, evaluation.metrics, run.out_dir, s3=s3,
                     label_issues=label_issues, test=evaluation.test)
+    export_model(run, fitted, s3=s3)
     return result_of(run.ds, run.cfg, fitted, evaluation.metrics, run.out_dir, time.time() - run.started)
+
+
+def export_model(run: BackboneRun, fitted: FitResult, *, s3: Any = None) -> dict | None:
+    """The saved model as OpenVINO IR beside it (:func:`scene.model.export.write`), checked on real images of the
+    test split (else validation, else training); a failure is a warning, never the run's failure."""
+    import logging
+
+    from scene.data import packs
+    from scene.model import export
+    from scene.model.pipeline import pixel_batches
+
+    try:
+        for split in ("test", "val", "train"):
+            rows = run.ds.split(split).head(export.SAMPLE_IMAGES)
+            if len(rows):
+                break
+        sample = next(pixel_batches(rows["key"].tolist(), run.cfg.image_size, batch_size=export.SAMPLE_IMAGES,
+                                    s3=s3, packed=packs.locations(rows)))
+        return export.write(fitted.model_path, run.out_dir, sample, run.ds.class_names)
+    except Exception as err:  # the model.keras stays the shipped model either way
+        logging.getLogger(__name__).warning("%s: no exported model written (%s: %s)", run.out_dir,
+                                            type(err).__name__, err)
+        return None
 
 
 def failed(ds: Dataset, cfg: TrainConfig, err: BaseException, out_dir: str | Path | None = None,

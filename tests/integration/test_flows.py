@@ -110,6 +110,9 @@ def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any, env: d
         for u in registered:
             rel = u["uri"].removeprefix(version["uri"])
             assert rel == "test_predictions.csv" or run_files.get(rel) == u["sha256"], (rel, u["sha256"])
+        if b == "mobilenetv2":  # the exported OpenVINO model travels with the version, under its checksums
+            exported = {"openvino/model.xml", "openvino/model.bin", "openvino/export.json"}
+            assert exported <= {u["uri"].removeprefix(version["uri"]) for u in registered}, registered
             assert storage.sha256_bytes(storage.read_bytes(u["uri"], s3)) == u["sha256"], u["uri"]
     for name in ("manifest.csv", "validation.json", "comparison.md", "comparison.csv"):
         assert storage.exists(prefix + name, s3), name
