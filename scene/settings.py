@@ -181,6 +181,8 @@ OTHER_VARIABLES: dict[str, tuple[str, str]] = {
     "SCENE_TF_THREADS": ("scene.model.runtime", "`tf-default` leaves TensorFlow's own thread defaults"),
     "SCENE_INFERENCE_RUNTIME": ("scene.model.infer", "inference runtime of frozen forward passes: auto (default: "
                                 "OpenVINO when installed, no GPU and float32), tensorflow or openvino"),
+    "SCENE_EXPORT": ("scene.model.export", "openvino (default): each trained model is also written as OpenVINO IR "
+                     "(openvino/model.xml beside model.keras); none: not"),
     "SCENE_S3_READERS": ("scene.model.runtime", "parallel S3 image reads of the input pipeline (default 16)"),
     "SCENE_SLOT_POLL_S": ("flows/retrain_runs.py", "seconds between a waiting retrain's checks for its dataset's "
                           "free training slot"),

@@ -28,6 +28,9 @@ from tests.support import SHARED
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# exporting each trained model to OpenVINO costs 5-20 s of CPU per training here; tests/test_api.py and
+# tests/integration/test_flows.py turn it on where they test it
+os.environ.setdefault("SCENE_EXPORT", "none")
 
 INTEL = SHARED / "data" / "intel" / "seg_train"
 MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"

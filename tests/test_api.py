@@ -59,6 +59,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
     data = _cats_and_dogs(tmp / "photos", 10)
     with pytest.MonkeyPatch.context() as mp:
         _offline(mp)
+        mp.setenv("SCENE_EXPORT", "openvino")  # what users get (the suite turns it off elsewhere)
         weights = use_imagenet_cache(tmp, mp, SIZE)
         run = scene.train(str(data), out=tmp / "runs", backbones=["mobilenetv2"], image_size=SIZE, epochs=20,
                           views=0, cache=tmp / "features", settings=Settings())
@@ -179,6 +180,18 @@ def test_the_trained_folder_carries_an_exported_model_that_predicts_as_model_ker
     assert ok.sum() == 20 and list(by_ir["image"]) == list(by_keras["image"])
     assert (by_ir["label"][ok] == by_keras["label"][ok]).mean() >= 0.999
     assert np.allclose(by_ir["p_cats"][ok], by_keras["p_cats"][ok], atol=1e-4)
+
+
+def test_scene_export_none_writes_no_export_and_a_wrong_value_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    from scene.model import export
+
+    monkeypatch.setenv("SCENE_EXPORT", "none")
+    assert export.write(tmp_path / "model.keras", tmp_path, np.zeros((1, 8, 8, 3), np.float32), ["a"]) is None
+    assert not (tmp_path / "openvino").exists()
+    monkeypatch.setenv("SCENE_EXPORT", "onnx")
+    with pytest.raises(ValueError, match=r"SCENE_EXPORT='onnx'.*openvino, none"):
+        export.wanted()
 
 
 def test_a_failing_backbone_raises_naming_it_with_what_finished(trained: dict[str, Any]) -> None:

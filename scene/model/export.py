@@ -6,13 +6,15 @@ on real images) and writes ``openvino/model.xml`` + ``model.bin`` beside ``model
 source file's SHA-256, the image size, the class names and the parity result. Registering the folder lists these
 files in the version's ``checksums.json`` like every other. A user can serve the IR with OpenVINO alone (no
 TensorFlow); ``scene predict MODEL.xml`` and :func:`load` run it. Without the ``openvino`` package, or when the
-export fails its parity check, nothing is written and a warning says why.
+export fails its parity check, nothing is written and a warning says why. ``SCENE_EXPORT=none`` skips it (the
+conversion costs 5-20 s of CPU per model on 2 cores; the test suite skips it except where it tests it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -30,6 +32,16 @@ log = logging.getLogger(__name__)
 FOLDER = "openvino"  # beside model.keras
 META = "export.json"
 SAMPLE_IMAGES = 16  # real images the parity check compares on
+ENV = "SCENE_EXPORT"
+CHOICES = ("openvino", "none")
+
+
+def wanted() -> bool:
+    """Whether trained models are exported: ``SCENE_EXPORT`` = ``openvino`` (the default) or ``none``."""
+    value = os.environ.get(ENV, "").strip().lower() or "openvino"
+    if value not in CHOICES:
+        raise ValueError(f"{ENV}={value!r} is not an export format; set it to one of {', '.join(CHOICES)}")
+    return value == "openvino"
 
 
 def write(model_path: str | Path, out_dir: str | Path, sample: np.ndarray, class_names: Sequence[str]) -> dict | None:
@@ -37,6 +49,9 @@ def write(model_path: str | Path, out_dir: str | Path, sample: np.ndarray, class
 
     ``sample``: a batch of real images as the model takes them (float32 ``(n, size, size, 3)``, 0-255), the parity
     check's input."""
+    if not wanted():
+        log.info("%s=none: %s carries no exported model", ENV, out_dir)
+        return None
     if infer.openvino_version() is None:
         log.info("openvino is not installed: %s carries no exported model (`pip install openvino`)", out_dir)
         return None

@@ -74,11 +74,13 @@ def _assert_summary_first(flow_run_id: Any) -> None:
     assert all(re.fullmatch(r"\d\.\d{3}", r["test F1"]) for r in rows if r["status"] != "✗ failed"), rows
 
 
-def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any, env: dict[str, str]) -> None:
+def test_train_all_local_uploads_checked_artifacts(dataset: str, s3: Any, env: dict[str, str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.client.orchestration import get_client
 
     from flows.train_all import train_all
 
+    monkeypatch.setenv("SCENE_EXPORT", "openvino")  # what users get: the backbone processes export their models
     state, run_id, watched = run_watched(  # `scene runs watch` follows the run from another process meanwhile
         lambda: train_all(data=dataset, params=_params(backbones=["mobilenetv2", "efficientnetb0"]), return_state=True))
     assert state.is_completed(), state.message
