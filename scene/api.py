@@ -245,8 +245,10 @@ def champion_model(dataset: str | None = None, *, settings: Settings | None = No
 def local_model(model: PathOrUri, *, settings: Settings | None = None) -> str:
     """A local path of ``model``: a ``model.keras`` path as given, or an ``s3://`` URI downloaded (with its
     ``config.json``) into a temporary folder; a registered version is verified against its checksums."""
+    from scene.model import export
+
     uri = str(model)
-    if uri.startswith("s3://") and uri.lower().endswith(".xml"):
+    if uri.startswith("s3://") and export.is_exported(uri):
         raise ModelLoadError(f"model={uri!r}: an exported OpenVINO model is read from a local folder (model.xml, "
                              "model.bin and export.json together); download the version's openvino/ folder first, "
                              "or pass its model.keras URI")

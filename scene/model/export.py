@@ -101,7 +101,7 @@ class ExportedModel:
         self._run = infer.OpenVINOModel(compiled, f"ir:{path}")
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self._run(np.asarray(batch, np.float32))
+        return self._run(batch)  # float32, contiguous: OpenVINOModel makes it so
 
 
 def is_exported(path: str | Path) -> bool:

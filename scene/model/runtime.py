@@ -54,12 +54,11 @@ def thread_plan(cores: int | None = None) -> ThreadPlan:
 ALLOCATOR_ENV = "TF_CPU_ALLOCATOR_USE_BFC"  # TensorFlow reads it when it creates its CPU allocator (first op)
 
 
-def configure_allocator() -> bool:
+def configure_allocator() -> None:
     """TensorFlow's BFC allocator for CPU memory, unless ``TF_CPU_ALLOCATOR_USE_BFC`` is already set (``false`` keeps
-    TensorFlow's default); True when BFC is asked for. Effective only before the process's first TensorFlow op;
-    child processes inherit the variable."""
+    TensorFlow's default). Effective only before the process's first TensorFlow op; child processes inherit the
+    variable."""
     os.environ.setdefault(ALLOCATOR_ENV, "true")
-    return os.environ[ALLOCATOR_ENV].strip().lower() in ("true", "1")
 
 
 _applied: ThreadPlan | None = None

@@ -144,6 +144,8 @@ def export_model(run: BackboneRun, fitted: FitResult, *, s3: Any = None) -> dict
     from scene.model.pipeline import pixel_batches
 
     try:
+        if not export.wanted():  # before decoding the sample (SCENE_EXPORT=none: nothing to check it on)
+            return None
         for split in ("test", "val", "train"):
             rows = run.ds.split(split).head(export.SAMPLE_IMAGES)
             if len(rows):
