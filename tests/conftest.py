@@ -36,6 +36,10 @@ INTEL = SHARED / "data" / "intel" / "seg_train"
 MOBILENET = SHARED / "weights" / "mobilenet_v2_imagenet_notop.weights.h5"
 TESTS = Path(__file__).resolve().parent
 LAST = {"test_secrets.py"}  # tests/integration: scans what every other test there left on the stack
+# under xdist, the unit modules that take longest go first (longest first: the worker that finishes its stack package
+# early takes them, and no long module starts last while the other worker idles; seconds from a 2-core timeline)
+LONG_UNIT_MODULES = ("test_train.py", "test_backbones.py", "test_real.py", "test_api.py", "test_cli.py",
+                     "test_smoke.py", "test_gate_spending.py", "test_readme.py", "test_quiet_cli.py")
 # unit tests over ~5 s on a 2-core machine (measured with --durations=0): make test-unit leaves them out
 SLOW_MODULES = {"test_real.py", "test_smoke.py", "test_audit_real.py"}  # test_readme.py marks its one slow test
 SLOW_TESTS = {
@@ -70,7 +74,7 @@ def _package(item: pytest.Item) -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Unit tests first, then one package per stack (a stable sort: modules stay contiguous); under xdist the stack
-    packages first (they take longest)."""
+    packages first (they take longest), then the unit modules, the long ones first."""
     xdist = bool(getattr(config.option, "numprocesses", None)) or "PYTEST_XDIST_WORKER" in os.environ
     for item in items:
         package = _package(item)
@@ -80,8 +84,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif Path(item.path).name in SLOW_MODULES or item.originalname in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
     column = 1 if xdist else 0
-    items.sort(key=lambda item: (PACKAGES[p][column] if (p := _package(item)) else (3 if xdist else 0),
-                                 Path(item.path).name in LAST))
+
+    def order(item: pytest.Item) -> tuple[int, int, bool]:
+        name = Path(item.path).name
+        if (package := _package(item)) is not None:
+            return PACKAGES[package][column], 0, name in LAST
+        long = LONG_UNIT_MODULES.index(name) if xdist and name in LONG_UNIT_MODULES else len(LONG_UNIT_MODULES)
+        return (3 if xdist else 0), long, False
+
+    items.sort(key=order)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
