@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from scene.data.dataset import build_dataset
@@ -101,10 +102,31 @@ def test_feature_cache_shards_are_content_addressed(tmp_path: Path) -> None:
     cache = features.FeatureCache(str(tmp_path), "ns")
     a = cache.put(["x:0", "y:0"], np.ones((2, 3)))
     b = cache.put(["x:0", "y:0"], np.ones((2, 3)))
-    assert a == b and len(list((tmp_path / "ns").iterdir())) == 1
+    assert a == b and len(a) == 1 and len(list((tmp_path / "ns").rglob("*.npz"))) == 1
     fresh = features.FeatureCache(str(tmp_path), "ns")
     assert fresh.missing(["x:0", "z:0"]) == ["z:0"]
     np.testing.assert_array_equal(fresh.get(["y:0"]), np.ones((1, 3)))
+
+
+def test_chunks_are_whole_partitions_and_a_reader_loads_only_its_own(tmp_path: Path) -> None:
+    import hashlib
+
+    rows = pd.DataFrame({"sha256": [hashlib.sha256(str(i).encode()).hexdigest() for i in range(200)]})
+    parts = features.chunks(rows, 3)
+    assert sorted(i for c in parts for i in c.index) == list(rows.index)  # every image in exactly one chunk
+    owned = [{features.partition(s) for s in c["sha256"]} for c in parts]
+    assert all(not owned[i] & owned[j] for i in range(3) for j in range(i + 1, 3)) and set.union(*owned) == set(
+        features.PARTITIONS)
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match=rf"k={bad} is invalid; pass 1\.\.16"):
+            features.chunks(rows, bad)
+    keys = [features.entry_key(s, 0) for s in rows["sha256"]]
+    features.FeatureCache(str(tmp_path), "ns").put(keys, np.arange(600, dtype=np.float32).reshape(200, 3))
+    assert sorted(p.name for p in (tmp_path / "ns").iterdir()) == sorted(features.PARTITIONS)
+    reader = features.FeatureCache(str(tmp_path), "ns")
+    mine = [features.entry_key(s, 0) for s in parts[2]["sha256"]]
+    np.testing.assert_array_equal(reader.get(mine), np.arange(600).reshape(200, 3)[parts[2].index])
+    assert sorted(reader.loaded) == sorted(owned[2])  # the other chunks' partitions are never read
 
 
 def test_online_with_finetuning_keeps_batchnorm_frozen(ds, tmp_path: Path) -> None:

@@ -9,7 +9,12 @@ augmentations; view -1 is the plain image mirrored. Entries are stored in shards
 ``<cache>/<namespace>/`` in a local folder
 or an ``s3://`` prefix; a shard's name is the hash of its keys, so re-runs never duplicate work and
 retraining on new data computes features only for new images. Extraction streams: a shard is written
-every ``shard_size`` vectors, so memory stays bounded and an interrupted run resumes where it stopped.
+every ``shard_size`` vectors of a partition, so memory stays bounded and an interrupted run resumes where it stopped.
+
+The namespace is partitioned by the first hex digit of each image's sha256 (:data:`PARTITIONS`):
+``<cache>/<namespace>/<digit>/shard-*.npz``. A reader lists and loads only the partitions of the keys it asks for,
+each once (:attr:`FeatureCache.loaded`), so a worker given one chunk of the images (:func:`chunks`: a chunk is a set
+of whole partitions) never reads the rest of the namespace.
 Every image is checked against its manifest SHA-256 as it is read (:func:`scene.data.packs.reader`), so a vector is
 stored only under the hash of the bytes it was computed from: an image changed since the manifest was built fails
 the extraction (:class:`scene.data.packs.ContentMismatch`) before its vector exists.
@@ -55,30 +60,55 @@ class ExtractStats:
     corrupt: int = 0  # damaged shards of this cache found and dropped so far (their vectors were recomputed)
 
 
+PARTITIONS = "0123456789abcdef"  # a cache key's partition: the first hex digit of its image's sha256
+OTHER = "_"  # the partition of a key that does not start with a hex digit (not an image's sha256)
+
+
+def partition(key: str) -> str:
+    """The partition of a cache key ``<sha256>:<view>`` (or of a bare sha256): its first hex digit."""
+    head = key[:1].lower()
+    return head if head and head in PARTITIONS else OTHER
+
+
+def chunks(rows: pd.DataFrame, k: int) -> list[pd.DataFrame]:
+    """``rows`` split into ``k`` chunks of whole partitions (partition i goes to chunk i mod k), each chunk's rows
+    in their original order: the chunks' workers read and write disjoint parts of the cache. Empty chunks are kept
+    (chunk i is always the same partitions)."""
+    if not 1 <= k <= len(PARTITIONS):
+        raise ValueError(f"chunks: k={k} is invalid; pass 1..{len(PARTITIONS)} (the cache has {len(PARTITIONS)} "
+                         "partitions, one per first hex digit of the sha256)")
+    chunk = rows["sha256"].map(lambda sha: PARTITIONS.find(partition(sha)) % k)
+    return [rows[chunk == i] for i in range(k)]
+
+
 class FeatureCache:
-    """Shards of ``{key: vector}`` under one namespace folder/prefix."""
+    """Shards of ``{key: vector}`` under one namespace folder/prefix, one subfolder per partition."""
 
     def __init__(self, root: str, namespace: str, s3: Any = None) -> None:
         self.loc = storage.parse(root).join(namespace)
         self.s3 = s3
-        self._index: dict[str, np.ndarray] | None = None
+        self._parts: dict[str, dict[str, np.ndarray]] = {}
+        self.loaded: list[str] = []  # partitions listed and read so far, in order (each once)
         self.corrupt: list[str] = []  # shards found damaged (unreadable or hash mismatch), dropped and deleted
 
-    def _load(self) -> dict[str, np.ndarray]:
-        if self._index is None:
-            self._index = {}
+    def _partition(self, name: str) -> dict[str, np.ndarray]:
+        """One partition's ``{key: vector}``, listed and read the first time it is asked for."""
+        if name not in self._parts:
+            index: dict[str, np.ndarray] = {}
             try:
-                shards = [k for k, _ in storage.list_files(self.loc, self.s3)
-                      if k.endswith(".npz") and not k.rsplit("/", 1)[-1].startswith(".")]  # not temporary files
+                shards = [k for k, _ in storage.list_files(self.loc.join(name), self.s3)
+                          if k.endswith(".npz") and not k.rsplit("/", 1)[-1].startswith(".")]  # not temporary files
             except storage.StorageError:
                 if self.loc.is_s3:
                     raise
-                shards = []  # a local cache folder that does not exist yet
+                shards = []  # a local partition folder that does not exist yet
             for uri in shards:
                 entries = self._read_shard(uri)
                 if entries is not None:
-                    self._index.update(zip(*entries, strict=True))
-        return self._index
+                    index.update(zip(*entries, strict=True))
+            self._parts[name] = index
+            self.loaded.append(name)
+        return self._parts[name]
 
     def _read_shard(self, uri: str) -> tuple[list[str], np.ndarray] | None:
         """A shard's keys and vectors if it loads and matches its stored sha256; else drop it and return None."""
@@ -100,23 +130,30 @@ class FeatureCache:
         return None
 
     def missing(self, keys: Sequence[str]) -> list[str]:
-        index = self._load()
-        return [k for k in keys if k not in index]
+        return [k for k in keys if k not in self._partition(partition(k))]
 
     def get(self, keys: Sequence[str]) -> np.ndarray:
-        index = self._load()
-        return np.stack([index[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
+        return np.stack([self._partition(partition(k))[k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
 
-    def put(self, keys: Sequence[str], features: np.ndarray) -> str:
-        """Write one shard; its name is the hash of its keys, so rewriting it is harmless."""
-        buf = io.BytesIO()
+    def put(self, keys: Sequence[str], features: np.ndarray) -> list[str]:
+        """Write one shard per partition the keys fall in; a shard's name is the hash of its keys, so rewriting it
+        is harmless. Returns the shards' URIs/paths."""
         feats = np.ascontiguousarray(features, np.float32)
-        np.savez(buf, keys=np.asarray(keys), features=feats, sha256=np.asarray(_digest(keys, feats)))
-        name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:24]
-        uri = str(self.loc.join(f"shard-{name}.npz"))
-        storage.write_bytes(uri, buf.getvalue(), self.s3)
-        self._load().update(zip(keys, feats, strict=True))
-        return uri
+        groups: dict[str, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(partition(key), []).append(i)
+        uris = []
+        for name, rows in sorted(groups.items()):
+            part_keys, part_feats = [keys[i] for i in rows], feats[rows]
+            buf = io.BytesIO()
+            np.savez(buf, keys=np.asarray(part_keys), features=part_feats,
+                     sha256=np.asarray(_digest(part_keys, part_feats)))
+            digest = hashlib.sha256("\n".join(part_keys).encode()).hexdigest()[:24]
+            uri = str(self.loc.join(name, f"shard-{digest}.npz"))
+            storage.write_bytes(uri, buf.getvalue(), self.s3)
+            self._partition(name).update(zip(part_keys, part_feats, strict=True))
+            uris.append(uri)
+        return uris
 
 
 def _digest(keys: Sequence[str], feats: np.ndarray) -> str:
@@ -222,20 +259,21 @@ def extract(
         if first is not None:
             preflight(backbone, first)
         pos = 0  # images of this view done so far
-        keys: list[str] = []
-        chunks: list[np.ndarray] = []
+        pending: dict[str, tuple[list[str], list[np.ndarray]]] = {}  # per partition: keys and vectors not written
         for feats in infer.predict_batches(model, itertools.chain([first], batches), transform):
-            keys += [entry_key(s, view) for s in shas[pos : pos + len(feats)]]
-            chunks.append(feats)
+            for key, vector in zip([entry_key(s, view) for s in shas[pos : pos + len(feats)]], feats, strict=True):
+                part_keys, vectors = pending.setdefault(partition(key), ([], []))
+                part_keys.append(key)
+                vectors.append(vector)
+                if len(part_keys) >= shard_size:  # at most shard_size vectors wait per partition
+                    cache.put(part_keys, np.stack(vectors))
+                    del pending[partition(key)]
             pos += len(feats)
             done += len(feats)
-            if len(keys) >= shard_size:
-                cache.put(keys, np.concatenate(chunks))
-                keys, chunks = [], []
             if progress:
                 progress(f"features {backbone}", done, total)
-        if keys:
-            cache.put(keys, np.concatenate(chunks))
+        for part_keys, vectors in pending.values():
+            cache.put(part_keys, np.stack(vectors))
     return ExtractStats(requested, requested - total, total, time.perf_counter() - start, len(cache.corrupt))
 
 

@@ -60,7 +60,7 @@ def _files(folder: Path) -> list[str]:
 
 def test_full_disk_under_the_feature_cache_names_the_shard_and_leaves_nothing(full_disk: Path) -> None:
     cache = features.FeatureCache(str(full_disk / "cache"), "ns")
-    with pytest.raises(storage.StorageError, match=rf"{full_disk}/cache/ns/shard-[0-9a-f]+\.npz: cannot write "
+    with pytest.raises(storage.StorageError, match=rf"{full_disk}/cache/ns/_/shard-[0-9a-f]+\.npz: cannot write "
                                                    r"\(No space left on device\); the disk holding .* is full"):
         cache.put([f"k{i}:0" for i in range(64)], np.ones((64, 256), np.float32))
     assert _files(full_disk) == ["filler"]  # no partial shard, no temporary file
@@ -96,8 +96,10 @@ def test_damaged_cache_shards_are_detected_and_recomputed(tmp_path: Path, synth_
     model = keras.Sequential([keras.Input((48, 48, 3)), keras.layers.GlobalAveragePooling2D()])
     first = _extract(rows, features.FeatureCache(str(tmp_path), "ns"), model)
     assert (first.computed, first.corrupt) == (6, 0)
-    shards = sorted((tmp_path / "ns").glob("shard-*.npz"))
-    assert len(shards) == 3
+    shards = sorted((tmp_path / "ns").rglob("shard-*.npz"))  # shard_size 2: up to 2 vectors per partition's shard
+    assert len(shards) >= 3  # each shard in the folder of its keys' partition (their sha256's first hex digit)
+    assert all({features.partition(k) for k in np.load(p)["keys"].tolist()} == {p.parent.name} for p in shards)
+    damaged = sum(len(np.load(p)["keys"]) for p in shards[:2])  # the vectors the two damaged shards hold
     keys = [features.entry_key(s, 0) for s in rows["sha256"]]
     expected = features.FeatureCache(str(tmp_path), "ns").get(keys)
     blob = bytearray(shards[0].read_bytes())  # one byte of a stored vector flipped: loads fine, wrong numbers
@@ -108,7 +110,7 @@ def test_damaged_cache_shards_are_detected_and_recomputed(tmp_path: Path, synth_
     shards[1].write_bytes(shards[1].read_bytes()[:-100])  # truncated
     cache = features.FeatureCache(str(tmp_path), "ns")
     again = _extract(rows, cache, model)
-    assert (again.corrupt, again.computed, again.cached) == (2, 4, 2)
+    assert (again.corrupt, again.computed, again.cached) == (2, damaged, 6 - damaged)
     assert sorted(cache.corrupt) == [str(p) for p in shards[:2]]
     np.testing.assert_array_equal(features.FeatureCache(str(tmp_path), "ns").get(keys), expected)
 
