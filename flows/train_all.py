@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import State, StateType
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as this_run
-from prefect.states import Cancelled, Cancelling
 
+from flows.dispatching import await_runs
 from flows.processes import train_in_processes
 from scene.data import scope
 from scene.data.dataset import Dataset
@@ -55,7 +51,7 @@ def _dispatch(backbones: list[str], run_args: dict[str, Any], deployment: str, *
                  f" on device {device}" if device is not None else "")
         return run.id
 
-    outcome = _await_runs(backbones, submit, devices, start_timeout_s, dispatch_timeout_s, poll)
+    outcome = await_runs(backbones, submit, devices, start_timeout_s, dispatch_timeout_s, poll)
     results = []
     for b in backbones:
         run_id, state = outcome[b]
@@ -72,95 +68,6 @@ def _pool_of(deployment: str) -> Any:
     """The work pool a deployment's runs go to (its name and type)."""
     with get_client(sync_client=True) as client:
         return client.read_work_pool(client.read_deployment_by_name(deployment).work_pool_name)
-
-
-@dataclass
-class _Watched:
-    """One dispatched run as the dispatcher follows it: its device and when its state last changed."""
-
-    run_id: UUID
-    device: str | None
-    since: float  # monotonic time of the last state change seen (the run's own start clock)
-    seen: tuple[Any, ...] = ()
-
-
-def _await_runs(backbones: list[str], submit: Callable[[str, str | None], UUID], devices: list[str] | None,
-                start_timeout_s: float, dispatch_timeout_s: float, poll: float) -> dict[str, tuple[UUID, State]]:
-    """Dispatch (at most one run per device when ``devices`` are given) and follow every run to a final state.
-
-    Each run has its own start clock, restarted on each of its state changes (so a run that waits in line, or one a
-    preempted pod sends back to Scheduled, is followed, not cancelled). A run still Scheduled/Pending after
-    ``start_timeout_s`` since its last change is cancelled only when no worker polls its work pool (the pool is not
-    READY): waiting for a busy pool is not a failure. A run not final after ``dispatch_timeout_s`` is cancelled too.
-    Each given-up run's state carries the reason.
-    """
-    log = get_run_logger()
-    began = time.monotonic()
-    waiting, free = list(backbones), list(devices) if devices else None
-    active: dict[str, _Watched] = {}
-    out: dict[str, tuple[UUID, State]] = {}
-    with get_client(sync_client=True) as client:
-        while waiting or active:
-            while waiting and (free is None or free):
-                device = free.pop(0) if free else None
-                b = waiting.pop(0)
-                active[b] = _Watched(submit(b, device), device, time.monotonic())
-            pools: dict[str, Any] = {}
-            for b, w in list(active.items()):
-                run = client.read_flow_run(w.run_id)
-                state, now = run.state, time.monotonic()
-                if state is None:
-                    continue
-                if (state.type, state.name, state.timestamp) != w.seen:
-                    if w.seen:
-                        log.info("%s: %s", b, state.name)
-                    w.seen, w.since = (state.type, state.name, state.timestamp), now
-                if state.is_final():
-                    final = state
-                elif state.type in (StateType.SCHEDULED, StateType.PENDING) and now - w.since > start_timeout_s:
-                    name = run.work_pool_name or ""
-                    if name not in pools:
-                        pools[name] = _pool_status(client, name)
-                    if pools[name] == "READY":
-                        continue  # a worker polls the pool: the run waits for a slot (or its infrastructure)
-                    final = _give_up(client, w.run_id, state, f"never started: still {state.name} after "
-                                     f"{now - w.since:.0f} s (start_timeout_s={start_timeout_s:g}); no worker polls "
-                                     f"its work pool {name!r} (status {pools[name]}): start one with `prefect "
-                                     f"worker start --pool {name}`")
-                elif now - began > dispatch_timeout_s:
-                    final = _give_up(client, w.run_id, state, f"not finished after {now - began:.0f} s "
-                                     f"(dispatch_timeout_s={dispatch_timeout_s:g}), was {state.name}")
-                else:
-                    continue
-                log.info("%s finished: %s", b, final.name)
-                out[b] = (w.run_id, final)
-                del active[b]
-                if free is not None and w.device is not None:
-                    free.append(w.device)
-            if waiting or active:
-                time.sleep(poll)
-    return out
-
-
-def _pool_status(client: Any, name: str) -> str:
-    """A work pool's status (READY when a worker polls it), or why it cannot be read."""
-    try:
-        pool = client.read_work_pool(name)
-    except Exception as err:  # a deleted pool: nobody will start the run
-        return f"unreadable: {err}"
-    return "PAUSED" if pool.is_paused else str(getattr(pool.status, "value", pool.status))
-
-
-def _give_up(client: Any, run_id: UUID, state: State, reason: str) -> State:
-    """Cancel a dispatched run the orchestrator stops waiting for; the returned state names why."""
-    get_run_logger().error("flow run %s %s; cancelling it", run_id, reason)
-    final = Cancelled(message=reason)
-    try:  # a run no worker holds is cancelled at once; a held one is asked to stop (its worker kills it)
-        client.set_flow_run_state(run_id, final if state.type == StateType.SCHEDULED else Cancelling(message=reason),
-                                  force=True)
-    except Exception as err:  # the table still reports the backbone as failed
-        get_run_logger().warning("could not cancel flow run %s: %s", run_id, err)
-    return final
 
 
 def train_and_compare(ds: Dataset, backbones: list[str], params: TrainParams, manifest: dict[str, str], prefix: str,

@@ -17,10 +17,12 @@ from tasks.common import S3_RETRIES, S3_TIMEOUT_S, STEP_TIMEOUT_S, Progress, s3,
 
 @task(name="check weights", task_run_name="check weights {cfg.backbone}", cache_policy=NO_CACHE,
       timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
-def prepare(ds: Dataset, cfg: TrainConfig, out_dir: str, on_missing: stages.OnMissingWeights) -> stages.BackboneRun:
-    """Resolve the weights once (the artifact bucket's mirror included) and build the backbone."""
+def prepare(ds: Dataset, cfg: TrainConfig, out_dir: str, on_missing: stages.OnMissingWeights,
+            cache_root: str | None = None) -> stages.BackboneRun:
+    """Resolve the weights once (the artifact bucket's mirror included) and build the backbone; ``cache_root``: the
+    feature cache (default: SCENE_FEATURE_CACHE)."""
     s = settings()
-    run = stages.prepare(ds, cfg, Path(out_dir), cache_root=s.feature_cache, s3=s3(s),
+    run = stages.prepare(ds, cfg, Path(out_dir), cache_root=cache_root or s.feature_cache, s3=s3(s),
                          mirror=f"s3://{s.artifact_bucket}/{s.weights_mirror_prefix}", on_missing=on_missing)
     if run.fallback:
         get_run_logger().warning(run.fallback)
@@ -30,9 +32,10 @@ def prepare(ds: Dataset, cfg: TrainConfig, out_dir: str, on_missing: stages.OnMi
 
 @task(name="extract features", task_run_name="extract features {run.cfg.backbone}", cache_policy=NO_CACHE,
       timeout_seconds=STEP_TIMEOUT_S, **{**S3_RETRIES, "retries": 1})  # a retry resumes from the cached shards
-def extract(run: stages.BackboneRun) -> ExtractStats | None:
-    """Run the frozen backbone over every image view not yet in the feature cache (cached strategy)."""
-    stats = stages.extract(run, s3=s3(), progress=Progress())
+def extract(run: stages.BackboneRun, chunk: tuple[int, int] | None = None) -> ExtractStats | None:
+    """Run the frozen backbone over every image view not yet in the feature cache (cached strategy); ``chunk=(i,
+    k)``: only chunk ``i`` of ``k`` of the images."""
+    stats = stages.extract(run, s3=s3(), progress=Progress(), chunk=chunk)
     if stats is not None:
         get_run_logger().info("%s features: %d computed, %d from cache, %.0f s", run.cfg.backbone, stats.computed,
                               stats.cached, stats.seconds)

@@ -75,9 +75,13 @@ def training(title: str, facts: Mapping[str, Any], rows: Sequence[Mapping[str, A
     return "\n".join(lines) + "\n"
 
 
-def prediction(title: str, facts: Mapping[str, Any], links: Mapping[str, str]) -> str:
-    """The outcome of a prediction run."""
+def completed(title: str, facts: Mapping[str, Any]) -> str:
+    """The outcome of a run that completed, as its facts (e.g. one feature-extraction chunk)."""
     lines = [f"# {title}", "", "**Status: ✓ completed**", ""]
     lines += [f"- **{k}**: {v}" for k, v in facts.items() if v not in (None, "")]
-    lines += ["", "## Links", "", *_links(links)]
     return "\n".join(lines) + "\n"
+
+
+def prediction(title: str, facts: Mapping[str, Any], links: Mapping[str, str]) -> str:
+    """The outcome of a prediction run."""
+    return completed(title, facts) + "\n".join(["", "## Links", "", *_links(links)]) + "\n"

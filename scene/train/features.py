@@ -70,13 +70,18 @@ def partition(key: str) -> str:
     return head if head and head in PARTITIONS else OTHER
 
 
+def require_chunks(k: int) -> None:
+    """Fail naming the problem unless ``k`` chunks can be made (1..16: a chunk is at least one whole partition)."""
+    if not 1 <= k <= len(PARTITIONS):
+        raise ValueError(f"chunks: k={k} is invalid; pass 1..{len(PARTITIONS)} (the cache has {len(PARTITIONS)} "
+                         "partitions, one per first hex digit of the sha256)")
+
+
 def chunks(rows: pd.DataFrame, k: int) -> list[pd.DataFrame]:
     """``rows`` split into ``k`` chunks of whole partitions (partition i goes to chunk i mod k), each chunk's rows
     in their original order: the chunks' workers read and write disjoint parts of the cache. Empty chunks are kept
     (chunk i is always the same partitions)."""
-    if not 1 <= k <= len(PARTITIONS):
-        raise ValueError(f"chunks: k={k} is invalid; pass 1..{len(PARTITIONS)} (the cache has {len(PARTITIONS)} "
-                         "partitions, one per first hex digit of the sha256)")
+    require_chunks(k)
     chunk = rows["sha256"].map(lambda sha: PARTITIONS.find(partition(sha)) % k)
     return [rows[chunk == i] for i in range(k)]
 

@@ -186,22 +186,26 @@ def eval_views(cfg: TrainConfig) -> list[int]:
 
 
 def extract_features(ds: Dataset, cfg: TrainConfig, weights: backbones.WeightsSource, cache_root: str, *,
-                     s3: Any = None, progress: Progress | None = None) -> features.ExtractStats:
+                     s3: Any = None, progress: Progress | None = None,
+                     chunk: tuple[int, int] | None = None) -> features.ExtractStats:
     """Cached strategy, step 1: stored features for train (all views) and val/test (plain view, and its mirror).
 
-    With ``refit``, val images get the training views too: the refit head trains on train + val alike."""
+    With ``refit``, val images get the training views too: the refit head trains on train + val alike.
+    ``chunk=(i, k)``: only the images of chunk ``i`` of ``k`` (whole cache partitions, :func:`features.chunks`),
+    so ``k`` workers can each extract one chunk into a shared cache."""
     cache = feature_cache(cfg, weights, cache_root, s3)
     model = None
     stats = []
-    split = ds.manifest["split"]
+    rows = ds.manifest if chunk is None else features.chunks(ds.manifest, chunk[1])[chunk[0]]
+    split = rows["split"]
     like_train = split.isin(["train", "val"]) if cfg.refit else split == "train"
-    parts = ((ds.manifest[like_train], train_views(cfg)), (ds.manifest[~like_train], eval_views(cfg)))
+    parts = ((rows[like_train], train_views(cfg)), (rows[~like_train], eval_views(cfg)))
     with precision_policy(cfg.mixed_precision):
-        for rows, views in parts:
-            missing = cache.missing([features.entry_key(s, v) for s in rows["sha256"] for v in views])
+        for part, views in parts:
+            missing = cache.missing([features.entry_key(s, v) for s in part["sha256"] for v in views])
             if missing and model is None:
                 model = backbones.feature_extractor(cfg.backbone, cfg.image_size, weights, cfg.seed)
-            stats.append(features.extract(rows, views, backbone=cfg.backbone, weights=weights, size=cfg.image_size,
+            stats.append(features.extract(part, views, backbone=cfg.backbone, weights=weights, size=cfg.image_size,
                                           cache=cache, augment=cfg.augment, seed=cfg.seed, s3=s3, progress=progress,
                                           model=model))
     return features.ExtractStats(sum(s.requested for s in stats), sum(s.cached for s in stats),

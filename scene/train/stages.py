@@ -94,12 +94,14 @@ def prepare(ds: Dataset, cfg: TrainConfig, out_dir: str | Path, *, cache_root: s
     return BackboneRun(ds, cfg, spec, weights, Path(out_dir), cache_root, started, fallback)
 
 
-def extract(run: BackboneRun, *, s3: Any = None, progress: Progress | None = None) -> ExtractStats | None:
-    """Cached strategy: the backbone's features of every image view not cached yet (None for ``online``)."""
+def extract(run: BackboneRun, *, s3: Any = None, progress: Progress | None = None,
+            chunk: tuple[int, int] | None = None) -> ExtractStats | None:
+    """Cached strategy: the backbone's features of every image view not cached yet (None for ``online``);
+    ``chunk=(i, k)``: only the images of chunk ``i`` of ``k`` (:func:`scene.train.features.chunks`)."""
     if run.cfg.strategy != "cached":
         return None
     return fitting.extract_features(run.ds, run.cfg, run.weights, run.cache_root,  # type: ignore[arg-type]
-                                  s3=s3, progress=progress)
+                                  s3=s3, progress=progress, chunk=chunk)
 
 
 def fit(run: BackboneRun, extracted: ExtractStats | None, *, s3: Any = None,

@@ -124,11 +124,11 @@ def _slot_pool(env: dict[str, str]) -> tuple[str, subprocess.Popen]:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     # the flow cancels runs still Scheduled after start_timeout_s when no worker polls the pool: wait until the
     # worker has polled (pool READY), else a slow machine's worker start-up reads as "no worker"
-    from flows.train_all import _pool_status  # the status train-all reads before giving up on a run
+    from flows.dispatching import pool_status  # the status train-all reads before giving up on a run
 
     deadline = time.monotonic() + 120
     with get_client(sync_client=True) as client:
-        while _pool_status(client, name) != "READY":
+        while pool_status(client, name) != "READY":
             if worker.poll() is not None or time.monotonic() > deadline:
                 worker.kill()
                 pytest.fail(f"the worker of pool {name} never polled it (exit code {worker.poll()})")
