@@ -17,6 +17,7 @@ from scene.data.dataset import Dataset
 from scene.metadata import DEMO_DATA_URI
 from scene.ops import gpus
 from scene.registry import ModelVersion, Pointer, select_challenger
+from scene.train import features
 from scene.train.experiment import TrainResult
 from scene.train.params import TrainParams
 from tasks import artifacts
@@ -73,14 +74,17 @@ def _pool_of(deployment: str) -> Any:
 def train_and_compare(ds: Dataset, backbones: list[str], params: TrainParams, manifest: dict[str, str], prefix: str,
                       *, on_missing_weights: str, dispatch: str = "local", deployment: str = "train-backbone/gpu",
                       devices: list[str] | None = None, slots: int = 2, start_timeout_s: float = 1800.0,
-                      dispatch_timeout_s: float = 6 * 3600.0) -> tuple[list[TrainResult], str]:
+                      dispatch_timeout_s: float = 6 * 3600.0, extract_chunks: int = 1) -> tuple[list[TrainResult], str]:
     """Every backbone as a ``train-backbone`` run (in parallel), then the comparison table; returns both.
 
     Every child, local or dispatched, gets the published manifest by URI (its ``dataset.json`` names the data
     root, test root and classes), so each version registers under the data root and is gated against its champion.
+    ``extract_chunks`` > 1: each child extracts its features in that many ``extract-chunk`` runs first.
     """
     run_args = {"params": params, "on_missing_weights": on_missing_weights, "run_prefix_uri": prefix,
                 "manifest_uri": manifest["manifest.csv"]}
+    if extract_chunks > 1:
+        run_args.update(extract_chunks=extract_chunks, start_timeout_s=start_timeout_s)
     if dispatch == "local":
         results = train_in_processes(backbones, run_args, slots)  # a process per backbone
     else:
@@ -139,8 +143,12 @@ def train_all(
     start_timeout_s: float = 1800.0,
     dispatch_timeout_s: float = 6 * 3600.0,
     devices: list[str] | None = None,
+    extract_chunks: int = 1,
 ) -> dict:
-    """Validate the data, train every backbone in parallel, compare them and upload every artifact."""
+    """Validate the data, train every backbone in parallel, compare them and upload every artifact.
+
+    ``extract_chunks`` > 1: each backbone's features are extracted by that many ``extract-chunk/gpu`` flow runs
+    (chunks of the images by sha256 prefix) into the shared feature cache before its head trains."""
     scope.require_data_uris(settings(), data=data, test=test)  # only inside the data bucket and prefix
     params = params.resolved()  # a named preset fills every training parameter not set
     backbones = params.names()
@@ -157,6 +165,7 @@ def train_all(
         if not value > 0:
             raise ValueError(f"{name}={value} is invalid; pass a positive number (slots: concurrent trainings, "
                              "timeouts: seconds to wait for dispatched runs)")
+    features.require_chunks(extract_chunks)
     pointer = registry_tasks.read_champion(data)  # this dataset's champion, read once
     previous = registry_tasks.previous_manifest(pointer.champion)  # its splits stay sticky; a moved image stops the run
     ds = data_tasks.build_manifest(data, test, classes, previous=previous)
@@ -169,7 +178,8 @@ def train_all(
     results, comparison = train_and_compare(ds, backbones, params, manifest, prefix,
                                             on_missing_weights=on_missing_weights, dispatch=dispatch,
                                             deployment=deployment, devices=devices, slots=slots,
-                                            start_timeout_s=start_timeout_s, dispatch_timeout_s=dispatch_timeout_s)
+                                            start_timeout_s=start_timeout_s, dispatch_timeout_s=dispatch_timeout_s,
+                                            extract_chunks=extract_chunks)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         log.error("%s failed: %s", r.backbone, r.error)

@@ -23,6 +23,7 @@ from scene.ops import prefect_api
 from scene.ops import stack as stack_mod
 from scene.ops.services import HEARTBEAT_S, ZOMBIE_AFTER_S, ZOMBIE_AUTOMATION
 from tests.support import REPO
+from tests.support.procs import process_of_run
 from tests.support.runs import deploy_on_default_pool, wait_final
 from tests.support.s3io import upload
 
@@ -57,18 +58,6 @@ def _wait_final(run_id: Any, timeout: float = 300.0) -> Any:
     return wait_final([run_id], timeout)[run_id]
 
 
-def _process_of(run_id: Any) -> int | None:
-    """The pid of the process executing a flow run (the worker sets PREFECT__FLOW_RUN_ID in its environment)."""
-    needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if needle in (proc / "environ").read_bytes().split(b"\0"):
-                return int(proc.name)
-        except OSError:
-            continue
-    return None
-
-
 def _shards(cache: Path) -> list[Path]:
     return sorted(p for p in cache.rglob("shard-*.npz"))
 
@@ -87,7 +76,7 @@ def test_sigkill_during_extraction_crashes_the_run_and_a_rerun_reuses_every_shar
     deadline, pid = time.monotonic() + 240, None
     while time.monotonic() < deadline and not _shards(cache):  # the first shard (train, plain view) is written
         time.sleep(0.01)
-    pid = _process_of(victim.id)
+    pid = process_of_run(victim.id)
     assert _shards(cache) and pid is not None, f"no shard written by flow run {victim.id} (pid {pid})"
     os.kill(pid, signal.SIGKILL)
     killed = _wait_final(victim.id, timeout=60)
@@ -207,7 +196,7 @@ def test_prefect_server_sigkill_during_a_run_then_up_the_run_completes_and_the_w
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not _shards(cache):  # Running, in feature extraction
         time.sleep(0.01)
-    pid = _process_of(victim.id)
+    pid = process_of_run(victim.id)
     assert _shards(cache) and pid is not None, f"no shard written by flow run {victim.id} (pid {pid})"
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(victim.id).state.is_running()
@@ -218,7 +207,7 @@ def test_prefect_server_sigkill_during_a_run_then_up_the_run_completes_and_the_w
     finally:
         info = stack_mod.up(**stack_args)  # leaves a healthy stack for the next test whatever happened above
     assert {k: v for k, v in info.pids.items() if k != "prefect"} == {k: v for k, v in pids.items() if k != "prefect"}
-    assert _process_of(victim.id) == pid, "the flow-run process did not outlive the server's restart"
+    assert process_of_run(victim.id) == pid, "the flow-run process did not outlive the server's restart"
     after = run_deployment(ping_deployment, timeout=0)
     run = _wait_final(victim.id, timeout=240)
     assert run.state.is_completed() and run.run_count == 1, (run.state, run.run_count)

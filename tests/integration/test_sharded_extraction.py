@@ -4,12 +4,17 @@
 deployment on the session stack's `default` process pool (its worker runs each in a process of its own); each
 extracts one chunk of whole cache partitions into one S3 feature cache. The training run then finds every vector
 cached (it computes none) and trains the head. The same training unsharded, into another cache, gives the same
-vectors and the same test metrics; every image is in the sharded cache exactly once.
+vectors and the same test metrics; every image is in the sharded cache exactly once. A chunk run SIGKILLed as it
+starts is reported (Crashed) and the training run extracts that chunk's images itself, reusing the others'.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import signal
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ import pytest
 from scene.data import storage
 from scene.train import features
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.procs import process_of_run
 from tests.support.runs import child_runs, deploy_on_default_pool
 from tests.support.s3io import read_csv, upload
 
@@ -40,16 +46,31 @@ def _stored(cache: str, s3: Any) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.fixture(scope="module")
+def deployment(env: dict[str, str]) -> str:
+    """An extract-chunk deployment on the `default` pool (the session stack's process worker runs it)."""
+    return deploy_on_default_pool("extract-chunk", "flows/extract_chunk.py:extract_chunk",
+                                  f"chunks-{uuid.uuid4().hex[:6]}")
+
+
+def _data_and_params(s3: Any, env: dict[str, str], folder: Path) -> tuple[str, dict[str, Any]]:
+    data = upload(s3, draw_hues(folder / "hues", 0, size=SIZE, per_class=8),
+                  f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}sharded-{uuid.uuid4().hex[:6]}/")
+    return data, {"backbones": ["mobilenetv2"], "weights": calibrated_mobilenetv2(folder, SIZE), "epochs": 20,
+                  "views": 0, "image_size": SIZE}
+
+
+def _manifest(s3: Any, env: dict[str, str], state: Any) -> Any:
+    """The manifest the chunk runs read: published under the training run's own folder."""
+    run_id = state.state_details.flow_run_id
+    return read_csv(s3, f"s3://{env['SCENE_ARTIFACT_BUCKET']}/runs/{run_id}/manifest.csv")
+
+
 def test_three_chunks_extract_every_image_once_and_train_what_an_unsharded_run_trains(
-        s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        deployment: str, s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.train_backbone import train_backbone
 
-    deployment = deploy_on_default_pool("extract-chunk", "flows/extract_chunk.py:extract_chunk",
-                                        f"chunks-{uuid.uuid4().hex[:6]}")
-    data = upload(s3, draw_hues(tmp_path / "hues", 0, size=SIZE, per_class=8),
-                  f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}sharded-{uuid.uuid4().hex[:6]}/")
-    params = {"backbones": ["mobilenetv2"], "weights": calibrated_mobilenetv2(tmp_path, SIZE), "epochs": 20,
-              "views": 0, "image_size": SIZE}
+    data, params = _data_and_params(s3, env, tmp_path)
     sharded_cache = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
     plain_cache = str(tmp_path / "plain-cache")
 
@@ -62,9 +83,7 @@ def test_three_chunks_extract_every_image_once_and_train_what_an_unsharded_run_t
     assert sorted(r.name for r in chunk_runs) == [f"mobilenetv2 chunk {i}/3" for i in (1, 2, 3)]
     assert all(r.state.is_completed() for r in chunk_runs), {r.name: r.state for r in chunk_runs}
 
-    # the manifest the chunk runs read: published under the training run's own folder
-    run_id = state.state_details.flow_run_id
-    manifest = read_csv(s3, f"s3://{env['SCENE_ARTIFACT_BUCKET']}/runs/{run_id}/manifest.csv")
+    manifest = _manifest(s3, env, state)
     images = len(manifest)
     assert images == 48 and (sharded["features_computed"], sharded["features_cached"]) == (0, images)
     in_sharded = _stored(sharded_cache, s3)
@@ -84,3 +103,57 @@ def test_three_chunks_extract_every_image_once_and_train_what_an_unsharded_run_t
         mine, theirs = sharded["metrics"][split], plain["metrics"][split]
         assert mine["confusion"] == theirs["confusion"], split
         assert [mine[m] for m in SCORES] == pytest.approx([theirs[m] for m in SCORES], abs=1e-6), split
+
+
+def _kill_first_running_chunk(deployment_id: Any, killed: dict[str, Any], stop: threading.Event) -> None:
+    """SIGKILL the process of the first chunk run seen Running (before it has extracted anything)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        while not stop.is_set():
+            for run in client.read_flow_runs(deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[deployment_id]))):
+                if run.state and run.state.is_running() and (pid := process_of_run(run.id)):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.update(run=run.id, name=run.name, pid=pid)
+                    return
+            time.sleep(0.1)
+
+
+def test_a_killed_chunk_is_reported_and_the_training_run_extracts_its_images(
+        deployment: str, s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextvars
+
+    from prefect.client.orchestration import get_client
+
+    from flows.train_backbone import train_backbone
+
+    data, params = _data_and_params(s3, env, tmp_path)
+    cache = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
+    monkeypatch.setenv("SCENE_FEATURE_CACHE", cache)
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+    killed: dict[str, Any] = {}
+    stop = threading.Event()
+    killer = threading.Thread(target=contextvars.copy_context().run,
+                              args=(_kill_first_running_chunk, deployment_id, killed, stop), daemon=True)
+    killer.start()
+    try:
+        state = train_backbone(backbone="mobilenetv2", data=data, params=params, extract_chunks=3,
+                               extract_deployment=deployment, start_timeout_s=120, return_state=True)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert killed, "no chunk run was killed: the test did not exercise a lost chunk"
+    assert state.is_completed(), state.message
+    result = state.result()
+    with get_client(sync_client=True) as client:
+        lost = client.read_flow_run(killed["run"])
+    assert lost.state.is_crashed() or lost.state.is_failed(), lost.state
+    manifest = _manifest(s3, env, state)
+    index = int(killed["name"].rsplit(" ", 1)[1].split("/")[0]) - 1  # "mobilenetv2 chunk 2/3"
+    its_images = len(features.chunks(manifest, 3)[index])
+    assert its_images > 0 and (result["features_computed"], result["features_cached"]) == (
+        its_images, len(manifest) - its_images)  # the other chunks' vectors reused, the lost chunk's computed
+    assert sorted(_stored(cache, s3)) == sorted(features.entry_key(s, 0) for s in manifest["sha256"])

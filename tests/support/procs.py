@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
+from typing import Any
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 30.0) -> int:
@@ -19,3 +21,15 @@ def stop_group(proc: subprocess.Popen, grace: float = 30.0) -> int:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         return proc.wait(timeout=30)
+
+
+def process_of_run(run_id: Any) -> int | None:
+    """The pid of the process executing a flow run (the worker sets PREFECT__FLOW_RUN_ID in its environment)."""
+    needle = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
