@@ -10,6 +10,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as this_run
 
+from flows import dispatching
 from flows.dispatching import await_runs
 from flows.processes import train_in_processes
 from scene.data import scope
@@ -71,20 +72,29 @@ def _pool_of(deployment: str) -> Any:
         return client.read_work_pool(client.read_deployment_by_name(deployment).work_pool_name)
 
 
+def _extract_in_chunks(backbones: list[str], params: TrainParams, manifest_uri: str, chunks: int, deployment: str, *,
+                       local: bool, on_missing_weights: str, start_timeout_s: float, timeout_s: float) -> None:
+    """Each backbone's features by ``chunks`` runs of ``deployment`` (one chunk of the images each), backbone after
+    backbone; this flow holds no slot of their pool while it waits. Local children read this process's feature
+    cache, so the chunks write there; dispatched ones read their pool's, as the chunk runs do on it."""
+    cache = settings().feature_cache if local else None
+    for backbone in backbones:
+        dispatching.extract_in_chunks(backbone, params, manifest_uri, chunks, deployment, feature_cache=cache,
+                                      on_missing_weights=on_missing_weights, start_timeout_s=start_timeout_s,
+                                      timeout_s=timeout_s)
+
+
 def train_and_compare(ds: Dataset, backbones: list[str], params: TrainParams, manifest: dict[str, str], prefix: str,
                       *, on_missing_weights: str, dispatch: str = "local", deployment: str = "train-backbone/gpu",
                       devices: list[str] | None = None, slots: int = 2, start_timeout_s: float = 1800.0,
-                      dispatch_timeout_s: float = 6 * 3600.0, extract_chunks: int = 1) -> tuple[list[TrainResult], str]:
+                      dispatch_timeout_s: float = 6 * 3600.0) -> tuple[list[TrainResult], str]:
     """Every backbone as a ``train-backbone`` run (in parallel), then the comparison table; returns both.
 
     Every child, local or dispatched, gets the published manifest by URI (its ``dataset.json`` names the data
     root, test root and classes), so each version registers under the data root and is gated against its champion.
-    ``extract_chunks`` > 1: each child extracts its features in that many ``extract-chunk`` runs first.
     """
     run_args = {"params": params, "on_missing_weights": on_missing_weights, "run_prefix_uri": prefix,
                 "manifest_uri": manifest["manifest.csv"]}
-    if extract_chunks > 1:
-        run_args.update(extract_chunks=extract_chunks, start_timeout_s=start_timeout_s)
     if dispatch == "local":
         results = train_in_processes(backbones, run_args, slots)  # a process per backbone
     else:
@@ -144,11 +154,12 @@ def train_all(
     dispatch_timeout_s: float = 6 * 3600.0,
     devices: list[str] | None = None,
     extract_chunks: int = 1,
+    extract_deployment: str = "extract-chunk/gpu",
 ) -> dict:
     """Validate the data, train every backbone in parallel, compare them and upload every artifact.
 
-    ``extract_chunks`` > 1: each backbone's features are extracted by that many ``extract-chunk/gpu`` flow runs
-    (chunks of the images by sha256 prefix) into the shared feature cache before its head trains."""
+    ``extract_chunks`` > 1: each backbone's features are first extracted by that many ``extract_deployment`` flow
+    runs (chunks of the images by sha256 prefix) into the feature cache; then its training run trains the head."""
     scope.require_data_uris(settings(), data=data, test=test)  # only inside the data bucket and prefix
     params = params.resolved()  # a named preset fills every training parameter not set
     backbones = params.names()
@@ -171,15 +182,20 @@ def train_all(
     ds = data_tasks.build_manifest(data, test, classes, previous=previous)
     report = data_tasks.validate(ds, previous)
     prefix = run_prefix()
+    manifest = None
+    if extract_chunks > 1 and params.strategy == "cached":  # before the audit, which reads the first's features
+        manifest = data_tasks.publish_manifest(ds, report, prefix)
+        _extract_in_chunks(backbones, params, manifest["manifest.csv"], extract_chunks, extract_deployment,
+                           local=dispatch == "local", on_missing_weights=on_missing_weights,
+                           start_timeout_s=start_timeout_s, timeout_s=dispatch_timeout_s)
     audit = audit_tasks.audit_data(ds, params.config(backbones[0]), prefix, labels=audit_labels)
-    manifest = data_tasks.publish_manifest(ds, report, prefix)
+    manifest = manifest or data_tasks.publish_manifest(ds, report, prefix)
     log.info("training %s on %d images (%s dispatch); artifacts under %s", ", ".join(backbones), len(ds.manifest),
              dispatch, prefix)
     results, comparison = train_and_compare(ds, backbones, params, manifest, prefix,
                                             on_missing_weights=on_missing_weights, dispatch=dispatch,
                                             deployment=deployment, devices=devices, slots=slots,
-                                            start_timeout_s=start_timeout_s, dispatch_timeout_s=dispatch_timeout_s,
-                                            extract_chunks=extract_chunks)
+                                            start_timeout_s=start_timeout_s, dispatch_timeout_s=dispatch_timeout_s)
     failed = [r for r in results if r.status == "failed"]
     for r in failed:
         log.error("%s failed: %s", r.backbone, r.error)

@@ -12,10 +12,8 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows import dispatching
 from scene.data import scope
 from scene.data.dataset import Dataset
-from scene.train import features
 from scene.train.params import TrainParams
 from tasks import artifacts, training
 from tasks import data as data_tasks
@@ -23,21 +21,19 @@ from tasks import registry as registry_tasks
 from tasks.common import FLOW_TIMEOUT_S, keeps_termination, run_prefix, settings, work_folder
 
 
-def _dataset(manifest_uri: str | None, data: str | None, test: str | None, classes: list[str] | None,
-             publish_to: str | None = None) -> tuple[Dataset, str | None]:
-    """The data to train on and its published manifest's URI: a published manifest (with the data root it names),
-    or one built and validated from ``data`` (published under ``publish_to`` when given, else not at all)."""
+def _dataset(manifest_uri: str | None, data: str | None, test: str | None, classes: list[str] | None) -> Dataset:
+    """The data to train on: a published manifest (with the data root it names), or one built and validated from
+    ``data``."""
     if manifest_uri:
         if data or test or classes:
             raise ValueError("train-backbone: pass manifest_uri alone (its dataset.json names the data root, test "
                              f"root and classes) or data/test/classes without it; got manifest_uri={manifest_uri!r} "
                              f"and data={data!r}, test={test!r}, classes={classes!r}")
-        return data_tasks.load_manifest(manifest_uri), manifest_uri
+        return data_tasks.load_manifest(manifest_uri)
     if data:
         ds = data_tasks.build_manifest(data, test, classes)
-        report = data_tasks.validate(ds)
-        published = data_tasks.publish_manifest(ds, report, publish_to)["manifest.csv"] if publish_to else None
-        return ds, published
+        data_tasks.validate(ds)
+        return ds
     raise ValueError("train-backbone needs manifest_uri (from train-all) or data (a folder or s3:// URI)")
 
 
@@ -53,33 +49,18 @@ def train_backbone(
     classes: list[str] | None = None,
     on_missing_weights: Literal["random-init", "fail"] = "fail",
     run_prefix_uri: str | None = None,
-    extract_chunks: int = 1,
-    extract_deployment: str = "extract-chunk/gpu",
-    start_timeout_s: float = 1800.0,
 ) -> dict:
-    """Train one backbone on a published manifest, or on one built from ``data``; upload and register it.
-
-    ``extract_chunks=K`` > 1 (cached strategy): the features are first extracted by K runs of
-    ``extract_deployment`` (one chunk of whole cache partitions each, into this run's feature cache, which other
-    machines must be able to reach: an ``s3://`` SCENE_FEATURE_CACHE), then this run computes whatever a failed chunk
-    left out and trains the head."""
+    """Train one backbone on a published manifest, or on one built from ``data``; upload and register it."""
     if run_prefix_uri:  # only the folder of the run that started this one (train-all, retrain) or this run's own
         scope.require_run_prefix(run_prefix_uri, settings(), (flow_run.get_parent_flow_run_id(), flow_run.get_id()))
     params = params.resolved()
     facts = {"backbone": backbone, "data": manifest_uri or data, **params.facts()}
     summary_id = artifacts.start_summary("train-backbone", facts)  # first: listed above the task artifacts
     cfg = params.config(backbone)
-    chunked = extract_chunks > 1 and cfg.strategy == "cached"
-    if extract_chunks != 1:
-        features.require_chunks(extract_chunks)  # a k out of range fails before any work
+    ds = _dataset(manifest_uri, data, test, classes)
     prefix = run_prefix_uri or run_prefix()
-    ds, published = _dataset(manifest_uri, data, test, classes, publish_to=prefix if chunked else None)
     get_run_logger().info("training %s on %d images; artifacts to %s", backbone, len(ds.manifest), prefix)
     run = training.prepare(ds, cfg, str(work_folder(backbone)), on_missing_weights)
-    if chunked:
-        dispatching.extract_in_chunks(backbone, params, published or "", extract_chunks, extract_deployment,
-                                      feature_cache=run.cache_root, on_missing_weights=on_missing_weights,
-                                      start_timeout_s=start_timeout_s)
     fitted = training.fit(run, training.extract(run))
     if run.cfg.finetunes:
         fitted = training.finetune(run, fitted)

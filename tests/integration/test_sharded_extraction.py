@@ -1,10 +1,11 @@
 """Issue 24, item 1: a backbone's feature extraction sharded over a work pool.
 
-``train-backbone`` with ``extract_chunks=3`` publishes its manifest and starts three runs of an ``extract-chunk``
+``train-all`` with ``extract_chunks=3`` publishes its manifest and starts three runs of an ``extract-chunk``
 deployment on the session stack's `default` process pool (its worker runs each in a process of its own); each
-extracts one chunk of whole cache partitions into one S3 feature cache. The training run then finds every vector
-cached (it computes none) and trains the head. The same training unsharded, into another cache, gives the same
-vectors and the same test metrics; every image is in the sharded cache exactly once. A chunk run SIGKILLed as it
+extracts one chunk of whole cache partitions into one S3 feature cache. Then the data audit and the backbone's
+training process find every vector cached (the training computes none) and the head trains.
+Each chunk run's summary (what the UI shows) counts the vectors it computed: together, every image once. The same
+training unsharded, into another cache, gives the same vectors and the same test metrics. A chunk run SIGKILLed as it
 starts is reported (Crashed) and the training run extracts that chunk's images itself, reusing the others'.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import threading
 import time
@@ -26,7 +28,7 @@ from scene.data import storage
 from scene.train import features
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
 from tests.support.procs import process_of_run
-from tests.support.runs import child_runs, deploy_on_default_pool
+from tests.support.runs import artifacts_of, child_runs, deploy_on_default_pool
 from tests.support.s3io import read_csv, upload
 
 pytestmark = pytest.mark.integration
@@ -60,41 +62,46 @@ def _data_and_params(s3: Any, env: dict[str, str], folder: Path) -> tuple[str, d
                   "views": 0, "image_size": SIZE}
 
 
-def _manifest(s3: Any, env: dict[str, str], state: Any) -> Any:
-    """The manifest the chunk runs read: published under the training run's own folder."""
-    run_id = state.state_details.flow_run_id
-    return read_csv(s3, f"s3://{env['SCENE_ARTIFACT_BUCKET']}/runs/{run_id}/manifest.csv")
+def _computed(run: Any) -> int:
+    """The vectors a completed chunk run computed, as its summary artifact says."""
+    (summary,) = [a for a in artifacts_of(run.id) if a.key == "run-summary"]
+    return int(re.search(r"\*\*computed\*\*: (\d+)", str(summary.data)).group(1))  # type: ignore[union-attr]
+
+
+def _train(data: str, params: dict[str, Any], **more: Any) -> tuple[Any, dict[str, Any], dict[str, Any], Any]:
+    """train-all (local dispatch, no gate): its state, its return value, the backbone's result, the run's manifest."""
+    from flows.train_all import train_all
+    from tests.support.s3io import client_from_env
+
+    state = train_all(data=data, params=params, promote=False, start_timeout_s=120, return_state=True, **more)
+    assert state.is_completed(), state.message
+    out = state.result()
+    (result,) = out["results"]
+    assert result["status"] != "failed", result["error"]
+    return state, out, result, read_csv(client_from_env(), out["prefix"] + "manifest.csv")
 
 
 def test_three_chunks_extract_every_image_once_and_train_what_an_unsharded_run_trains(
         deployment: str, s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.train_backbone import train_backbone
-
     data, params = _data_and_params(s3, env, tmp_path)
     sharded_cache = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
     plain_cache = str(tmp_path / "plain-cache")
 
     monkeypatch.setenv("SCENE_FEATURE_CACHE", sharded_cache)
-    state = train_backbone(backbone="mobilenetv2", data=data, params=params, extract_chunks=3,
-                           extract_deployment=deployment, start_timeout_s=120, return_state=True)
-    assert state.is_completed(), state.message
-    sharded = state.result()
+    state, _, sharded, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment)
     chunk_runs = [r for r in child_runs(state.state_details.flow_run_id) if r.deployment_id is not None]
     assert sorted(r.name for r in chunk_runs) == [f"mobilenetv2 chunk {i}/3" for i in (1, 2, 3)]
     assert all(r.state.is_completed() for r in chunk_runs), {r.name: r.state for r in chunk_runs}
-
-    manifest = _manifest(s3, env, state)
     images = len(manifest)
-    assert images == 48 and (sharded["features_computed"], sharded["features_cached"]) == (0, images)
+    assert images == 48 and sum(_computed(r) for r in chunk_runs) == images  # the chunks computed every vector
+    assert (sharded["features_computed"], sharded["features_cached"]) == (0, images)
     in_sharded = _stored(sharded_cache, s3)
     keys = sorted(in_sharded)
     assert keys == sorted(features.entry_key(s, 0) for s in manifest["sha256"])  # every image, once
 
     monkeypatch.setenv("SCENE_FEATURE_CACHE", plain_cache)
-    state = train_backbone(backbone="mobilenetv2", data=data, params=params, return_state=True)
-    assert state.is_completed(), state.message
-    plain = state.result()
-    assert (plain["features_computed"], plain["features_cached"]) == (images, 0)
+    _, _, plain, _ = _train(data, params)
+    assert (plain["features_computed"], plain["features_cached"]) == (0, images)  # the audit extracted them here
     in_plain = _stored(plain_cache, s3)
     assert sorted(in_plain) == keys
     np.testing.assert_allclose(np.stack([in_sharded[k] for k in keys]), np.stack([in_plain[k] for k in keys]),
@@ -127,8 +134,6 @@ def test_a_killed_chunk_is_reported_and_the_training_run_extracts_its_images(
 
     from prefect.client.orchestration import get_client
 
-    from flows.train_backbone import train_backbone
-
     data, params = _data_and_params(s3, env, tmp_path)
     cache = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
     monkeypatch.setenv("SCENE_FEATURE_CACHE", cache)
@@ -140,20 +145,18 @@ def test_a_killed_chunk_is_reported_and_the_training_run_extracts_its_images(
                               args=(_kill_first_running_chunk, deployment_id, killed, stop), daemon=True)
     killer.start()
     try:
-        state = train_backbone(backbone="mobilenetv2", data=data, params=params, extract_chunks=3,
-                               extract_deployment=deployment, start_timeout_s=120, return_state=True)
+        state, _, result, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment)
     finally:
         stop.set()
         killer.join(timeout=10)
     assert killed, "no chunk run was killed: the test did not exercise a lost chunk"
-    assert state.is_completed(), state.message
-    result = state.result()
     with get_client(sync_client=True) as client:
         lost = client.read_flow_run(killed["run"])
     assert lost.state.is_crashed() or lost.state.is_failed(), lost.state
-    manifest = _manifest(s3, env, state)
     index = int(killed["name"].rsplit(" ", 1)[1].split("/")[0]) - 1  # "mobilenetv2 chunk 2/3"
     its_images = len(features.chunks(manifest, 3)[index])
-    assert its_images > 0 and (result["features_computed"], result["features_cached"]) == (
-        its_images, len(manifest) - its_images)  # the other chunks' vectors reused, the lost chunk's computed
-    assert sorted(_stored(cache, s3)) == sorted(features.entry_key(s, 0) for s in manifest["sha256"])
+    others = [r for r in child_runs(state.state_details.flow_run_id) if r.deployment_id and r.id != killed["run"]]
+    assert len(others) == 2 and all(r.state.is_completed() for r in others), others
+    assert its_images > 0 and sum(_computed(r) for r in others) == len(manifest) - its_images  # theirs, kept
+    assert result["features_computed"] + result["features_cached"] == len(manifest)  # the rest: this run's own
+    assert sorted(_stored(cache, s3)) == sorted(features.entry_key(s, 0) for s in manifest["sha256"])  # each once
