@@ -107,6 +107,13 @@ def give_up(client: Any, run_id: UUID, state: State, reason: str) -> State:
     return final
 
 
+def require_chunks(k: int) -> None:
+    """Fail naming the problem unless ``k`` is a chunk count the feature cache allows (1..16)."""
+    from scene.train.features import require_chunks as check
+
+    check(k)
+
+
 def extract_in_chunks(backbone: str, params: Any, manifest_uri: str, chunks: int, deployment: str, *,
                       feature_cache: str | None, on_missing_weights: str, start_timeout_s: float = 1800.0,
                       timeout_s: float = 6 * 3600.0, poll: float = 3.0) -> dict[int, State]:

@@ -18,7 +18,6 @@ from scene.data.dataset import Dataset
 from scene.metadata import DEMO_DATA_URI
 from scene.ops import gpus
 from scene.registry import ModelVersion, Pointer, select_challenger
-from scene.train import features
 from scene.train.experiment import TrainResult
 from scene.train.params import TrainParams
 from tasks import artifacts
@@ -176,7 +175,7 @@ def train_all(
         if not value > 0:
             raise ValueError(f"{name}={value} is invalid; pass a positive number (slots: concurrent trainings, "
                              "timeouts: seconds to wait for dispatched runs)")
-    features.require_chunks(extract_chunks)
+    dispatching.require_chunks(extract_chunks)  # before any work
     pointer = registry_tasks.read_champion(data)  # this dataset's champion, read once
     previous = registry_tasks.previous_manifest(pointer.champion)  # its splits stay sticky; a moved image stops the run
     ds = data_tasks.build_manifest(data, test, classes, previous=previous)

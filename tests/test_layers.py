@@ -50,7 +50,7 @@ def test_tasks_do_not_import_flows() -> None:
 PIPELINE_API = {"scene.train.params", "scene.metadata", "scene.data.dataset", "scene.train.experiment",
                 "scene.registry", "scene.train.stages", "scene.data.scope",
                 "scene.ops.gpus"}  # the job variables that pin a dispatched run to its GPU (pure, no I/O)
-TRAINING_FLOWS = ("train_all.py", "train_backbone.py", "retrain.py")
+TRAINING_FLOWS = ("train_all.py", "train_backbone.py", "retrain.py", "extract_chunk.py")
 NO_IMPORT_IN_TASKS = {"boto3", "botocore", "tempfile", "shutil", "flows"}
 FILE_METHODS = {"read_text", "write_text", "read_bytes", "write_bytes", "mkdir", "unlink", "touch", "rmdir", "open"}
 
@@ -116,9 +116,11 @@ def test_training_flows_import_only_the_pipeline_api_from_scene() -> None:
 
 
 def test_only_train_backbone_sequences_the_stages() -> None:
-    """The stage tasks (tasks/training.py) are called from flows/train_backbone.py and nowhere else in flows/."""
+    """The stage tasks (tasks/training.py) are called from flows/train_backbone.py (every stage) and
+    flows/extract_chunk.py (prepare + extract of one chunk of the images: sharded extraction), nowhere else."""
     callers = {p.name for p in (REPO / "flows").glob("*.py") if "training." in p.read_text()}
-    assert callers == {"train_backbone.py"}
+    assert callers == {"train_backbone.py", "extract_chunk.py"}
+    assert "training.fit" not in (REPO / "flows" / "extract_chunk.py").read_text()
     assert not (REPO / "flows" / "steps.py").exists()
 
 
