@@ -1,4 +1,4 @@
-"""Following dispatched flow runs: one per backbone (``train-all``) or per feature chunk (``train-backbone``).
+"""Following dispatched flow runs: one per backbone or per feature chunk of a backbone (both started by ``train-all``).
 
 Each run has its own start clock, restarted on each of its state changes; a run that never starts is cancelled only
 when no worker polls its pool; every given-up run's state says why.
@@ -131,8 +131,10 @@ def extract_in_chunks(backbone: str, params: Any, manifest_uri: str, chunks: int
     base = {"backbone": backbone, "manifest_uri": manifest_uri, "chunks": chunks, "params": params.model_dump(),
             "feature_cache": feature_cache, "on_missing_weights": on_missing_weights}
 
+    index = {f"chunk {i + 1}/{chunks}": i for i in range(chunks)}
+
     def submit(name: str, device: str | None) -> UUID:
-        i = int(name.rsplit(" ", 1)[1].split("/")[0]) - 1
+        i = index[name]
         run = run_deployment(deployment, parameters={**base, "chunk": i}, timeout=0,
                              flow_run_name=f"{backbone} {name}", tags=["scene", backbone, "feature-chunk"],
                              idempotency_key=f"{parent}:{backbone}:chunk{i}/{chunks}" if parent else None)
@@ -140,9 +142,8 @@ def extract_in_chunks(backbone: str, params: Any, manifest_uri: str, chunks: int
         return run.id
 
     started = time.monotonic()
-    outcome = await_runs([f"chunk {i + 1}/{chunks}" for i in range(chunks)], submit, None, start_timeout_s,
-                         timeout_s, poll)
-    states = {int(name.split(" ")[1].split("/")[0]) - 1: state for name, (_, state) in outcome.items()}
+    outcome = await_runs(list(index), submit, None, start_timeout_s, timeout_s, poll)
+    states = {index[name]: state for name, (_, state) in outcome.items()}
     failed = {name: (run_id, state) for name, (run_id, state) in outcome.items() if not state.is_completed()}
     for name, (run_id, state) in sorted(failed.items()):
         log.warning("%s %s (flow run %s) ended %s: %s; its images are extracted by this run instead", backbone,

@@ -1,10 +1,10 @@
 """Flow: one chunk of a backbone's feature extraction, on its own worker (issue 24).
 
-``train-backbone`` with ``extract_chunks=K`` splits its images into K chunks of whole feature-cache partitions
+``train-all`` with ``extract_chunks=K`` splits the images into K chunks of whole feature-cache partitions
 (:func:`scene.train.features.chunks`: by the first hex digit of each image's sha256) and starts one run of this
-flow per chunk on a work pool; each extracts its chunk into the shared feature cache (an ``s3://`` cache when the
-workers are on other machines) and reads only its own partitions. The training run waits for the chunks, then finds
-every vector cached and trains the head.
+flow per chunk and backbone on a work pool (:func:`flows.dispatching.extract_in_chunks`); each extracts its chunk
+into the shared feature cache (an ``s3://`` cache when the workers are on other machines) and reads only its own
+partitions. ``train-all`` waits for the chunks; then its audit and each backbone's training find the vectors cached.
 """
 
 from __future__ import annotations

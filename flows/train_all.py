@@ -11,7 +11,6 @@ from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as this_run
 
 from flows import dispatching
-from flows.dispatching import await_runs
 from flows.processes import train_in_processes
 from scene.data import scope
 from scene.data.dataset import Dataset
@@ -52,7 +51,7 @@ def _dispatch(backbones: list[str], run_args: dict[str, Any], deployment: str, *
                  f" on device {device}" if device is not None else "")
         return run.id
 
-    outcome = await_runs(backbones, submit, devices, start_timeout_s, dispatch_timeout_s, poll)
+    outcome = dispatching.await_runs(backbones, submit, devices, start_timeout_s, dispatch_timeout_s, poll)
     results = []
     for b in backbones:
         run_id, state = outcome[b]
