@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ from scene import registry
 from scene.data import storage
 from tests.support import REPO
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
-from tests.support.procs import stop_group
+from tests.support.procs import stop_group, watching
 from tests.support.runs import assert_gated_against, deploy_on_default_pool
 from tests.support.s3io import upload
 
@@ -169,19 +168,11 @@ def test_runs_waiting_for_a_slot_or_rescheduled_are_followed_not_cancelled(datas
                            "env": {"PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR": "reschedule"}})
         with get_client(sync_client=True) as client:
             deployment_id = client.read_deployment_by_name(deployment).id
-        evicted: dict[str, Any] = {}
-        stop = threading.Event()
-        evictor = threading.Thread(target=contextvars.copy_context().run,
-                                   args=(_evict_first_running, deployment_id, evicted, stop), daemon=True)
-        evictor.start()
         backbones = ["mobilenetv2", "efficientnetb0"]  # two runs, one slot
-        try:
+        with watching(_evict_first_running, deployment_id) as evicted:
             state = train_all(data=dataset_for_slots, params=_params("none", 1, backbones=backbones),
                               dispatch="deployments", deployment=deployment, start_timeout_s=3, promote=False,
                               return_state=True)
-        finally:
-            stop.set()
-            evictor.join(timeout=10)
         assert state.is_completed(), state.message
         out = state.result()
         assert out["failed"] == [], [r["error"] for r in out["results"]]

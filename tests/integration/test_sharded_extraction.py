@@ -28,7 +28,7 @@ import pytest
 from scene.data import storage
 from scene.train import features
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
-from tests.support.procs import process_of_run
+from tests.support.procs import process_of_run, watching
 from tests.support.runs import artifacts_of, child_runs, deploy_on_default_pool
 from tests.support.s3io import read_csv, upload
 
@@ -131,8 +131,6 @@ def _kill_first_running_chunk(deployment_id: Any, killed: dict[str, Any], stop: 
 
 def test_a_killed_chunk_is_reported_and_the_training_run_extracts_its_images(
         deployment: str, s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import contextvars
-
     from prefect.client.orchestration import get_client
 
     data, params = _data_and_params(s3, env, tmp_path)
@@ -140,16 +138,8 @@ def test_a_killed_chunk_is_reported_and_the_training_run_extracts_its_images(
     monkeypatch.setenv("SCENE_FEATURE_CACHE", cache)
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
-    killed: dict[str, Any] = {}
-    stop = threading.Event()
-    killer = threading.Thread(target=contextvars.copy_context().run,
-                              args=(_kill_first_running_chunk, deployment_id, killed, stop), daemon=True)
-    killer.start()
-    try:
+    with watching(_kill_first_running_chunk, deployment_id) as killed:
         state, _, result, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment)
-    finally:
-        stop.set()
-        killer.join(timeout=10)
     assert killed, "no chunk run was killed: the test did not exercise a lost chunk"
     with get_client(sync_client=True) as client:
         lost = client.read_flow_run(killed["run"])

@@ -35,14 +35,20 @@ def _extract(rows: pd.DataFrame, cache: features.FeatureCache, s3: Any) -> featu
                             cache=cache, batch_size=2, shard_size=2, s3=s3, model=model)
 
 
-def test_an_s3_feature_cache_serves_another_worker_and_a_deleted_shard_is_a_miss(
-        s3: Any, env: dict[str, str], tmp_path: Path) -> None:
-    root = make_synthetic(tmp_path / "d", 1, size=32, seed=41)
+def _uploaded(s3: Any, env: dict[str, str], tmp_path: Path, *, per_class: int, seed: int) -> tuple[pd.DataFrame, str]:
+    """Generated 32-px images uploaded to a fresh data prefix, as manifest rows (key, sha256), and a fresh S3 feature
+    cache root."""
+    root = make_synthetic(tmp_path / "d", per_class, size=32, seed=seed)
     data = upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}shared-{uuid.uuid4().hex[:6]}/")
     files = sorted(root.rglob("*.jpg"))
     rows = pd.DataFrame({"key": [data + f.relative_to(root).as_posix() for f in files],
                          "sha256": [storage.sha256_file(f) for f in files]})
-    cache_root = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
+    return rows, f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
+
+
+def test_an_s3_feature_cache_serves_another_worker_and_a_deleted_shard_is_a_miss(
+        s3: Any, env: dict[str, str], tmp_path: Path) -> None:
+    rows, cache_root = _uploaded(s3, env, tmp_path, per_class=1, seed=41)
     first = _extract(rows, features.FeatureCache(cache_root, "ns", s3), s3)  # worker A computes and writes shards
     assert (first.requested, first.computed) == (len(rows), len(rows))
     shards = [uri for uri, _ in storage.list_files(cache_root, s3) if uri.endswith(".npz")]
@@ -83,12 +89,7 @@ def test_a_reader_lists_and_gets_only_the_partitions_of_its_chunk(s3: Any, env: 
                                                                    tmp_path: Path) -> None:
     """Issue 24: the cache is partitioned by the first hex digit of the sha256; a worker given one chunk of the
     images (whole partitions) lists and downloads those partitions' shards and nothing else (counted requests)."""
-    root = make_synthetic(tmp_path / "d", 4, size=32, seed=43)
-    data = upload(s3, root, f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}parts-{uuid.uuid4().hex[:6]}/")
-    files = sorted(root.rglob("*.jpg"))
-    rows = pd.DataFrame({"key": [data + f.relative_to(root).as_posix() for f in files],
-                         "sha256": [storage.sha256_file(f) for f in files]})
-    cache_root = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
+    rows, cache_root = _uploaded(s3, env, tmp_path, per_class=4, seed=43)
     assert _extract(rows, features.FeatureCache(cache_root, "ns", s3), s3).computed == len(rows)
     everything = features.FeatureCache(cache_root, "ns", s3)
     all_keys = [features.entry_key(s, 0) for s in rows["sha256"]]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import signal
 import subprocess
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +37,18 @@ def process_of_run(run_id: Any) -> int | None:
         except OSError:
             continue
     return None
+
+
+@contextlib.contextmanager
+def watching(target: Callable[..., None], *args: Any) -> Iterator[dict[str, Any]]:
+    """Run ``target(*args, found, stop)`` in a daemon thread (in this context: it talks to the test's Prefect API)
+    while the block runs; ``found`` is the dict it fills, ``stop`` an Event set when the block ends (then joined)."""
+    found: dict[str, Any] = {}
+    stop = threading.Event()
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target, *args, found, stop), daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        stop.set()
+        thread.join(timeout=10)
