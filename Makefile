@@ -123,7 +123,7 @@ up: install
 deploy: up
 	stack_env=$$($(SCENE) stack env --state $(STATE)); eval "$$stack_env"  # fails here when there is no stack
 	SCENE_REPO_DIR=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all > $(STATE)/deploy.log 2>&1 || { cat $(STATE)/deploy.log; exit 1; }
-	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu, extract-chunk/gpu, retrain/default, watch/default, predict/default"
+	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu, extract-chunk/gpu, retrain/default, watch/default, predict/default, predict-chunk/gpu"
 	if [ "$(RECONCILE)" != 0 ]; then $(MAKE) --no-print-directory reconcile STATE=$(STATE); fi
 
 # announce data no gated model was trained on (events lost while deploying), unless a retrain or train-all for it

@@ -10,7 +10,7 @@ In one process, on the same real Intel photos (MobileNetV2, the shipped offline 
    ``extract (s3 packs)``: the same objects with the image packs the manifest step writes (:mod:`scene.data.packs`,
    built here the same way), one GET per pack of 256;
 4. ``evaluate``: :func:`scene.model.predict.predict` + metrics of the full model (backbone + head) from the files;
-5. ``predict``: :func:`scene.model.predict.predict_folder` of the full model, folder in, CSV out;
+5. ``predict``: :func:`scene.model.parts.predict_folder` of the full model, folder in, CSV out;
 Paths 2-5 run on the chosen runtime. Each path runs between two raw runs of its model on each runtime and its
 ratios (to TensorFlow's raw speed, and to the chosen runtime's) use their means; ``--rounds`` repeats the whole
 sequence and reports the median ratio with its range (the machine is shared: load hits a path and its ceilings alike).
@@ -116,8 +116,9 @@ def run(n: int, size: int, with_s3: bool, xla: bool = False, rounds: int = 1, s3
     from scene.model import infer
     from scene.model.backbones import feature_extractor
     from scene.model.network import assemble, build_head
+    from scene.model.parts import predict_folder
     from scene.model.pipeline import compiled, pixel_batches
-    from scene.model.predict import predict, predict_folder
+    from scene.model.predict import predict
     from scene.ops import stack, supervisor
     from scene.train import features
     from scene.train.fit import TrainConfig, weights_for

@@ -1,4 +1,5 @@
-"""Following dispatched flow runs: one per backbone or per feature chunk of a backbone (both started by ``train-all``).
+"""Following dispatched flow runs: one per backbone or per feature chunk of a backbone (started by ``train-all``), or
+one per chunk of a batch prediction (started by ``predict``).
 
 Each run has its own start clock, restarted on each of its state changes; a run that never starts is cancelled only
 when no worker polls its pool; every given-up run's state says why.
@@ -114,40 +115,48 @@ def require_chunks(k: int) -> None:
     check(k)
 
 
-def extract_in_chunks(backbone: str, params: Any, manifest_uri: str, chunks: int, deployment: str, *,
-                      feature_cache: str | None, on_missing_weights: str, start_timeout_s: float = 1800.0,
-                      timeout_s: float = 6 * 3600.0, poll: float = 3.0) -> dict[int, State]:
-    """One ``extract-chunk`` flow run per chunk of the manifest's images on the deployment's pool, followed like
-    dispatched backbones (:func:`await_runs`); each chunk's final state. A chunk that fails is reported, not fatal:
-    the shards of every other chunk stay in the cache and the caller extracts what is missing itself."""
+def run_chunks(deployment: str, chunks: int, parameters: dict[str, Any], *, label: str, tags: list[str],
+               redo: str, start_timeout_s: float, timeout_s: float, poll: float = 3.0) -> dict[int, tuple[UUID, State]]:
+    """One run of ``deployment`` per chunk (``parameters`` plus ``chunk``: 0..chunks-1), followed like dispatched
+    backbones (:func:`await_runs`); each chunk's run id and final state. A chunk that does not complete is a warning
+    naming its run and what happens instead (``redo``), never fatal: the other chunks' work stays."""
     from prefect.deployments import run_deployment
     from prefect.runtime import flow_run as this_run
 
     log = get_run_logger()
-    if feature_cache is not None and not feature_cache.startswith("s3://"):
-        log.warning("feature cache %s is a local folder: chunk runs on other machines write where this run cannot "
-                    "read (set SCENE_FEATURE_CACHE to an s3:// URI)", feature_cache)
     parent = this_run.get_id()
-    base = {"backbone": backbone, "manifest_uri": manifest_uri, "chunks": chunks, "params": params.model_dump(),
-            "feature_cache": feature_cache, "on_missing_weights": on_missing_weights}
-
-    index = {f"chunk {i + 1}/{chunks}": i for i in range(chunks)}
+    index = {f"{label} chunk {i + 1}/{chunks}": i for i in range(chunks)}  # also the runs' names
 
     def submit(name: str, device: str | None) -> UUID:
         i = index[name]
-        run = run_deployment(deployment, parameters={**base, "chunk": i}, timeout=0,
-                             flow_run_name=f"{backbone} {name}", tags=["scene", backbone, "feature-chunk"],
-                             idempotency_key=f"{parent}:{backbone}:chunk{i}/{chunks}" if parent else None)
-        log.info("created %s flow run %s for %s %s", deployment, run.id, backbone, name)
+        run = run_deployment(deployment, parameters={**parameters, "chunk": i}, timeout=0, flow_run_name=name,
+                             tags=tags, idempotency_key=f"{parent}:{label}:chunk{i}/{chunks}" if parent else None)
+        log.info("created %s flow run %s for %s", deployment, run.id, name)
         return run.id
 
     started = time.monotonic()
     outcome = await_runs(list(index), submit, None, start_timeout_s, timeout_s, poll)
-    states = {index[name]: state for name, (_, state) in outcome.items()}
     failed = {name: (run_id, state) for name, (run_id, state) in outcome.items() if not state.is_completed()}
     for name, (run_id, state) in sorted(failed.items()):
-        log.warning("%s %s (flow run %s) ended %s: %s; its images are extracted by this run instead", backbone,
-                    name, run_id, state.name, state.message or state.name)
-    log.info("%s: %d of %d feature chunks extracted on %s in %.0f s", backbone, chunks - len(failed), chunks,
-             deployment, time.monotonic() - started)
-    return states
+        log.warning("%s (flow run %s) ended %s: %s; %s", name, run_id, state.name,
+                    state.message or state.name, redo)
+    log.info("%s: %d of %d chunks completed on %s in %.0f s", label, chunks - len(failed), chunks, deployment,
+             time.monotonic() - started)
+    return {index[name]: outcome[name] for name in outcome}
+
+
+def extract_in_chunks(backbone: str, params: Any, manifest_uri: str, chunks: int, deployment: str, *,
+                      feature_cache: str | None, on_missing_weights: str, start_timeout_s: float = 1800.0,
+                      timeout_s: float = 6 * 3600.0, poll: float = 3.0) -> dict[int, State]:
+    """One ``extract-chunk`` flow run per chunk of the manifest's images on the deployment's pool (:func:`run_chunks`);
+    each chunk's final state. A chunk that fails is reported, not fatal: the shards of every other chunk stay in the
+    cache and the caller extracts what is missing itself."""
+    if feature_cache is not None and not feature_cache.startswith("s3://"):
+        get_run_logger().warning("feature cache %s is a local folder: chunk runs on other machines write where this "
+                                 "run cannot read (set SCENE_FEATURE_CACHE to an s3:// URI)", feature_cache)
+    base = {"backbone": backbone, "manifest_uri": manifest_uri, "chunks": chunks, "params": params.model_dump(),
+            "feature_cache": feature_cache, "on_missing_weights": on_missing_weights}
+    out = run_chunks(deployment, chunks, base, label=backbone, tags=["scene", backbone, "feature-chunk"],
+                     redo="its images are extracted by this run instead", start_timeout_s=start_timeout_s,
+                     timeout_s=timeout_s, poll=poll)
+    return {i: state for i, (_, state) in out.items()}

@@ -124,14 +124,14 @@ def finish_training_summary(artifact_id: Any, flow: str, facts: dict[str, Any], 
     finish_summary(artifact_id, summary.training(_title(flow), facts, rows, promotion, links))
 
 
-def finish_chunk_summary(artifact_id: Any, facts: dict[str, Any]) -> None:
-    """The outcome of a feature-extraction chunk into its summary."""
-    finish_summary(artifact_id, summary.completed(_title("extract-chunk"), facts))
+def finish_chunk_summary(artifact_id: Any, facts: dict[str, Any], title: str = "extract-chunk") -> None:
+    """The outcome of one chunk run (feature extraction or prediction) into its summary."""
+    finish_summary(artifact_id, summary.completed(_title(title), facts))
 
 
 def finish_prediction_summary(artifact_id: Any, facts: dict[str, Any], out: str) -> None:
     """The outcome of a prediction run into its summary."""
-    links = {"predictions.csv (link valid 1 hour)": presign_if_exists(out, s3()), "predictions": out}
+    links = {f"{out.rsplit('/', 1)[-1]} (link valid 1 hour)": presign_if_exists(out, s3()), "predictions": out}
     finish_summary(artifact_id, summary.prediction(_title("predict"), facts, links))
 
 

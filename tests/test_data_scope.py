@@ -169,6 +169,7 @@ def test_every_writing_flow_checks_its_locations_first() -> None:
     from flows import predict, train_all, train_backbone, watch
 
     for fn, check, first in ((predict.predict.fn, "require_predictions_uri", "resolve_model("),
+                             (predict.predict_chunk.fn, "require_predictions_folder", "start_summary("),
                              (train_backbone.train_backbone.fn, "require_run_prefix", "start_summary("),
                              (watch.watch.fn, "require_state_key", "load_state("),
                              (train_all.train_all.fn, "require_data_uris", "start_summary(")):

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 def deployments() -> dict[tuple[str, str], dict[str, Any]]:
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
     flows = {"train_all": "train-all", "train_backbone": "train-backbone", "retrain": "retrain", "watch": "watch",
-             "predict": "predict", "extract_chunk": "extract-chunk"}
+             "predict": "predict", "extract_chunk": "extract-chunk",
+             "predict_chunk": "predict-chunk"}
     return {(flows[d["entrypoint"].rsplit(":", 1)[1]], d["name"]): d for d in doc["deployments"]}
 
 

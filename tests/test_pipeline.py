@@ -125,7 +125,7 @@ def test_thread_plan_by_core_count(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_predict_folder_reads_each_image_once_and_lists_bad_ones(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from scene.data import storage
-    from scene.model.predict import predict_folder
+    from scene.model.parts import predict_folder
 
     for i in range(5):
         _jpeg(tmp_path / f"{i}.jpg", 48, 48, i)

@@ -160,8 +160,8 @@ def test_every_flow_keeps_a_sigterm_and_still_validates_its_parameters() -> None
     import flows.train_backbone
     from scene.train.params import TrainParams
 
-    for flow in (flows.predict.predict, flows.retrain.retrain, flows.retrain.retrain_dataset,
-                 flows.train_all.train_all, flows.train_backbone.train_backbone):
+    for flow in (flows.predict.predict, flows.predict.predict_chunk, flows.retrain.retrain,
+                 flows.retrain.retrain_dataset, flows.train_all.train_all, flows.train_backbone.train_backbone):
         assert getattr(flow.fn, "__wrapped__", None) is not None, flow.name
         assert flow.fn.__globals__ is flow.fn.__wrapped__.__globals__, flow.name
     validated = flows.train_backbone.train_backbone.validate_parameters(

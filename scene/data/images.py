@@ -10,6 +10,7 @@ that :mod:`scene.data.synth` generated carry the :data:`SYNTHETIC_MARK` comment 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -70,8 +71,9 @@ def _open(data: bytes) -> Image.Image:
         raise ImageProblem(f"too large to decode safely ({err})") from err
     except Image.DecompressionBombError as err:
         raise ImageProblem(f"too large to decode safely ({err})") from err
-    except Exception as err:
-        raise ImageProblem(f"not a readable image ({type(err).__name__}: {err})") from err
+    except Exception as err:  # Pillow names the buffer object ("<_io.BytesIO object at 0x…>"): not the user's file
+        why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(err))
+        raise ImageProblem(f"not a readable image ({type(err).__name__}: {why})") from err
     if img.format not in _SUPPORTED_FORMATS:
         raise ImageProblem(f"unsupported format {img.format}; use JPEG, PNG, WEBP, TIFF, BMP or GIF")
     return img

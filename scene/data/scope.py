@@ -91,6 +91,12 @@ def require_predictions_uri(uri: str, settings: Any) -> str:
     return text
 
 
+def require_predictions_folder(uri: str, settings: Any, name: str = "folder") -> str:
+    """A predict-chunk run's ``folder``: a folder under ``s3://<artifacts>/predictions/``."""
+    return require_artifact_uri(uri, settings, name=name, prefixes=(PREDICTIONS_PREFIX,),
+                                hint="e.g. predictions/<run>/ (the predict run that starts the chunk passes it)")
+
+
 def require_run_prefix(uri: str, settings: Any, run_ids: Sequence[str | None]) -> str:
     """train-backbone's ``run_prefix_uri``: inside ``s3://<artifacts>/runs/<id>/`` for one of ``run_ids``.
 

@@ -3,10 +3,9 @@ prefix of images (labelled or not) into a CSV."""
 
 from __future__ import annotations
 
-import io
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -64,35 +63,90 @@ def list_images(src: str, s3: Any = None, *, check: bool = True) -> tuple[list[s
     collects the problems then, as :func:`predict_folder` does). Locally, symlinks leaving ``src`` are listed as
     problems, never read.
     """
-    keys: list[str] = []
     bad: list[tuple[str, str]] = []
     if storage.parse(src).is_s3:
-        listed = list(storage.list_files(src, s3))
+        listed = [key for key, _ in storage.list_files(src, s3)]
     else:
-        listed, bad = storage.list_local(src)
-    for key, _ in listed:
+        found, bad = storage.list_local(src)
+        listed = [key for key, _ in found]
+    keys, problems = screen(listed)
+    bad += problems
+    if not check:
+        return keys, bad
+    usable = []
+    for key in keys:
+        try:
+            images.inspect(storage.read_bytes(key, s3))
+            usable.append(key)
+        except images.ImageProblem as err:
+            bad.append((key, str(err)))
+    return usable, bad
+
+
+def screen(listed: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Listed keys split into image files (by name) and ``(key, "not an image file")`` for hidden or other files."""
+    keys: list[str] = []
+    bad: list[tuple[str, str]] = []
+    for key in listed:
         name = PurePosixPath(key).name
         if name.startswith(".") or PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
             bad.append((key, "not an image file"))
-            continue
-        try:
-            if check:
-                images.inspect(storage.read_bytes(key, s3))
+        else:
             keys.append(key)
-        except images.ImageProblem as err:
-            bad.append((key, str(err)))
     return keys, bad
 
 
-def predict_folder(model: keras.Model, src: str, out: str, class_names: Sequence[str], *, s3: Any = None,
-                   progress: Callable[[str, int, int], None] | None = None) -> tuple[int, int]:
-    """Write :func:`predict_frame` to ``out`` as CSV; returns (images predicted, files listed with an error)."""
-    df = predict_frame(model, src, class_names, s3=s3, progress=progress)
-    buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.6f")
-    storage.write_bytes(out, buf.getvalue().encode(), s3)
-    bad = int((df["error"] != "").sum())
-    return len(df) - bad, bad
+def columns(class_names: Sequence[str]) -> list[str]:
+    return ["key", "label", "confidence", *(f"p_{c}" for c in class_names), "error"]
+
+
+def frame(keys: Sequence[str], probs: np.ndarray, class_names: Sequence[str],
+          problems: Sequence[tuple[str, str]] = ()) -> pd.DataFrame:
+    """Rows ``key,label,confidence,p_<class>…,error`` of classified ``keys`` (their ``probs``), then one row per
+    ``(key, problem)`` with its error and no label."""
+    idx = probs.argmax(1) if len(keys) else np.zeros(0, int)
+    data: dict[str, Any] = {"key": list(keys), "label": [class_names[i] for i in idx],
+                            "confidence": probs.max(1) if len(keys) else np.zeros(0)}
+    for i, c in enumerate(class_names):
+        data[f"p_{c}"] = probs[:, i] if len(keys) else np.zeros(0)
+    df = pd.DataFrame(data)
+    df["error"] = ""
+    if problems:
+        df = pd.concat([df, pd.DataFrame({"key": [k for k, _ in problems], "label": "",
+                                          "error": [e for _, e in problems]})], ignore_index=True)
+    return df[columns(class_names)]
+
+
+GROUP_IMAGES = 2048  # rows per streamed frame: what prediction holds in memory besides the model and the read-ahead
+
+
+def frames(model: keras.Model, keys: Sequence[str], class_names: Sequence[str], *, s3: Any = None,
+           group: int = GROUP_IMAGES, progress: Callable[[str, int, int], None] | None = None,
+           batch_size: int = 64) -> Iterator[pd.DataFrame]:
+    """:func:`scene.model.parts.frame` rows of ``keys`` in order, about ``group`` images (whole batches) at a time:
+    one pass of the model over every image; each is read once; one that fails to decode gets a row with its error."""
+    errors: dict[str, str] = {}  # filled as images are decoded, before their batch reaches the model
+    batches = pixel_batches(list(keys), int(model.input_shape[1]), batch_size=batch_size, s3=s3, errors=errors)
+    pending: list[np.ndarray] = []
+    lo = done = 0
+
+    def flush() -> pd.DataFrame:
+        span = keys[lo:done]
+        probs = np.concatenate(pending).astype(np.float64)
+        ok = np.array([k not in errors for k in span], bool)
+        return frame([k for k in span if k not in errors], probs[ok], class_names,
+                     [(k, errors[k]) for k in span if k in errors])
+
+    for probs in infer.predict_batches(model, batches, images=len(keys)):  # TensorFlow or OpenVINO
+        pending.append(probs)
+        done += len(probs)
+        if progress:
+            progress("predict images", done, len(keys))
+        if done - lo >= group:
+            yield flush()
+            pending, lo = [], done
+    if done > lo:
+        yield flush()
 
 
 def predict_frame(model: keras.Model, src: str, class_names: Sequence[str], *, s3: Any = None,
@@ -100,23 +154,9 @@ def predict_frame(model: keras.Model, src: str, class_names: Sequence[str], *, s
     """``key,label,confidence,p_<class>…,error`` of every file under ``src``: unreadable images and files that
     are not images get a row with their error (and no label)."""
     listed, bad = list_images(src, s3, check=False)
-    errors: dict[str, str] = {}  # images that fail to decode while predicting (each is read once)
-    p = predict(model, pd.DataFrame({"key": listed}), int(model.input_shape[1]), split="images", s3=s3,
-                progress=progress, errors=errors)
-    ok = np.array([k not in errors for k in listed], bool)
-    keys = [k for k in listed if k not in errors]
-    p = Predictions(p.split, keys, p.y_true[ok], p.probs[ok])
-    bad += [(k, errors[k]) for k in listed if k in errors]
-    idx = p.probs.argmax(1) if len(keys) else np.zeros(0, int)
-    df = pd.DataFrame({"key": keys, "label": [class_names[i] for i in idx],
-                       "confidence": p.probs.max(1) if len(keys) else []})
-    for i, c in enumerate(class_names):
-        df[f"p_{c}"] = p.probs[:, i] if len(keys) else []
-    df["error"] = ""
-    if bad:
-        df = pd.concat([df, pd.DataFrame({"key": [k for k, _ in bad], "label": "", "error": [e for _, e in bad]})],
-                       ignore_index=True)
-    return df
+    parts = list(frames(model, listed, class_names, s3=s3, progress=progress))
+    parts.append(frame([], np.zeros((0, len(class_names))), class_names, bad))
+    return pd.concat(parts, ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,11 +13,7 @@ starts is reported (Crashed) and the training run extracts that chunk's images i
 from __future__ import annotations
 
 import io
-import os
 import re
-import signal
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,7 +24,7 @@ import pytest
 from scene.data import storage
 from scene.train import features
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
-from tests.support.procs import process_of_run, watching
+from tests.support.procs import kill_first_running, watching
 from tests.support.runs import artifacts_of, child_runs, deploy_on_default_pool
 from tests.support.s3io import read_csv, upload
 
@@ -113,22 +109,6 @@ def test_three_chunks_extract_every_image_once_and_train_what_an_unsharded_run_t
         assert abs(mine["accuracy"] - theirs["accuracy"]) <= 1 / mine["n"] + 1e-9, (split, mine, theirs)
 
 
-def _kill_first_running_chunk(deployment_id: Any, killed: dict[str, Any], stop: threading.Event) -> None:
-    """SIGKILL the process of the first chunk run seen Running (before it has extracted anything)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    with get_client(sync_client=True) as client:
-        while not stop.is_set():
-            for run in client.read_flow_runs(deployment_filter=DeploymentFilter(
-                    id=DeploymentFilterId(any_=[deployment_id]))):
-                if run.state and run.state.is_running() and (pid := process_of_run(run.id)):
-                    os.kill(pid, signal.SIGKILL)
-                    killed.update(run=run.id, name=run.name, pid=pid)
-                    return
-            time.sleep(0.1)
-
-
 def test_a_killed_chunk_is_reported_and_the_training_run_extracts_its_images(
         deployment: str, s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.client.orchestration import get_client
@@ -138,7 +118,7 @@ def test_a_killed_chunk_is_reported_and_the_training_run_extracts_its_images(
     monkeypatch.setenv("SCENE_FEATURE_CACHE", cache)
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
-    with watching(_kill_first_running_chunk, deployment_id) as killed:
+    with watching(kill_first_running, deployment_id) as killed:
         state, _, result, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment)
     assert killed, "no chunk run was killed: the test did not exercise a lost chunk"
     with get_client(sync_client=True) as client:

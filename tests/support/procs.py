@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,3 +53,20 @@ def watching(target: Callable[..., None], *args: Any) -> Iterator[dict[str, Any]
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def kill_first_running(deployment_id: Any, killed: dict[str, Any], stop: threading.Event) -> None:
+    """SIGKILL the process of the first run of a deployment seen Running (as it starts, before it has done any work);
+    ``killed``: its run id, name and pid. A :func:`watching` target."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        while not stop.is_set():
+            for run in client.read_flow_runs(deployment_filter=DeploymentFilter(
+                    id=DeploymentFilterId(any_=[deployment_id]))):
+                if run.state and run.state.is_running() and (pid := process_of_run(run.id)):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.update(run=run.id, name=run.name, pid=pid)
+                    return
+            time.sleep(0.1)
