@@ -289,12 +289,18 @@ def test_container_deployments_run_the_built_image_never_the_deploying_checkout(
         assert build["commit"][1]["script"] == "git rev-parse --short=12 HEAD"
 
 
-def test_the_gpu_container_file_pushes_what_it_builds_and_replaces_train_backbone_gpu(deployments: dict) -> None:
-    """deployments/prefect-gpu.yaml: the same deployment name train-all/gpu dispatches to, the image pushed."""
+def test_the_gpu_container_file_pushes_what_it_builds_and_replaces_the_gpu_deployments(deployments: dict) -> None:
+    """deployments/prefect-gpu.yaml: the same deployment names train-all/gpu dispatches backbones and feature chunks
+    to, and predict its chunks to (the process versions in prefect.yaml), the image pushed."""
     doc = yaml.safe_load((REPO / "deployments" / "prefect-gpu.yaml").read_text())
-    (trainer,) = doc["deployments"]
-    assert (trainer["name"], trainer["entrypoint"]) == ("gpu", deployments[("train-backbone", "gpu")]["entrypoint"])
-    assert trainer["parameters"] == deployments[("train-backbone", "gpu")]["parameters"]
+    by_flow = {d["entrypoint"]: d for d in doc["deployments"]}
+    assert len(by_flow) == len(doc["deployments"]) == 3
+    for flow in ("train-backbone", "extract-chunk", "predict-chunk"):
+        mine = deployments[(flow, "gpu")]
+        container = by_flow[mine["entrypoint"]]
+        assert container["name"] == "gpu" and container["work_pool"]["name"] == mine["work_pool"]["name"] == "gpu"
+        assert container.get("parameters") == mine.get("parameters"), flow
+    assert by_flow["flows/train_backbone.py:train_backbone"]["parameters"]["params"]["mixed_precision"]
     (push,) = doc["push"]
     assert push["prefect_docker.deployments.steps.push_docker_image"]["tag"] == "{{ build-image.tag }}"
     assert doc["definitions"]["work_pools"]["gpu"] in CONTAINER_POOLS

@@ -134,21 +134,27 @@ def list_files(uri: str | Location, s3: Any = None) -> Iterator[tuple[str, int]]
     yield from ((uri, size) for uri, size, _ in list_objects(loc, s3))
 
 
-def list_objects(uri: str | Location, s3: Any) -> Iterator[tuple[str, int, str]]:
-    """Yield ``(s3 URI, size, ETag without quotes)`` for every object under an S3 prefix, sorted by key."""
+def list_objects(uri: str | Location, s3: Any, *, page: int | None = None) -> Iterator[tuple[str, int, str]]:
+    """Yield ``(s3 URI, size, ETag without quotes)`` for every object under an S3 prefix, sorted by key, one page
+    (``page`` keys; the server's default, 1,000) in memory at a time."""
     loc = parse(uri) if isinstance(uri, str) else uri
     if s3 is None:
         raise StorageError(f"{loc}: an S3 location needs an S3 client (configure AWS_ENDPOINT_URL etc.)")
     prefix = loc.key if not loc.key or loc.key.endswith("/") else loc.key + "/"
-    try:
-        pages = _retry(s3, lambda: list(s3.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket,
-                                                                                     Prefix=prefix)))
-        for page in pages:
-            for obj in page.get("Contents", []):
-                if not obj["Key"].endswith("/"):
-                    yield f"s3://{loc.bucket}/{obj['Key']}", int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
-    except Exception as err:  # botocore raises many types; all become one clear message
-        raise explain(err, loc, _endpoint(s3)) from err
+    token: str | None = None
+    while True:  # one page (≤ 1,000 keys) in memory at a time, each retried through outages
+        args = {"Bucket": loc.bucket, "Prefix": prefix, **({"ContinuationToken": token} if token else {}),
+                **({"MaxKeys": page} if page else {})}
+        try:
+            listed = _retry(s3, lambda args=args: s3.list_objects_v2(**args))
+        except Exception as err:  # botocore raises many types; all become one clear message
+            raise explain(err, loc, _endpoint(s3)) from err
+        for obj in listed.get("Contents", []):
+            if not obj["Key"].endswith("/"):
+                yield f"s3://{loc.bucket}/{obj['Key']}", int(obj["Size"]), str(obj.get("ETag", "")).strip('"')
+        token = listed.get("NextContinuationToken") if listed.get("IsTruncated") else None
+        if not token:
+            return
 
 
 def list_local(folder: str | Path) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:

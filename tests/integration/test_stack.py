@@ -59,6 +59,26 @@ def test_put_get_round_trip(s3: Any, settings: Settings) -> None:
     assert read_bytes(uri, s3) == b"hello"
 
 
+def test_a_listing_streams_page_by_page_and_yields_every_key_once(s3: Any, settings: Settings) -> None:
+    """list_objects follows the continuation token: pages of 2 keys give the same 7 keys, sorted, as one page."""
+    from scene.data.storage import list_objects
+
+    prefix = f"s3://{settings.artifact_bucket}/paging-{uuid.uuid4().hex[:8]}/"
+    for i in range(7):
+        write_bytes(f"{prefix}k{i}", b"x" * i, s3)
+    calls: list[dict[str, Any]] = []
+    def hook(params: dict[str, Any], **_: Any) -> None:
+        calls.append(params)
+
+    s3.meta.events.register("before-parameter-build.s3.ListObjectsV2", hook)
+    try:
+        paged = list(list_objects(prefix, s3, page=2))
+    finally:
+        s3.meta.events.unregister("before-parameter-build.s3.ListObjectsV2", hook)
+    assert paged == list(list_objects(prefix, s3)) and [u for u, _, _ in paged] == [f"{prefix}k{i}" for i in range(7)]
+    assert [size for _, size, _ in paged] == list(range(7)) and len(calls) == 4  # 2 + 2 + 2 + 1
+
+
 def test_the_gateway_with_metadata_caches_sees_its_own_writes_at_once(s3: Any, settings: Settings) -> None:
     """GATEWAY_CACHE keeps 60 s metadata caches: every overwrite, size change and delete is visible at once."""
     key, bucket = f"consistency/{uuid.uuid4().hex}.bin", settings.artifact_bucket
