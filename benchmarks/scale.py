@@ -73,7 +73,7 @@ def child(kind: str, chunk: int, chunks: int, images: int, size: int) -> dict[st
 
 
 def busy(kind: str) -> dict[str, Any]:
-    """A fixed amount of single-threaded work: sha256 of 512 MiB (integer) or float32 matmuls (SIMD, like convs)."""
+    """A fixed amount of single-threaded work: sha256 of 4 GiB (integer) or float32 matmuls (SIMD, like convs)."""
     import hashlib
 
     import numpy as np
@@ -82,11 +82,11 @@ def busy(kind: str) -> dict[str, Any]:
     if kind == "sha256":
         block = b"x" * (1 << 20)
         h = hashlib.sha256()
-        for _ in range(512):
+        for _ in range(4096):
             h.update(block)
     else:
         a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
-        for _ in range(300):
+        for _ in range(1500):
             a = (a @ a) / 512.0
     return {"images": 0, "work_s": time.perf_counter() - start, "peak_mib": 0.0}
 
