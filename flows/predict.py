@@ -87,38 +87,42 @@ def predict_images(model_path: str, classes: list[str], data: str, out: str) -> 
 
 
 @task(cache_policy=NO_CACHE, name="split listing", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
-def split_listing(data: str, folder: str, chunks: int) -> list[int]:
-    """List ``data`` and write each chunk's keys under ``folder/listing/``; the keys per chunk."""
+def split_listing(data: str, folder: str, chunks: int) -> list[str]:
+    """List ``data`` and write each chunk's keys under ``folder/listing/``; each listing file's sha256."""
     from scene.model import parts
 
-    counts = parts.split_listing((key for key, _ in storage.list_files(data, s3())), folder, chunks, s3())
-    get_run_logger().info("%d files under %s in %d chunks: %s", sum(counts), data, chunks,
-                          ", ".join(map(str, counts)))
-    return counts
+    listed = parts.split_listing((key for key, _ in storage.list_files(data, s3())), folder, chunks, s3())
+    get_run_logger().info("%d files under %s in %d chunks: %s", sum(n for n, _ in listed), data, chunks,
+                          ", ".join(str(n) for n, _ in listed))
+    return [digest for _, digest in listed]
 
 
 @task(cache_policy=NO_CACHE, name="predict part", timeout_seconds=STEP_TIMEOUT_S, **{**S3_RETRIES, "retries": 1})
-def predict_part(model_path: str, classes: list[str], folder: str, chunk: int) -> dict[str, Any]:
-    """Predict one chunk's listed keys into its Parquet + CSV part (streamed); the part's record."""
+def predict_part(model_path: str, classes: list[str], folder: str, chunk: int, model: str) -> dict[str, Any]:
+    """Predict one chunk's listed keys into its Parquet + CSV part (streamed); the part's record, which names its
+    listing's sha256 and ``model`` (the model's URI)."""
     from dataclasses import asdict
 
     from scene.model import parts
     from scene.model.network import load
     from tasks.common import Progress
 
-    listed = parts.read_listing(parts.listing_uri(folder, chunk), s3())
-    return asdict(parts.predict_part(load(model_path), listed, classes, folder, chunk, s3=s3(), progress=Progress()))
+    listed, digest = parts.read_listing(parts.listing_uri(folder, chunk), s3())
+    return asdict(parts.predict_part(load(model_path), listed, classes, folder, chunk, s3=s3(), progress=Progress(),
+                                     source={"listing": digest, "model": model}))
 
 
 @task(cache_policy=NO_CACHE, name="write manifest", timeout_seconds=S3_TIMEOUT_S, **S3_RETRIES)
-def write_manifest(folder: str, chunks: int, classes: list[str], facts: dict[str, Any]) -> dict[str, Any]:
-    """``manifest.json`` of the chunks' parts (each must have its record)."""
+def write_manifest(folder: str, sources: list[dict[str, str]], classes: list[str],
+                   facts: dict[str, Any]) -> dict[str, Any]:
+    """``manifest.json`` of the chunks' parts (each must have its record, predicted from ``sources[i]``)."""
     from scene.model import parts
 
-    found = [parts.read_part(folder, i, s3()) for i in range(chunks)]
+    found = [parts.read_part(folder, i, s3(), source=source) for i, source in enumerate(sources)]
     missing = [i for i, p in enumerate(found) if p is None]
     if missing:
-        raise parts.PartError(f"{folder}: chunks {missing} have no part record; predict them again")
+        raise parts.PartError(f"{folder}: chunks {missing} have no part record of this listing and model; predict "
+                              "them again")
     return parts.write_manifest(folder, [p for p in found if p is not None], class_names=classes, facts=facts,
                                 s3=s3())
 
@@ -185,17 +189,17 @@ def _predict_in_chunks(data: str, model: str, model_path: str, classes: list[str
     from flows import dispatching
     from scene.model import parts
 
-    split_listing(data, folder, chunks)
+    sources = [{"listing": digest, "model": model} for digest in split_listing(data, folder, chunks)]
     if not storage.parse(model).is_s3:
         get_run_logger().warning("model %s is a local path: chunk runs on other machines cannot read it (pass an "
                                  "s3:// model or leave model unset for the champion)", model)
     dispatching.run_chunks(deployment, chunks, {"model": model, "folder": folder, "chunks": chunks},
                            label="predict", tags=["scene", "predict-chunk"], redo="this run predicts its images",
                            start_timeout_s=start_timeout_s, timeout_s=timeout_s)
-    for i in range(chunks):
-        if parts.read_part(folder, i, s3()) is None:  # its run failed before writing the part's record
-            predict_part(model_path, classes, folder, i)
-    doc = write_manifest(folder, chunks, classes, {"data": data, "model": model})
+    for i, source in enumerate(sources):
+        if parts.read_part(folder, i, s3(), source=source) is None:  # its run left no part of this listing and model
+            predict_part(model_path, classes, folder, i, model)
+    doc = write_manifest(folder, sources, classes, {"data": data, "model": model})
     create_link_artifact(storage.presigned_url(parts.manifest_uri(folder), s3()), link_text="manifest.json",
                          key="predictions", description=f"{doc['chunks']} parts, {doc['rows']} rows; {folder}")
     return int(doc["classified"]), int(doc["unreadable"])
@@ -214,7 +218,7 @@ def predict_chunk(model: str, folder: str, chunk: int, chunks: int) -> dict:
     facts = {"model": model, "chunk": f"{chunk + 1} of {chunks}", "folder": folder}
     summary_id = artifacts.start_summary("predict-chunk", facts)
     model_path, classes = resolve_model(model)
-    part = predict_part(model_path, classes, folder, chunk)
+    part = predict_part(model_path, classes, folder, chunk, model)
     get_run_logger().info("chunk %d/%d: %d classified, %d unreadable listed; %s", chunk + 1, chunks,
                           part["classified"], part["unreadable"], part["files"]["parquet"]["uri"])
     artifacts.finish_chunk_summary(summary_id, {**facts, "classified": part["classified"],

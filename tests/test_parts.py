@@ -39,8 +39,8 @@ def folder(tmp_path: Path) -> Path:
 
 def test_a_listing_splits_into_chunks_each_key_once_and_always_in_the_same_chunk(tmp_path: Path) -> None:
     keys = [f"s3://b/p/{i}.jpg" for i in range(200)]
-    counts = parts.split_listing(iter(keys), str(tmp_path / "out"), 3)
-    listed = [parts.read_listing(parts.listing_uri(str(tmp_path / "out"), i)) for i in range(3)]
+    counts = [n for n, _ in parts.split_listing(iter(keys), str(tmp_path / "out"), 3)]
+    listed = [parts.read_listing(parts.listing_uri(str(tmp_path / "out"), i))[0] for i in range(3)]
     assert [len(x) for x in listed] == counts and sorted(k for x in listed for k in x) == sorted(keys)
     for i, chunk in enumerate(listed):
         assert all(parts.chunk_of(k, 3) == i for k in chunk)
@@ -71,11 +71,16 @@ def test_parts_and_manifest_round_trip_and_a_changed_part_is_refused(model: kera
                                                                      tmp_path: Path) -> None:
     out = str(tmp_path / "predictions")
     listed = sorted(str(p) for p in folder.iterdir())
-    counts = parts.split_listing(listed, out, 2)
-    written = [parts.predict_part(model, parts.read_listing(parts.listing_uri(out, i)), CLASSES, out, i)
-               for i in range(2)]
-    assert [p.rows for p in written] == counts and sum(p.classified for p in written) == 11
-    assert parts.read_part(out, 1) == written[1]  # the sidecar records the part
+    split = parts.split_listing(listed, out, 2)
+    sources = [{"listing": digest, "model": "m1"} for _, digest in split]
+    written = [parts.predict_part(model, parts.read_listing(parts.listing_uri(out, i))[0], CLASSES, out, i,
+                                  source=sources[i]) for i in range(2)]
+    assert [p.rows for p in written] == [n for n, _ in split] and sum(p.classified for p in written) == 11
+    assert parts.read_part(out, 1, source=sources[1]) == written[1]  # the sidecar records the part
+    assert parts.read_listing(parts.listing_uri(out, 1))[1] == sources[1]["listing"]
+    # a part of another listing or model (an earlier run in a reused folder) is never taken for this run's
+    assert parts.read_part(out, 1, source={**sources[1], "model": "m2"}) is None
+    assert parts.read_part(out, 1, source={**sources[1], "listing": sources[0]["listing"]}) is None
     doc = parts.write_manifest(out, [written[1], written[0]], class_names=CLASSES, facts={"data": str(folder)})
     assert json.loads(Path(parts.manifest_uri(out)).read_text()) == doc
     assert (doc["rows"], doc["classified"], doc["unreadable"], doc["chunks"]) == (13, 11, 2, 2)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,9 @@ def manifest_uri(folder: str) -> str:
     return f"{folder.rstrip('/')}/manifest.json"
 
 
-def split_listing(keys: Iterable[str], folder: str, chunks: int, s3: Any = None) -> list[int]:
+def split_listing(keys: Iterable[str], folder: str, chunks: int, s3: Any = None) -> list[tuple[int, str]]:
     """Write each key to its chunk's listing file under ``folder`` (streamed through local temp files: memory is
-    flat in the number of keys); the number of keys per chunk."""
+    flat in the number of keys); per chunk, the number of keys and the listing file's sha256."""
     require_chunks(chunks)
     counts = [0] * chunks
     with tempfile.TemporaryDirectory(prefix="scene-listing-") as tmp, contextlib.ExitStack() as stack:
@@ -78,14 +78,14 @@ def split_listing(keys: Iterable[str], folder: str, chunks: int, s3: Any = None)
             counts[i] += 1
         for fh in files:
             fh.close()
-        for i in range(chunks):
-            put_file(Path(tmp) / f"{i}.txt", listing_uri(folder, i), s3)
-    return counts
+        digests = [put_file(Path(tmp) / f"{i}.txt", listing_uri(folder, i), s3) for i in range(chunks)]
+    return list(zip(counts, digests, strict=True))
 
 
-def read_listing(uri: str, s3: Any = None) -> list[str]:
-    """The keys of one chunk's listing file."""
-    return [line for line in storage.read_bytes(uri, s3).decode("utf-8").split("\n") if line]
+def read_listing(uri: str, s3: Any = None) -> tuple[list[str], str]:
+    """The keys of one chunk's listing file, and the file's sha256."""
+    data = storage.read_bytes(uri, s3)
+    return [line for line in data.decode("utf-8").split("\n") if line], storage.sha256_bytes(data)
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,7 @@ class Part:
     classified: int
     unreadable: int
     files: dict[str, dict[str, Any]]  # kind → {"uri", "sha256", "bytes"}
+    source: dict[str, str] = field(default_factory=dict)  # what it was predicted from: {"listing": sha256, "model"}
 
 
 class PartWriter:
@@ -156,9 +157,11 @@ def predict_folder(model: Any, src: str, out: str, class_names: Sequence[str], *
 
 
 def predict_part(model: Any, listed: Sequence[str], class_names: Sequence[str], folder: str, chunk: int, *,
-                 s3: Any = None, progress: Callable[[str, int, int], None] | None = None) -> Part:
+                 s3: Any = None, progress: Callable[[str, int, int], None] | None = None,
+                 source: dict[str, str] | None = None) -> Part:
     """Predict one chunk's listed keys (streaming: :func:`scene.model.predict.frames`) into its Parquet and CSV
-    part under ``folder``, then its sidecar (written last, so a sidecar means a whole part)."""
+    part under ``folder``, then its sidecar (written last, so a sidecar means a whole part). ``source``: what the
+    part was predicted from (its listing's sha256, the model), recorded so a later run never takes it for its own."""
 
     keys, problems = screen(listed)
     with tempfile.TemporaryDirectory(prefix="scene-part-") as tmp:
@@ -172,20 +175,23 @@ def predict_part(model: Any, listed: Sequence[str], class_names: Sequence[str], 
         for kind, path in (("parquet", writer.parquet), ("csv", writer.csv)):
             uri = part_uri(folder, chunk, kind)
             files[kind] = {"uri": uri, "sha256": put_file(path, uri, s3), "bytes": Path(path).stat().st_size}
-    part = Part(chunk, writer.rows, writer.classified, writer.rows - writer.classified, files)
+    part = Part(chunk, writer.rows, writer.classified, writer.rows - writer.classified, files, dict(source or {}))
     storage.write_bytes(part_uri(folder, chunk, "json"), json.dumps(asdict(part), indent=2).encode(), s3)
     return part
 
 
-def read_part(folder: str, chunk: int, s3: Any = None) -> Part | None:
-    """A chunk's part as its sidecar records it, or None when there is no sidecar (the part was never finished)."""
+def read_part(folder: str, chunk: int, s3: Any = None, *, source: dict[str, str] | None = None) -> Part | None:
+    """A chunk's part as its sidecar records it; None when there is no sidecar (the part was never finished) or,
+    given ``source``, when the part was predicted from another listing or model (an earlier run's, in a reused
+    folder)."""
     uri = part_uri(folder, chunk, "json")
     if not storage.exists(uri, s3):
         return None
     try:
-        return Part(**json.loads(storage.read_bytes(uri, s3)))
+        part = Part(**json.loads(storage.read_bytes(uri, s3)))
     except (ValueError, TypeError) as err:
         raise PartError(f"{uri}: not a part record ({err}); delete it and predict chunk {chunk} again") from err
+    return part if source is None or part.source == source else None
 
 
 def write_manifest(folder: str, parts: Sequence[Part], *, class_names: Sequence[str], facts: dict[str, Any],
