@@ -28,21 +28,24 @@ def _run(coro: Any) -> Any:
 
 
 async def _deploy_and_run(pool: str, template: dict[str, Any], pool_type: str, deployment: dict[str, Any],
-                          job_variables: dict[str, Any], run_variables: dict[str, Any] | None = None) -> Any:
-    """Create ``pool`` from ``template``, ``deployment`` on it, a flow run; (pool, deployment, flow run) read back."""
+                          job_variables: dict[str, Any], run_variables: dict[str, Any] | None = None, *,
+                          flow: str = "train-backbone", parameters: dict[str, Any] | None = None) -> Any:
+    """Create ``pool`` from ``template``, ``deployment`` (of ``flow``) on it, a flow run with ``parameters``;
+    (pool, deployment, flow run) read back."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
     async with get_client() as client:
         await client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type, base_job_template=template),
                                       overwrite=True)
-        flow_id = await client.create_flow_from_name("train-backbone")
+        flow_id = await client.create_flow_from_name(flow)
         dep_id = await client.create_deployment(
             flow_id=flow_id, name=f"{deployment['name']}-{pool}", work_pool_name=pool,
             entrypoint=deployment["entrypoint"], version=deployment.get("version"),
             job_variables=job_variables, pull_steps=deployment.get("pull"), parameters=deployment.get("parameters"))
-        run = await client.create_flow_run_from_deployment(dep_id, parameters={"backbone": "mobilenetv2"},
-                                                           job_variables=run_variables)
+        run = await client.create_flow_run_from_deployment(
+            dep_id, parameters=parameters if parameters is not None else {"backbone": "mobilenetv2"},
+            job_variables=run_variables)
         return (await client.read_work_pool(pool), await client.read_deployment(dep_id),
                 await client.read_flow_run(run.id))
 
@@ -138,22 +141,35 @@ def _strip_none(value: Any) -> Any:
     return value
 
 
-def test_kubernetes_job_for_a_train_backbone_gpu_run_is_a_valid_gpu_job(env: dict[str, str], pool_name: str) -> None:
-    """train-backbone/gpu (deployments/prefect-gpu.yaml) on a kubernetes pool from kubernetes-gpu.json: the Job the
-    worker would submit for a real flow run validates against the Kubernetes OpenAPI schema and asks for a GPU."""
+CHUNK_RUNS = {  # each gpu deployment of prefect-gpu.yaml: its flow and a run's parameters
+    "train_backbone": ("train-backbone", {"backbone": "mobilenetv2"}),
+    "extract_chunk": ("extract-chunk", {"backbone": "mobilenetv2", "manifest_uri": "s3://a/runs/r/manifest.csv",
+                                        "chunk": 0, "chunks": 4}),
+    "predict_chunk": ("predict-chunk", {"model": "s3://a/m/model.keras", "folder": "s3://a/predictions/r/",
+                                        "chunk": 0, "chunks": 4}),
+}
+
+
+@pytest.mark.parametrize("entry", list(CHUNK_RUNS))
+def test_kubernetes_job_for_a_gpu_run_is_a_valid_gpu_job(env: dict[str, str], pool_name: str, entry: str) -> None:
+    """train-backbone/gpu, extract-chunk/gpu and predict-chunk/gpu (deployments/prefect-gpu.yaml) on a kubernetes
+    pool from kubernetes-gpu.json: the Job the worker would submit for a real flow run validates against the
+    Kubernetes OpenAPI schema and asks for a GPU (chunk runs are ordinary deployments of the same image)."""
     pytest.importorskip("prefect_kubernetes", reason="pip install -e '.[kubernetes]'")
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install -e '.[dev]'")
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     template = json.loads((REPO / "deployments" / "kubernetes-gpu.json").read_text())
     gpu = yaml.safe_load((REPO / "deployments" / "prefect-gpu.yaml").read_text())
-    (trainer,) = gpu["deployments"]
+    trainer = next(d for d in gpu["deployments"] if d["entrypoint"].endswith(f":{entry}"))
+    flow, parameters = CHUNK_RUNS[entry]
     job_variables = {**trainer["work_pool"]["job_variables"], "image": GPU_IMAGE,
                      "artifact_bucket": env["SCENE_ARTIFACT_BUCKET"], "data_bucket": env["SCENE_DATA_BUCKET"]}
     tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     pool, deployment, run = _run(_deploy_and_run(
         pool_name, template, "kubernetes", {**trainer, "version": "0123456789ab", "pull": gpu["pull"]},
-        job_variables, run_variables={"node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}}))
+        job_variables, run_variables={"node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}},
+        flow=flow, parameters=parameters))
     assert deployment.pull_steps == [{"flows.container.enter_image": {"directory": "/opt/scene"}}]
     conf = _run(_configuration(KubernetesWorkerJobConfiguration, pool, deployment, run))
     job = _strip_none(conf.job_manifest)
@@ -197,7 +213,7 @@ def test_a_docker_gpu_run_pinned_by_the_dispatcher_gets_that_device(env: dict[st
 
     template = json.loads((REPO / "deployments" / "docker-gpu.json").read_text())
     gpu = yaml.safe_load((REPO / "deployments" / "prefect-gpu.yaml").read_text())
-    (trainer,) = gpu["deployments"]
+    trainer = next(d for d in gpu["deployments"] if d["entrypoint"].endswith(":train_backbone"))
     pool, deployment, run = _run(_deploy_and_run(
         pool_name, template, "docker", {**trainer, "version": "0123456789ab", "pull": gpu["pull"]},
         {**trainer["work_pool"]["job_variables"], "image": GPU_IMAGE}, device_job_variables("docker", ["1"])))
