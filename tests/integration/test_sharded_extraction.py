@@ -2,12 +2,12 @@
 
 ``train-all`` with ``extract_chunks=3`` publishes its manifest and starts three runs of an ``extract-chunk``
 deployment on the session stack's `default` process pool (its worker runs each in a process of its own); each
-extracts one chunk of whole cache partitions into one S3 feature cache. Then the data audit and the backbone's
-training process find every vector cached (the training computes none) and the head trains.
-Each chunk run's summary (what the UI shows) counts the vectors it computed: together, every image once. The same
-training unsharded, into another cache, gives the same vectors up to float rounding (1e-3 of their scale) and
-accuracies within one image on each split. A chunk run SIGKILLed as it
-starts is reported (Crashed) and the training run extracts that chunk's images itself, reusing the others'.
+extracts one chunk of whole cache partitions into one S3 feature cache. Then the data audit extracts only what is
+missing, the backbone's training process finds every vector cached, and the head trains.
+The first chunk run seen Running is SIGKILLed: it is reported (Crashed), the two others complete and their summaries
+(what the UI shows) count the vectors they computed, the images outside the lost chunk; train-all extracts the lost
+chunk's images itself; every image's vector is stored once. The same training unsharded, into another cache, gives
+the same vectors up to float rounding (1e-3 of their scale) and accuracies within one image on each split.
 """
 
 from __future__ import annotations
@@ -77,20 +77,32 @@ def _train(data: str, params: dict[str, Any], **more: Any) -> tuple[Any, dict[st
     return state, out, result, read_csv(client_from_env(), out["prefix"] + "manifest.csv")
 
 
-def test_three_chunks_extract_every_image_once_and_train_what_an_unsharded_run_trains(
+def test_three_chunks_one_killed_extract_every_image_once_and_train_what_an_unsharded_run_trains(
         deployment: str, s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.client.orchestration import get_client
+
     data, params = _data_and_params(s3, env, tmp_path)
     sharded_cache = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
     plain_cache = str(tmp_path / "plain-cache")
 
     monkeypatch.setenv("SCENE_FEATURE_CACHE", sharded_cache)
-    state, _, sharded, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment)
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(deployment).id
+    with watching(kill_first_running, deployment_id) as killed:
+        state, _, sharded, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment)
+    assert killed, "no chunk run was killed: the test did not exercise a lost chunk"
     chunk_runs = [r for r in child_runs(state.state_details.flow_run_id) if r.deployment_id is not None]
     assert sorted(r.name for r in chunk_runs) == [f"mobilenetv2 chunk {i}/3" for i in (1, 2, 3)]
-    assert all(r.state.is_completed() for r in chunk_runs), {r.name: r.state for r in chunk_runs}
+    lost = next(r for r in chunk_runs if r.id == killed["run"])
+    assert lost.state.is_crashed() or lost.state.is_failed(), lost.state  # reported, and the run went on
+    others = [r for r in chunk_runs if r.id != killed["run"]]
+    assert all(r.state.is_completed() for r in others), {r.name: r.state for r in others}
     images = len(manifest)
-    assert images == 48 and sum(_computed(r) for r in chunk_runs) == images  # the chunks computed every vector
-    assert (sharded["features_computed"], sharded["features_cached"]) == (0, images)
+    index = int(killed["name"].rsplit(" ", 1)[1].split("/")[0]) - 1  # "mobilenetv2 chunk 2/3"
+    its_images = len(features.chunks(manifest, 3)[index])
+    assert images == 48 and its_images > 0
+    assert sum(_computed(r) for r in others) == images - its_images  # the others' vectors, kept
+    assert sharded["features_computed"] + sharded["features_cached"] == images  # the lost chunk's: this run's own
     in_sharded = _stored(sharded_cache, s3)
     keys = sorted(in_sharded)
     assert keys == sorted(features.entry_key(s, 0) for s in manifest["sha256"])  # every image, once
@@ -107,27 +119,3 @@ def test_three_chunks_extract_every_image_once_and_train_what_an_unsharded_run_t
     for split in ("train", "val", "test"):  # heads trained on those vectors: at most one image classified otherwise
         mine, theirs = sharded["metrics"][split], plain["metrics"][split]
         assert abs(mine["accuracy"] - theirs["accuracy"]) <= 1 / mine["n"] + 1e-9, (split, mine, theirs)
-
-
-def test_a_killed_chunk_is_reported_and_the_training_run_extracts_its_images(
-        deployment: str, s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect.client.orchestration import get_client
-
-    data, params = _data_and_params(s3, env, tmp_path)
-    cache = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
-    monkeypatch.setenv("SCENE_FEATURE_CACHE", cache)
-    with get_client(sync_client=True) as client:
-        deployment_id = client.read_deployment_by_name(deployment).id
-    with watching(kill_first_running, deployment_id) as killed:
-        state, _, result, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment)
-    assert killed, "no chunk run was killed: the test did not exercise a lost chunk"
-    with get_client(sync_client=True) as client:
-        lost = client.read_flow_run(killed["run"])
-    assert lost.state.is_crashed() or lost.state.is_failed(), lost.state
-    index = int(killed["name"].rsplit(" ", 1)[1].split("/")[0]) - 1  # "mobilenetv2 chunk 2/3"
-    its_images = len(features.chunks(manifest, 3)[index])
-    others = [r for r in child_runs(state.state_details.flow_run_id) if r.deployment_id and r.id != killed["run"]]
-    assert len(others) == 2 and all(r.state.is_completed() for r in others), others
-    assert its_images > 0 and sum(_computed(r) for r in others) == len(manifest) - its_images  # theirs, kept
-    assert result["features_computed"] + result["features_cached"] == len(manifest)  # the rest: this run's own
-    assert sorted(_stored(cache, s3)) == sorted(features.entry_key(s, 0) for s in manifest["sha256"])  # each once
