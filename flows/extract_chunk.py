@@ -13,10 +13,11 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
+from scene.data import scope
 from scene.train.params import TrainParams
 from tasks import artifacts, training
 from tasks import data as data_tasks
-from tasks.common import FLOW_TIMEOUT_S, keeps_termination, work_folder
+from tasks.common import FLOW_TIMEOUT_S, keeps_termination, settings, work_folder
 
 
 @flow(name="extract-chunk", log_prints=True, timeout_seconds=FLOW_TIMEOUT_S, on_failure=[artifacts.summary_on_failure],
@@ -33,6 +34,7 @@ def extract_chunk(
 ) -> dict:
     """Extract chunk ``chunk`` (0-based) of ``chunks`` of a published manifest's images into ``feature_cache``
     (default: SCENE_FEATURE_CACHE)."""
+    scope.require_feature_cache(feature_cache, settings())  # where it writes: never a path the caller picks
     if not 0 <= chunk < chunks:
         raise ValueError(f"extract-chunk: chunk={chunk} is invalid for chunks={chunks}; pass 0..{chunks - 1}")
     params = params.resolved()

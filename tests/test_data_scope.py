@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from scene.data.scope import (
@@ -162,14 +164,29 @@ def test_train_all_data_and_test_are_scoped() -> None:
         require_data_uris(A, data="s3://scene-data/datasets/x/", test="s3://scene-artifacts/models/")
 
 
+def test_extract_chunk_writes_only_to_the_workers_cache_or_under_features() -> None:
+    from scene.data.scope import require_feature_cache
+
+    mine = SimpleNamespace(artifact_bucket="scene-artifacts", feature_cache="/home/w/.cache/scene/features")
+    assert require_feature_cache(None, mine) is None
+    assert require_feature_cache("/home/w/.cache/scene/features", mine) == "/home/w/.cache/scene/features"
+    assert require_feature_cache("s3://scene-artifacts/features/x/", mine) == "s3://scene-artifacts/features/x/"
+    for bad, words in (("/etc/cron.d/", "flows write only to the artifact bucket"),
+                       ("s3://scene-artifacts/models/", "registry"), ("s3://scene-artifacts/runs/x/", "outside"),
+                       ("s3://other/features/", "not the artifact bucket")):
+        with pytest.raises(ValueError, match=words):
+            require_feature_cache(bad, mine)
+
+
 def test_every_writing_flow_checks_its_locations_first() -> None:
     """Each flow calls its scope check before its first task (nothing is written before the check)."""
     import inspect
 
-    from flows import predict, train_all, train_backbone, watch
+    from flows import extract_chunk, predict, train_all, train_backbone, watch
 
     for fn, check, first in ((predict.predict.fn, "require_predictions_uri", "resolve_model("),
                              (predict.predict_chunk.fn, "require_predictions_folder", "start_summary("),
+                             (extract_chunk.extract_chunk.fn, "require_feature_cache", "start_summary("),
                              (train_backbone.train_backbone.fn, "require_run_prefix", "start_summary("),
                              (watch.watch.fn, "require_state_key", "load_state("),
                              (train_all.train_all.fn, "require_data_uris", "start_summary(")):

@@ -7,7 +7,9 @@ location before touching it: no local paths, no other bucket, no key outside the
 The same goes for what a parameter makes a flow *write* (anyone who can create a flow run picks it): ``predict``'s
 ``out`` only under ``s3://<artifacts>/predictions/``, ``train-backbone``'s ``run_prefix_uri`` only under
 ``s3://<artifacts>/runs/<the run that started it, or its own>/``, ``watch``'s ``state_key`` only under
-``sensors/`` (not another sensor's file). The registry prefix (``models/``) is never a parameter's target:
+``sensors/`` (not another sensor's file), ``predict-chunk``'s ``folder`` only under ``predictions/``,
+``extract-chunk``'s ``feature_cache`` only the worker's own or under ``s3://<artifacts>/features/``. The
+registry prefix (``models/``) is never a parameter's target:
 only the registry code writes there.
 """
 
@@ -95,6 +97,18 @@ def require_predictions_folder(uri: str, settings: Any, name: str = "folder") ->
     """A predict-chunk run's ``folder``: a folder under ``s3://<artifacts>/predictions/``."""
     return require_artifact_uri(uri, settings, name=name, prefixes=(PREDICTIONS_PREFIX,),
                                 hint="e.g. predictions/<run>/ (the predict run that starts the chunk passes it)")
+
+
+FEATURES_PREFIX = "features/"  # extract-chunk's feature_cache when it is not the worker's own
+
+
+def require_feature_cache(uri: str | None, settings: Any) -> str | None:
+    """extract-chunk's ``feature_cache``: unset, the worker's own (``SCENE_FEATURE_CACHE``), or an ``s3://`` folder
+    under ``s3://<artifacts>/features/``; never a local path the caller picks on the worker's disk."""
+    if uri is None or str(uri) == str(settings.feature_cache):
+        return uri
+    return require_artifact_uri(uri, settings, name="feature_cache", prefixes=(FEATURES_PREFIX,),
+                                hint="or leave it unset for the worker's SCENE_FEATURE_CACHE")
 
 
 def require_run_prefix(uri: str, settings: Any, run_ids: Sequence[str | None]) -> str:

@@ -107,7 +107,8 @@ def _refused(state: Any) -> str:
 
 def test_out_of_scope_parameters_are_refused_before_anything_is_written(event_stack: dict[str, Any]) -> None:
     """Each location parameter aimed at the registry or another run fails the flow run and writes nothing."""
-    from flows.predict import predict
+    from flows.extract_chunk import extract_chunk
+    from flows.predict import predict, predict_chunk
     from flows.train_all import train_all
     from flows.train_backbone import train_backbone
     from flows.watch import watch
@@ -126,6 +127,11 @@ def test_out_of_scope_parameters_are_refused_before_anything_is_written(event_st
                 return_state=True)),
             "train-all data": _refused(train_all(data=f"s3://{art}/models/", return_state=True)),
             "train-all test": _refused(train_all(data=data + "x/", test=f"s3://{art}/runs/", return_state=True)),
+            "predict-chunk folder": _refused(predict_chunk(model=f"s3://{art}/m/model.keras", folder=f"s3://{art}/models/",
+                                                           chunk=0, chunks=2, return_state=True)),
+            "extract-chunk feature_cache": _refused(extract_chunk(
+                backbone="mobilenetv2", manifest_uri=f"s3://{art}/runs/x/manifest.csv", chunk=0, chunks=2,
+                feature_cache="/tmp/elsewhere", return_state=True)),
         }
     for what, message in refusals.items():
         assert "use a location under" in message or "pass sensors/" in message, (what, message)

@@ -82,7 +82,7 @@ def test_three_chunks_one_killed_extract_every_image_once_and_train_what_an_unsh
     from prefect.client.orchestration import get_client
 
     data, params = _data_and_params(s3, env, tmp_path)
-    sharded_cache = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features-{uuid.uuid4().hex[:8]}/"
+    sharded_cache = f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features/sharded-{uuid.uuid4().hex[:8]}/"
     plain_cache = str(tmp_path / "plain-cache")
 
     monkeypatch.setenv("SCENE_FEATURE_CACHE", sharded_cache)
