@@ -131,7 +131,7 @@ def test_out_of_scope_parameters_are_refused_before_anything_is_written(event_st
                                                            chunk=0, chunks=2, return_state=True)),
             "extract-chunk feature_cache": _refused(extract_chunk(
                 backbone="mobilenetv2", manifest_uri=f"s3://{art}/runs/x/manifest.csv", chunk=0, chunks=2,
-                feature_cache="/tmp/elsewhere", return_state=True)),
+                feature_cache=f"s3://{art}/runs/x/", return_state=True)),
         }
     for what, message in refusals.items():
         assert "use a location under" in message or "pass sensors/" in message, (what, message)
