@@ -177,7 +177,7 @@ def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, o
     drift = audit_tasks.drift_check(model_path, registry.serving_champion(s3(), settings().artifact_bucket,
                                     dataset) if model is None else None, new_rows, f"predict batch {data}")
     artifacts.finish_prediction_summary(summary_id, {**facts, "model file": model_path, "classified": n,
-                                                     "unreadable (listed in the CSV)": bad}, result)
+                                                     "unreadable (rows with their error)": bad}, result)
     return {"predictions": result, "images": n, "unreadable": bad, "drift": drift}
 
 
