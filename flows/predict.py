@@ -163,10 +163,11 @@ def predict(data: str = "s3://scene-data/incoming/", model: str | None = None, o
     facts = {"images under": data, "model": model or f"the champion of {dataset or 'the only dataset'}",
              "predictions": result, **({"chunks": f"{chunks} on {chunk_deployment}"} if chunks > 1 else {})}
     summary_id = artifacts.start_summary("predict", facts)  # first: listed above the task artifacts
-    model_path, classes = resolve_model(model, dataset)
+    source = model_uri(model, dataset)  # the champion's pointer is read once; chunk runs get this URI
+    model_path, classes = resolve_model(source)
     if chunks > 1:
-        n, bad = _predict_in_chunks(data, model_uri(model, dataset), model_path, classes, folder, chunks,
-                                    chunk_deployment, start_timeout_s, timeout_s, facts)
+        n, bad = _predict_in_chunks(data, source, model_path, classes, folder, chunks, chunk_deployment,
+                                    start_timeout_s, timeout_s, facts)
         new_rows = parts.sample_classified(result, 500, s3())
     else:
         n, bad = predict_images(model_path, classes, data, out)

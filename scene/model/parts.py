@@ -28,10 +28,9 @@ import numpy as np
 import pandas as pd
 
 from scene.data import storage
-from scene.model.predict import columns, frame, frames, list_images, screen
+from scene.model.predict import columns, frames, list_images, problem_rows, screen
 
 MAX_CHUNKS = 16  # one per first hex digit of the key's sha256
-PART_FILES = ("parquet", "csv")
 
 
 class PartError(RuntimeError):
@@ -134,7 +133,7 @@ class PartWriter:
 
     def close(self) -> None:
         if self._header:  # nothing written: an empty part still has its header and schema
-            self.write(frame([], np.zeros((0, len(self.class_names))), self.class_names))
+            self.write(problem_rows(self.class_names, []))
         if self._pq is not None:
             self._pq.close()
             self._pq = None
@@ -146,14 +145,20 @@ def predict_folder(model: Any, src: str, out: str, class_names: Sequence[str], *
     number of images); returns (images predicted, files listed with an error)."""
     listed, bad = list_images(src, s3, check=False)
     with tempfile.TemporaryDirectory(prefix="scene-predict-") as tmp:
-        writer = PartWriter(Path(tmp), class_names, parquet=False)
-        for df in frames(model, listed, class_names, s3=s3, progress=progress):
-            writer.write(df)
-        if bad:
-            writer.write(frame([], np.zeros((0, len(class_names))), class_names, bad))
-        writer.close()
+        writer = _stream(PartWriter(Path(tmp), class_names, parquet=False), model, listed, bad, s3, progress)
         put_file(writer.csv, out, s3)
     return writer.classified, writer.rows - writer.classified
+
+
+def _stream(writer: PartWriter, model: Any, keys: Sequence[str], problems: Sequence[tuple[str, str]], s3: Any,
+            progress: Callable[[str, int, int], None] | None) -> PartWriter:
+    """Predict ``keys`` into ``writer`` group by group, then the rows of ``problems``; the closed writer."""
+    for df in frames(model, keys, writer.class_names, s3=s3, progress=progress):
+        writer.write(df)
+    if problems:
+        writer.write(problem_rows(writer.class_names, problems))
+    writer.close()
+    return writer
 
 
 def predict_part(model: Any, listed: Sequence[str], class_names: Sequence[str], folder: str, chunk: int, *,
@@ -162,15 +167,9 @@ def predict_part(model: Any, listed: Sequence[str], class_names: Sequence[str], 
     """Predict one chunk's listed keys (streaming: :func:`scene.model.predict.frames`) into its Parquet and CSV
     part under ``folder``, then its sidecar (written last, so a sidecar means a whole part). ``source``: what the
     part was predicted from (its listing's sha256, the model), recorded so a later run never takes it for its own."""
-
     keys, problems = screen(listed)
     with tempfile.TemporaryDirectory(prefix="scene-part-") as tmp:
-        writer = PartWriter(Path(tmp), class_names)
-        for df in frames(model, keys, class_names, s3=s3, progress=progress):
-            writer.write(df)
-        if problems:
-            writer.write(frame([], np.zeros((0, len(class_names))), class_names, problems))
-        writer.close()
+        writer = _stream(PartWriter(Path(tmp), class_names), model, keys, problems, s3, progress)
         files = {}
         for kind, path in (("parquet", writer.parquet), ("csv", writer.csv)):
             uri = part_uri(folder, chunk, kind)

@@ -117,6 +117,11 @@ def frame(keys: Sequence[str], probs: np.ndarray, class_names: Sequence[str],
     return df[columns(class_names)]
 
 
+def problem_rows(class_names: Sequence[str], problems: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """:func:`frame` rows of files that were not classified, each with its error (none: an empty frame)."""
+    return frame([], np.zeros((0, len(class_names))), class_names, problems)
+
+
 GROUP_IMAGES = 2048  # rows per streamed frame: what prediction holds in memory besides the model and the read-ahead
 
 
@@ -155,7 +160,7 @@ def predict_frame(model: keras.Model, src: str, class_names: Sequence[str], *, s
     are not images get a row with their error (and no label)."""
     listed, bad = list_images(src, s3, check=False)
     parts = list(frames(model, listed, class_names, s3=s3, progress=progress))
-    parts.append(frame([], np.zeros((0, len(class_names))), class_names, bad))
+    parts.append(problem_rows(class_names, bad))
     return pd.concat(parts, ignore_index=True)
 
 
