@@ -229,14 +229,15 @@ def report(result: dict[str, Any], n: int) -> None:
 
 
 def raw_ab(n: int, size: int, passes: int) -> None:
-    """The backbone alone on TensorFlow's compiled call, OpenVINO f32 (scene's export, parity-checked) and OpenVINO at
-    its CPU default precision (BF16 where the CPU has it; for information, scene does not use it), interleaved batch
-    by batch so that load from other work hits all three alike; the median ratio of ``passes`` passes."""
+    """The backbone alone on TensorFlow's compiled call, OpenVINO f32 as scene runs it (slices of
+    :data:`scene.model.infer.SLICE` images), OpenVINO f32 on whole batches, and OpenVINO BF16
+    (``SCENE_INFERENCE_PRECISION=bf16``, where the CPU has BF16), interleaved batch by batch so that load from other
+    work hits all alike; the median ratio of ``passes`` passes."""
     import statistics
 
     import numpy as np
 
-    from scene.model import infer, runtime
+    from scene.model import infer
     from scene.model.backbones import feature_extractor
     from scene.model.pipeline import compiled, pixel_batches
     from scene.train.fit import TrainConfig, weights_for
@@ -245,18 +246,20 @@ def raw_ab(n: int, size: int, passes: int) -> None:
     weights = weights_for(TrainConfig(backbone="mobilenetv2", weights=str(WEIGHTS), image_size=size))
     model = feature_extractor("mobilenetv2", size, weights, 0)
     x = np.concatenate(list(pixel_batches(rows["key"].tolist(), size, batch_size=BATCH)))
-    f32, _ = infer.openvino_runner(model, x[:BATCH])
+    f32, _ = infer.openvino_runner(model, x[:BATCH], precision="f32")
     if f32 is None:
         sys.exit("OpenVINO refused the export (see the warning)")
-    threads = runtime.thread_plan().intra_op  # as scene's f32 export
-    default = infer._openvino().Core().compile_model(infer.export(model), "CPU", {"INFERENCE_NUM_THREADS": threads})
     tf_fn = compiled(model)
-    fns = {"tensorflow": lambda b: np.asarray(tf_fn(b)), "openvino f32": f32,
-           f"openvino {default.get_property('INFERENCE_PRECISION_HINT').to_string()}": infer.OpenVINOModel(default)}
+    fns = {"tensorflow": lambda b: np.asarray(tf_fn(b)), f"openvino f32 (slices of {infer.SLICE})": f32,
+           f"openvino f32 (batches of {BATCH})": infer.OpenVINOModel(f32.compiled, slice_size=BATCH)}
+    if infer.cpu_has_bf16():
+        bf16, _ = infer.openvino_runner(model, x[:BATCH], precision="bf16")
+        if bf16 is not None:
+            fns[f"openvino bf16 (slices of {infer.SLICE})"] = bf16
     ref = np.concatenate([fns["tensorflow"](x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
     for name, fn in fns.items():
         out = np.concatenate([fn(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
-        print(f"  {name:22s} relative difference to TensorFlow {infer.relative_difference(ref, out):.2g}")
+        print(f"  {name:32s} relative difference to TensorFlow {infer.relative_difference(ref, out):.2g}")
     ratios: dict[str, list[float]] = {name: [] for name in fns}
     for p in range(passes):
         spent = dict.fromkeys(fns, 0.0)
@@ -269,7 +272,42 @@ def raw_ab(n: int, size: int, passes: int) -> None:
             ratios[name].append(spent["tensorflow"] / spent[name])
         print(f"  pass {p}: " + ", ".join(f"{k} {len(x) / v:.0f} img/s" for k, v in spent.items()), flush=True)
     for name, r in ratios.items():
-        print(f"  {name:22s} {statistics.median(r):.2f}× TensorFlow ({min(r):.2f}–{max(r):.2f}, {passes} passes)")
+        print(f"  {name:32s} {statistics.median(r):.2f}× TensorFlow ({min(r):.2f}–{max(r):.2f}, {passes} passes)")
+
+
+def decode_costs(n: int) -> None:
+    """Per image on one core (best of 3 passes over ``n`` photos): reading the file, its SHA-256, Pillow's decode
+    (open, EXIF orientation, RGB), libjpeg-turbo through simplejpeg, and scene's decoder (the latter for plain JPEGs,
+    Pillow for the rest); and whether the two decoders give the same pixels."""
+    import hashlib
+
+    import numpy as np
+    import simplejpeg
+    from PIL import ImageOps
+
+    from scene.data import images
+
+    paths = _rows(n)["key"].tolist()
+    data = [Path(p).read_bytes() for p in paths]
+
+    def pillow(d: bytes):
+        return np.asarray(images.to_rgb(ImageOps.exif_transpose(images._open(d))), np.uint8)
+
+    steps = {"read the file": lambda i: Path(paths[i]).read_bytes(),
+             "sha256": lambda i: hashlib.sha256(data[i]).digest(),
+             "Pillow decode": lambda i: pillow(data[i]),
+             "simplejpeg decode": lambda i: simplejpeg.decode_jpeg(data[i], colorspace="RGB"),
+             "scene decode_rgb": lambda i: images.decode_rgb(data[i])}
+    for name, fn in steps.items():
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for i in range(len(data)):
+                fn(i)
+            best = min(best, time.perf_counter() - start)
+        print(f"  {name:20s} {1000 * best / len(data):6.3f} ms per image")
+    same = sum(np.array_equal(pillow(d), images.decode_rgb(d)) for d in data)
+    print(f"  scene's decoder gives Pillow's exact pixels on {same} of {len(data)} photos")
 
 
 def extract_rss(n: int, size: int) -> float:
@@ -327,6 +365,9 @@ def main() -> None:
     p.add_argument("--xla", action="store_true", help="also time the backbone compiled with XLA (jit_compile)")
     p.add_argument("--raw", type=int, default=0, metavar="PASSES",
                    help="only the backbone: TensorFlow vs OpenVINO f32 and BF16, interleaved batch by batch")
+    p.add_argument("--decode", action="store_true", help="only the input path's per-image costs on one core")
+    p.add_argument("--precision", choices=("f32", "bf16"), default=None,
+                   help="OpenVINO precision of the paths (default: SCENE_INFERENCE_PRECISION, else f32)")
     p.add_argument("--runtime", choices=("auto", "tensorflow", "openvino"), default=None,
                    help="inference runtime of the paths (default: SCENE_INFERENCE_RUNTIME, else auto); small runs "
                         "use it too (auto would keep fewer than 2,000 images of a new model on TensorFlow)")
@@ -337,7 +378,13 @@ def main() -> None:
         sys.exit(f"needs {INTEL} and {WEIGHTS} (see README: real data)")
     from scene.model import infer
 
-    os.environ[infer.ENV] = infer.selected(env={infer.ENV: a.runtime} if a.runtime else None)  # paths and children
+    if a.precision:
+        os.environ[infer.PRECISION_ENV] = a.precision  # paths and children
+    os.environ[infer.ENV] = infer.selected(env={**os.environ, infer.ENV: a.runtime} if a.runtime else None)  # +children
+    if a.decode:
+        print(f"{a.images} photos, one core:")
+        decode_costs(a.images)
+        return
     if a.raw:
         print(f"{a.images} images, batch {BATCH}, {a.size} px, {os.cpu_count()} cores:")
         raw_ab(a.images, a.size, a.raw)

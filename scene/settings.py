@@ -181,6 +181,8 @@ OTHER_VARIABLES: dict[str, tuple[str, str]] = {
     "SCENE_TF_THREADS": ("scene.model.runtime", "`tf-default` leaves TensorFlow's own thread defaults"),
     "SCENE_INFERENCE_RUNTIME": ("scene.model.infer", "inference runtime of frozen forward passes: auto (default: "
                                 "OpenVINO when installed, no GPU and float32), tensorflow or openvino"),
+    "SCENE_INFERENCE_PRECISION": ("scene.model.infer", "precision of OpenVINO forward passes: f32 (default) or bf16 "
+                                  "(~1.9x faster on CPUs with BF16; accuracy measured in docs/inference.md)"),
     "SCENE_EXPORT": ("scene.model.export", "openvino (default): each trained model is also written as OpenVINO IR "
                      "(openvino/model.xml beside model.keras); none: not"),
     "SCENE_S3_READERS": ("scene.model.runtime", "parallel S3 image reads of the input pipeline (default 16)"),

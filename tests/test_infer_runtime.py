@@ -62,6 +62,62 @@ def test_cache_namespace_changes_with_runtime_and_precision() -> None:
     assert "-tf-" in ns["tensorflow", "float32"]
 
 
+def test_precision_choice_and_its_namespace(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+                                            ) -> None:
+    assert infer.requested_precision({}) == "f32"
+    with pytest.raises(infer.RuntimeChoiceError, match=r"SCENE_INFERENCE_PRECISION='fp8'.*f32, bf16"):
+        infer.requested_precision({infer.PRECISION_ENV: "fp8"})
+    with pytest.raises(infer.RuntimeChoiceError, match="bf16 runs on OpenVINO but SCENE_INFERENCE_RUNTIME=tensorflow"):
+        infer.selected(env={infer.ENV: "tensorflow", infer.PRECISION_ENV: "bf16"})
+    bf16 = {infer.ENV: "auto", infer.PRECISION_ENV: "bf16"}
+    assert infer.selected("mixed_bfloat16", env=bf16) == "openvino"  # asked of OpenVINO: not left to TensorFlow
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: True)
+    assert infer.cache_tag(env=bf16) == f"ov{infer.openvino_version()}-bf16"
+    monkeypatch.setattr(infer, "cpu_has_bf16", lambda: False)  # a CPU without BF16 runs f32, and the tag says so
+    monkeypatch.setattr(infer, "_WARNED", set())
+    with caplog.at_level(logging.WARNING, logger="scene.model.infer"):
+        assert infer.cache_tag(env=bf16) == f"ov{infer.openvino_version()}-f32"
+    assert "no BF16 support" in caplog.text and "running at f32" in caplog.text
+
+
+def test_bf16_computes_in_bf16_and_still_refuses_a_broken_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    if not infer.cpu_has_bf16():
+        pytest.skip("this CPU has no BF16 (OpenVINO's CPU capabilities): SCENE_INFERENCE_PRECISION=bf16 runs f32")
+    model, core = _tiny()
+    sample = _pixels(8)
+    bf16, _ = infer.openvino_runner(model, sample, root=tmp_path, precision="bf16")
+    f32, _ = infer.openvino_runner(model, sample, root=tmp_path, precision="f32")
+    assert bf16 is not None and f32 is not None and infer.model_key(model, "bf16") != infer.model_key(model, "f32")
+    keras_out = np.asarray(model(sample))
+    assert infer.relative_difference(keras_out, f32(sample)) <= infer.TOLERANCE
+    assert infer.TOLERANCE < infer.relative_difference(keras_out, bf16(sample)) <= infer.TOLERANCES["bf16"]
+    stored = json.loads((tmp_path / infer.model_key(model, "bf16") / "parity.json").read_text())
+    assert stored["ok"] and stored["precision"] == "bf16" and stored["tolerance"] == infer.TOLERANCES["bf16"]
+    infer._LOADED.clear()  # as a new process with another store would
+    broken, _ = infer.openvino_runner(model, sample, exporter=lambda m: infer.export(core), root=tmp_path / "b",
+                                      precision="bf16")
+    assert broken is None  # a graph without its preprocessing is off by far more than BF16's rounding
+
+    infer._LOADED.clear()
+    monkeypatch.setenv(infer.PRECISION_ENV, "bf16")  # under auto, even a small job runs on OpenVINO at BF16
+    monkeypatch.setattr(infer, "cache_root", lambda: tmp_path)
+    from scene.model import pipeline
+
+    monkeypatch.setattr(pipeline, "predict_batches", lambda *a, **k: pytest.fail("ran on TensorFlow"))
+    out = np.concatenate(list(infer.predict_batches(model, [sample[:5], sample[5:]], images=8)))
+    np.testing.assert_array_equal(out, bf16(sample))
+
+
+def test_openvino_runs_a_batch_in_slices_with_the_same_outputs(tmp_path: Path) -> None:
+    model, _ = _tiny()
+    sample = _pixels(3 * infer.SLICE + 3)
+    runner, _ = infer.openvino_runner(model, sample, root=tmp_path)
+    whole = infer.OpenVINOModel(runner.compiled, slice_size=len(sample))
+    np.testing.assert_allclose(runner(sample), whole(sample), rtol=1e-6, atol=1e-6)
+    assert runner(sample).shape == (len(sample), 8)
+
+
 def test_parity_refuses_an_export_without_its_preprocessing(tmp_path: Path, caplog: pytest.LogCaptureFixture
                                                             ) -> None:
     model, core = _tiny()

@@ -58,8 +58,10 @@ def write(model_path: str | Path, out_dir: str | Path, sample: np.ndarray, class
     from scene.model.network import load
 
     model = load(str(model_path))
-    runner, _ = infer.openvino_runner(model, np.asarray(sample, np.float32))
-    stored = infer.stored_export(model)
+    # The IR holds f32 weights whatever precision this process runs at: it is checked at f32 (a deployment may
+    # compile it at BF16 with SCENE_INFERENCE_PRECISION).
+    runner, _ = infer.openvino_runner(model, np.asarray(sample, np.float32), precision="f32")
+    stored = infer.stored_export(model, precision="f32")
     parity = infer.stored_parity(stored)
     if runner is None or parity is None or not parity.ok or not (stored / "model.xml").is_file():
         log.warning("%s: no exported model written (the OpenVINO export was refused: %s)", out_dir,

@@ -2,7 +2,9 @@
 
 ``SCENE_INFERENCE_RUNTIME`` chooses: ``auto`` (the default: OpenVINO when it is installed, the machine has no GPU
 and the Keras dtype policy is ``float32``; else TensorFlow), ``tensorflow`` or ``openvino``. OpenVINO runs at f32
-(``INFERENCE_PRECISION_HINT``; its CPU default would be BF16 on AVX-512-BF16 machines, ~5e-2 off).
+(``INFERENCE_PRECISION_HINT``) unless ``SCENE_INFERENCE_PRECISION=bf16`` asks for BF16 (on CPUs with BF16 support;
+~5e-2 off, ~1.9x faster on AVX-512-BF16/AMX: its accuracy is measured in docs/inference.md). Batches run in slices
+of :data:`SLICE` images (faster than whole batches of 64 on this model class: the activations stay in cache).
 
 A model is converted (:func:`export`: ``openvino.convert_model`` of the Keras model) the first time its exact
 content is used, and its outputs are compared with the Keras graph's on the first batch of real images it is asked to
@@ -41,7 +43,15 @@ log = logging.getLogger(__name__)
 ENV = "SCENE_INFERENCE_RUNTIME"
 CHOICES = ("auto", "tensorflow", "openvino")
 TOLERANCE = 1e-4  # max |openvino - keras| / max |keras| on the parity batch, at f32
-PRECISION = "f32"
+PRECISION_ENV = "SCENE_INFERENCE_PRECISION"
+PRECISIONS = ("f32", "bf16")
+PRECISION = "f32"  # the default
+# At BF16 the check only catches a broken graph (a wrong export is off by ~1): MobileNetV2's features differ from
+# f32 by 5.4e-2 and its probabilities by less; what BF16 does to accuracy is measured, not assumed (docs/inference.md).
+TOLERANCES = {"f32": TOLERANCE, "bf16": 0.15}
+# OpenVINO runs a batch in slices of this many images: MobileNetV2 at 150 px, f32, 2 threads, 600 photos, 2 rounds:
+# slices of 1/4/8/16/64 ran 493/678/741/661/573 img/s (AVX-512 Xeon; benchmarks/extraction.py --raw reports it).
+SLICE = 8
 # Under auto, a model used for fewer images than this stays on TensorFlow unless an export is already loaded: its
 # first use costs 4-12 s (conversion, compilation, parity check; MobileNetV2 at 48-96 px on 2 shared cores) and
 # OpenVINO saves ~1-2 ms per image there (docs/inference.md).
@@ -61,6 +71,35 @@ def requested(env: dict[str, str] | None = None) -> str:
 
 
 _TELEMETRY_LOCK = threading.Lock()
+
+
+def requested_precision(env: dict[str, str] | None = None) -> str:
+    """The OpenVINO precision asked for by ``SCENE_INFERENCE_PRECISION``: ``f32`` (default) or ``bf16``."""
+    value = (env if env is not None else os.environ).get(PRECISION_ENV, "").strip().lower() or PRECISION
+    if value not in PRECISIONS:
+        raise RuntimeChoiceError(f"{PRECISION_ENV}={value!r} is not an inference precision; set it to one of "
+                                 f"{', '.join(PRECISIONS)}")
+    return value
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in BF16 on this machine (AVX-512-BF16 or AMX)."""
+    return "BF16" in _openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+_WARNED: set[str] = set()
+
+
+def effective_precision(env: dict[str, str] | None = None) -> str:
+    """The precision OpenVINO runs at: the one asked for, except ``bf16`` on a CPU without BF16 (a warning; f32)."""
+    asked = requested_precision(env)
+    if asked == "bf16" and not cpu_has_bf16():
+        if "bf16" not in _WARNED:
+            _WARNED.add("bf16")
+            log.warning("%s=bf16 but this CPU has no BF16 support (OpenVINO: %s); running at f32", PRECISION_ENV,
+                        ", ".join(_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")))
+        return "f32"
+    return asked
 
 
 def _openvino() -> Any:
@@ -99,27 +138,31 @@ def selected(precision: str | None = None, env: dict[str, str] | None = None) ->
     """``tensorflow`` or ``openvino``: what a forward pass under the Keras dtype policy ``precision`` (default: the
     global one) runs on. An explicit ``openvino`` that is not installed is an error naming the variable."""
     choice = requested(env)
+    bf16 = requested_precision(env) == "bf16"
     if choice == "tensorflow":
+        if bf16:
+            raise RuntimeChoiceError(f"{PRECISION_ENV}=bf16 runs on OpenVINO but {ENV}=tensorflow; unset one of them")
         return choice
     if openvino_version() is None:
-        if choice == "openvino":
-            raise RuntimeChoiceError(f"{ENV}=openvino but the openvino package is not installed; "
-                                     f"`pip install openvino`, or set {ENV}=tensorflow")
+        if choice == "openvino" or bf16:
+            raise RuntimeChoiceError(f"{ENV}={choice}{' with ' + PRECISION_ENV + '=bf16' if bf16 else ''} needs the "
+                                     f"openvino package, which is not installed; `pip install openvino`, or set "
+                                     f"{ENV}=tensorflow{' and unset ' + PRECISION_ENV if bf16 else ''}")
         return "tensorflow"
-    if choice == "auto":
+    if choice == "auto":  # a GPU runs TensorFlow; so does a reduced Keras policy unless BF16 was asked of OpenVINO
         import keras
 
         policy = precision or keras.mixed_precision.global_policy().name
-        if policy != "float32" or _has_gpu():
+        if _has_gpu() or (policy != "float32" and not bf16):
             return "tensorflow"
     return "openvino"
 
 
 def cache_tag(precision: str | None = None, env: dict[str, str] | None = None) -> str:
-    """The runtime's part of a feature-cache namespace: ``tf``, or ``ov<version>-f32``."""
+    """The runtime's part of a feature-cache namespace: ``tf``, or ``ov<version>-f32`` / ``-bf16``."""
     if selected(precision, env) == "tensorflow":
         return "tf"
-    return f"ov{openvino_version()}-{PRECISION}"
+    return f"ov{openvino_version()}-{effective_precision(env)}"
 
 
 @dataclass(frozen=True)
@@ -210,46 +253,52 @@ def _no_telemetry() -> Iterator[None]:
                 m.tm = tm
 
 
-def _compile(ov_model: Any) -> Any:
+def _compile(ov_model: Any, precision: str = PRECISION) -> Any:
     ov = _openvino()
     from scene.model import runtime
 
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": runtime.thread_plan().intra_op}
+    config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": runtime.thread_plan().intra_op}
     return ov.Core().compile_model(ov_model, "CPU", config)
 
 
 class OpenVINOModel:
     """A compiled OpenVINO model called like the Keras one on float32 batches (one infer request per thread)."""
 
-    def __init__(self, compiled: Any, key: str = "") -> None:
+    def __init__(self, compiled: Any, key: str = "", slice_size: int = SLICE) -> None:
         self.compiled = compiled
         self.key = key
+        self.slice = slice_size
         self._local = threading.local()
 
     def __call__(self, batch: Any) -> np.ndarray:
         req = getattr(self._local, "request", None)
         if req is None:
             req = self._local.request = self.compiled.create_infer_request()
-        x = np.ascontiguousarray(np.asarray(batch), np.float32)
-        return np.array(req.infer({0: x})[0], dtype=np.float32)  # a copy: the request reuses its output buffer
+        x, n = np.asarray(batch), self.slice
+        if len(x) <= n:
+            return np.array(req.infer({0: np.ascontiguousarray(x, np.float32)})[0], dtype=np.float32)  # a copy
+        return np.concatenate([np.array(req.infer({0: np.ascontiguousarray(x[i:i + n], np.float32)})[0],
+                                        dtype=np.float32) for i in range(0, len(x), n)])
 
 
 def parity(model: Any, candidate: Callable[[np.ndarray], np.ndarray], sample: np.ndarray,
-           reference: np.ndarray | None = None) -> tuple[Parity, np.ndarray]:
-    """Compare ``candidate`` with the Keras graph on ``sample``; (the result, the Keras outputs)."""
+           reference: np.ndarray | None = None, precision: str = PRECISION) -> tuple[Parity, np.ndarray]:
+    """Compare ``candidate`` (running at ``precision``) with the Keras graph on ``sample``; (the result, the Keras
+    outputs)."""
     from scene.model.pipeline import compiled
 
     if reference is None:
         reference = np.asarray(compiled(model)(sample), np.float32)
     diff = relative_difference(reference, candidate(sample))
-    return Parity(diff <= TOLERANCE, diff, len(sample), openvino=openvino_version() or "",
-                  checked_at=time.time()), reference
+    tolerance = TOLERANCES[precision]
+    return Parity(diff <= tolerance, diff, len(sample), tolerance, openvino=openvino_version() or "",
+                  precision=precision, checked_at=time.time()), reference
 
 
 _LOADED: OrderedDict[str, OpenVINOModel | None] = OrderedDict()  # key -> runner (None: refused) in this process
 _LOADED_MAX = 8
 _LOCK = threading.Lock()
-_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model object -> its last model_key (a hint only)
+_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {precision: its last model_key} (a hint)
 
 
 def _remember(key: str, runner: OpenVINOModel | None) -> OpenVINOModel | None:
@@ -288,26 +337,32 @@ def stored_parity(folder: Path) -> Parity | None:
         return None
 
 
-def stored_export(model: Any, root: Path | None = None) -> Path:
-    """The folder where ``model``'s export and parity result are kept (its key from the last
-    :func:`openvino_runner` call on this object, else hashed now)."""
-    return (root or cache_root()) / (_KEYS.get(model) or model_key(model))
+def stored_export(model: Any, root: Path | None = None, precision: str | None = None) -> Path:
+    """The folder where ``model``'s export and parity result at ``precision`` (default: the effective one) are
+    kept (its key from the last :func:`openvino_runner` call on this object at that precision, else hashed now)."""
+    precision = precision or effective_precision()
+    return (root or cache_root()) / (_KEYS.get(model, {}).get(precision) or model_key(model, precision))
 
 
 def compile_ir(path: str | Path) -> Any:
-    """An OpenVINO IR file (``model.xml`` with its ``.bin``) compiled for this machine's CPU at f32."""
-    return _compile(_openvino().Core().read_model(Path(path)))
+    """An OpenVINO IR file (``model.xml`` with its ``.bin``) compiled for this machine's CPU at the effective
+    precision (:func:`effective_precision`: f32 unless ``SCENE_INFERENCE_PRECISION=bf16``)."""
+    return _compile(_openvino().Core().read_model(Path(path)), effective_precision())
 
 
 def openvino_runner(model: Any, sample: np.ndarray, *, exporter: Callable[[Any], Any] = export,
-                    root: Path | None = None) -> tuple[OpenVINOModel | None, np.ndarray | None]:
-    """The model on OpenVINO, or None when its export failed parity (a warning says so); plus the Keras outputs on
-    ``sample`` when the check ran now (the caller may use them for that batch).
+                    root: Path | None = None, precision: str | None = None
+                    ) -> tuple[OpenVINOModel | None, np.ndarray | None]:
+    """The model on OpenVINO at ``precision`` (default: :func:`effective_precision`), or None when its export failed
+    parity (a warning says so); plus the Keras outputs on ``sample`` when the check ran now (the caller may use them
+    for that batch).
 
     The first use of a model's content converts it with ``exporter`` and checks it on ``sample``; later uses (this
     process or another one) read the stored result and model.
     """
-    key = _KEYS[model] = model_key(model)  # hashed on every call: weights trained since then make another key
+    precision = precision or effective_precision()
+    key = model_key(model, precision)  # hashed on every call: weights trained since then make another key
+    _KEYS.setdefault(model, {})[precision] = key
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key], None
@@ -320,24 +375,25 @@ def openvino_runner(model: Any, sample: np.ndarray, *, exporter: Callable[[Any],
     if result is not None:
         try:
             ov = _openvino()
-            return _remember(key, OpenVINOModel(_compile(ov.Core().read_model(folder / "model.xml")), key)), None
+            return _remember(key, OpenVINOModel(_compile(ov.Core().read_model(folder / "model.xml"), precision),
+                                                key)), None
         except Exception as err:  # a damaged stored model: convert and check again
             log.warning("stored OpenVINO model %s is unusable (%s); converting again", folder, err)
             shutil.rmtree(folder, ignore_errors=True)
     try:
         ov_model = exporter(model)
-        runner = OpenVINOModel(_compile(ov_model), key)
-        result, reference = parity(model, runner, sample)
+        runner = OpenVINOModel(_compile(ov_model, precision), key)
+        result, reference = parity(model, runner, sample, precision=precision)
     except Exception as err:  # a graph OpenVINO cannot convert or compile: TensorFlow runs it
         log.warning("OpenVINO cannot run %s (%s: %s); running it on TensorFlow", model.name, type(err).__name__, err)
         return _remember(key, None), None
     _store(folder, ov_model, result)
     if not result.ok:
         log.warning("OpenVINO export of %s refused: its outputs differ from the Keras graph's by %.2g (relative, "
-                    "over %d images; at most %g allowed); running it on TensorFlow", model.name, result.rel_diff,
-                    result.images, TOLERANCE)
+                    "over %d images; at most %g allowed at %s); running it on TensorFlow", model.name, result.rel_diff,
+                    result.images, result.tolerance, precision)
         return _remember(key, None), reference
-    log.info("OpenVINO export of %s checked: relative difference %.2g over %d images", model.name,
+    log.info("OpenVINO export of %s checked at %s: relative difference %.2g over %d images", model.name, precision,
              result.rel_diff, result.images)
     return _remember(key, runner), reference
 
@@ -358,9 +414,10 @@ def predict_batches(model: Any, batches: Iterable[np.ndarray], transform: Callab
             yield model(transform(batch) if transform is not None else batch)
         return
     choice = runtime or selected()
-    if (choice == "openvino" and runtime is None and requested() == "auto" and images is not None
-            and images < CONVERT_MIN_IMAGES and _LOADED.get(_KEYS.get(model, "")) is None):
-        choice = "tensorflow"
+    if (choice == "openvino" and runtime is None and requested() == "auto" and requested_precision() == "f32"
+            and images is not None and images < CONVERT_MIN_IMAGES
+            and _LOADED.get(_KEYS.get(model, {}).get("f32", "")) is None):
+        choice = "tensorflow"  # (under bf16 every pass runs on OpenVINO: a model's features and scores agree)
     if choice == "tensorflow":
         yield from pipeline.predict_batches(model, batches, transform)
         return
