@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from flows import retrain_runs
-from flows.train_all import promote_best, require_a_model, train_and_compare
+from flows import dispatching, retrain_runs
+from flows.train_all import extract_first, promote_best, require_a_model, train_and_compare
 from scene.data import scope
 from scene.metadata import DEFAULT_BACKBONES
 from scene.train.params import TrainParams
@@ -25,9 +25,11 @@ from tasks.common import FLOW_TIMEOUT_S, keeps_termination, run_prefix, settings
 
 def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix: str, alpha: float,
                      only_if_changed: bool, on_missing_weights: str, slots: int = 2,
-                     audit_labels: bool = False, dispatch: dict[str, Any] | None = None) -> dict:
+                     audit_labels: bool = False, dispatch: dict[str, Any] | None = None,
+                     extract: dict[str, Any] | None = None) -> dict:
     """What changed in ``data`` since its champion; then the same per-backbone runs as train-all, in parallel, and
-    the best gated against that dataset's champion (named in the result)."""
+    the best gated against that dataset's champion (named in the result). ``extract``: ``chunks`` and
+    ``deployment`` of sharded extraction, as train-all's ``extract_chunks``/``extract_deployment``."""
     log = get_run_logger()
     pointer = registry_tasks.read_champion(data)  # this dataset's champion only
     champ = pointer.champion
@@ -45,12 +47,19 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
     report = data_tasks.validate(ds, previous)
     if report.new_images is not None:
         log.info("%d images of %s are new since its champion's data", report.new_images, data)
+    dispatch = dispatch or {}
+    extract = extract or {}
+    published = extract_first(ds, report, prefix, backbones, params, extract.get("chunks", 1),
+                              extract.get("deployment", "extract-chunk/gpu"),
+                              local=dispatch.get("dispatch", "local") == "local", on_missing_weights=on_missing_weights,
+                              start_timeout_s=dispatch.get("start_timeout_s", 1800.0),
+                              timeout_s=dispatch.get("dispatch_timeout_s", 6 * 3600.0))
     audit = audit_tasks.audit_data(ds, params.config(backbones[0]), prefix, labels=audit_labels)
     new_rows = ds.manifest[~ds.manifest["sha256"].isin(previous["sha256"])] if previous is not None else ds.manifest[:0]
     drift = audit_tasks.drift_check(None, champ, new_rows, f"{len(new_rows)} new images of {data}")
-    manifest = data_tasks.publish_manifest(ds, report, prefix)
+    manifest = published or data_tasks.publish_manifest(ds, report, prefix)
     results, _ = train_and_compare(ds, backbones, params, manifest, prefix, on_missing_weights=on_missing_weights,
-                                   slots=slots, **(dispatch or {}))
+                                   slots=slots, **dispatch)
     require_a_model(results)  # a retrain whose every backbone failed is a failed run, not "no challenger"
     gated = promote_best(ds, results, pointer, alpha)
     return {**gated, "data": data, "champion": champ["version"] if champ else None, "audit": audit, "drift": drift,
@@ -62,11 +71,11 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
 @keeps_termination
 def retrain_dataset(data: str, test: str | None, params: TrainParams, alpha: float, only_if_changed: bool,
                     on_missing_weights: str, slots: int = 2, audit_labels: bool = False,
-                    dispatch: dict[str, Any] | None = None) -> dict:
+                    dispatch: dict[str, Any] | None = None, extract: dict[str, Any] | None = None) -> dict:
     """One dataset of a scheduled retraining, as a subflow: its own run id, artifact prefix and work folders."""
     return _retrain_dataset(data, test, params, prefix=run_prefix(), alpha=alpha, only_if_changed=only_if_changed,
                             on_missing_weights=on_missing_weights, slots=slots, audit_labels=audit_labels,
-                            dispatch=dispatch)
+                            dispatch=dispatch, extract=extract)
 
 
 def _one_dataset(data: str, test: str | None, params: TrainParams, change_id: str | None, opts: dict) -> dict:
@@ -95,6 +104,8 @@ def retrain(
     start_timeout_s: float = 1800.0,
     dispatch_timeout_s: float = 6 * 3600.0,
     change_id: str | None = None,
+    extract_chunks: int = 1,
+    extract_deployment: str = "extract-chunk/gpu",
 ) -> dict:
     """Retrain ``data`` against its own champion; without ``data``, retrain every champion's dataset.
 
@@ -104,6 +115,8 @@ def retrain(
     ``change_id``: the announced change (the event trigger passes it): a run whose change an earlier run already
     handles ends as a duplicate, one with a newer run waiting for the same data ends as superseded (both
     Completed, see :mod:`scene.ops.coalesce`); the others train one at a time per dataset (its slot).
+    ``extract_chunks`` > 1: each backbone's features are first extracted by that many ``extract_deployment`` runs
+    (as in train-all).
     """
     for name, uri in (("data", data), ("test", test)):  # only inside the data bucket and prefix
         if uri is not None:
@@ -113,10 +126,12 @@ def retrain(
         params.backbones or ["the champion's"]), **params.facts()})  # first: above the task artifacts
     log = get_run_logger()
     params.check()
+    dispatching.require_chunks(extract_chunks)  # before any work
     opts = {"alpha": alpha, "only_if_changed": only_if_changed, "on_missing_weights": on_missing_weights,
             "slots": slots, "audit_labels": audit_labels,
             "dispatch": {"dispatch": dispatch, "deployment": deployment, "devices": devices,
-                         "start_timeout_s": start_timeout_s, "dispatch_timeout_s": dispatch_timeout_s}}
+                         "start_timeout_s": start_timeout_s, "dispatch_timeout_s": dispatch_timeout_s},
+            "extract": {"chunks": extract_chunks, "deployment": extract_deployment}}
     if data is not None:
         if new_objects:
             log.info("retraining after %d new objects under %s", new_objects, data)

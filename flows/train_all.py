@@ -70,16 +70,23 @@ def _pool_of(deployment: str) -> Any:
         return client.read_work_pool(client.read_deployment_by_name(deployment).work_pool_name)
 
 
-def _extract_in_chunks(backbones: list[str], params: TrainParams, manifest_uri: str, chunks: int, deployment: str, *,
-                       local: bool, on_missing_weights: str, start_timeout_s: float, timeout_s: float) -> None:
-    """Each backbone's features by ``chunks`` runs of ``deployment`` (one chunk of the images each), backbone after
-    backbone; this flow holds no slot of their pool while it waits. Local children read this process's feature
-    cache, so the chunks write there; dispatched ones read their pool's, as the chunk runs do on it."""
+def extract_first(ds: Dataset, report: Any, prefix: str, backbones: list[str], params: TrainParams, chunks: int,
+                  deployment: str, *, local: bool, on_missing_weights: str, start_timeout_s: float,
+                  timeout_s: float) -> dict[str, str] | None:
+    """With ``chunks`` > 1 and the cached strategy: publish the manifest, then extract each backbone's features by
+    ``chunks`` runs of ``deployment`` (one chunk of the images each), backbone after backbone; this flow holds no slot
+    of their pool while it waits. Local children read this process's feature cache, so the chunks write there;
+    dispatched ones read their pool's, as the chunk runs do on it. Returns the published manifest (None: nothing
+    done). Runs before the data audit, which reads the first backbone's features."""
+    if chunks <= 1 or params.strategy != "cached":
+        return None
+    manifest = data_tasks.publish_manifest(ds, report, prefix)
     cache = settings().feature_cache if local else None
     for backbone in backbones:
-        dispatching.extract_in_chunks(backbone, params, manifest_uri, chunks, deployment, feature_cache=cache,
-                                      on_missing_weights=on_missing_weights, start_timeout_s=start_timeout_s,
-                                      timeout_s=timeout_s)
+        dispatching.extract_in_chunks(backbone, params, manifest["manifest.csv"], chunks, deployment,
+                                      feature_cache=cache, on_missing_weights=on_missing_weights,
+                                      start_timeout_s=start_timeout_s, timeout_s=timeout_s)
+    return manifest
 
 
 def train_and_compare(ds: Dataset, backbones: list[str], params: TrainParams, manifest: dict[str, str], prefix: str,
@@ -180,12 +187,9 @@ def train_all(
     ds = data_tasks.build_manifest(data, test, classes, previous=previous)
     report = data_tasks.validate(ds, previous)
     prefix = run_prefix()
-    manifest = None
-    if extract_chunks > 1 and params.strategy == "cached":  # before the audit, which reads the first's features
-        manifest = data_tasks.publish_manifest(ds, report, prefix)
-        _extract_in_chunks(backbones, params, manifest["manifest.csv"], extract_chunks, extract_deployment,
-                           local=dispatch == "local", on_missing_weights=on_missing_weights,
-                           start_timeout_s=start_timeout_s, timeout_s=dispatch_timeout_s)
+    manifest = extract_first(ds, report, prefix, backbones, params, extract_chunks, extract_deployment,
+                             local=dispatch == "local", on_missing_weights=on_missing_weights,
+                             start_timeout_s=start_timeout_s, timeout_s=dispatch_timeout_s)
     audit = audit_tasks.audit_data(ds, params.config(backbones[0]), prefix, labels=audit_labels)
     manifest = manifest or data_tasks.publish_manifest(ds, report, prefix)
     log.info("training %s on %d images (%s dispatch); artifacts under %s", ", ".join(backbones), len(ds.manifest),

@@ -46,9 +46,10 @@ TOLERANCE = 1e-4  # max |openvino - keras| / max |keras| on the parity batch, at
 PRECISION_ENV = "SCENE_INFERENCE_PRECISION"
 PRECISIONS = ("f32", "bf16")
 PRECISION = "f32"  # the default
-# At BF16 the check only catches a broken graph (a wrong export is off by ~1): MobileNetV2's features differ from
-# f32 by 5.4e-2 and its probabilities by less; what BF16 does to accuracy is measured, not assumed (docs/inference.md).
-TOLERANCES = {"f32": TOLERANCE, "bf16": 0.15}
+# At BF16 the check only catches a broken graph (one without its preprocessing is off by far more than 1): BF16's
+# own rounding moved MobileNetV2's features by 0.05-0.08 and a classifier's probabilities by 0.05-0.16 (relative, 64
+# Intel photos); what BF16 does to accuracy is measured, not assumed (docs/inference.md).
+TOLERANCES = {"f32": TOLERANCE, "bf16": 0.5}
 # OpenVINO runs a batch in slices of this many images: MobileNetV2 at 150 px, f32, 2 threads, 600 photos, 2 rounds:
 # slices of 1/4/8/16/64 ran 493/678/741/661/573 img/s (AVX-512 Xeon; benchmarks/extraction.py --raw reports it).
 SLICE = 8
@@ -209,8 +210,8 @@ def model_key(model: Any, precision: str = PRECISION) -> str:
     import keras
 
     h = hashlib.sha256()
-    h.update(f"{model.to_json()}|{model.input_shape}|{precision}|ov{openvino_version()}|keras{keras.__version__}"
-             .encode())
+    h.update(f"{model.to_json()}|{model.input_shape}|{precision}|tolerance{TOLERANCES[precision]}"
+             f"|ov{openvino_version()}|keras{keras.__version__}".encode())  # a stored verdict holds for its tolerance
     for path in _custom_sources(model):
         h.update(Path(path).read_bytes())
     for w in model.weights:

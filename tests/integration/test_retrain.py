@@ -10,7 +10,8 @@ rule does not apply.
    scores well on its own (shifted) test split and, the dataset having no champion, is promoted.
 2. The same dataset root is uploaded again with the right folders. Scored on the current test split, the
    champion is wrong on (nearly) every image and the new model right on (nearly) every one: the one-sided
-   McNemar test and the per-class rule both say promote.
+   McNemar test and the per-class rule both say promote. This retrain extracts its features in two chunks
+   (``extract_chunks=2``: two ``extract-chunk`` runs on the stack's process pool) before the backbone trains.
 
 ``decision.json``'s b, c, n_paired, p-value, per-class table and outcome are compared with values recomputed
 here with numpy from the challenger's stored ``test_predictions.csv`` and the champion's ``model.keras`` run on
@@ -33,6 +34,7 @@ from scene import registry
 from scene.data import storage
 from scene.metadata import CLASS_NAMES
 from tests.support.hues import calibrated_mobilenetv2, draw_hues
+from tests.support.runs import child_runs, deploy_on_default_pool
 from tests.support.s3io import read_csv, upload
 
 pytestmark = pytest.mark.integration
@@ -82,8 +84,8 @@ def _expected(y: np.ndarray, new: np.ndarray, old: np.ndarray, margin: float = 0
             "promote": b > c and p < 0.05 and all(r["ok"] for r in rows)}
 
 
-def test_retrain_gates_a_known_better_challenger(s3: Any, env: dict[str, str], weights: str,
-                                                 tmp_path: Path) -> None:
+def test_retrain_gates_a_known_better_challenger(s3: Any, env: dict[str, str], weights: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.retrain import retrain
 
     data = f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}gate-{uuid.uuid4().hex[:8]}/"
@@ -97,7 +99,18 @@ def test_retrain_gates_a_known_better_challenger(s3: Any, env: dict[str, str], w
     assert first["decision"]["smoke"]["ok"] is True
 
     _replace(s3, _draw(tmp_path / "right", shift=0), data)
-    second = retrain(**common)
+    # the chunk runs write where this run reads: a cache both may use (scene.data.scope.require_feature_cache)
+    monkeypatch.setenv("SCENE_FEATURE_CACHE", f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features/retrain-{uuid.uuid4().hex[:8]}/")
+    chunks = deploy_on_default_pool("extract-chunk", "flows/extract_chunk.py:extract_chunk",
+                                    f"retrain-chunks-{uuid.uuid4().hex[:6]}")
+    state = retrain(**common, extract_chunks=2, extract_deployment=chunks, return_state=True)
+    assert state.is_completed(), state.message
+    second = state.result()
+    chunk_runs = [r for r in child_runs(state.state_details.flow_run_id) if r.deployment_id is not None]
+    assert sorted(r.name for r in chunk_runs) == ["mobilenetv2 chunk 1/2", "mobilenetv2 chunk 2/2"]
+    assert all(r.state.is_completed() for r in chunk_runs), {r.name: r.state for r in chunk_runs}
+    (trained,) = second["results"]
+    assert trained["features_computed"] == 0, trained  # the chunks (and the audit) extracted them all
     new = registry.ModelVersion.from_dict(registry.get_version(s3, env["SCENE_ARTIFACT_BUCKET"],
                                                                second["challenger"]))
     stored = json.loads(storage.read_bytes(new.uri + "decision.json", s3))
