@@ -105,7 +105,7 @@ def _resizer(size: int) -> Callable[[np.ndarray], tf.Tensor]:
 
 
 def load_pixels(key: str, size: int, s3: Any = None, *, min_side: int = 0,
-                fetch: Callable[[str], bytes] | None = None) -> np.ndarray:
+                fetch: Callable[[str], bytes] | None = None, as_float: bool = True) -> np.ndarray:
     """One image as the model sees it: decoded, upright RGB, resized and zero-padded to ``size``, float32 0–255.
 
     The only image loader of training, extraction, evaluation and prediction. An image that already has the
@@ -113,13 +113,14 @@ def load_pixels(key: str, size: int, s3: Any = None, *, min_side: int = 0,
     changes no pixel and saves most of the per-image cost. ``min_side``: refuse smaller images
     (:class:`~scene.data.images.ImageProblem`), as the manifest does, for input that no manifest has checked.
     ``fetch``: reads the key's bytes (default: :func:`scene.data.image_fetch.reader` of ``s3``).
+    ``as_float=False``: an image that needs no resampling stays uint8 (the same values; a batch converts once).
     """
     pixels = images.decode_rgb((fetch or image_fetch.reader(s3))(key))
     if min(pixels.shape[:2]) < min_side:
         h, w = pixels.shape[:2]
         raise images.ImageProblem(f"{w}x{h} is smaller than the {min_side}-pixel minimum side")
     if pixels.shape[0] == size and pixels.shape[1] == size:
-        return pixels.astype(np.float32)
+        return pixels.astype(np.float32) if as_float else pixels
     return _resizer(size)(pixels).numpy()
 
 
@@ -140,16 +141,17 @@ def pixel_batches(keys: Sequence[str], size: int, *, batch_size: int, s3: Any = 
 
     def load(key: str) -> np.ndarray:
         if errors is None:
-            return load_pixels(key, size, s3, fetch=fetch)
+            return load_pixels(key, size, s3, fetch=fetch, as_float=False)
         try:
-            return load_pixels(key, size, s3, min_side=images.MIN_SIDE, fetch=fetch)
+            return load_pixels(key, size, s3, min_side=images.MIN_SIDE, fetch=fetch, as_float=False)
         except (images.ImageProblem, storage.StorageError) as err:
             errors[key] = str(err)
-            return np.zeros((size, size, 3), np.float32)
+            return np.zeros((size, size, 3), np.uint8)
 
     it = ordered_map(load, keys, workers or decode_workers(keys), 2 * batch_size)
     while batch := list(itertools.islice(it, batch_size)):
-        yield np.stack(batch)
+        stacked = np.stack(batch)  # uint8 unless an image was resampled (float32: the stack is then float32)
+        yield stacked if stacked.dtype == np.float32 else stacked.astype(np.float32)
 
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
