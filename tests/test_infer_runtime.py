@@ -80,33 +80,35 @@ def test_precision_choice_and_its_namespace(monkeypatch: pytest.MonkeyPatch, cap
     assert "no BF16 support" in caplog.text and "running at f32" in caplog.text
 
 
-def test_bf16_computes_in_bf16_and_still_refuses_a_broken_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                                  ) -> None:
-    if not infer.cpu_has_bf16():
-        pytest.skip("this CPU has no BF16 (OpenVINO's CPU capabilities): SCENE_INFERENCE_PRECISION=bf16 runs f32")
+def test_bf16_computes_in_bf16_where_the_cpu_has_it_and_f32_where_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+    """Asked for BF16, OpenVINO computes in BF16 on this CPU if it has BF16 (further from Keras than f32, within the
+    BF16 check, which still refuses a graph without its preprocessing), else in f32 (as close as f32); either way
+    every pass, even a small job under auto, runs on OpenVINO. Both branches are real: the CI machine decides which."""
     model, core = _tiny()
     sample = _pixels(8)
-    bf16, _ = infer.openvino_runner(model, sample, root=tmp_path, precision="bf16")
-    f32, _ = infer.openvino_runner(model, sample, root=tmp_path, precision="f32")
-    assert bf16 is not None and f32 is not None and infer.model_key(model, "bf16") != infer.model_key(model, "f32")
     keras_out = np.asarray(model(sample))
-    assert infer.relative_difference(keras_out, f32(sample)) <= infer.TOLERANCE
-    assert infer.TOLERANCE < infer.relative_difference(keras_out, bf16(sample)) <= infer.TOLERANCES["bf16"]
-    stored = json.loads((tmp_path / infer.model_key(model, "bf16") / "parity.json").read_text())
-    assert stored["ok"] and stored["precision"] == "bf16" and stored["tolerance"] == infer.TOLERANCES["bf16"]
-    infer._LOADED.clear()  # as a new process with another store would
-    broken, _ = infer.openvino_runner(model, sample, exporter=lambda m: infer.export(core), root=tmp_path / "b",
-                                      precision="bf16")
-    assert broken is None  # a graph without its preprocessing is off by far more than BF16's rounding
-
-    infer._LOADED.clear()
-    monkeypatch.setenv(infer.PRECISION_ENV, "bf16")  # under auto, even a small job runs on OpenVINO at BF16
+    monkeypatch.setenv(infer.PRECISION_ENV, "bf16")
     monkeypatch.setattr(infer, "cache_root", lambda: tmp_path)
     from scene.model import pipeline
 
     monkeypatch.setattr(pipeline, "predict_batches", lambda *a, **k: pytest.fail("ran on TensorFlow"))
     out = np.concatenate(list(infer.predict_batches(model, [sample[:5], sample[5:]], images=8)))
-    np.testing.assert_array_equal(out, bf16(sample))
+    diff = infer.relative_difference(keras_out, out)
+    if not infer.cpu_has_bf16():
+        assert infer.effective_precision() == "f32" and diff <= infer.TOLERANCE
+        assert infer.cache_tag().endswith("-f32")
+        return
+    assert infer.effective_precision() == "bf16" and infer.cache_tag().endswith("-bf16")
+    assert infer.TOLERANCE < diff <= infer.TOLERANCES["bf16"]
+    key = infer.model_key(model, "bf16")
+    assert key != infer.model_key(model, "f32")
+    stored = json.loads((tmp_path / key / "parity.json").read_text())
+    assert stored["ok"] and stored["precision"] == "bf16" and stored["tolerance"] == infer.TOLERANCES["bf16"]
+    infer._LOADED.clear()  # as a new process with another store would
+    broken, _ = infer.openvino_runner(model, sample, exporter=lambda m: infer.export(core), root=tmp_path / "b",
+                                      precision="bf16")
+    assert broken is None  # a graph without its preprocessing is off by far more than BF16's rounding
 
 
 def test_openvino_runs_a_batch_in_slices_with_the_same_outputs(tmp_path: Path) -> None:
