@@ -282,11 +282,16 @@ class OpenVINOModel:
         req = getattr(self._local, "request", None)
         if req is None:
             req = self._local.request = self.compiled.create_infer_request()
-        x, n = np.asarray(batch), self.slice
-        if len(x) <= n:
-            return np.array(req.infer({0: np.ascontiguousarray(x, np.float32)})[0], dtype=np.float32)  # a copy
-        return np.concatenate([np.array(req.infer({0: np.ascontiguousarray(x[i:i + n], np.float32)})[0],
-                                        dtype=np.float32) for i in range(0, len(x), n)])
+        # the request reads the slices in place (they are not changed while it runs) and its output buffer, reused
+        # by the next call, is copied out
+        x, n = np.ascontiguousarray(np.asarray(batch), np.float32), self.slice
+        out: np.ndarray | None = None
+        for i in range(0, len(x), n):
+            y = req.infer({0: x[i:i + n]}, share_inputs=True)[0]
+            if out is None:
+                out = np.empty((len(x), *y.shape[1:]), np.float32)
+            out[i:i + len(y)] = y
+        return out if out is not None else np.array(req.infer({0: x})[0], np.float32)  # an empty batch
 
 
 def parity(model: Any, candidate: Callable[[np.ndarray], np.ndarray], sample: np.ndarray,
