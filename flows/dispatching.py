@@ -18,6 +18,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State, StateType
 from prefect.states import Cancelled, Cancelling
 
+from scene.data.chunking import require_chunks as require_chunks  # the flows check chunk counts here
+
 
 @dataclass
 class _Watched:
@@ -106,13 +108,6 @@ def give_up(client: Any, run_id: UUID, state: State, reason: str) -> State:
     except Exception as err:  # the table still reports the backbone as failed
         get_run_logger().warning("could not cancel flow run %s: %s", run_id, err)
     return final
-
-
-def require_chunks(k: int) -> None:
-    """Fail naming the problem unless ``k`` is a chunk count the feature cache allows (1..16)."""
-    from scene.train.features import require_chunks as check
-
-    check(k)
 
 
 def run_chunks(deployment: str, chunks: int, parameters: dict[str, Any], *, label: str, tags: list[str],

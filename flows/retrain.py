@@ -126,7 +126,7 @@ def retrain(
         params.backbones or ["the champion's"]), **params.facts()})  # first: above the task artifacts
     log = get_run_logger()
     params.check()
-    dispatching.require_chunks(extract_chunks)  # before any work
+    dispatching.require_chunks(extract_chunks, "extract_chunks")  # before any work
     opts = {"alpha": alpha, "only_if_changed": only_if_changed, "on_missing_weights": on_missing_weights,
             "slots": slots, "audit_labels": audit_labels,
             "dispatch": {"dispatch": dispatch, "deployment": deployment, "devices": devices,

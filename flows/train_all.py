@@ -181,7 +181,7 @@ def train_all(
         if not value > 0:
             raise ValueError(f"{name}={value} is invalid; pass a positive number (slots: concurrent trainings, "
                              "timeouts: seconds to wait for dispatched runs)")
-    dispatching.require_chunks(extract_chunks)  # before any work
+    dispatching.require_chunks(extract_chunks, "extract_chunks")  # before any work
     pointer = registry_tasks.read_champion(data)  # this dataset's champion, read once
     previous = registry_tasks.previous_manifest(pointer.champion)  # its splits stay sticky; a moved image stops the run
     ds = data_tasks.build_manifest(data, test, classes, previous=previous)

@@ -189,3 +189,18 @@ def test_feature_namespace_holds_everything_that_changes_a_feature(tmp_path: Pat
     assert features.namespace("mobilenetv2", w, 64, AugmentConfig(), 1, "float32") != base
     monkeypatch.undo()
     assert features.namespace("mobilenetv2", w, 64, AugmentConfig(), 1, "float32") == base
+
+
+def test_the_code_hash_is_read_once_so_a_run_keeps_one_namespace_when_files_change(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """A run writes features under the namespace of the code it loaded and reads them back under the same one, even
+    when the source files change in between (an edit or a deploy while it runs made the reader miss every key)."""
+    from scene.train import features
+
+    (tmp_path / "scene_hash_probe.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    first = features.source_hash(("scene_hash_probe",))
+    (tmp_path / "scene_hash_probe.py").write_text("X = 2\n")
+    assert features.source_hash(("scene_hash_probe",)) == first
+    features.source_hash.cache_clear()  # a new process reads the changed file
+    assert features.source_hash(("scene_hash_probe",)) != first

@@ -45,8 +45,8 @@ def test_a_listing_splits_into_chunks_each_key_once_and_always_in_the_same_chunk
     for i, chunk in enumerate(listed):
         assert all(parts.chunk_of(k, 3) == i for k in chunk)
     assert min(counts) > 30  # sha256 spreads keys: no chunk is starved
-    for bad in (0, 17, 2.0):
-        with pytest.raises(ValueError, match="chunks="):
+    for bad in (0, 17, 2.0, True):
+        with pytest.raises(ValueError, match=rf"chunks={bad!r} is invalid; pass 1\.\.16"):
             parts.require_chunks(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="line break"):
         parts.split_listing(["a\nb.jpg"], str(tmp_path / "x"), 2)
@@ -68,7 +68,7 @@ def test_frames_stream_in_groups_and_equal_the_whole_frame(model: keras.Model, f
 
 
 def test_parts_and_manifest_round_trip_and_a_changed_part_is_refused(model: keras.Model, folder: Path,
-                                                                     tmp_path: Path) -> None:
+                                                                     tmp_path: Path, monkeypatch) -> None:
     out = str(tmp_path / "predictions")
     listed = sorted(str(p) for p in folder.iterdir())
     split = parts.split_listing(listed, out, 2)
@@ -94,8 +94,13 @@ def test_parts_and_manifest_round_trip_and_a_changed_part_is_refused(model: kera
     np.testing.assert_allclose(from_parquet.loc[ok, "p_a"].to_numpy(float),
                                from_csv.loc[from_csv["error"] == "", "p_a"].to_numpy(float), atol=1e-6)
     assert from_parquet.loc[ok, [f"p_{c}" for c in CLASSES]].sum(axis=1).round(5).eq(1).all()
+    reads: list[str] = []
+    read_bytes = parts.storage.read_bytes
+    monkeypatch.setattr(parts.storage, "read_bytes", lambda uri, s3=None: reads.append(uri) or read_bytes(uri, s3))
     sample = parts.sample_classified(parts.manifest_uri(out), 5)
     assert len(sample) == 5 and set(sample["key"]) <= set(from_parquet.loc[ok, "key"])
+    assert reads.count(parts.manifest_uri(out)) == 1 and len(reads) == 3  # the manifest once, then each part once
+    monkeypatch.undo()
 
     Path(written[0].files["parquet"]["uri"]).write_bytes(b"changed")
     with pytest.raises(parts.PartError, match=r"part-00000\.parquet: sha256"):

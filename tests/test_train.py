@@ -118,7 +118,7 @@ def test_chunks_are_whole_partitions_and_a_reader_loads_only_its_own(tmp_path: P
     assert all(not owned[i] & owned[j] for i in range(3) for j in range(i + 1, 3)) and set.union(*owned) == set(
         features.PARTITIONS)
     for bad in (0, 17):
-        with pytest.raises(ValueError, match=rf"k={bad} is invalid; pass 1\.\.16"):
+        with pytest.raises(ValueError, match=rf"extract_chunks={bad} is invalid; pass 1\.\.16"):
             features.chunks(rows, bad)
     keys = [features.entry_key(s, 0) for s in rows["sha256"]]
     features.FeatureCache(str(tmp_path), "ns").put(keys, np.arange(600, dtype=np.float32).reshape(200, 3))

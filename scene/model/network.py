@@ -143,10 +143,11 @@ def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> keras.opt
                                                   warmup_target=peak, warmup_steps=warmup_steps)
 
 
-def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> None:
-    """Adam and categorical cross-entropy, with accuracy."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
+def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+                  *, label_smoothing: float = 0.0) -> None:
+    """Adam and categorical cross-entropy (its one-hot targets smoothed by ``label_smoothing``), with accuracy."""
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics=["accuracy"])
 
 
 def load(path: str) -> keras.Model:

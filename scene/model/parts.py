@@ -28,20 +28,12 @@ import numpy as np
 import pandas as pd
 
 from scene.data import storage
+from scene.data.chunking import require_chunks
 from scene.model.predict import columns, frames, list_images, problem_rows, screen
-
-MAX_CHUNKS = 16  # one per first hex digit of the key's sha256
 
 
 class PartError(RuntimeError):
     """A part or manifest that is missing, damaged or inconsistent; the message names the object."""
-
-
-def require_chunks(k: int) -> None:
-    """Fail naming the problem unless ``k`` is a chunk count prediction allows (1..16)."""
-    if not isinstance(k, int) or not 1 <= k <= MAX_CHUNKS:
-        raise ValueError(f"chunks={k!r}: pass 1..{MAX_CHUNKS} (a chunk is one or more first hex digits of each "
-                         "key's sha256)")
 
 
 def chunk_of(key: str, chunks: int) -> int:
@@ -207,13 +199,14 @@ def write_manifest(folder: str, parts: Sequence[Part], *, class_names: Sequence[
     return doc
 
 
-def read_predictions(manifest: str, s3: Any = None, *, kind: str = "parquet",
-                     columns_: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+def read_predictions(manifest: str, s3: Any = None, *, kind: str = "parquet", columns_: Sequence[str] | None = None,
+                     doc: dict[str, Any] | None = None) -> Iterator[pd.DataFrame]:
     """Each part of a prediction manifest as a DataFrame (one part in memory at a time), each file checked against
-    the sha256 the manifest records (:class:`PartError` naming the file when it differs)."""
+    the sha256 the manifest records (:class:`PartError` naming the file when it differs). ``doc``: the manifest
+    already read (it is not read again)."""
     import io
 
-    doc = json.loads(storage.read_bytes(manifest, s3))
+    doc = doc or json.loads(storage.read_bytes(manifest, s3))
     for part in doc["parts"]:
         f = part["files"][kind]
         data = storage.read_bytes(f["uri"], s3)
@@ -234,7 +227,7 @@ def sample_classified(manifest: str, n: int, s3: Any = None, seed: int = 0) -> p
     total = max(int(doc["classified"]), 1)
     rng = np.random.default_rng(seed)
     picked: list[str] = []
-    for df in read_predictions(manifest, s3, columns_=("key", "error")):
+    for df in read_predictions(manifest, s3, columns_=("key", "error"), doc=doc):
         keys = df.loc[df["error"] == "", "key"].tolist()
         take = min(len(keys), int(np.ceil(n * len(keys) / total)))
         picked += [keys[i] for i in sorted(rng.choice(len(keys), take, replace=False))] if take else []

@@ -27,6 +27,7 @@ truncated file) is listed in :attr:`FeatureCache.corrupt`, deleted and never use
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import itertools
@@ -42,6 +43,7 @@ import pandas as pd
 import tensorflow as tf
 
 from scene.data import packs, storage
+from scene.data.chunking import HEX_DIGITS, require_chunks
 from scene.model import infer
 from scene.model.backbones import WeightsSource, feature_extractor, preflight
 from scene.model.pipeline import PIPELINE_VERSION, AugmentConfig, augmenter, pixel_batches
@@ -60,7 +62,7 @@ class ExtractStats:
     corrupt: int = 0  # damaged shards of this cache found and dropped so far (their vectors were recomputed)
 
 
-PARTITIONS = "0123456789abcdef"  # a cache key's partition: the first hex digit of its image's sha256
+PARTITIONS = HEX_DIGITS  # a cache key's partition: the first hex digit of its image's sha256
 OTHER = "_"  # the partition of a key that does not start with a hex digit (not an image's sha256)
 
 
@@ -70,18 +72,11 @@ def partition(key: str) -> str:
     return head if head and head in PARTITIONS else OTHER
 
 
-def require_chunks(k: int) -> None:
-    """Fail naming the problem unless ``k`` chunks can be made (1..16: a chunk is at least one whole partition)."""
-    if not 1 <= k <= len(PARTITIONS):
-        raise ValueError(f"chunks: k={k} is invalid; pass 1..{len(PARTITIONS)} (the cache has {len(PARTITIONS)} "
-                         "partitions, one per first hex digit of the sha256)")
-
-
 def chunks(rows: pd.DataFrame, k: int) -> list[pd.DataFrame]:
     """``rows`` split into ``k`` chunks of whole partitions (partition i goes to chunk i mod k), each chunk's rows
     in their original order: the chunks' workers read and write disjoint parts of the cache. Empty chunks are kept
     (chunk i is always the same partitions)."""
-    require_chunks(k)
+    require_chunks(k, "extract_chunks")
     chunk = rows["sha256"].map(lambda sha: PARTITIONS.find(partition(sha)) % k)
     return [rows[chunk == i] for i in range(k)]
 
@@ -173,8 +168,11 @@ FEATURE_MODULES = ("scene.data.images", "scene.model.pipeline", "scene.model.bac
                    "scene.train.features")
 
 
+@functools.cache
 def source_hash(modules: Sequence[str] = FEATURE_MODULES) -> str:
-    """A short sha256 over the source files of ``modules`` (not a version number someone must remember to bump)."""
+    """A short sha256 over the source files of ``modules`` (not a version number someone must remember to bump),
+    read once per process: a run that writes features and then reads them keeps one namespace even when the files
+    change under it (a deploy, an edit) — the code it runs is the code it loaded."""
     import importlib.util
 
     h = hashlib.sha256()

@@ -57,6 +57,7 @@ class TrainConfig:
     finetune_epochs: int = 10  # the fine-tuning phase's epochs (the cosine schedule spans them all)
     finetune_lr: float = 1e-5  # peak Adam learning rate when fine-tuning (reached after the warm-up)
     finetune_warmup: float = 0.5  # epochs of linear warm-up from 0 before the cosine decay to 0
+    finetune_label_smoothing: float = 0.0  # fine-tuning's loss: targets (1 - s)·one-hot + s/k (0: plain)
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the shipped model averages over image and mirror
     refit: bool = False  # cached: after early stopping on val, a fresh head trains on train + val and ships
@@ -80,6 +81,8 @@ class TrainConfig:
             (self.finetune_lr > 0, "finetune_lr", self.finetune_lr, "a positive number"),
             (0 <= self.finetune_warmup < self.finetune_epochs, "finetune_warmup", self.finetune_warmup,
              "0 or more epochs, fewer than finetune_epochs"),
+            (0 <= self.finetune_label_smoothing < 1, "finetune_label_smoothing", self.finetune_label_smoothing,
+             "0 (off) or more, below 1"),
             (self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number"),
             (not self.refit or (self.strategy == "cached" and not self.finetunes), "refit", self.refit,
              "False with strategy='online' or fine-tuning (the refit trains the head on val, which fine-tuning "
@@ -363,7 +366,8 @@ def _fit_online(model: keras.Model, ds: Dataset, cfg: TrainConfig, lr: float, ep
         backbones.preflight(cfg.backbone, x)
     if phase == "finetune":  # a schedule over the whole phase instead of plateau reduction
         steps = -(-len(ds.split("train")) // cfg.batch_size)
-        compile_model(model, warmup_cosine(lr, steps * epochs, round(steps * cfg.finetune_warmup)))
+        compile_model(model, warmup_cosine(lr, steps * epochs, round(steps * cfg.finetune_warmup)),
+                      label_smoothing=cfg.finetune_label_smoothing)
     else:
         compile_model(model, lr)
     hist = model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,

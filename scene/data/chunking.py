@@ -1,0 +1,15 @@
+"""Work split by content: a chunk is one or more first hex digits of a sha256 (of an image's bytes for the feature
+cache, of an input key for prediction), so there are at most 16 and each item always falls in the same one."""
+
+from __future__ import annotations
+
+HEX_DIGITS = "0123456789abcdef"
+MAX_CHUNKS = len(HEX_DIGITS)
+
+
+def require_chunks(k: object, what: str = "chunks") -> int:
+    """``k`` when it is a chunk count (an int in 1..16); otherwise a ValueError naming ``what`` and the range."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_CHUNKS:
+        raise ValueError(f"{what}={k!r} is invalid; pass 1..{MAX_CHUNKS} (a chunk is one or more first hex digits "
+                         "of a sha256, so there are at most 16)")
+    return k
