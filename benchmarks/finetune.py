@@ -7,10 +7,11 @@ label smoothing.
 Trains the frozen phase once (MobileNetV2, ``--size`` px, mirror view, no refit: ``best-cpu`` without the refit,
 which would train on val), then for every ``blocks:lr:epochs[:label_smoothing]`` in ``--grid`` fine-tunes a copy of
 it (warm-up of half an epoch, cosine decay, BatchNorm frozen, online augmentation, plain view; the saved model keeps
-the mirror) and scores the saved model on validation. The test split is never read: the script drops it before
-anything trains.
-Prints one row per setting (val weighted F1 of the saved model, best epoch, seconds, training img/s) and writes
-``ablation.csv`` and each run's ``history.csv`` under ``--out``.
+the mirror) and scores the saved model on validation twice: as saved (the mean over image and mirror,
+``finetune_mirror`` True) and through its plain path alone (``finetune_mirror`` False), same weights. The test split
+is never read: the script drops it before anything trains.
+Prints one row per setting (both val weighted F1s, best epoch, seconds, training img/s) and writes ``ablation.csv``
+and each run's ``history.csv`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
     from sklearn.metrics import f1_score
 
     from scene.data.dataset import build_dataset
-    from scene.model.network import load
+    from scene.model.network import load, plain_view
     from scene.model.predict import predict
     from scene.train.fit import TrainConfig, finetune, fit_frozen, weights_for
 
@@ -60,11 +61,15 @@ def main() -> None:
     val = ds.split("val")
     y = val["label_index"].to_numpy()
 
-    def val_f1(model_path: Path) -> float:
-        return float(f1_score(y, predict(load(str(model_path)), val, a.size).probs.argmax(1), average="weighted"))
+    def val_f1(model_path: Path) -> dict[str, float]:
+        model = load(str(model_path))
+        score = {}
+        for name, net in (("val_f1", model), ("val_f1_plain", plain_view(model))):
+            score[name] = float(f1_score(y, predict(net, val, a.size).probs.argmax(1), average="weighted"))
+        return score
 
     rows = [{"setting": "frozen (best-cpu without refit)", "blocks": 0, "lr": 0.0, "epochs": 0,
-             "val_f1": val_f1(frozen.model_path), "best_epoch": int(frozen.history["val_loss"].argmin()) + 1,
+             **val_f1(frozen.model_path), "best_epoch": int(frozen.history["val_loss"].argmin()) + 1,
              "seconds": round(time.perf_counter() - start), "train_img_s": float("nan")}]
     print(rows[-1])
     for item in a.grid.split(","):
@@ -80,7 +85,7 @@ def main() -> None:
         ft = tuned.history[tuned.history["phase"] == "finetune"]
         rows.append({"setting": f"top {blocks} blocks, lr {lr}, {epochs} epochs, smoothing {smooth}",
                      "blocks": int(blocks), "lr": float(lr), "epochs": int(epochs), "label_smoothing": float(smooth),
-                     "val_f1": val_f1(tuned.model_path),
+                     **val_f1(tuned.model_path),
                      "best_epoch": int(ft["val_loss"].argmin()) + 1, "seconds": round(seconds),
                      "train_img_s": len(ds.split("train")) * len(ft) / seconds,
                      "val_acc_by_epoch": " ".join(f"{v:.3f}" for v in ft["val_accuracy"])})

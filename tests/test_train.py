@@ -138,16 +138,18 @@ def test_online_with_finetuning_keeps_batchnorm_frozen(ds, tmp_path: Path) -> No
     assert predict(model, ds.split("test"), 48).probs.shape == (len(ds.split("test")), 6)
 
 
-def test_block_finetuning_ships_the_tuned_network_and_scores_that_file(ds, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ship_mirror", [True, False], ids=["mirror-average", "plain-path"])
+def test_block_finetuning_ships_the_tuned_network_and_scores_that_file(ds, tmp_path: Path, ship_mirror: bool) -> None:
     """The fine-tuning stage's model.keras is the tuned network (its top blocks and head moved, everything below and
-    every BatchNorm exactly the frozen model's), and the run's test metrics are that saved file's predictions."""
+    every BatchNorm exactly the frozen model's), and the run's test metrics are that saved file's predictions; with
+    ``finetune_mirror`` False the file is the tuned plain path, with no mirror branch."""
     import pandas as pd
     from sklearn.metrics import accuracy_score, roc_auc_score
 
     from scene.model.network import backbone_blocks
 
     cfg = TrainConfig(**{**SMALL, "mirror": True, "finetune_blocks": 2, "finetune_epochs": 2, "finetune_lr": 1e-3,
-                         "finetune_warmup": 0.5})
+                         "finetune_warmup": 0.5, "finetune_mirror": ship_mirror})
     out = tmp_path / "mobilenetv2"
     r = train_one(ds, cfg, out, cache_root=str(tmp_path / "cache"), bootstrap=0)
     assert r.status in ("ok", "collapsed"), r.error
@@ -169,7 +171,8 @@ def test_block_finetuning_ships_the_tuned_network_and_scores_that_file(ds, tmp_p
     assert moved and set(moved) <= top, moved
     assert not all(np.array_equal(a, b) for a, b in zip(tuned.get_layer("head").get_weights(),
                                                          frozen.get_layer("head").get_weights(), strict=True))
-    assert "mirror" in [layer.name for layer in tuned.layers]  # still averages over image and mirror
+    assert ("mirror" in [layer.name for layer in tuned.layers]) is ship_mirror  # averages over image and mirror?
+    assert "mirror" in [layer.name for layer in frozen.layers]  # the frozen phase always ships the average
     test = ds.split("test")
     shipped, before = predict(tuned, test, 48).probs, predict(frozen, test, 48).probs
     assert not np.allclose(shipped, before)

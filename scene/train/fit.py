@@ -58,6 +58,7 @@ class TrainConfig:
     finetune_lr: float = 1e-5  # peak Adam learning rate when fine-tuning (reached after the warm-up)
     finetune_warmup: float = 0.5  # epochs of linear warm-up from 0 before the cosine decay to 0
     finetune_label_smoothing: float = 0.0  # fine-tuning's loss: targets (1 - s)·one-hot + s/k (0: plain)
+    finetune_mirror: bool = True  # a mirror model, fine-tuned, still ships the mirror average (False: plain path)
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the shipped model averages over image and mirror
     refit: bool = False  # cached: after early stopping on val, a fresh head trains on train + val and ships
@@ -314,7 +315,8 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
     """Phase 2: the top ``cfg.finetune_blocks`` blocks (or ``cfg.finetune_layers`` layers) of the backbone train,
     BatchNorm frozen, on freshly augmented images, under a linear warm-up to ``cfg.finetune_lr`` and a cosine decay
     over ``cfg.finetune_epochs``; early stopping on validation loss keeps the best epoch. A mirror model trains its
-    plain path (random flips stand in for the mirror: half the compute) and ships averaging over both, as before."""
+    plain path (random flips stand in for the mirror: half the compute), which early stopping also scores; it ships
+    averaging over both views, or with ``cfg.finetune_mirror`` False that plain path alone (the scored network)."""
     if not cfg.finetunes:
         return fitted
     start = time.perf_counter()
@@ -326,7 +328,8 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
             unfreeze_top(model, cfg.finetune_layers)
         history = _fit_online(plain_view(model), ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune",
                               len(fitted.history), s3, progress)
-        return _save(model, pd.concat([fitted.history, history], ignore_index=True),
+        shipped = model if cfg.finetune_mirror else plain_view(model)
+        return _save(shipped, pd.concat([fitted.history, history], ignore_index=True),
                      fitted.model_path.with_name("model.keras"), fitted.weights, fitted.extract,
                      fitted.seconds + time.perf_counter() - start)
 
