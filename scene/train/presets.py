@@ -25,9 +25,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "finetune-cpu": {  # the frozen phase without the refit (the fine-tuning stops early on val), then:
         **_FROZEN_CPU,
-        "finetune_blocks": 5,  # the top whole blocks train, BatchNorm frozen, on online-augmented photos
+        "finetune_blocks": 8,  # the top whole blocks train, BatchNorm frozen, on online-augmented photos
         "finetune_lr": 1e-4,  # peak learning rate after half an epoch of warm-up, then cosine decay to 0
-        "finetune_epochs": 8,
+        "finetune_epochs": 8,  # 8 blocks beat 5 (with or without label smoothing) and 5 at 2e-4 on val
+        # finetune_mirror stays True: the mirror average won on val for 8 blocks (0.938 vs 0.936 plain path)
     },
 }
 
