@@ -326,9 +326,10 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
             unfreeze_blocks(model, cfg.finetune_blocks)
         else:
             unfreeze_top(model, cfg.finetune_layers)
-        history = _fit_online(plain_view(model), ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune",
+        plain = plain_view(model)  # shares every layer with model: training it trains both
+        history = _fit_online(plain, ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune",
                               len(fitted.history), s3, progress)
-        shipped = model if cfg.finetune_mirror else plain_view(model)
+        shipped = model if cfg.finetune_mirror else plain
         return _save(shipped, pd.concat([fitted.history, history], ignore_index=True),
                      fitted.model_path.with_name("model.keras"), fitted.weights, fitted.extract,
                      fitted.seconds + time.perf_counter() - start)
