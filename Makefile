@@ -54,9 +54,12 @@ help:
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# uv (pinned in the lock) installs the lock ~4x faster than pip (docs/benchmarks.md#installing); pip when uv fails
+	# uv (pinned in the lock) installs the lock ~4x faster than pip (docs/benchmarks.md#installing); pip when uv fails.
+	# --compile-bytecode: uv writes no .pyc by default (pip does), and where PYTHONDONTWRITEBYTECODE is set no process
+	# ever writes one, so each fresh process would compile TensorFlow, Prefect and GX from source (16.7 s against 7.5 s
+	# to import them here): every worker, flow run and training child pays that (docs/benchmarks.md#installing)
 	uv_pin=$$(grep -m1 '^uv==' $(LOCK))
-	if $(BIN)/pip install -q "$$uv_pin" && $(BIN)/uv pip install -q --python $(BIN)/python -r $(LOCK); then
+	if $(BIN)/pip install -q "$$uv_pin" && $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r $(LOCK); then
 	  $(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
 	else
 	  echo "uv could not install $(LOCK); installing with pip"
@@ -123,7 +126,7 @@ up: install
 deploy: up
 	stack_env=$$($(SCENE) stack env --state $(STATE)); eval "$$stack_env"  # fails here when there is no stack
 	SCENE_REPO_DIR=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all > $(STATE)/deploy.log 2>&1 || { cat $(STATE)/deploy.log; exit 1; }
-	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu, extract-chunk/gpu, retrain/default, watch/default, predict/default, predict-chunk/gpu"
+	echo "deployed: train-all/default, train-all/gpu, train-backbone/gpu, extract-chunk/gpu, read-chunk/gpu, retrain/default, watch/default, predict/default, predict-chunk/gpu"
 	if [ "$(RECONCILE)" != 0 ]; then $(MAKE) --no-print-directory reconcile STATE=$(STATE); fi
 
 # announce data no gated model was trained on (events lost while deploying), unless a retrain or train-all for it
