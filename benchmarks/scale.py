@@ -8,7 +8,9 @@
    and the work alone. Ratios come from the same run. First the machine's own ceiling: two pinned processes of
    single-threaded sha256 or float32 matmul work against one (two vCPUs need not give twice one's throughput).
 2. ``rss``: one prediction worker's and one extraction worker's peak RSS on 1× and 4× the images (flat = streaming).
-   ``manifest``: the manifest step's time per image (list, read, hash, check) against extraction's, one process each.
+   ``manifest``: the manifest step's time per image (list, read, hash, check) against extraction's, one process each;
+   then the step in chunks (``extract_chunks`` > 1) read by 1 and 2 pinned reader processes, and the building
+   process's own share.
 3. ``sim`` (a real Prefect stack started here in a temp folder, one process worker whose ``gpu`` pool takes N runs
    at once): ``predict``-style fan-out of N chunk runs through :func:`flows.dispatching.run_chunks` whose work is a
    sleep per batch (no CPU), for N = 1, 2, 4, 8, 16 over the same total work: wall time, speed-up, efficiency, and
@@ -42,9 +44,18 @@ BATCH = 64
 # ----------------------------------------------------------------------------------------------- workers (1, 2)
 
 
-def child(kind: str, chunk: int, chunks: int, images: int, size: int) -> dict[str, Any]:
-    """One worker: extract or predict its chunk of ``images`` photos; the work's seconds and the peak RSS."""
+def child(kind: str, chunk: int, chunks: int, images: int, size: int, folder: str = "") -> dict[str, Any]:
+    """One worker: extract or predict its chunk of ``images`` photos, or read its chunk of the manifest step's
+    listing under ``folder``; the work's seconds and the peak RSS."""
     from extraction import WEIGHTS, _rows, peak_mib
+
+    if kind == "read":
+        from scene.data import reading
+
+        start = time.perf_counter()
+        got = reading.read_chunk(folder, chunk)
+        return {"images": len(got.rows) + len(got.rejected), "work_s": time.perf_counter() - start,
+                "peak_mib": peak_mib()}
 
     from scene.metadata import CLASS_NAMES
     from scene.model import parts
@@ -111,9 +122,10 @@ def _timed(commands: list[list[str]], cores: list[int], env: dict[str, str]) -> 
     return max(json.loads(p.communicate()[0].strip().splitlines()[-1])["work_s"] for p in procs)
 
 
-def _spawn(kind: str, chunk: int, chunks: int, images: int, size: int, core: int | None) -> subprocess.Popen:
+def _spawn(kind: str, chunk: int, chunks: int, images: int, size: int, core: int | None,
+           folder: str = "") -> subprocess.Popen:
     args = [sys.executable, __file__, "--child", kind, "--chunk", str(chunk), "--chunks", str(chunks),
-            "--images", str(images), "--size", str(size)]
+            "--images", str(images), "--size", str(size), "--folder", folder]
     pin = (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             preexec_fn=pin)
@@ -165,7 +177,9 @@ def rss(images: int, size: int) -> None:
 
 def manifest(images: int) -> None:
     """The manifest step (list, read, sha256 and check every image: :func:`scene.data.dataset.build_dataset`, 8
-    threads, as train-all runs it) against one worker's plain-view extraction of the same photos (all cores)."""
+    threads, as train-all runs it) against one worker's plain-view extraction of the same photos (all cores); then
+    the same step in chunks (:mod:`scene.data.reading`, what ``extract_chunks`` > 1 does): 1 and 2 pinned reader
+    processes, and the building process's own share (listing, writing the listings, taking the parts, splits)."""
     from extraction import INTEL
 
     from scene.data.dataset import build_dataset
@@ -177,6 +191,40 @@ def manifest(images: int) -> None:
     print(f"manifest: {len(ds.manifest)} photos in {per_image * len(ds.manifest):.1f} s ({per_image * 1e3:.2f} ms per "
           f"image, one process); extraction {extract * 1e3:.2f} ms per image per view ({images} photos, one process, "
           f"150 px): the manifest step is {per_image / extract:.2f} of one view's extraction", flush=True)
+    chunked = {k: _chunked_manifest(str(INTEL), k, ds) for k in (1, 2)}
+    n = len(ds.manifest)
+    for k, (own, work) in chunked.items():
+        print(f"  in chunks: {k} pinned reader(s) {work:5.1f} s ({work / n * 1e3:.2f} ms per image); the building "
+              f"process's own part {own:4.1f} s ({own / n * 1e3:.3f} ms per image)", flush=True)
+    print(f"  2 readers / 1: {chunked[1][1] / chunked[2][1]:.2f}× (work)", flush=True)
+
+
+def _chunked_manifest(root: str, chunks: int, expected: Any) -> tuple[float, float]:
+    """build_dataset with its files read by ``chunks`` pinned ``read`` workers (one chunk each): (seconds of the
+    building process's own work, seconds of the slowest reader's work). The manifest must equal ``expected``'s."""
+    import pandas as pd
+
+    from scene.data import reading
+    from scene.data.dataset import build_dataset
+
+    readers = [0.0]
+    with tempfile.TemporaryDirectory(prefix="scene-reading-") as folder:
+        def fan_out(files: list[Any]) -> Any:
+            listings = reading.split_files(files, folder, chunks)
+            began = time.perf_counter()
+            procs = [_spawn("read", i, chunks, len(files), 0, i, folder) for i in range(chunks)]
+            results = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+            readers[0] = time.perf_counter() - began
+            readers.append(max(r["work_s"] for r in results))
+            got, here = reading.collect(folder, listings)
+            assert not here, f"chunks {here} had no part"
+            return got
+
+        start = time.perf_counter()
+        ds = build_dataset(root, read=fan_out)
+        own = time.perf_counter() - start - readers[0]
+    pd.testing.assert_frame_equal(ds.manifest, expected.manifest)
+    return own, readers[1]
 
 
 # --------------------------------------------------------------------------------------- orchestration simulation
@@ -275,13 +323,14 @@ def main() -> None:
     p.add_argument("--sim-work", type=float, default=160.0, help="seconds of simulated work in all")
     p.add_argument("--sim-n", default="1,2,4,8,16")
     p.add_argument("--sim-run", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--child", choices=("extract", "predict"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("extract", "predict", "read"), help=argparse.SUPPRESS)
+    p.add_argument("--folder", default="", help=argparse.SUPPRESS)
     p.add_argument("--busy", choices=("sha256", "matmul"), help=argparse.SUPPRESS)
     p.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--chunks", type=int, default=1, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        print(json.dumps(child(a.child, a.chunk, a.chunks, a.images, a.size)))
+        print(json.dumps(child(a.child, a.chunk, a.chunks, a.images, a.size, a.folder)))
         return
     if a.busy:
         print(json.dumps(busy(a.busy)))

@@ -1,5 +1,5 @@
-"""Following dispatched flow runs: one per backbone or per feature chunk of a backbone (started by ``train-all``), or
-one per chunk of a batch prediction (started by ``predict``).
+"""Following dispatched flow runs: one per backbone, per chunk of the manifest step or per feature chunk of a
+backbone (started by ``train-all`` and ``retrain``), or one per chunk of a batch prediction (started by ``predict``).
 
 Each run has its own start clock, restarted on each of its state changes; a run that never starts is cancelled only
 when no worker polls its pool; every given-up run's state says why.
@@ -155,3 +155,32 @@ def extract_in_chunks(backbone: str, params: Any, manifest_uri: str, chunks: int
                      redo="its images are extracted by this run instead", start_timeout_s=start_timeout_s,
                      timeout_s=timeout_s, poll=poll)
     return {i: state for i, (_, state) in out.items()}
+
+
+def chunked_reader(data: str, test: str | None, chunks: int, deployment: str, *, start_timeout_s: float = 1800.0,
+                   timeout_s: float = 6 * 3600.0) -> Callable[[list[Any], Any], Any] | None:
+    """The manifest step's reader for ``chunks`` > 1 (None: read in the building run): the files to read split
+    over ``chunks`` runs of ``deployment`` (:mod:`flows.read_chunk`), listings and parts under this run's
+    ``reading/`` folder; a chunk whose run left no part of its listing is read by the building run. Nothing to read
+    (every object unchanged): no run is started."""
+    if chunks <= 1:
+        return None
+
+    def read(files: list[Any], packer: Any) -> Any:
+        from scene.data import reading
+        from tasks.common import run_prefix, s3
+
+        if not files:  # nothing new or changed: no run to start
+            return reading.ReadRows([], [])
+        folder = reading.folder_for(run_prefix())
+        listings = reading.split_files(files, folder, chunks, s3())
+        run_chunks(deployment, chunks, {"data": data, "test": test, "folder": folder, "chunks": chunks},
+                   label="read", tags=["scene", "read-chunk"], redo="this run reads its images",
+                   start_timeout_s=start_timeout_s, timeout_s=timeout_s)
+        roots = [str(r).rstrip("/") + "/" for r in (data, test) if r]
+        got, here = reading.collect(folder, listings, s3(), roots=roots, writer=packer)
+        get_run_logger().info("%d files read in %d chunk runs%s", len(files), chunks,
+                              f"; chunks {[i + 1 for i in here]} read here (no part of their listing)" if here else "")
+        return got
+
+    return read

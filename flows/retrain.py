@@ -29,7 +29,8 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
                      extract: dict[str, Any] | None = None) -> dict:
     """What changed in ``data`` since its champion; then the same per-backbone runs as train-all, in parallel, and
     the best gated against that dataset's champion (named in the result). ``extract``: ``chunks`` and
-    ``deployment`` of sharded extraction, as train-all's ``extract_chunks``/``extract_deployment``."""
+    ``deployment`` of sharded extraction and ``read_deployment`` of the manifest step's chunks, as train-all's
+    ``extract_chunks``/``extract_deployment``/``read_deployment``."""
     log = get_run_logger()
     pointer = registry_tasks.read_champion(data)  # this dataset's champion only
     champ = pointer.champion
@@ -38,7 +39,12 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
     backbones = params.names([champ["backbone"]] if champ else DEFAULT_BACKBONES)
     params.check(backbones)
     previous = registry_tasks.previous_manifest(champ)
-    ds = data_tasks.build_manifest(data, test, previous=previous)
+    dispatch = dispatch or {}
+    extract = extract or {}
+    waits = {"start_timeout_s": dispatch.get("start_timeout_s", 1800.0),
+             "timeout_s": dispatch.get("dispatch_timeout_s", 6 * 3600.0)}
+    ds = data_tasks.build_manifest(data, test, previous=previous, reader=dispatching.chunked_reader(
+        data, test, extract.get("chunks", 1), extract.get("read_deployment", "read-chunk/gpu"), **waits))
     if only_if_changed and champ and registry_tasks.trained_on(champ) == ds.fingerprint:
         log.info("%s unchanged since its champion %s was trained (fingerprint %s): nothing to do", data,
                  champ["version"], ds.fingerprint)
@@ -47,13 +53,10 @@ def _retrain_dataset(data: str, test: str | None, params: TrainParams, *, prefix
     report = data_tasks.validate(ds, previous)
     if report.new_images is not None:
         log.info("%d images of %s are new since its champion's data", report.new_images, data)
-    dispatch = dispatch or {}
-    extract = extract or {}
     published = extract_first(ds, report, prefix, backbones, params, extract.get("chunks", 1),
                               extract.get("deployment", "extract-chunk/gpu"),
                               local=dispatch.get("dispatch", "local") == "local", on_missing_weights=on_missing_weights,
-                              start_timeout_s=dispatch.get("start_timeout_s", 1800.0),
-                              timeout_s=dispatch.get("dispatch_timeout_s", 6 * 3600.0))
+                              **waits)
     audit = audit_tasks.audit_data(ds, params.config(backbones[0]), prefix, labels=audit_labels)
     new_rows = ds.manifest[~ds.manifest["sha256"].isin(previous["sha256"])] if previous is not None else ds.manifest[:0]
     drift = audit_tasks.drift_check(None, champ, new_rows, f"{len(new_rows)} new images of {data}")
@@ -106,6 +109,7 @@ def retrain(
     change_id: str | None = None,
     extract_chunks: int = 1,
     extract_deployment: str = "extract-chunk/gpu",
+    read_deployment: str = "read-chunk/gpu",
 ) -> dict:
     """Retrain ``data`` against its own champion; without ``data``, retrain every champion's dataset.
 
@@ -115,8 +119,8 @@ def retrain(
     ``change_id``: the announced change (the event trigger passes it): a run whose change an earlier run already
     handles ends as a duplicate, one with a newer run waiting for the same data ends as superseded (both
     Completed, see :mod:`scene.ops.coalesce`); the others train one at a time per dataset (its slot).
-    ``extract_chunks`` > 1: each backbone's features are first extracted by that many ``extract_deployment`` runs
-    (as in train-all).
+    ``extract_chunks`` > 1: the new images are read by that many ``read_deployment`` runs and each backbone's
+    features extracted by that many ``extract_deployment`` runs (as in train-all).
     """
     for name, uri in (("data", data), ("test", test)):  # only inside the data bucket and prefix
         if uri is not None:
@@ -131,7 +135,8 @@ def retrain(
             "slots": slots, "audit_labels": audit_labels,
             "dispatch": {"dispatch": dispatch, "deployment": deployment, "devices": devices,
                          "start_timeout_s": start_timeout_s, "dispatch_timeout_s": dispatch_timeout_s},
-            "extract": {"chunks": extract_chunks, "deployment": extract_deployment}}
+            "extract": {"chunks": extract_chunks, "deployment": extract_deployment,
+                        "read_deployment": read_deployment}}
     if data is not None:
         if new_objects:
             log.info("retraining after %d new objects under %s", new_objects, data)

@@ -160,11 +160,13 @@ def train_all(
     devices: list[str] | None = None,
     extract_chunks: int = 1,
     extract_deployment: str = "extract-chunk/gpu",
+    read_deployment: str = "read-chunk/gpu",
 ) -> dict:
     """Validate the data, train every backbone in parallel, compare them and upload every artifact.
 
-    ``extract_chunks`` > 1: each backbone's features are first extracted by that many ``extract_deployment`` flow
-    runs (chunks of the images by sha256 prefix) into the feature cache; then its training run trains the head."""
+    ``extract_chunks`` > 1: the new images are read, hashed and checked by that many ``read_deployment`` flow runs
+    (the manifest step), then each backbone's features are extracted by that many ``extract_deployment`` flow runs
+    (chunks of the images by sha256 prefix) into the feature cache; then its training run trains the head."""
     scope.require_data_uris(settings(), data=data, test=test)  # only inside the data bucket and prefix
     params = params.resolved()  # a named preset fills every training parameter not set
     backbones = params.names()
@@ -184,7 +186,8 @@ def train_all(
     dispatching.require_chunks(extract_chunks, "extract_chunks")  # before any work
     pointer = registry_tasks.read_champion(data)  # this dataset's champion, read once
     previous = registry_tasks.previous_manifest(pointer.champion)  # its splits stay sticky; a moved image stops the run
-    ds = data_tasks.build_manifest(data, test, classes, previous=previous)
+    ds = data_tasks.build_manifest(data, test, classes, previous=previous, reader=dispatching.chunked_reader(
+        data, test, extract_chunks, read_deployment, start_timeout_s=start_timeout_s, timeout_s=dispatch_timeout_s))
     report = data_tasks.validate(ds, previous)
     prefix = run_prefix()
     manifest = extract_first(ds, report, prefix, backbones, params, extract_chunks, extract_deployment,

@@ -23,16 +23,19 @@ class DataValidationFailed(RuntimeError):
 
 @task(cache_policy=NO_CACHE, name="build manifest", timeout_seconds=STEP_TIMEOUT_S, **S3_RETRIES)
 def build_manifest(data: str, test: str | None = None, classes: list[str] | None = None,
-                   previous: Any = None) -> Dataset:
+                   previous: Any = None, reader: Any = None) -> Dataset:
     """List every image under ``data`` (and ``test``); read, hash and check the new or changed ones.
 
     ``previous``: an earlier manifest of the same data (e.g. the champion's): its images keep their splits, and
     its rows are reused for objects whose ETag and size are unchanged (``ds.objects_read`` counts the reads).
+    ``reader``: ``reader(files, packer)`` reads the new or changed files some other way (the flows pass
+    :func:`flows.dispatching.read_in_chunks` for chunk runs); the manifest is the same either way.
     """
     log = get_run_logger()
     log.info("Listing %s%s", data, f" and {test}" if test else "")
-    ds = build_dataset(data, test, class_names=classes, s3=s3(), previous=previous,
-                       packer=packs.writer_for(data, settings().artifact_bucket, s3()),
+    packer = packs.writer_for(data, settings().artifact_bucket, s3())
+    ds = build_dataset(data, test, class_names=classes, s3=s3(), previous=previous, packer=packer,
+                       read=(lambda files: reader(files, packer)) if reader else None,
                        progress=lambda d, t: log.info("read %d/%d images", d, t) if d == t or d % 2000 == 0 else None)
     log.info("%d usable images, %d skipped; read %d objects, reused %d rows of the previous manifest (ETag and "
              "size unchanged); %d image packs written; data fingerprint %s", len(ds.manifest), len(ds.rejected),

@@ -182,11 +182,12 @@ def test_every_writing_flow_checks_its_locations_first() -> None:
     """Each flow calls its scope check before its first task (nothing is written before the check)."""
     import inspect
 
-    from flows import extract_chunk, predict, train_all, train_backbone, watch
+    from flows import extract_chunk, predict, read_chunk, train_all, train_backbone, watch
 
     for fn, check, first in ((predict.predict.fn, "require_predictions_uri", "resolve_model("),
                              (predict.predict_chunk.fn, "require_predictions_folder", "start_summary("),
                              (extract_chunk.extract_chunk.fn, "require_feature_cache", "start_summary("),
+                             (read_chunk.read_chunk.fn, "require_run_prefix", "start_summary("),
                              (train_backbone.train_backbone.fn, "require_run_prefix", "start_summary("),
                              (watch.watch.fn, "require_state_key", "load_state("),
                              (train_all.train_all.fn, "require_data_uris", "start_summary(")):

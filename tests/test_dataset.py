@@ -295,3 +295,40 @@ def test_old_manifests_without_etags_reuse_nothing(tmp_path: Path, synth_dir: Pa
     assert again.objects_read == 72 and again.rows_reused == 0
     with pytest.raises(DatasetError, match=r"previous manifest lacks columns \['width'\]"):
         build_dataset(str(synth_dir), previous=first.manifest.drop(columns=["width"]))
+
+
+def test_reading_in_chunks_builds_the_manifest_one_process_builds(tmp_path: Path, synth_dir: Path) -> None:
+    """Issue 24: the new files split over 3 chunk listings, each read into its parts, gathered: the same manifest,
+    rejected files and counts as one process; a lost or stale chunk is read again, never dropped."""
+    from scene.data import reading
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_dir, data)
+    _write(data / "forest" / "broken.jpg", b"not a jpeg")
+    _write(data / "sea" / "notes.txt", b"text")
+    folder = str(tmp_path / "run" / "reading")
+    seen: dict[str, object] = {}
+
+    def fan_out(files: list) -> reading.ReadRows:
+        listings = reading.split_files(files, folder, 3)
+        for chunk in (0, 2):  # chunk 1's run was lost: no part
+            reading.read_chunk(folder, chunk, roots=[str(data)])
+        got, here = reading.collect(folder, listings, roots=[str(data)])
+        seen.update(listings=listings, here=here, files=len(files))
+        return got
+
+    one = build_dataset(str(data))
+    sharded = build_dataset(str(data), read=fan_out)
+    assert seen["here"] == [1] and seen["files"] == 73  # 72 images + the broken one (the .txt is never read)
+    pd.testing.assert_frame_equal(sharded.manifest, one.manifest)
+    pd.testing.assert_frame_equal(sharded.rejected, one.rejected)
+    assert sharded.fingerprint == one.fingerprint and sharded.objects_read == one.objects_read == 73
+    assert "broken.jpg" in " ".join(sharded.rejected["key"])
+    listings = seen["listings"]
+    assert isinstance(listings, list)
+    got, here = reading.collect(folder, listings)  # every chunk has its part now: nothing is read again
+    assert here == [] and len(got.rows) == 72
+    got, here = reading.collect(folder, [listings[0], "0" * 64, listings[2]])  # a part of another listing
+    assert here == [1] and len(got.rows) == 72
+    with pytest.raises(reading.ReadingError, match="outside the data roots"):
+        reading.read_chunk(folder, 0, roots=[str(tmp_path / "elsewhere")])

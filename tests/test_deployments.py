@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def deployments() -> dict[tuple[str, str], dict[str, Any]]:
     doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
     flows = {"train_all": "train-all", "train_backbone": "train-backbone", "retrain": "retrain", "watch": "watch",
-             "predict": "predict", "extract_chunk": "extract-chunk",
+             "predict": "predict", "extract_chunk": "extract-chunk", "read_chunk": "read-chunk",
              "predict_chunk": "predict-chunk"}
     return {(flows[d["entrypoint"].rsplit(":", 1)[1]], d["name"]): d for d in doc["deployments"]}
 
@@ -294,8 +294,8 @@ def test_the_gpu_container_file_pushes_what_it_builds_and_replaces_the_gpu_deplo
     to, and predict its chunks to (the process versions in prefect.yaml), the image pushed."""
     doc = yaml.safe_load((REPO / "deployments" / "prefect-gpu.yaml").read_text())
     by_flow = {d["entrypoint"]: d for d in doc["deployments"]}
-    assert len(by_flow) == len(doc["deployments"]) == 3
-    for flow in ("train-backbone", "extract-chunk", "predict-chunk"):
+    assert len(by_flow) == len(doc["deployments"]) == 4
+    for flow in ("train-backbone", "extract-chunk", "read-chunk", "predict-chunk"):
         mine = deployments[(flow, "gpu")]
         container = by_flow[mine["entrypoint"]]
         assert container["name"] == "gpu" and container["work_pool"]["name"] == mine["work_pool"]["name"] == "gpu"

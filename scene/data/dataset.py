@@ -102,7 +102,7 @@ class Dataset:
 
 
 @dataclass(frozen=True)
-class _File:
+class ListedFile:
     key: str
     size: int
     label: str | None
@@ -132,30 +132,30 @@ def is_os_litter(rel: str) -> bool:
     return name.lower() in _LITTER_FILES or name.startswith("._")
 
 
-def _classify(root: str, key: str, size: int, origin_default: str) -> _File:
+def _classify(root: str, key: str, size: int, origin_default: str) -> ListedFile:
     rel = key[len(root) :].lstrip("/") if key.startswith(root) else key
     if is_os_litter(rel):
-        return _File(key, size, None, origin_default, OS_LITTER)
+        return ListedFile(key, size, None, origin_default, OS_LITTER)
     parts = list(PurePosixPath(rel.replace("\\", "/")).parts)
     origin = origin_default
     while parts and parts[0] in _KAGGLE_DIRS:
         origin = {"train": "pool", "test": "test", "pred": "pred"}[_KAGGLE_DIRS[parts.pop(0)]]
     name = parts[-1] if parts else rel
     if origin == "pred":
-        return _File(key, size, None, origin, "unlabelled (seg_pred): not used for training")
+        return ListedFile(key, size, None, origin, "unlabelled (seg_pred): not used for training")
     if len(parts) < 2:
-        return _File(key, size, None, origin, "not inside a class folder (<root>/<class>/<image>)")
+        return ListedFile(key, size, None, origin, "not inside a class folder (<root>/<class>/<image>)")
     label = parts[0]
     if name.startswith("."):
-        return _File(key, size, label, origin, "hidden file, not an image")
+        return ListedFile(key, size, label, origin, "hidden file, not an image")
     if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
-        return _File(key, size, label, origin,
+        return ListedFile(key, size, label, origin,
                      f"not an image file (suffix {PurePosixPath(name).suffix or 'none'!r}; "
                      f"expected {', '.join(IMAGE_SUFFIXES)})")
-    return _File(key, size, label, origin)
+    return ListedFile(key, size, label, origin)
 
 
-def _list(src: str, s3: Any, origin: str) -> list[_File]:
+def _list(src: str, s3: Any, origin: str) -> list[ListedFile]:
     loc = storage.parse(src)
     root = str(loc).rstrip("/") + "/" if loc.is_s3 else str(loc.key).rstrip("/") + "/"
     if loc.is_s3:
@@ -164,13 +164,13 @@ def _list(src: str, s3: Any, origin: str) -> list[_File]:
         listed, escaped = storage.list_local(loc.key)
         now = time.time_ns()
         files = [replace(_classify(root, k, n, origin), tag=_local_tag(k, now)) for k, n in listed]
-        files += [_File(k, 0, _classify(root, k, 0, origin).label, origin, why) for k, why in escaped]
+        files += [ListedFile(k, 0, _classify(root, k, 0, origin).label, origin, why) for k, why in escaped]
         from pathlib import Path  # empty class folders are invisible in S3, visible here
 
         for d in sorted(Path(loc.key).rglob("*")):
             if d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
                 litter = is_os_litter(d.relative_to(loc.key).as_posix())
-                files.append(_File(str(d), 0, None if litter else d.name, origin,
+                files.append(ListedFile(str(d), 0, None if litter else d.name, origin,
                                    OS_LITTER if litter else "empty class folder"))
     if not files:
         raise DatasetError(f"{src}: no files found; expected <root>/<class>/<image> "
@@ -260,7 +260,7 @@ def fingerprint(manifest: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(map(",".join, rows)).encode()).hexdigest()[:16]
 
 
-def _read_row(f: _File, s3: Any, writer: packs.PackWriter | None) -> tuple[dict[str, Any] | None, str]:
+def _read_row(f: ListedFile, s3: Any, writer: packs.PackWriter | None) -> tuple[dict[str, Any] | None, str]:
     try:
         data = storage.read_bytes(f.key, s3)
     except storage.StorageError as err:
@@ -292,7 +292,7 @@ def reusable_rows(previous: pd.DataFrame | None) -> dict[str, dict[str, Any]]:
     return {str(r["key"]): r for r in tagged.to_dict("records")}
 
 
-def _reuse(f: _File, old: dict[str, Any] | None) -> dict[str, Any] | None:
+def _reuse(f: ListedFile, old: dict[str, Any] | None) -> dict[str, Any] | None:
     """The previous row of ``f`` when the object is unchanged (same tag and size), else None."""
     if old is None or not f.tag or str(old["etag"]).strip() != f.tag or int(old["bytes"]) != f.size:
         return None
@@ -301,14 +301,12 @@ def _reuse(f: _File, old: dict[str, Any] | None) -> dict[str, Any] | None:
             "key": f.key, "label": f.label, "origin": f.origin, "etag": f.tag, "pack": str(old.get("pack") or "")}
 
 
-def _read_all(todo: list[_File], s3: Any, workers: int, progress: Progress | None,
-              known: dict[str, dict[str, Any]], writer: packs.PackWriter | None = None,
-              ) -> tuple[list[dict[str, Any]], list[dict[str, str]], int]:
-    """``(rows, rejected, objects read)``: rows of unchanged objects come from ``known``, the rest are read (and
-    their bytes packed by ``writer``, which then fills their ``pack``). With a ``writer``, an unchanged object
-    whose row names no pack, or a pack that is gone, is read again so that it is packed."""
+def _unchanged(todo: list[ListedFile], known: dict[str, dict[str, Any]], writer: packs.PackWriter | None,
+               ) -> tuple[list[dict[str, Any]], list[ListedFile]]:
+    """``(rows copied from known, files to read)``. With a ``writer``, an unchanged object whose row names no pack,
+    or a pack that is gone, is read again so that it is packed."""
     rows: list[dict[str, Any]] = []
-    to_read: list[_File] = []
+    to_read: list[ListedFile] = []
     present: dict[str, bool] = {}
 
     def packed(row: dict[str, Any]) -> bool:
@@ -324,23 +322,46 @@ def _read_all(todo: list[_File], s3: Any, workers: int, progress: Progress | Non
             to_read.append(f)
         else:
             rows.append(row)
+    return rows, to_read
+
+
+@dataclass
+class ReadRows:
+    """What reading some files gave: a row per usable image, a rejected row per unreadable one, packs written."""
+
+    rows: list[dict[str, Any]]
+    rejected: list[dict[str, str]]
+    packs_written: int = 0
+
+
+Reader = Callable[[list[ListedFile]], ReadRows]  # reads files (here, or fanned out over chunk runs): build_dataset
+
+
+def read_files(files: Sequence[ListedFile], s3: Any, *, workers: int = 8, progress: Progress | None = None,
+               writer: packs.PackWriter | None = None) -> ReadRows:
+    """Read, hash and check ``files`` with ``workers`` threads (and pack their bytes with ``writer``, which then
+    fills each row's ``pack``)."""
+    rows: list[dict[str, Any]] = []
     rejected: list[dict[str, str]] = []
+    packs_before = set(writer.written.values()) if writer is not None else set()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, (f, (row, problem)) in enumerate(zip(to_read, pool.map(lambda f: _read_row(f, s3, writer), to_read),
+        for i, (f, (row, problem)) in enumerate(zip(files, pool.map(lambda f: _read_row(f, s3, writer), files),
                                                     strict=True)):
             if row is None:
                 rejected.append({"key": f.key, "label": f.label or "", "problem": problem})
             else:
                 rows.append(row)
             if progress and (i + 1) % 200 == 0:
-                progress(i + 1, len(to_read))
+                progress(i + 1, len(files))
     if progress:
-        progress(len(to_read), len(to_read))
+        progress(len(files), len(files))
+    written = 0
     if writer is not None:
         where = writer.close()
         for row in rows:
             row["pack"] = row["pack"] or where.get(row["sha256"], "")
-    return rows, rejected, len(to_read)
+        written = len(set(writer.written.values()) - packs_before)
+    return ReadRows(rows, rejected, written)
 
 
 def build_dataset(
@@ -354,6 +375,7 @@ def build_dataset(
     workers: int = 8,
     previous: pd.DataFrame | None = None,
     packer: packs.PackWriter | None = None,
+    read: Reader | None = None,
 ) -> Dataset:
     """List, read, hash and check every new or changed file; return the manifest and the rejected files.
 
@@ -362,6 +384,9 @@ def build_dataset(
     objects whose ETag (local: stat tag) and size are unchanged, so only new or changed objects are read.
     ``packer``: also store the bytes of the images read in image packs (:mod:`scene.data.packs`) and record
     each image's pack in the ``pack`` column; unchanged rows keep the pack they had.
+    ``read``: how the new or changed files are read (default :func:`read_files` here with ``workers`` threads);
+    ``tasks.data`` passes one that fans them out over chunk runs (issue 24). Whatever reads them, the manifest is
+    the same.
     """
     files = _list(src, s3, "pool") + (_list(test_src, s3, "test") if test_src else [])
     has_test = test_src is not None or any(f.origin == "test" for f in files)
@@ -373,8 +398,10 @@ def build_dataset(
         log.info("skipped %d operating-system litter file(s) (%s%s), listed in rejected as %r", len(litter),
                  ", ".join(litter[:3]), ", …" if len(litter) > 3 else "", OS_LITTER)
     todo = [f for f in files if not f.problem]
-    rows, unreadable, read = _read_all(todo, s3, workers, progress, reusable_rows(previous), packer)
-    rejected += unreadable
+    rows, to_read = _unchanged(todo, reusable_rows(previous), packer)
+    got = (read or (lambda fs: read_files(fs, s3, workers=workers, progress=progress, writer=packer)))(to_read)
+    rows += got.rows
+    rejected += got.rejected
     df = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "origin"])
     df["label_index"] = df["label"].map({c: i for i, c in enumerate(classes)}).astype("int64")
     df["split"] = assign_splits(df, has_test, split, previous) if len(df) else pd.Series(dtype=object)
@@ -383,8 +410,7 @@ def build_dataset(
     rej = pd.DataFrame(rejected, columns=REJECTED_COLUMNS).sort_values("key").reset_index(drop=True)
     return Dataset(manifest=manifest, rejected=rej, class_names=classes, source=src, test_source=test_src,
                    fingerprint=fingerprint(manifest), synthetic=bool(manifest["synthetic"].any()),
-                   objects_read=read, rows_reused=len(todo) - read,
-                   packs_written=len(set(packer.written.values())) if packer else 0)
+                   objects_read=len(to_read), rows_reused=len(todo) - len(to_read), packs_written=got.packs_written)
 
 
 def load_dataset(manifest_csv: str, rejected_csv: str | None = None, *, s3: Any = None,

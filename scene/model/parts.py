@@ -16,7 +16,6 @@ feature cache's partitions), so a listing splits in one pass and the same key al
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,17 +27,13 @@ import numpy as np
 import pandas as pd
 
 from scene.data import storage
+from scene.data.chunking import chunk_of as chunk_of  # predict's chunks: by key
 from scene.data.chunking import require_chunks
 from scene.model.predict import columns, frames, list_images, problem_rows, screen
 
 
 class PartError(RuntimeError):
     """A part or manifest that is missing, damaged or inconsistent; the message names the object."""
-
-
-def chunk_of(key: str, chunks: int) -> int:
-    """The chunk (0..chunks-1) of an input key."""
-    return int(hashlib.sha256(key.encode()).hexdigest()[0], 16) % chunks
 
 
 def listing_uri(folder: str, chunk: int) -> str:

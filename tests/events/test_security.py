@@ -109,6 +109,7 @@ def test_out_of_scope_parameters_are_refused_before_anything_is_written(event_st
     """Each location parameter aimed at the registry or another run fails the flow run and writes nothing."""
     from flows.extract_chunk import extract_chunk
     from flows.predict import predict, predict_chunk
+    from flows.read_chunk import read_chunk
     from flows.train_all import train_all
     from flows.train_backbone import train_backbone
     from flows.watch import watch
@@ -132,6 +133,10 @@ def test_out_of_scope_parameters_are_refused_before_anything_is_written(event_st
             "extract-chunk feature_cache": _refused(extract_chunk(
                 backbone="mobilenetv2", manifest_uri=f"s3://{art}/runs/x/manifest.csv", chunk=0, chunks=2,
                 feature_cache=f"s3://{art}/runs/x/", return_state=True)),
+            "read-chunk folder": _refused(read_chunk(data=data, folder=f"s3://{art}/models/", chunk=0, chunks=2,
+                                                     return_state=True)),
+            "read-chunk data": _refused(read_chunk(data=f"s3://{art}/runs/", folder=f"s3://{art}/runs/x/reading",
+                                                   chunk=0, chunks=2, return_state=True)),
         }
     for what, message in refusals.items():
         assert "use a location under" in message or "pass sensors/" in message, (what, message)

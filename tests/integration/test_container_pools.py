@@ -147,12 +147,15 @@ CHUNK_RUNS = {  # each gpu deployment of prefect-gpu.yaml: its flow and a run's 
                                         "chunk": 0, "chunks": 4}),
     "predict_chunk": ("predict-chunk", {"model": "s3://a/m/model.keras", "folder": "s3://a/predictions/r/",
                                         "chunk": 0, "chunks": 4}),
+    "read_chunk": ("read-chunk", {"data": "s3://d/datasets/x/", "folder": "s3://a/runs/r/reading", "chunk": 0,
+                                  "chunks": 4}),
 }
 
 
 @pytest.mark.parametrize("entry", list(CHUNK_RUNS))
 def test_kubernetes_job_for_a_gpu_run_is_a_valid_gpu_job(env: dict[str, str], pool_name: str, entry: str) -> None:
-    """train-backbone/gpu, extract-chunk/gpu and predict-chunk/gpu (deployments/prefect-gpu.yaml) on a kubernetes
+    """train-backbone/gpu, extract-chunk/gpu, read-chunk/gpu and predict-chunk/gpu (deployments/prefect-gpu.yaml) on a
+    kubernetes
     pool from kubernetes-gpu.json: the Job the worker would submit for a real flow run validates against the
     Kubernetes OpenAPI schema and asks for a GPU (chunk runs are ordinary deployments of the same image)."""
     pytest.importorskip("prefect_kubernetes", reason="pip install -e '.[kubernetes]'")

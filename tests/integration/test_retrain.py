@@ -10,8 +10,9 @@ rule does not apply.
    scores well on its own (shifted) test split and, the dataset having no champion, is promoted.
 2. The same dataset root is uploaded again with the right folders. Scored on the current test split, the
    champion is wrong on (nearly) every image and the new model right on (nearly) every one: the one-sided
-   McNemar test and the per-class rule both say promote. This retrain extracts its features in two chunks
-   (``extract_chunks=2``: two ``extract-chunk`` runs on the stack's process pool) before the backbone trains.
+   McNemar test and the per-class rule both say promote. This retrain reads its new images and extracts its
+   features in two chunks each (``extract_chunks=2``: two ``read-chunk`` and two ``extract-chunk`` runs on the
+   stack's process pool) before the backbone trains.
 
 ``decision.json``'s b, c, n_paired, p-value, per-class table and outcome are compared with values recomputed
 here with numpy from the challenger's stored ``test_predictions.csv`` and the champion's ``model.keras`` run on
@@ -103,12 +104,16 @@ def test_retrain_gates_a_known_better_challenger(s3: Any, env: dict[str, str], w
     monkeypatch.setenv("SCENE_FEATURE_CACHE", f"s3://{env['SCENE_ARTIFACT_BUCKET']}/features/retrain-{uuid.uuid4().hex[:8]}/")
     chunks = deploy_on_default_pool("extract-chunk", "flows/extract_chunk.py:extract_chunk",
                                     f"retrain-chunks-{uuid.uuid4().hex[:6]}")
-    state = retrain(**common, extract_chunks=2, extract_deployment=chunks, return_state=True)
+    reads = deploy_on_default_pool("read-chunk", "flows/read_chunk.py:read_chunk",
+                                   f"retrain-reads-{uuid.uuid4().hex[:6]}")
+    state = retrain(**common, extract_chunks=2, extract_deployment=chunks, read_deployment=reads, return_state=True)
     assert state.is_completed(), state.message
     second = state.result()
     chunk_runs = [r for r in child_runs(state.state_details.flow_run_id) if r.deployment_id is not None]
-    assert sorted(r.name for r in chunk_runs) == ["mobilenetv2 chunk 1/2", "mobilenetv2 chunk 2/2"]
+    assert sorted(r.name for r in chunk_runs) == ["mobilenetv2 chunk 1/2", "mobilenetv2 chunk 2/2", "read chunk 1/2",
+                                                  "read chunk 2/2"]
     assert all(r.state.is_completed() for r in chunk_runs), {r.name: r.state for r in chunk_runs}
+    assert second["objects_read"] == 6 * PER_CLASS  # every replaced image, read by the two read-chunk runs
     (trained,) = second["results"]
     assert trained["features_computed"] == 0, trained  # the chunks (and the audit) extracted them all
     new = registry.ModelVersion.from_dict(registry.get_version(s3, env["SCENE_ARTIFACT_BUCKET"],

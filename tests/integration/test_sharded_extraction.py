@@ -1,6 +1,8 @@
 """Issue 24, item 1: a backbone's feature extraction sharded over a work pool.
 
-``train-all`` with ``extract_chunks=3`` publishes its manifest and starts three runs of an ``extract-chunk``
+``train-all`` with ``extract_chunks=3`` first reads its new images in three runs of a ``read-chunk`` deployment (the
+manifest step in chunks: the same manifest as one process builds, packs written), then publishes its manifest and
+starts three runs of an ``extract-chunk``
 deployment on the session stack's `default` process pool (its worker runs each in a process of its own); each
 extracts one chunk of whole cache partitions into one S3 feature cache. Then the data audit extracts only what is
 missing, the backbone's training process finds every vector cached, and the head trains.
@@ -51,6 +53,12 @@ def deployment(env: dict[str, str]) -> str:
                                   f"chunks-{uuid.uuid4().hex[:6]}")
 
 
+@pytest.fixture(scope="module")
+def reading(env: dict[str, str]) -> str:
+    """A read-chunk deployment on the `default` pool."""
+    return deploy_on_default_pool("read-chunk", "flows/read_chunk.py:read_chunk", f"reads-{uuid.uuid4().hex[:6]}")
+
+
 def _data_and_params(s3: Any, env: dict[str, str], folder: Path) -> tuple[str, dict[str, Any]]:
     data = upload(s3, draw_hues(folder / "hues", 0, size=SIZE, per_class=8),
                   f"s3://{env['SCENE_DATA_BUCKET']}/{env['SCENE_DATA_PREFIX']}sharded-{uuid.uuid4().hex[:6]}/")
@@ -78,7 +86,8 @@ def _train(data: str, params: dict[str, Any], **more: Any) -> tuple[Any, dict[st
 
 
 def test_three_chunks_one_killed_extract_every_image_once_and_train_what_an_unsharded_run_trains(
-        deployment: str, s3: Any, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        deployment: str, reading: str, s3: Any, env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.client.orchestration import get_client
 
     data, params = _data_and_params(s3, env, tmp_path)
@@ -88,10 +97,17 @@ def test_three_chunks_one_killed_extract_every_image_once_and_train_what_an_unsh
     monkeypatch.setenv("SCENE_FEATURE_CACHE", sharded_cache)
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(deployment).id
+        reading_id = client.read_deployment_by_name(reading).id
     with watching(kill_first_running, deployment_id) as killed:
-        state, _, sharded, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment)
+        state, _, sharded, manifest = _train(data, params, extract_chunks=3, extract_deployment=deployment,
+                                             read_deployment=reading)
     assert killed, "no chunk run was killed: the test did not exercise a lost chunk"
-    chunk_runs = [r for r in child_runs(state.state_details.flow_run_id) if r.deployment_id is not None]
+    children = child_runs(state.state_details.flow_run_id)
+    reads = [r for r in children if r.deployment_id == reading_id]
+    assert sorted(r.name for r in reads) == [f"read chunk {i}/3" for i in (1, 2, 3)]
+    assert all(r.state.is_completed() for r in reads), {r.name: r.state for r in reads}
+    assert (manifest["pack"] != "").all()  # the chunk runs packed what they read
+    chunk_runs = [r for r in children if r.deployment_id == deployment_id]
     assert sorted(r.name for r in chunk_runs) == [f"mobilenetv2 chunk {i}/3" for i in (1, 2, 3)]
     lost = next(r for r in chunk_runs if r.id == killed["run"])
     assert lost.state.is_crashed() or lost.state.is_failed(), lost.state  # reported, and the run went on
@@ -108,7 +124,9 @@ def test_three_chunks_one_killed_extract_every_image_once_and_train_what_an_unsh
     assert keys == sorted(features.entry_key(s, 0) for s in manifest["sha256"])  # every image, once
 
     monkeypatch.setenv("SCENE_FEATURE_CACHE", plain_cache)
-    _, _, plain, _ = _train(data, params)
+    _, _, plain, plain_manifest = _train(data, params)
+    same = ["key", "label", "split", "sha256", "width", "height", "mode", "format", "bytes", "etag"]
+    assert manifest[same].equals(plain_manifest[same])  # read in chunks or in one process: the same manifest
     assert (plain["features_computed"], plain["features_cached"]) == (0, images)  # the audit extracted them here
     in_plain = _stored(plain_cache, s3)
     assert sorted(in_plain) == keys
