@@ -14,7 +14,8 @@
 3. ``sim`` (a real Prefect stack started here in a temp folder, one process worker whose ``gpu`` pool takes N runs
    at once): ``predict``-style fan-out of N chunk runs through :func:`flows.dispatching.run_chunks` whose work is a
    sleep per batch (no CPU), for N = 1, 2, 4, 8, 16 over the same total work: wall time, speed-up, efficiency, and
-   the fixed cost per chunk (wall − work/N); first one chunk with no work (the fixed cost alone).
+   the fixed cost per chunk (wall − work/N); first one chunk with no work (the fixed cost alone). Without 1 in
+   ``--sim-n`` (a long simulation), N = 1's wall is computed as work + that fixed cost instead of run.
 
     .venv/bin/python benchmarks/scale.py [--images 480] [--size 150] [--no-workers] [--no-rss] [--no-manifest]
         [--no-sim] [--sim-work 160] [--sim-n 1,2,4,8,16]
@@ -293,6 +294,9 @@ def sim_run(work_s: float, ns: list[int]) -> None:
     print(f"  {work_s:.0f} s of simulated work (160 sleeps), split over N chunk runs at once:", flush=True)
     print("     N   wall s   speed-up   efficiency   fixed s per chunk", flush=True)
     base = None
+    if 1 not in ns:  # a long simulation: one chunk would take all of work_s; its wall is work + one run's fixed cost
+        base = work_s + fixed  # no more than the measured N = 1 wall (work + 5 s at --sim-work 640): never flatters N
+        print(f"     1 {base:8.1f}  (computed: work + the fixed cost of one chunk run above, not run)", flush=True)
     for n in ns:
         wall = fan_out(deployment, n, batches, batch_s)
         base = base or wall
