@@ -177,8 +177,7 @@ def chunked_reader(data: str, test: str | None, chunks: int, deployment: str, *,
         run_chunks(deployment, chunks, {"data": data, "test": test, "folder": folder, "chunks": chunks},
                    label="read", tags=["scene", "read-chunk"], redo="this run reads its images",
                    start_timeout_s=start_timeout_s, timeout_s=timeout_s)
-        roots = [str(r).rstrip("/") + "/" for r in (data, test) if r]
-        got, here = reading.collect(folder, listings, s3(), roots=roots, writer=packer)
+        got, here = reading.collect(folder, listings, s3(), roots=reading.roots(data, test), writer=packer)
         get_run_logger().info("%d files read in %d chunk runs%s", len(files), chunks,
                               f"; chunks {[i + 1 for i in here]} read here (no part of their listing)" if here else "")
         return got

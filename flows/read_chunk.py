@@ -30,8 +30,7 @@ def read_chunk(data: str, folder: str, chunk: int, chunks: int, test: str | None
         raise ValueError(f"read-chunk: chunk={chunk} is invalid for chunks={chunks}; pass 0..{chunks - 1}")
     facts = {"data": data, "chunk": f"{chunk + 1} of {chunks}", "folder": folder}
     summary_id = artifacts.start_summary("read-chunk", facts)
-    roots = [str(r).rstrip("/") + "/" for r in (data, test) if r]
-    got = reading.read_chunk(folder, chunk, s3(), roots=roots,
+    got = reading.read_chunk(folder, chunk, s3(), roots=reading.roots(data, test),
                              writer=packs.writer_for(data, settings().artifact_bucket, s3()))
     out = {"chunk": chunk, "chunks": chunks, "rows": len(got.rows), "rejected": len(got.rejected),
            "packs_written": got.packs_written}

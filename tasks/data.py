@@ -29,7 +29,7 @@ def build_manifest(data: str, test: str | None = None, classes: list[str] | None
     ``previous``: an earlier manifest of the same data (e.g. the champion's): its images keep their splits, and
     its rows are reused for objects whose ETag and size are unchanged (``ds.objects_read`` counts the reads).
     ``reader``: ``reader(files, packer)`` reads the new or changed files some other way (the flows pass
-    :func:`flows.dispatching.read_in_chunks` for chunk runs); the manifest is the same either way.
+    :func:`flows.dispatching.chunked_reader` for chunk runs); the manifest is the same either way.
     """
     log = get_run_logger()
     log.info("Listing %s%s", data, f" and {test}" if test else "")

@@ -385,8 +385,8 @@ def build_dataset(
     ``packer``: also store the bytes of the images read in image packs (:mod:`scene.data.packs`) and record
     each image's pack in the ``pack`` column; unchanged rows keep the pack they had.
     ``read``: how the new or changed files are read (default :func:`read_files` here with ``workers`` threads);
-    ``tasks.data`` passes one that fans them out over chunk runs (issue 24). Whatever reads them, the manifest is
-    the same.
+    the flows pass one that fans them out over chunk runs (:func:`flows.dispatching.chunked_reader`, issue 24).
+    Whatever reads them, the manifest is the same.
     """
     files = _list(src, s3, "pool") + (_list(test_src, s3, "test") if test_src else [])
     has_test = test_src is not None or any(f.origin == "test" for f in files)

@@ -22,11 +22,11 @@ import pandas as pd
 
 from scene.data import packs, storage
 from scene.data.chunking import chunk_of, require_chunks
-from scene.data.dataset import REJECTED_COLUMNS, ListedFile, Progress, ReadRows, read_files
+from scene.data.dataset import MANIFEST_COLUMNS, REJECTED_COLUMNS, ListedFile, Progress, ReadRows, read_files
 
 LISTED_COLUMNS = ["key", "size", "label", "origin", "tag"]
-ROW_COLUMNS = ["key", "label", "origin", "sha256", "width", "height", "mode", "format", "bytes", "note", "synthetic",
-               "etag", "pack"]  # a row as dataset.read_files gives it
+# a row as dataset.read_files gives it: the manifest's columns but those build_dataset adds, and where it came from
+ROW_COLUMNS = [*(c for c in MANIFEST_COLUMNS if c not in ("label_index", "split")), "origin"]
 _INTS = ("width", "height", "bytes")
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,11 @@ class ReadingError(storage.StorageError):
 def folder_for(run_prefix: str) -> str:
     """Where a run's reading chunks keep their listings and parts."""
     return f"{run_prefix.rstrip('/')}/reading"
+
+
+def roots(data: str, test: str | None = None) -> list[str]:
+    """The folder prefixes a chunk run may read under: ``data`` and ``test`` (when set), each ending in ``/``."""
+    return [str(r).rstrip("/") + "/" for r in (data, test) if r]
 
 
 def listing_uri(folder: str, chunk: int) -> str:
