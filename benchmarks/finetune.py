@@ -1,13 +1,15 @@
 """Fine-tuning ablation on the validation split only (issue 26): which blocks, peak learning rate, epochs and
-label smoothing.
+label smoothing, weight averaging and input size.
 
     .venv/bin/python benchmarks/finetune.py DATA --weights W.weights.h5 [--size 224] [--grid 2:1e-4:3,4:1e-4:3:0.1]
         [--out /tmp/ft] [--limit N]
 
+``--grid ""`` scores the frozen phase alone (compare input sizes with one run per ``--size``).
+
 Trains the frozen phase once (MobileNetV2, ``--size`` px, mirror view, no refit: ``best-cpu`` without the refit,
-which would train on val), then for every ``blocks:lr:epochs[:label_smoothing]`` in ``--grid`` fine-tunes a copy of
-it (warm-up of half an epoch, cosine decay, BatchNorm frozen, online augmentation, plain view; the saved model keeps
-the mirror) and scores the saved model on validation twice: as saved (the mean over image and mirror,
+which would train on val), then for every ``blocks:lr:epochs[:label_smoothing[:ema]]`` in ``--grid`` fine-tunes a
+copy of it (warm-up of half an epoch, cosine decay, BatchNorm frozen, online augmentation, plain view; the saved
+model keeps the mirror) and scores the saved model on validation twice: as saved (the mean over image and mirror,
 ``finetune_mirror`` True) and through its plain path alone (``finetune_mirror`` False), same weights. The test split
 is never read: the script drops it before anything trains.
 Prints one row per setting (both val weighted F1s, best epoch, seconds, training img/s) and writes ``ablation.csv``
@@ -68,23 +70,25 @@ def main() -> None:
             score[name] = float(f1_score(y, predict(net, val, a.size).probs.argmax(1), average="weighted"))
         return score
 
-    rows = [{"setting": "frozen (best-cpu without refit)", "blocks": 0, "lr": 0.0, "epochs": 0,
+    rows = [{"setting": f"frozen (best-cpu without refit), {a.size} px", "blocks": 0, "lr": 0.0, "epochs": 0,
              **val_f1(frozen.model_path), "best_epoch": int(frozen.history["val_loss"].argmin()) + 1,
              "seconds": round(time.perf_counter() - start), "train_img_s": float("nan")}]
     print(rows[-1])
-    for item in a.grid.split(","):
-        blocks, lr, epochs, smooth = [*item.split(":"), "0"][:4]
+    for item in filter(None, a.grid.split(",")):
+        blocks, lr, epochs, smooth, ema = [*item.split(":"), "0", "0"][:5]
         cfg = dataclasses.replace(base, finetune_blocks=int(blocks), finetune_lr=float(lr),
-                                  finetune_epochs=int(epochs), finetune_label_smoothing=float(smooth))
-        run_dir = out / f"b{blocks}_lr{lr}_e{epochs}_ls{smooth}"
+                                  finetune_epochs=int(epochs), finetune_label_smoothing=float(smooth),
+                                  finetune_ema=float(ema))
+        run_dir = out / f"b{blocks}_lr{lr}_e{epochs}_ls{smooth}_ema{ema}"
         run_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy(frozen.model_path, run_dir / "frozen.keras")
         start = time.perf_counter()
         tuned = finetune(ds, cfg, dataclasses.replace(frozen, model_path=run_dir / "frozen.keras"))
         seconds = time.perf_counter() - start
         ft = tuned.history[tuned.history["phase"] == "finetune"]
-        rows.append({"setting": f"top {blocks} blocks, lr {lr}, {epochs} epochs, smoothing {smooth}",
+        rows.append({"setting": f"top {blocks} blocks, lr {lr}, {epochs} epochs, smoothing {smooth}, ema {ema}",
                      "blocks": int(blocks), "lr": float(lr), "epochs": int(epochs), "label_smoothing": float(smooth),
+                     "ema": float(ema),
                      **val_f1(tuned.model_path),
                      "best_epoch": int(ft["val_loss"].argmin()) + 1, "seconds": round(seconds),
                      "train_img_s": len(ds.split("train")) * len(ft) / seconds,

@@ -185,6 +185,36 @@ def test_block_finetuning_ships_the_tuned_network_and_scores_that_file(ds, tmp_p
     assert list(csv["y_pred"]) == list(shipped.argmax(1))
 
 
+def test_weight_averaging_ships_and_validates_the_average(ds, tmp_path: Path) -> None:
+    """``finetune_ema``: the saved model holds the moving average of the weights, not the last step's: at a momentum
+    near 1 the average stays at the first step's weights (zero learning rate under the warm-up), so it barely leaves
+    the frozen model while the raw weights move. The epoch kept is the one whose averaged weights validated best:
+    the saved file's validation loss is the history's lowest (with and without averaging)."""
+    import dataclasses
+
+    from scene.train.fit import finetune, fit_frozen, weights_for
+
+    base = TrainConfig(**{**SMALL, "finetune_blocks": 2, "finetune_epochs": 3, "finetune_lr": 1e-3, "patience": 5})
+    frozen = fit_frozen(ds, base, tmp_path / "frozen", weights_for(base), cache_root=str(tmp_path / "cache"))
+    start = load(str(frozen.model_path)).get_weights()
+    val = image_dataset(ds.split("val"), 48, num_classes=len(ds.class_names), batch_size=base.batch_size)
+    moved = {}
+    for ema in (0.0, 0.9999):
+        run = tmp_path / f"ema{ema}"
+        run.mkdir()
+        shutil.copy(frozen.model_path, run / "frozen.keras")
+        tuned = finetune(ds, dataclasses.replace(base, finetune_ema=ema),
+                         dataclasses.replace(frozen, model_path=run / "frozen.keras"))
+        model = load(str(tuned.model_path))
+        moved[ema] = sum(float(np.abs(a - b).sum()) for a, b in zip(model.get_weights(), start, strict=True))
+        model.compile(loss="categorical_crossentropy")
+        kept = tuned.history.loc[tuned.history["phase"] == "finetune", "val_loss"].min()
+        assert model.evaluate(val, verbose=0) == pytest.approx(kept, rel=1e-4), ema
+    assert moved[0.0] > 0 and moved[0.9999] < 0.05 * moved[0.0], moved
+    with pytest.raises(ValueError, match=r"finetune_ema=1\.0 is invalid"):
+        TrainConfig(**{**SMALL, "finetune_ema": 1.0})
+
+
 def test_backbone_blocks_follow_keras_block_names() -> None:
     from scene.model import backbones
     from scene.model.network import assemble, backbone_blocks, unfreeze_blocks

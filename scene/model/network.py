@@ -144,9 +144,11 @@ def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> keras.opt
 
 
 def compile_model(model: keras.Model, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
-                  *, label_smoothing: float = 0.0) -> None:
-    """Adam and categorical cross-entropy (its one-hot targets smoothed by ``label_smoothing``), with accuracy."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  *, label_smoothing: float = 0.0, ema: float = 0.0) -> None:
+    """Adam and categorical cross-entropy (its one-hot targets smoothed by ``label_smoothing``), with accuracy; with
+    ``ema`` > 0 Adam also keeps an exponential moving average of the weights at that momentum per step."""
+    averaging = {"use_ema": True, "ema_momentum": ema} if ema else {}
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, **averaging),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing), metrics=["accuracy"])
 
 

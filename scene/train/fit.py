@@ -59,6 +59,7 @@ class TrainConfig:
     finetune_warmup: float = 0.5  # epochs of linear warm-up from 0 before the cosine decay to 0
     finetune_label_smoothing: float = 0.0  # fine-tuning's loss: targets (1 - s)·one-hot + s/k (0: plain)
     finetune_mirror: bool = True  # a mirror model, fine-tuned, still ships the mirror average (False: plain path)
+    finetune_ema: float = 0.0  # >0: Polyak averaging, momentum per step; validation and the shipped model use it
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the shipped model averages over image and mirror
     refit: bool = False  # cached: after early stopping on val, a fresh head trains on train + val and ships
@@ -84,6 +85,7 @@ class TrainConfig:
              "0 or more epochs, fewer than finetune_epochs"),
             (0 <= self.finetune_label_smoothing < 1, "finetune_label_smoothing", self.finetune_label_smoothing,
              "0 (off) or more, below 1"),
+            (0 <= self.finetune_ema < 1, "finetune_ema", self.finetune_ema, "0 (off) or a momentum below 1, e.g. 0.99"),
             (self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number"),
             (not self.refit or (self.strategy == "cached" and not self.finetunes), "refit", self.refit,
              "False with strategy='online' or fine-tuning (the refit trains the head on val, which fine-tuning "
@@ -148,10 +150,13 @@ def precision_policy(mixed: bool) -> Iterator[None]:
 
 
 def _callbacks(cfg: TrainConfig, progress: Progress | None, stage: str, epochs: int, *,
-               plateau: bool = True) -> list[keras.callbacks.Callback]:
+               plateau: bool = True, ema: bool = False) -> list[keras.callbacks.Callback]:
     plateaus = [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3, patience=max(2, cfg.patience // 3),
                                                   min_lr=1e-7)] if plateau else []
+    # before EarlyStopping: the averaged weights are in the model when it scores and keeps an epoch
+    averaging = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []
     return [
+        *averaging,
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True),
         *plateaus,
         _ProgressCallback(progress, stage, epochs),
@@ -314,9 +319,11 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
              progress: Progress | None = None) -> FitResult:
     """Phase 2: the top ``cfg.finetune_blocks`` blocks (or ``cfg.finetune_layers`` layers) of the backbone train,
     BatchNorm frozen, on freshly augmented images, under a linear warm-up to ``cfg.finetune_lr`` and a cosine decay
-    over ``cfg.finetune_epochs``; early stopping on validation loss keeps the best epoch. A mirror model trains its
-    plain path (random flips stand in for the mirror: half the compute), which early stopping also scores; it ships
-    averaging over both views, or with ``cfg.finetune_mirror`` False that plain path alone (the scored network)."""
+    over ``cfg.finetune_epochs``; early stopping on validation loss keeps the best epoch. With ``cfg.finetune_ema``
+    the optimizer keeps a moving average of the weights, which validation scores and the saved model holds. A mirror
+    model trains its plain path (random flips stand in for the mirror: half the compute), which early stopping also
+    scores; it ships averaging over both views, or with ``cfg.finetune_mirror`` False that plain path alone (the
+    scored network)."""
     if not cfg.finetunes:
         return fitted
     start = time.perf_counter()
@@ -371,12 +378,13 @@ def _fit_online(model: keras.Model, ds: Dataset, cfg: TrainConfig, lr: float, ep
     if phase == "finetune":  # a schedule over the whole phase instead of plateau reduction
         steps = -(-len(ds.split("train")) // cfg.batch_size)
         compile_model(model, warmup_cosine(lr, steps * epochs, round(steps * cfg.finetune_warmup)),
-                      label_smoothing=cfg.finetune_label_smoothing)
+                      label_smoothing=cfg.finetune_label_smoothing, ema=cfg.finetune_ema)
     else:
         compile_model(model, lr)
     hist = model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
                      callbacks=_callbacks(cfg, progress, f"{phase} {cfg.backbone}", epochs,
-                                          plateau=phase != "finetune"))
+                                          plateau=phase != "finetune",
+                                          ema=phase == "finetune" and cfg.finetune_ema > 0))
     return _history(hist, phase, start_epoch)
 
 
