@@ -56,6 +56,8 @@ SLOW_TESTS = {
     "test_refit_ships_a_head_trained_on_train_and_val_and_reports_held_out_val",
     "test_feature_cache_computes_only_new_images", "test_help_and_validate_write_nothing_to_stderr",
     "test_extracted_features_equal_on_openvino_and_tensorflow",
+    "test_weight_averaging_ships_and_validates_the_average",
+    "test_finetune_refit_ships_a_network_tuned_on_train_and_val_and_reports_held_out_val",
 }
 # package -> (tier without xdist, tier under xdist, marker added to each of its tests)
 PACKAGES = {"faults": (1, 2, "faults"), "integration": (2, 0, "integration"), "events": (3, 1, "integration"),

@@ -382,6 +382,38 @@ def test_refit_ships_a_head_trained_on_train_and_val_and_reports_held_out_val(ds
         TrainConfig(**{**SMALL, "strategy": "online"}, refit=True)
 
 
+def test_finetune_refit_ships_a_network_tuned_on_train_and_val_and_reports_held_out_val(ds, tmp_path: Path) -> None:
+    """``finetune_refit``: val picks the fine-tuning epochs; the network that ships is fine-tuned again from the
+    frozen model on train + val for exactly that many epochs (no val left to watch). The run's val metrics are the
+    selection network's, its test metrics the saved file's."""
+    from sklearn.metrics import accuracy_score
+
+    from scene.train.fit import HELD_OUT_TUNED
+
+    cfg = TrainConfig(**{**SMALL, "finetune_blocks": 2, "finetune_epochs": 3, "finetune_lr": 1e-3, "patience": 5,
+                         "finetune_refit": True})
+    out = tmp_path / "mobilenetv2"
+    r = train_one(ds, cfg, out, cache_root=str(tmp_path / "cache"), bootstrap=0)
+    assert r.status in ("ok", "collapsed"), r.error
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist["phase"].unique()) == ["head", "finetune", "finetune-refit"]
+    tuned, refit = hist[hist["phase"] == "finetune"], hist[hist["phase"] == "finetune-refit"]
+    chosen = int(tuned["val_loss"].to_numpy().argmin()) + 1
+    assert len(tuned) == 3 and len(refit) == chosen and refit["val_loss"].isna().all()
+    assert set(tuned["images"]) == {len(ds.split("train"))}  # the photos each epoch trained on
+    assert set(refit["images"]) == {len(ds.split("train")) + len(ds.split("val"))}
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["meta"]["predictions"]["val"] == HELD_OUT_TUNED and doc["meta"]["predictions"]["test"] == "saved model"
+    shipped, frozen = load(str(out / "model.keras")), load(str(out / "frozen.keras"))
+    assert not all(np.array_equal(a, b) for a, b in zip(shipped.get_weights(), frozen.get_weights(), strict=True))
+    test = ds.split("test")
+    probs = predict(shipped, test, 48).probs
+    assert doc["test"]["accuracy"] == pytest.approx(accuracy_score(test["label_index"], probs.argmax(1)))
+    assert "fine-tuned again on train + val" in json.loads((out / "config.json").read_text())["summary"]["refit"]
+    with pytest.raises(ValueError, match="finetune_refit=True is invalid"):
+        TrainConfig(**{**SMALL, "finetune_refit": True})
+
+
 def test_refit_with_augmented_views_and_mirror_trains(ds, tmp_path: Path) -> None:
     """The refit head trains on train + val with the training views, so val images get them extracted too (they
     used to have only the plain view and the mirror: KeyError '<sha>:1')."""

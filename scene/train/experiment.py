@@ -125,8 +125,9 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
     if fit_result.history.attrs.get("epochs_per_s"):
         summary["head epochs/s"] = f"{fit_result.history.attrs['epochs_per_s']:.1f}"
     if fit_result.held_out_val is not None:
-        summary["refit"] = (f"head retrained on train + val for {fit_result.history.attrs.get('refit_epochs')} epochs "
-                            "(chosen on val); val metrics are the held-out head's, before the refit")
+        what = "network fine-tuned again" if cfg.finetune_refit else "head retrained"
+        summary["refit"] = (f"{what} on train + val for {fit_result.history.attrs.get('refit_epochs')} epochs "
+                            "(chosen on val); val metrics are the held-out one's, before the refit")
     if fit_result.extract:
         summary["features computed / cached"] = f"{fit_result.extract.computed} / {fit_result.extract.cached}"
     metric_docs = {s: m.to_dict() for s, m in metrics.items()}

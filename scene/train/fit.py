@@ -60,6 +60,7 @@ class TrainConfig:
     finetune_label_smoothing: float = 0.0  # fine-tuning's loss: targets (1 - s)·one-hot + s/k (0: plain)
     finetune_mirror: bool = True  # a mirror model, fine-tuned, still ships the mirror average (False: plain path)
     finetune_ema: float = 0.0  # >0: Polyak averaging, momentum per step; validation and the shipped model use it
+    finetune_refit: bool = False  # the shipped network is fine-tuned again on train + val for the epochs val chose
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the shipped model averages over image and mirror
     refit: bool = False  # cached: after early stopping on val, a fresh head trains on train + val and ships
@@ -86,6 +87,8 @@ class TrainConfig:
             (0 <= self.finetune_label_smoothing < 1, "finetune_label_smoothing", self.finetune_label_smoothing,
              "0 (off) or more, below 1"),
             (0 <= self.finetune_ema < 1, "finetune_ema", self.finetune_ema, "0 (off) or a momentum below 1, e.g. 0.99"),
+            (not self.finetune_refit or self.finetunes, "finetune_refit", self.finetune_refit,
+             "False unless finetune_blocks or finetune_layers is set (it refits the fine-tuning phase)"),
             (self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number"),
             (not self.refit or (self.strategy == "cached" and not self.finetunes), "refit", self.refit,
              "False with strategy='online' or fine-tuning (the refit trains the head on val, which fine-tuning "
@@ -125,7 +128,7 @@ class FitResult:
     weights: backbones.WeightsSource
     extract: features.ExtractStats | None
     seconds: float
-    held_out_val: Predictions | None = None  # refit: the selection head's val predictions (the shipped one saw val)
+    held_out_val: Predictions | None = None  # refit: the selection network's val predictions (the shipped one saw val)
 
 
 class _ProgressCallback(keras.callbacks.Callback):
@@ -323,23 +326,47 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
     the optimizer keeps a moving average of the weights, which validation scores and the saved model holds. A mirror
     model trains its plain path (random flips stand in for the mirror: half the compute), which early stopping also
     scores; it ships averaging over both views, or with ``cfg.finetune_mirror`` False that plain path alone (the
-    scored network)."""
+    scored network). With ``cfg.finetune_refit`` the network that ships is fine-tuned again from the frozen model on
+    train + val, under the same schedule, for the epochs val chose; val is then scored by the selection network."""
     if not cfg.finetunes:
         return fitted
     start = time.perf_counter()
     with precision_policy(cfg.mixed_precision):
-        model = load_model(str(fitted.model_path))
-        if cfg.finetune_blocks:
-            unfreeze_blocks(model, cfg.finetune_blocks)
-        else:
-            unfreeze_top(model, cfg.finetune_layers)
-        plain = plain_view(model)  # shares every layer with model: training it trains both
+        model, plain = _tunable(fitted.model_path, cfg)
         history = _fit_online(plain, ds, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune",
                               len(fitted.history), s3, progress)
+        held_out = None
+        if cfg.finetune_refit:
+            selected = model if cfg.finetune_mirror else plain
+            val = predict(selected, ds.split("val"), cfg.image_size, split="val", s3=s3, progress=progress)
+            held_out = dataclasses.replace(val, source=HELD_OUT_TUNED)
+            epochs = int(history["val_loss"].to_numpy().argmin()) + 1  # early stopping kept this epoch
+            model, plain = _tunable(fitted.model_path, cfg)
+            merged = dataclasses.replace(ds, manifest=ds.manifest.assign(
+                split=ds.manifest["split"].replace("val", "train")))
+            refit = _fit_online(plain, merged, cfg, cfg.finetune_lr, cfg.finetune_epochs, "finetune-refit",
+                                len(fitted.history) + len(history), s3, progress, stop_after=epochs)
+            history = pd.concat([history, refit], ignore_index=True)
         shipped = model if cfg.finetune_mirror else plain
-        return _save(shipped, pd.concat([fitted.history, history], ignore_index=True),
-                     fitted.model_path.with_name("model.keras"), fitted.weights, fitted.extract,
-                     fitted.seconds + time.perf_counter() - start)
+        history = pd.concat([fitted.history, history], ignore_index=True)
+        if held_out is not None:
+            history.attrs["refit_epochs"] = epochs
+        saved = _save(shipped, history, fitted.model_path.with_name("model.keras"), fitted.weights, fitted.extract,
+                      fitted.seconds + time.perf_counter() - start)
+        return dataclasses.replace(saved, held_out_val=held_out)
+
+
+HELD_OUT_TUNED = "held out: the fine-tuned network before its refit on train + val"
+
+
+def _tunable(path: Path, cfg: TrainConfig) -> tuple[keras.Model, keras.Model]:
+    """The saved frozen model with its top blocks (or layers) trainable, and its plain path (the same layers)."""
+    model = load_model(str(path))
+    if cfg.finetune_blocks:
+        unfreeze_blocks(model, cfg.finetune_blocks)
+    else:
+        unfreeze_top(model, cfg.finetune_layers)
+    return model, plain_view(model)  # the plain view shares every layer with model: training it trains both
 
 
 def _save(model: keras.Model, history: pd.DataFrame, model_path: Path, weights: backbones.WeightsSource,
@@ -366,26 +393,32 @@ def fit(ds: Dataset, cfg: TrainConfig, out_dir: Path, *, cache_root: str | None 
 
 
 def _fit_online(model: keras.Model, ds: Dataset, cfg: TrainConfig, lr: float, epochs: int, phase: str,
-                start_epoch: int, s3: Any, progress: Progress | None) -> pd.DataFrame:
-    """Backbone in the loop, augmentation applied afresh every epoch."""
+                start_epoch: int, s3: Any, progress: Progress | None, *, stop_after: int | None = None) -> pd.DataFrame:
+    """Backbone in the loop, augmentation applied afresh every epoch. Fine-tuning follows one schedule over
+    ``epochs``; ``stop_after`` ends it sooner (a refit, which has no val to stop on, replays the epochs val chose)."""
     k = len(ds.class_names)
-    aug = augmenter(cfg.augment, cfg.image_size, cfg.seed) if cfg.views > 0 or phase == "finetune" else None
+    tuning = phase.startswith("finetune")
+    aug = augmenter(cfg.augment, cfg.image_size, cfg.seed) if cfg.views > 0 or tuning else None
     train = image_dataset(ds.split("train"), cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3,
                           augment=aug, shuffle=True, seed=cfg.seed)
-    val = image_dataset(ds.split("val"), cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3)
     for x, _ in train.take(1):
         backbones.preflight(cfg.backbone, x)
-    if phase == "finetune":  # a schedule over the whole phase instead of plateau reduction
+    if tuning:  # a schedule over the whole phase instead of plateau reduction
         steps = -(-len(ds.split("train")) // cfg.batch_size)
         compile_model(model, warmup_cosine(lr, steps * epochs, round(steps * cfg.finetune_warmup)),
                       label_smoothing=cfg.finetune_label_smoothing, ema=cfg.finetune_ema)
     else:
         compile_model(model, lr)
-    hist = model.fit(train, validation_data=val, epochs=epochs, verbose=0, shuffle=False,
-                     callbacks=_callbacks(cfg, progress, f"{phase} {cfg.backbone}", epochs,
-                                          plateau=phase != "finetune",
-                                          ema=phase == "finetune" and cfg.finetune_ema > 0))
-    return _history(hist, phase, start_epoch)
+    stage = f"{phase} {cfg.backbone}"
+    if ds.split("val").empty:  # nothing to watch: the epochs run; fit ends by loading the weight average, if any
+        hist = model.fit(train, epochs=stop_after or epochs, verbose=0, shuffle=False,
+                         callbacks=[_ProgressCallback(progress, stage, stop_after or epochs)])
+    else:
+        val = image_dataset(ds.split("val"), cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3)
+        hist = model.fit(train, validation_data=val, epochs=stop_after or epochs, verbose=0, shuffle=False,
+                         callbacks=_callbacks(cfg, progress, stage, stop_after or epochs, plateau=not tuning,
+                                              ema=tuning and cfg.finetune_ema > 0))
+    return _history(hist, phase, start_epoch).assign(images=len(ds.split("train")))  # photos trained on per epoch
 
 
 def predict_cached(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, cache_root: str, split: str,

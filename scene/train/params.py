@@ -38,6 +38,7 @@ class TrainParams(BaseModel):
     finetune_label_smoothing: float = 0.0  # fine-tuning's loss smooths the one-hot targets by this much
     finetune_mirror: bool = True  # False: a fine-tuned mirror model ships its plain path, not the mirror average
     finetune_ema: float = 0.0  # >0: fine-tuning ships (and validates) the moving average of its weights, this momentum
+    finetune_refit: bool = False  # val chose the fine-tuning epochs; the shipped network then tunes on train + val
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the saved model averages over image and mirror
     refit: bool = False  # cached: once val has chosen the epochs, a fresh head trains on train + val and ships
