@@ -262,11 +262,16 @@ def fit_frozen(ds: Dataset, cfg: TrainConfig, out_dir: Path, weights: backbones.
 HELD_OUT = "held out: the head before its refit on train + val"
 
 
+def kept_epochs(selection: pd.DataFrame) -> int:
+    """The epochs a refit replays: up to the one early stopping restored (the lowest validation loss)."""
+    return int(selection["val_loss"].to_numpy().argmin()) + 1
+
+
 def refit_head(ds: Dataset, cfg: TrainConfig, cache: features.FeatureCache, selection: pd.DataFrame,
                progress: Progress | None = None) -> tuple[keras.Model, pd.DataFrame]:
     """A fresh head trained on train + val for the epochs early stopping chose on val, replaying the selection
     fit's learning-rate schedule (no val is left to watch). Returns it and the history of both fits."""
-    epochs = int(selection["val_loss"].to_numpy().argmin()) + 1  # early stopping restored this epoch's weights
+    epochs = kept_epochs(selection)
     rates = selection["lr"].to_numpy()[:epochs] if "lr" in selection else np.full(epochs, cfg.learning_rate)
     x, y = features.gather(cache, pd.concat([ds.split("train"), ds.split("val")]), train_views(cfg))
     keras.utils.set_random_seed(cfg.seed)
@@ -340,7 +345,7 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
             selected = model if cfg.finetune_mirror else plain
             val = predict(selected, ds.split("val"), cfg.image_size, split="val", s3=s3, progress=progress)
             held_out = dataclasses.replace(val, source=HELD_OUT_TUNED)
-            epochs = int(history["val_loss"].to_numpy().argmin()) + 1  # early stopping kept this epoch
+            epochs = kept_epochs(history)
             model, plain = _tunable(fitted.model_path, cfg)
             merged = dataclasses.replace(ds, manifest=ds.manifest.assign(
                 split=ds.manifest["split"].replace("val", "train")))
@@ -398,27 +403,28 @@ def _fit_online(model: keras.Model, ds: Dataset, cfg: TrainConfig, lr: float, ep
     ``epochs``; ``stop_after`` ends it sooner (a refit, which has no val to stop on, replays the epochs val chose)."""
     k = len(ds.class_names)
     tuning = phase.startswith("finetune")
+    rows, run = ds.split("train"), stop_after or epochs
     aug = augmenter(cfg.augment, cfg.image_size, cfg.seed) if cfg.views > 0 or tuning else None
-    train = image_dataset(ds.split("train"), cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3,
+    train = image_dataset(rows, cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3,
                           augment=aug, shuffle=True, seed=cfg.seed)
     for x, _ in train.take(1):
         backbones.preflight(cfg.backbone, x)
     if tuning:  # a schedule over the whole phase instead of plateau reduction
-        steps = -(-len(ds.split("train")) // cfg.batch_size)
+        steps = -(-len(rows) // cfg.batch_size)
         compile_model(model, warmup_cosine(lr, steps * epochs, round(steps * cfg.finetune_warmup)),
                       label_smoothing=cfg.finetune_label_smoothing, ema=cfg.finetune_ema)
     else:
         compile_model(model, lr)
     stage = f"{phase} {cfg.backbone}"
     if ds.split("val").empty:  # nothing to watch: the epochs run; fit ends by loading the weight average, if any
-        hist = model.fit(train, epochs=stop_after or epochs, verbose=0, shuffle=False,
-                         callbacks=[_ProgressCallback(progress, stage, stop_after or epochs)])
+        hist = model.fit(train, epochs=run, verbose=0, shuffle=False,
+                         callbacks=[_ProgressCallback(progress, stage, run)])
     else:
         val = image_dataset(ds.split("val"), cfg.image_size, num_classes=k, batch_size=cfg.batch_size, s3=s3)
-        hist = model.fit(train, validation_data=val, epochs=stop_after or epochs, verbose=0, shuffle=False,
-                         callbacks=_callbacks(cfg, progress, stage, stop_after or epochs, plateau=not tuning,
+        hist = model.fit(train, validation_data=val, epochs=run, verbose=0, shuffle=False,
+                         callbacks=_callbacks(cfg, progress, stage, run, plateau=not tuning,
                                               ema=tuning and cfg.finetune_ema > 0))
-    return _history(hist, phase, start_epoch).assign(images=len(ds.split("train")))  # photos trained on per epoch
+    return _history(hist, phase, start_epoch).assign(images=len(rows))  # photos trained on per epoch
 
 
 def predict_cached(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, cache_root: str, split: str,
