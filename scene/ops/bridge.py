@@ -23,13 +23,17 @@ one total deadline (``request_deadline``, 10 s) for its headers and body: a clie
 answered 408 and disconnected by the protocol (:class:`_DeadlineProtocol`), one still sending its body by the
 ASGI middleware (:class:`_RequestDeadline`, ``anyio.fail_after`` around every ``receive``). Connections are
 bounded (``max_connections``: uvicorn's ``limit_concurrency``, 503 beyond it) and so is the listen backlog; the
-body cap is checked on ``Content-Length`` before reading and counted while reading a chunked body. The blocking
+body cap is checked on ``Content-Length`` before reading and counted while reading a chunked body. A refusal sent
+while the client is still sending its body first reads and discards up to ``DRAIN_BYTES`` of it (under the same
+deadline): closing on unread bytes makes the kernel reset the connection, and the client sees a broken pipe instead
+of the 401/413 (Go's net/http drains 256 KiB for the same reason); a longer remainder is cut off. The blocking
 work of a request (SQLite, the batcher, the counters) runs in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -47,7 +51,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -65,6 +69,7 @@ MAX_CONNECTIONS = 64  # open connections beyond which a request is answered 503 
 BACKLOG = 128  # connections the kernel queues before accept
 KEEP_ALIVE = 5  # seconds an idle keep-alive connection stays open between requests
 GRACE = 5  # seconds stop() lets requests in flight finish before cancelling them
+DRAIN_BYTES = 256 << 10  # unread body a refusal reads and discards first, so the client gets the answer, not a reset
 _DEADLINE = "scene.deadline"  # scope key: the event-loop time the request must be received by
 
 log = logging.getLogger("scene.events")
@@ -197,6 +202,32 @@ class _RequestDeadline:
                         close=True)(scope, receive, send)
 
 
+class _BodyCut(Exception):
+    """The client went before its body ended, after ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+async def _read_body(request: Request, cap: int) -> tuple[bytes, bool]:
+    """The body, or its first ``cap``-and-more bytes: ``(bytes, whether the body ended)``. Raises
+    :class:`_BodyCut` when the client goes first; a body late for the request's deadline raises TimeoutError
+    (the client gets its 408)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise _BodyCut(size)
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+        if size > cap:
+            return b"".join(chunks), False
+
+
 def _json(status: int, body: dict[str, Any], close: bool = False, background: BackgroundTask | None = None
           ) -> Response:
     return Response(json.dumps(body).encode(), status_code=status, media_type="application/json",
@@ -204,10 +235,6 @@ def _json(status: int, body: dict[str, Any], close: bool = False, background: Ba
 
 
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]  # all routed to dispatch (501 for most)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class _App:
@@ -230,6 +257,14 @@ class _App:
         self.counters.bump(rejected=1)
         log.warning("rejected notification from %s: %s (%d)", _client(request.scope), why, status)
         return _json(status, {"error": why}, close=close)
+
+    async def _refuse(self, request: Request, status: int, why: str, drain: bool = True) -> Response:
+        """Reject and close; with ``drain``, first read and discard up to ``DRAIN_BYTES`` of the body still
+        coming (none from a client waiting for ``100 Continue``)."""
+        if drain and "100-continue" not in request.headers.get("expect", "").lower():
+            with contextlib.suppress(_BodyCut):
+                await _read_body(request, DRAIN_BYTES)
+        return self._reject(request, status, why, close=True)
 
     def _timed_out(self, scope: Scope) -> None:
         if scope.get("method") == "POST":
@@ -261,13 +296,14 @@ class _App:
     async def _notify(self, request: Request, path: str) -> Response:
         cfg = self.cfg
         self.counters.bump(received=1)
-        if path not in ("/notify", "/"):
-            return self._reject(request, 404, f"no such endpoint {path!r}; notifications go to POST /notify",
-                                close=True)
-        if not self._authorized(request):
-            return self._reject(request, 401, "missing or wrong bearer token" if request.headers.get(
-                "authorization", "").strip() else "no Authorization header", close=True)
         length_text = request.headers.get("content-length")
+        announced = int(length_text) if length_text is not None and length_text.isdigit() else 0
+        if path not in ("/notify", "/"):
+            return await self._refuse(request, 404, f"no such endpoint {path!r}; notifications go to POST /notify",
+                                      announced <= DRAIN_BYTES)
+        if not self._authorized(request):
+            return await self._refuse(request, 401, "missing or wrong bearer token" if request.headers.get(
+                "authorization", "").strip() else "no Authorization header", announced <= DRAIN_BYTES)
         chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
         length = -1
         if length_text is None and not chunked:
@@ -280,22 +316,16 @@ class _App:
             except ValueError:
                 return self._reject(request, 400, f"bad Content-Length {length_text[:40]!r}", close=True)
             if length > cfg.max_body_bytes:
-                return self._reject(request, 413, f"body of {length} bytes is over the {cfg.max_body_bytes}-byte "
-                                                  "limit", close=True)
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():  # under the request's deadline (_RequestDeadline)
-                size += len(chunk)
-                if size > cfg.max_body_bytes:
-                    raise _BodyTooLarge
-                chunks.append(chunk)
-        except _BodyTooLarge:
-            return self._reject(request, 413, f"chunked body over the {cfg.max_body_bytes}-byte limit", close=True)
-        except ClientDisconnect:
+                return await self._refuse(request, 413, f"body of {length} bytes is over the "
+                                                        f"{cfg.max_body_bytes}-byte limit", length <= DRAIN_BYTES)
+        try:  # under the request's deadline (_RequestDeadline)
+            body, ended = await _read_body(request, cfg.max_body_bytes)
+        except _BodyCut as cut:
             expected = f" of {length}" if length >= 0 else ""
-            return self._reject(request, 400, f"body ended after {size}{expected} bytes", close=True)
-        body = b"".join(chunks)
+            return self._reject(request, 400, f"body ended after {cut.size}{expected} bytes", close=True)
+        if len(body) > cfg.max_body_bytes:
+            return await self._refuse(request, 413, f"chunked body over the {cfg.max_body_bytes}-byte limit",
+                                      drain=not ended)
         status, answer = await anyio.to_thread.run_sync(self._ingest, body)
         if status != 200:
             return self._reject(request, status, answer["error"])
