@@ -51,6 +51,7 @@ SLOW_TESTS = {
     "test_test_metrics_come_from_the_saved_model", "test_tensorflow_start_up_noise_is_filtered_and_verbose_shows_it",
     "test_mirror_recipe_ships_a_mirror_invariant_model_scored_end_to_end",
     "test_refit_with_augmented_views_and_mirror_trains",
+    "test_finetune_ensemble_ships_the_average_of_the_selection_and_the_refit_network",
     "test_random_init_extraction_in_another_process_builds_the_same_network", "test_random_init_builds_are_seeded",
     "test_cached_head_predictions_equal_the_full_model", "test_a_failing_backbone_raises_naming_it_with_what_finished",
     "test_refit_ships_a_head_trained_on_train_and_val_and_reports_held_out_val",

@@ -414,6 +414,39 @@ def test_finetune_refit_ships_a_network_tuned_on_train_and_val_and_reports_held_
         TrainConfig(**{**SMALL, "finetune_refit": True})
 
 
+def test_finetune_ensemble_ships_the_average_of_the_selection_and_the_refit_network(ds, tmp_path: Path) -> None:
+    """``finetune_ensemble``: the saved model averages two networks, the selection one (trained on train; its val
+    predictions are the run's held-out val) and the refit one (trained on train + val); the run's test metrics are
+    the saved ensemble's; the drift audit reads features from the first member."""
+    from sklearn.metrics import accuracy_score
+
+    from scene.audit.source import model_outputs
+    from scene.model.network import members
+
+    cfg = TrainConfig(**{**SMALL, "finetune_blocks": 2, "finetune_epochs": 2, "finetune_lr": 1e-3, "patience": 5,
+                         "finetune_refit": True, "finetune_ensemble": True, "mirror": True})
+    out = tmp_path / "mobilenetv2"
+    r = train_one(ds, cfg, out, cache_root=str(tmp_path / "cache"), bootstrap=0)
+    assert r.status in ("ok", "collapsed"), r.error
+    shipped = load(str(out / "model.keras"))
+    selection, refit = members(shipped)
+    assert [m.name for m in (selection, refit)] == ["member_0", "member_1"]
+    assert not all(np.array_equal(a, b) for a, b in zip(selection.get_weights(), refit.get_weights(), strict=True))
+    test, val = ds.split("test"), ds.split("val")
+    probs = predict(shipped, test, 48).probs
+    np.testing.assert_allclose(probs, (predict(selection, test, 48).probs + predict(refit, test, 48).probs) / 2,
+                               atol=1e-5)
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["test"]["accuracy"] == pytest.approx(accuracy_score(test["label_index"], probs.argmax(1)))
+    held_out = predict(selection, val, 48).probs.argmax(1)  # val is the selection network's alone
+    assert doc["val"]["accuracy"] == pytest.approx(accuracy_score(val["label_index"], held_out))
+    assert "fine-tuned again on train + val" in json.loads((out / "config.json").read_text())["summary"]["ensemble"]
+    x, p = model_outputs(shipped, test.head(4))
+    assert x.shape == (4, 1280) and np.allclose(p, probs[:4], atol=1e-5)
+    with pytest.raises(ValueError, match="finetune_ensemble=True is invalid"):
+        TrainConfig(**{**SMALL, "finetune_blocks": 2, "finetune_ensemble": True})
+
+
 def test_refit_with_augmented_views_and_mirror_trains(ds, tmp_path: Path) -> None:
     """The refit head trains on train + val with the training views, so val images get them extracted too (they
     used to have only the plain view and the mirror: KeyError '<sha>:1')."""

@@ -29,15 +29,17 @@ def cached_features(rows: pd.DataFrame, cfg: Any, weights: Any, cache_root: str,
 
 def model_outputs(model: Any, rows: pd.DataFrame, *, s3: Any = None, batch_size: int = 64,
                   progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(pooled backbone features, class probabilities) of a saved scene model over ``rows`` (plain images)."""
+    """(pooled backbone features, class probabilities) of a saved scene model over ``rows`` (plain images); for an
+    ensemble the features are its first member's, the probabilities the ensemble's."""
     import keras
 
-    from scene.model.network import backbone_of
+    from scene.model.network import backbone_of, members
     from scene.model.pipeline import image_dataset
 
     inp = keras.Input(model.input_shape[1:])
-    feats = backbone_of(model)(model.get_layer("preprocess")(inp), training=False)
-    both = keras.Model(inp, [feats, model.get_layer("head")(feats)])
+    first = members(model)[0]
+    feats = backbone_of(first)(first.get_layer("preprocess")(inp), training=False)
+    both = keras.Model(inp, [feats, first.get_layer("head")(feats) if first is model else model(inp)])
     size = int(model.input_shape[1])
     xs, ps, done = [], [], 0
     for batch in image_dataset(rows, size, num_classes=1, batch_size=batch_size, s3=s3, labels=False):

@@ -2,12 +2,14 @@
 
 Full model: raw RGB [0, 255] → :class:`~scene.model.backbones.Preprocess` → backbone (``training=False``,
 global average pooling) → head. The head is a small model of its own, so the ``cached`` strategy can
-train it on stored features and then drop it, unchanged, on top of the backbone.
+train it on stored features and then drop it, unchanged, on top of the backbone. An ensemble (:func:`ensemble`)
+wraps several such models and averages their probabilities.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,25 @@ def assemble(backbone_name: str, size: int, weights: WeightsSource, head: keras.
         mirrored = head(backbone(preprocess(Mirror(name="mirror")(inp)), training=False))
         probs = keras.layers.Average(name="mirror_average", dtype="float32")([probs, mirrored])
     return keras.Model(inp, probs, name=f"scene_{backbone_name}")
+
+
+ENSEMBLE_AVERAGE = "ensemble_average"  # the layer that marks (and makes) an ensemble
+
+
+def ensemble(members: Sequence[keras.Model], name: str) -> keras.Model:
+    """One model over the same input that averages the probabilities of ``members`` (``member_0``, ``member_1``,
+    ...: each keeps its own layers and weights; inference costs the sum of theirs)."""
+    inp = keras.Input(members[0].input_shape[1:], name="image")
+    wrapped = [keras.Model(m.input, m.output, name=f"member_{i}") for i, m in enumerate(members)]
+    probs = keras.layers.Average(name=ENSEMBLE_AVERAGE, dtype="float32")([m(inp) for m in wrapped])
+    return keras.Model(inp, probs, name=name)
+
+
+def members(model: keras.Model) -> list[keras.Model]:
+    """The networks an ensemble averages (:func:`ensemble`); ``[model]`` for a single network."""
+    if ENSEMBLE_AVERAGE not in [layer.name for layer in model.layers]:
+        return [model]
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)]
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

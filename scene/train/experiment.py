@@ -128,6 +128,9 @@ def write_artifacts(ds: Dataset, cfg: TrainConfig, fit_result: FitResult, preds:
         what = "network fine-tuned again" if cfg.finetune_refit else "head retrained"
         summary["refit"] = (f"{what} on train + val for {fit_result.history.attrs.get('refit_epochs')} epochs "
                             "(chosen on val); val metrics are the held-out one's, before the refit")
+        if cfg.finetune_ensemble:
+            summary["ensemble"] = ("the model averages the probabilities of the network fine-tuned on train "
+                                   "(the held-out one) and the one fine-tuned again on train + val")
     if fit_result.extract:
         summary["features computed / cached"] = f"{fit_result.extract.computed} / {fit_result.extract.cached}"
     metric_docs = {s: m.to_dict() for s, m in metrics.items()}

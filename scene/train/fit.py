@@ -25,6 +25,7 @@ from scene.model.network import (
     assemble,
     build_head,
     compile_model,
+    ensemble,
     plain_view,
     unfreeze_blocks,
     unfreeze_top,
@@ -61,6 +62,7 @@ class TrainConfig:
     finetune_mirror: bool = True  # a mirror model, fine-tuned, still ships the mirror average (False: plain path)
     finetune_ema: float = 0.0  # >0: Polyak averaging, momentum per step; validation and the shipped model use it
     finetune_refit: bool = False  # the shipped network is fine-tuned again on train + val for the epochs val chose
+    finetune_ensemble: bool = False  # with the refit: ship the average of the selection and the refit networks
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the shipped model averages over image and mirror
     refit: bool = False  # cached: after early stopping on val, a fresh head trains on train + val and ships
@@ -89,6 +91,8 @@ class TrainConfig:
             (0 <= self.finetune_ema < 1, "finetune_ema", self.finetune_ema, "0 (off) or a momentum below 1, e.g. 0.99"),
             (not self.finetune_refit or self.finetunes, "finetune_refit", self.finetune_refit,
              "False unless finetune_blocks or finetune_layers is set (it refits the fine-tuning phase)"),
+            (not self.finetune_ensemble or self.finetune_refit, "finetune_ensemble", self.finetune_ensemble,
+             "False unless finetune_refit is set (its members are the selection network and the refit one)"),
             (self.learning_rate > 0, "learning_rate", self.learning_rate, "a positive number"),
             (not self.refit or (self.strategy == "cached" and not self.finetunes), "refit", self.refit,
              "False with strategy='online' or fine-tuning (the refit trains the head on val, which fine-tuning "
@@ -332,7 +336,9 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
     model trains its plain path (random flips stand in for the mirror: half the compute), which early stopping also
     scores; it ships averaging over both views, or with ``cfg.finetune_mirror`` False that plain path alone (the
     scored network). With ``cfg.finetune_refit`` the network that ships is fine-tuned again from the frozen model on
-    train + val, under the same schedule, for the epochs val chose; val is then scored by the selection network."""
+    train + val, under the same schedule, for the epochs val chose; val is then scored by the selection network.
+    With ``cfg.finetune_ensemble`` as well, what ships averages the probabilities of both networks (the selection
+    one, trained on train, and the refit one): twice the inference cost."""
     if not cfg.finetunes:
         return fitted
     start = time.perf_counter()
@@ -353,6 +359,8 @@ def finetune(ds: Dataset, cfg: TrainConfig, fitted: FitResult, *, s3: Any = None
                                 len(fitted.history) + len(history), s3, progress, stop_after=epochs)
             history = pd.concat([history, refit], ignore_index=True)
         shipped = model if cfg.finetune_mirror else plain
+        if cfg.finetune_ensemble:
+            shipped = ensemble([selected, shipped], name=shipped.name)
         history = pd.concat([fitted.history, history], ignore_index=True)
         if held_out is not None:
             history.attrs["refit_epochs"] = epochs

@@ -39,6 +39,7 @@ class TrainParams(BaseModel):
     finetune_mirror: bool = True  # False: a fine-tuned mirror model ships its plain path, not the mirror average
     finetune_ema: float = 0.0  # >0: fine-tuning ships (and validates) the moving average of its weights, this momentum
     finetune_refit: bool = False  # val chose the fine-tuning epochs; the shipped network then tunes on train + val
+    finetune_ensemble: bool = False  # with finetune_refit: ship the average of the selection and refit networks
     mixed_precision: bool = False  # float16 compute, float32 output (GPUs)
     mirror: bool = False  # train also on mirrored images; the saved model averages over image and mirror
     refit: bool = False  # cached: once val has chosen the epochs, a fresh head trains on train + val and ships

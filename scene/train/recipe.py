@@ -22,7 +22,7 @@ from scene.train.params import TrainParams
 # TrainConfig keys a TrainParams can carry (TrainParams.backbones ← the config's single backbone)
 RECIPE_FIELDS = ("weights", "strategy", "views", "epochs", "image_size", "finetune_layers", "finetune_blocks",
                  "finetune_epochs", "finetune_lr", "finetune_warmup", "finetune_label_smoothing", "finetune_mirror",
-                 "finetune_ema", "finetune_refit", "mixed_precision", "mirror", "refit", "seed")
+                 "finetune_ema", "finetune_refit", "finetune_ensemble", "mixed_precision", "mirror", "refit", "seed")
 
 
 class RecipeError(ValueError):
