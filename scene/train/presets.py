@@ -32,6 +32,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # finetune_mirror stays True: the mirror average won on val for 8 blocks (0.938 vs 0.936 plain path)
         # finetune_ema stays 0: weight averaging at 0.99 / 0.998 scored 0.935 / 0.932 against 0.935 without on val
         "finetune_refit": True,  # val chose the epochs; the shipped network tunes again on train + val (25% more)
+        # ship the average of the selection and refit networks: on val a pair differing only by seed scored 0.937
+        # against 0.935 / 0.922 alone, and 6 of 6 pairs of fine-tuned networks beat their better member
+        "finetune_ensemble": True,
     },
 }
 
