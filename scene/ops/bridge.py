@@ -228,6 +228,17 @@ async def _read_body(request: Request, cap: int) -> tuple[bytes, bool]:
             return b"".join(chunks), False
 
 
+def _content_length(text: str | None) -> int | None:
+    """A ``Content-Length`` header's value: -1 when absent, None when not a non-negative integer."""
+    if text is None:
+        return -1
+    try:
+        length = int(text)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
 def _json(status: int, body: dict[str, Any], close: bool = False, background: BackgroundTask | None = None
           ) -> Response:
     return Response(json.dumps(body).encode(), status_code=status, media_type="application/json",
@@ -297,27 +308,22 @@ class _App:
         cfg = self.cfg
         self.counters.bump(received=1)
         length_text = request.headers.get("content-length")
-        announced = int(length_text) if length_text is not None and length_text.isdigit() else 0
+        length = _content_length(length_text)  # -1: none announced; None: not a non-negative integer
+        drain = length is None or length <= DRAIN_BYTES  # a body announced larger is cut off unread
         if path not in ("/notify", "/"):
             return await self._refuse(request, 404, f"no such endpoint {path!r}; notifications go to POST /notify",
-                                      announced <= DRAIN_BYTES)
+                                      drain)
         if not self._authorized(request):
             return await self._refuse(request, 401, "missing or wrong bearer token" if request.headers.get(
-                "authorization", "").strip() else "no Authorization header", announced <= DRAIN_BYTES)
+                "authorization", "").strip() else "no Authorization header", drain)
         chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
-        length = -1
         if length_text is None and not chunked:
             return self._reject(request, 411, "no Content-Length header", close=True)
-        if length_text is not None:
-            try:
-                length = int(length_text)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                return self._reject(request, 400, f"bad Content-Length {length_text[:40]!r}", close=True)
-            if length > cfg.max_body_bytes:
-                return await self._refuse(request, 413, f"body of {length} bytes is over the "
-                                                        f"{cfg.max_body_bytes}-byte limit", length <= DRAIN_BYTES)
+        if length is None:
+            return self._reject(request, 400, f"bad Content-Length {length_text[:40]!r}", close=True)
+        if length > cfg.max_body_bytes:
+            return await self._refuse(request, 413, f"body of {length} bytes is over the {cfg.max_body_bytes}-byte "
+                                                    "limit", drain)
         try:  # under the request's deadline (_RequestDeadline)
             body, ended = await _read_body(request, cfg.max_body_bytes)
         except _BodyCut as cut:
